@@ -1,0 +1,116 @@
+"""Reading OpenAI Batch API input files, one line at a time, with exact error locations.
+
+Each line is ``{"custom_id", "method", "url", "body"}``. The reader streams:
+it never holds the file, only a map from id hashes to line numbers, which is
+what finding a duplicate ``custom_id`` (and naming both lines) needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import orjson
+import structlog
+
+from .exceptions import DuplicateIdError, InputError
+
+log = structlog.get_logger(__name__)
+
+SUPPORTED_URLS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+
+
+@dataclass(slots=True)
+class BatchLine:
+    """One valid input line."""
+
+    line_no: int
+    custom_id: str
+    url: str
+    body: dict
+
+
+def count_lines(path: str | Path) -> int:
+    """Number of lines in ``path``, counted in 1 MiB blocks (for progress and ETA)."""
+    count, last = 0, b"\n"
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            count += block.count(b"\n")
+            last = block[-1:]
+    return count + (last != b"\n")
+
+
+def parse_line(path: str, line_no: int, raw: bytes) -> BatchLine:
+    """Validate one raw line; raise ``InputError`` naming ``path:line_no`` if it is wrong."""
+    try:
+        record = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InputError(path, line_no, _json_problem(raw, exc)) from None
+    if not isinstance(record, dict):
+        raise InputError(path, line_no, "expected a JSON object")
+    missing = [k for k in ("custom_id", "method", "url", "body") if k not in record]
+    if missing:
+        raise InputError(path, line_no, f"missing field(s): {', '.join(missing)}")
+    custom_id, url, body = record["custom_id"], record["url"], record["body"]
+    if not isinstance(custom_id, str) or not custom_id:
+        raise InputError(path, line_no, "custom_id must be a non-empty string")
+    if str(record["method"]).upper() != "POST":
+        raise InputError(path, line_no, f"method must be POST, not {record['method']!r}")
+    if url not in SUPPORTED_URLS:
+        raise InputError(path, line_no, f"url {url!r} is not one of {', '.join(SUPPORTED_URLS)}")
+    if not isinstance(body, dict):
+        raise InputError(path, line_no, "body must be a JSON object")
+    return BatchLine(line_no, custom_id, url, body)
+
+
+def _json_problem(raw: bytes, exc: orjson.JSONDecodeError) -> str:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return f"not valid UTF-8 (byte 0x{raw[bad.start]:02x} at column {bad.start + 1})"
+    return f"not valid JSON ({exc})"
+
+
+class BatchReader:
+    """Iterates the valid lines of an input file, finding duplicates as it goes.
+
+    With ``skip_invalid`` a bad line is logged and counted in ``invalid``
+    instead of raised; a duplicate id is always an error.
+    """
+
+    def __init__(self, path: str | Path, skip_invalid: bool = False) -> None:
+        self.path = str(path)
+        self.skip_invalid = skip_invalid
+        self.invalid = 0
+        self._seen: dict[int, int] = {}
+
+    def __iter__(self) -> Iterator[BatchLine]:
+        with open(self.path, "rb") as handle:
+            for line_no, raw in enumerate(handle, 1):
+                if not raw.strip():
+                    continue
+                try:
+                    line = parse_line(self.path, line_no, raw)
+                except InputError as exc:
+                    if not self.skip_invalid:
+                        raise
+                    self.invalid += 1
+                    log.warning("skipped invalid line", file=self.path, line=line_no, problem=exc.message)
+                    continue
+                self._check_unique(line)
+                yield line
+
+    def _check_unique(self, line: BatchLine) -> None:
+        key = hash(line.custom_id)
+        first = self._seen.setdefault(key, line.line_no)
+        if first != line.line_no and self._same_id(first, line.custom_id):
+            raise DuplicateIdError(self.path, line.custom_id, first, line.line_no)
+
+    def _same_id(self, line_no: int, custom_id: str) -> bool:
+        """Confirm a hash match by rereading the earlier line (hash collisions are possible)."""
+        with open(self.path, "rb") as handle:
+            for number, raw in enumerate(handle, 1):
+                if number == line_no:
+                    return orjson.loads(raw).get("custom_id") == custom_id
+        return False

@@ -1,0 +1,366 @@
+"""A fast OpenAI-compatible mock endpoint for tests and benchmarks, on loopback.
+
+A bare asyncio ``Protocol`` (uvloop when installed) with a minimal HTTP/1.1
+keep-alive parser, so one core answers thousands of requests per second and the
+mock is never the bottleneck of a benchmark. It serves ``POST
+/v1/chat/completions``, ``POST /v1/completions`` and ``GET /v1/models`` with
+content derived deterministically from the request (``responder`` overrides
+it), real ``usage`` counts, latency drawn from a normal distribution, RPM/TPM
+limits enforced with 429 + ``Retry-After`` and ``x-ratelimit-*`` headers, and
+injected faults (500/503, connection resets, stalls, malformed JSON).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import re
+import signal
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable
+
+import orjson
+
+from .schema_fill import instance_for_schema
+
+_WORD = re.compile(r"\w+|[^\w\s]")
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 411: "Length Required",
+            429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable"}
+FAULTS = ("500", "503", "reset", "stall", "malformed")
+
+
+def count_tokens(text: str) -> int:
+    """The mock's tokenizer: words and punctuation marks."""
+    return len(_WORD.findall(text))
+
+
+def default_responder(body: dict) -> str:
+    """Deterministic content: schema-shaped JSON when asked for, else a digest sentence."""
+    fmt = body.get("response_format") or {}
+    if fmt.get("type") == "json_schema":
+        schema = (fmt.get("json_schema") or {}).get("schema") or {}
+        return orjson.dumps(instance_for_schema(schema, _seed(body))).decode()
+    if fmt.get("type") == "json_object":
+        return '{"answer": "mock"}'
+    digest = _seed(body)
+    words = max(1, min(int(body.get("max_tokens") or body.get("max_completion_tokens") or 16), 64))
+    return " ".join(f"w{(digest >> (i % 60)) & 0xFFF:x}" for i in range(words))
+
+
+def _seed(body: dict) -> int:
+    key = orjson.dumps(body.get("messages") or body.get("prompt") or "", option=orjson.OPT_SORT_KEYS)
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big")
+
+
+def _prompt_text(body: dict) -> str:
+    if "messages" in body:
+        parts = []
+        for message in body["messages"]:
+            content = message.get("content") or ""
+            parts.append(content if isinstance(content, str) else orjson.dumps(content).decode())
+        return "\n".join(parts)
+    prompt = body.get("prompt") or ""
+    return prompt if isinstance(prompt, str) else " ".join(map(str, prompt))
+
+
+class TokenBucket:
+    """A refilling budget enforced over one second: ``per_minute / 60`` per second, burst of one second."""
+
+    def __init__(self, per_minute: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = per_minute / 60.0
+        self.capacity = max(1.0, self.rate)
+        self.level = self.capacity
+        self.clock = clock
+        self.stamp = clock()
+
+    def _refill(self) -> None:
+        now = self.clock()
+        self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
+        self.stamp = now
+
+    def take(self, amount: float) -> float:
+        """Take ``amount`` if available and return 0, else return seconds until it would be."""
+        self._refill()
+        amount = min(amount, self.capacity)
+        if self.level >= amount:
+            self.level -= amount
+            return 0.0
+        return (amount - self.level) / self.rate
+
+    def reset_after(self) -> float:
+        """Seconds until the bucket is full again."""
+        self._refill()
+        return (self.capacity - self.level) / self.rate
+
+
+@dataclass
+class MockSettings:
+    """Behaviour of the mock endpoint."""
+
+    latency_ms: float = 0.0
+    latency_jitter_ms: float = 0.0
+    rpm: float = 0
+    tpm: float = 0
+    fault_rate: float = 0.0
+    seed: int = 0
+    stall_s: float = 30.0
+    api_key: str | None = field(default=None, repr=False)
+    model: str = "mock-model"
+
+
+class MockState:
+    """Counters, limits and the request log shared by all connections."""
+
+    def __init__(self, settings: MockSettings, responder: Callable[[dict], str]) -> None:
+        self.settings = settings
+        self.responder = responder
+        self.rng = random.Random(settings.seed)
+        self.requests = Counter()
+        self.bodies: list[bytes] | None = None
+        self.rpm = TokenBucket(settings.rpm) if settings.rpm else None
+        self.tpm = TokenBucket(settings.tpm) if settings.tpm else None
+        self.started = time.monotonic()
+
+    def delay(self) -> float:
+        """One latency draw, in seconds."""
+        s = self.settings
+        if not s.latency_jitter_ms:
+            return s.latency_ms / 1000.0
+        return max(0.0, self.rng.gauss(s.latency_ms, s.latency_jitter_ms)) / 1000.0
+
+    def fault(self) -> str | None:
+        """The fault to inject into this request, if any."""
+        if self.settings.fault_rate and self.rng.random() < self.settings.fault_rate:
+            return self.rng.choice(FAULTS)
+        return None
+
+    def admit(self, tokens: int) -> float:
+        """0 when within limits, else the seconds a client should wait."""
+        waits = [b.take(n) for b, n in ((self.rpm, 1), (self.tpm, tokens)) if b is not None]
+        return max(waits, default=0.0)
+
+    def limit_headers(self) -> list[tuple[str, str]]:
+        """``x-ratelimit-*`` headers describing the remaining budgets."""
+        headers = []
+        for name, bucket in (("requests", self.rpm), ("tokens", self.tpm)):
+            if bucket is not None:
+                headers += [
+                    (f"x-ratelimit-limit-{name}", str(int(bucket.rate * 60))),
+                    (f"x-ratelimit-remaining-{name}", str(int(bucket.level))),
+                    (f"x-ratelimit-reset-{name}", f"{bucket.reset_after() * 1000:.0f}ms"),
+                ]
+        return headers
+
+
+def _response(status: int, payload: bytes, extra: list[tuple[str, str]] = ()) -> bytes:
+    head = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}", "content-type: application/json",
+            f"content-length: {len(payload)}"]
+    head += [f"{k}: {v}" for k, v in extra]
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + payload
+
+
+def _error(status: int, message: str, kind: str, extra=()) -> bytes:
+    return _response(status, orjson.dumps({"error": {"message": message, "type": kind}}), extra)
+
+
+class MockProtocol(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection: parse requests, answer in order."""
+
+    def __init__(self, state: MockState) -> None:
+        self.state = state
+        self.buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def connection_lost(self, exc) -> None:
+        self.closed = True
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while not self.closed:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = bytes(self.buffer[:end]).decode("latin-1")
+            length = _content_length(head)
+            if length is None:
+                self._send(_error(411, "content-length required", "invalid_request_error"))
+                self.transport.close()
+                return
+            if len(self.buffer) < end + 4 + length:
+                return
+            body = bytes(self.buffer[end + 4 : end + 4 + length])
+            del self.buffer[: end + 4 + length]
+            self._handle(head, body)
+
+    def _send(self, data: bytes) -> None:
+        if not self.closed:
+            self.transport.write(data)
+
+    def _later(self, delay: float, data: bytes) -> None:
+        if delay > 0:
+            asyncio.get_running_loop().call_later(delay, self._send, data)
+        else:
+            self._send(data)
+
+    def _handle(self, head: str, body: bytes) -> None:
+        state = self.state
+        request_line, _, headers = head.partition("\r\n")
+        method, path = (request_line.split(" ") + ["", ""])[:2]
+        state.requests["total"] += 1
+        if state.settings.api_key and f"bearer {state.settings.api_key}" not in headers.lower():
+            return self._send(_error(401, "Incorrect API key provided", "invalid_request_error"))
+        if method == "GET" and path.rstrip("/") in ("/v1/models", "/models"):
+            data = {"object": "list", "data": [{"id": state.settings.model, "object": "model"}]}
+            return self._send(_response(200, orjson.dumps(data)))
+        if method == "GET" and path in ("/health", "/v1/health"):
+            return self._send(_response(200, b"{}"))
+        if method != "POST" or not path.endswith("completions"):
+            return self._send(_error(404, f"no route {method} {path}", "invalid_request_error"))
+        self._complete(path, body)
+
+    def _complete(self, path: str, raw: bytes) -> None:
+        state = self.state
+        try:
+            body = orjson.loads(raw)
+            assert isinstance(body, dict)
+        except (orjson.JSONDecodeError, AssertionError):
+            return self._send(_error(400, "body is not a JSON object", "invalid_request_error"))
+        prompt_tokens = count_tokens(_prompt_text(body))
+        max_tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or 256)
+        wait = state.admit(prompt_tokens + max_tokens)
+        if wait > 0:
+            state.requests["429"] += 1
+            extra = [("retry-after", str(max(1, round(wait + 0.5)))), ("retry-after-ms", f"{wait * 1000:.0f}")]
+            return self._send(_error(429, "Rate limit reached", "rate_limit_error", extra + state.limit_headers()))
+        if state.bodies is not None:
+            state.bodies.append(raw)
+        fault = state.fault()
+        if fault is not None:
+            return self._inject(fault)
+        state.requests["200"] += 1
+        self._later(state.delay(), self._completion(path, body, prompt_tokens))
+
+    def _completion(self, path: str, body: dict, prompt_tokens: int) -> bytes:
+        state = self.state
+        content = state.responder(body)
+        completion_tokens = count_tokens(content)
+        choice = (
+            {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+            if path.endswith("chat/completions")
+            else {"index": 0, "text": content, "finish_reason": "stop"}
+        )
+        data = {
+            "id": f"cmpl-{state.requests['200']:x}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model") or state.settings.model,
+            "choices": [choice],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens},
+        }
+        extra = [("x-request-id", f"req-{state.requests['total']:x}")] + state.limit_headers()
+        return _response(200, orjson.dumps(data), extra)
+
+    def _inject(self, fault: str) -> None:
+        state = self.state
+        state.requests[f"fault_{fault}"] += 1
+        if fault in ("500", "503"):
+            self._later(state.delay(), _error(int(fault), "injected fault", "server_error"))
+        elif fault == "reset":
+            self.transport.abort()
+            self.closed = True
+        elif fault == "stall":
+            asyncio.get_running_loop().call_later(state.settings.stall_s, self.transport.close)
+            self.closed = True  # answer nothing more on this connection
+        else:
+            self._later(state.delay(), _response(200, b'{"id": "cmpl-broken", "choices": [{"mess'))
+
+
+def _content_length(head: str) -> int | None:
+    for line in head.split("\r\n")[1:]:
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "content-length":
+            return int(value.strip())
+    return 0 if head.startswith("GET") else None
+
+
+class MockServer:
+    """Async context manager running the mock on ``host``:``port`` (0 picks a free port)."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, settings: MockSettings | None = None,
+                 responder: Callable[[dict], str] | None = None, record_bodies: bool = False) -> None:
+        self.host = host
+        self.port = port
+        self.state = MockState(settings or MockSettings(), responder or default_responder)
+        if record_bodies:
+            self.state.bodies = []
+        self._server: asyncio.base_events.Server | None = None
+
+    @property
+    def base_url(self) -> str:
+        """``http://host:port/v1``."""
+        return f"http://{self.host}:{self.port}/v1"
+
+    @property
+    def request_count(self) -> int:
+        """Completion requests received (every attempt, faults and 429s included)."""
+        return self.state.requests["total"]
+
+    async def __aenter__(self) -> "MockServer":
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: MockProtocol(self.state), self.host, self.port, backlog=4096)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        self._server.close()
+        await self._server.wait_closed()
+
+
+def add_arguments(parser) -> None:
+    """Options of ``odie mock-server``."""
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--latency-jitter-ms", type=float, default=0.0)
+    parser.add_argument("--rpm", type=float, default=0, help="enforced requests per minute (0: none)")
+    parser.add_argument("--tpm", type=float, default=0, help="enforced tokens per minute (0: none)")
+    parser.add_argument("--fault-rate", type=float, default=0.0, help="share of requests given a fault")
+    parser.add_argument("--stall-s", type=float, default=30.0, help="how long a stalled request hangs")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--api-key-env", default=None, help="require the key in this environment variable")
+
+
+async def serve_forever(server: MockServer) -> None:
+    """Run until SIGINT/SIGTERM, then print the request counts."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with server:
+        print(f"mock server listening on {server.base_url}", flush=True)
+        await stop.wait()
+    print(orjson.dumps(dict(server.state.requests)).decode(), flush=True)
+
+
+def run(args) -> int:
+    """Entry point of ``odie mock-server``."""
+    import os
+
+    from .runtime import run_async
+
+    key = os.environ.get(args.api_key_env) if args.api_key_env else None
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not key:
+        print("odie mock-server: binding beyond loopback needs --api-key-env", flush=True)
+        return 2
+    settings = MockSettings(args.latency_ms, args.latency_jitter_ms, args.rpm, args.tpm,
+                            args.fault_rate, args.seed, args.stall_s, key)
+    run_async(serve_forever(MockServer(args.host, args.port, settings)))
+    return 0

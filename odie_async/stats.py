@@ -1,0 +1,104 @@
+"""Run counters, latency percentiles and the per-stage breakdown of a run."""
+
+from __future__ import annotations
+
+import time
+from array import array
+from collections import Counter, defaultdict
+
+
+def stage_of(custom_id: str) -> str:
+    """The stage a record belongs to: its custom_id up to the first ``:`` (or ``batch``)."""
+    head, sep, _rest = custom_id.partition(":")
+    return head if sep else "batch"
+
+
+def percentile(sorted_values, q: float) -> float | None:
+    """The ``q``-th percentile (0–100) of already sorted values, nearest-rank."""
+    if not sorted_values:
+        return None
+    index = min(len(sorted_values) - 1, max(0, round(q / 100.0 * len(sorted_values)) - 1))
+    return sorted_values[index]
+
+
+class RunStats:
+    """Everything the progress line and the final summary report."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.total: int | None = None
+        self.succeeded = 0
+        self.failed = 0
+        self.resumed = 0
+        self.invalid = 0
+        self.attempts = 0
+        self.retries = 0
+        self.rate_limited = 0
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.error_codes: Counter[str] = Counter()
+        self.stages: dict[str, Counter[str]] = defaultdict(Counter)
+        self.latencies = array("d")
+
+    @property
+    def done(self) -> int:
+        """Records finished in this run, either way."""
+        return self.succeeded + self.failed
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since the run started."""
+        return time.monotonic() - self.started
+
+    def record_success(self, custom_id: str, body: dict, latency: float) -> None:
+        """Count one record answered successfully."""
+        self.succeeded += 1
+        self.latencies.append(latency)
+        usage = body.get("usage")
+        if usage:
+            self.prompt_tokens += usage.get("prompt_tokens") or 0
+            self.completion_tokens += usage.get("completion_tokens") or 0
+        if ":" in custom_id:
+            self.stages[stage_of(custom_id)]["succeeded"] += 1
+
+    def record_failure(self, custom_id: str, code: str) -> None:
+        """Count one record that ended in the errors file."""
+        self.failed += 1
+        self.error_codes[code] += 1
+        if ":" in custom_id:
+            self.stages[stage_of(custom_id)]["failed"] += 1
+
+    def record_cached(self, custom_id: str) -> None:
+        """Count one record answered from the checkpoint without a request."""
+        self.resumed += 1
+        if ":" in custom_id:
+            self.stages[stage_of(custom_id)]["cached"] += 1
+
+    def latency_summary(self) -> dict:
+        """p50/p95/p99/max of successful request latencies, in milliseconds."""
+        values = sorted(self.latencies)
+        out = {f"p{q}": percentile(values, q) for q in (50, 95, 99)}
+        out["max"] = values[-1] if values else None
+        return {k: (round(v * 1000, 2) if v is not None else None) for k, v in out.items()}
+
+    def as_dict(self) -> dict:
+        """The summary as plain JSON-ready data."""
+        wall = self.elapsed
+        tokens = self.prompt_tokens + self.completion_tokens
+        return {
+            "total": self.total,
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+            "skipped_already_done": self.resumed,
+            "invalid_skipped": self.invalid,
+            "attempts": self.attempts,
+            "retries": self.retries,
+            "rate_limited_429": self.rate_limited,
+            "error_codes": dict(self.error_codes),
+            "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens, "total": tokens},
+            "latency_ms": self.latency_summary(),
+            "wall_time_s": round(wall, 3),
+            "requests_per_s": round(self.done / wall, 2) if wall > 0 else None,
+            "tokens_per_s": round(tokens / wall, 1) if wall > 0 else None,
+            "stages": {name: dict(c) for name, c in sorted(self.stages.items())},
+        }
