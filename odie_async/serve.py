@@ -38,6 +38,7 @@ API_KEY_ENV = "ODIE_SERVE_API_KEY"
 _LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 _DEFAULT_KV_CACHE_GIB = "4"
 _STOP_GRACE_S = 30.0
+_GROUP_GRACE_S = 5.0
 _LOG_TAIL_LINES = 25
 
 
@@ -237,8 +238,10 @@ class VLLMServer:
                 proc.wait(timeout=_STOP_GRACE_S)
             except subprocess.TimeoutExpired:
                 log.warning("vLLM ignored SIGTERM; killing it", pid=proc.pid)
-        # The engine runs in processes of its own: make sure none outlives the server.
-        _signal_group(proc.pid, signal.SIGKILL)
+        # The engine runs in processes of its own: let them finish, and kill any that linger.
+        if not _group_gone(proc.pid, _GROUP_GRACE_S):
+            _signal_group(proc.pid, signal.SIGKILL)
+            _group_gone(proc.pid, _GROUP_GRACE_S)
         proc.wait()
         log.info("vLLM stopped", code=proc.returncode)
 
@@ -262,6 +265,19 @@ def _signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
     except ProcessLookupError:
         pass
+
+
+def _group_gone(pgid: int, timeout_s: float) -> bool:
+    """Wait until no process of the group is left; False if some still are after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
 
 
 def _answers(url: str) -> bool:

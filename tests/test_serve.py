@@ -235,13 +235,14 @@ def _make_random_adapter(base: str, out: Path) -> None:
 
 
 def _group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of a process group."""
     members = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(fields[2]) == pgid:
+        if int(fields[2]) == pgid and fields[0] != "Z":
             members.append(int(stat.parent.name))
     return members
 
