@@ -16,7 +16,7 @@ import structlog
 
 from .batchfile import BatchReader, count_lines
 from .engine import Engine, EngineSettings
-from .exceptions import ConfigError, RunAborted
+from .exceptions import ConfigError, InputError
 from .logs import configure_logging
 from .progress import ProgressLine, format_summary, write_summary
 from .runtime import run_async
@@ -79,7 +79,7 @@ async def run_batch(args, base_url: str, model: str | None = None) -> dict:
             async with engine:
                 _install_signals(engine)
                 await _produce(engine, reader, model)
-        except (RunAborted, Exception) as exc:  # reported after the summary; nothing written is lost
+        except Exception as exc:  # reported after the summary; nothing written is lost
             error = exc
     engine.stats.invalid = reader.invalid
     summary = engine.stats.as_dict() | {"shutdown": engine.shutdown_report if engine.interrupted else None}
@@ -91,12 +91,16 @@ async def run_batch(args, base_url: str, model: str | None = None) -> dict:
 
 
 async def _produce(engine: Engine, reader: BatchReader, model: str | None) -> None:
-    for line in reader:
-        if engine.stopping:
-            return
-        if model:
-            line.body["model"] = model
-        await engine.submit(line.custom_id, line.body, line.url)
+    try:
+        for line in reader:
+            if engine.stopping:
+                return
+            if model:
+                line.body["model"] = model
+            await engine.submit(line.custom_id, line.body, line.url)
+    except InputError:
+        await engine.join()  # the lines before the bad one are valid: finish them first
+        raise
 
 
 def _install_signals(engine: Engine) -> None:

@@ -1,0 +1,198 @@
+"""``odie eval``: score prediction files with the InstructIE paper's two metrics.
+
+Reads one or more prediction files in the released format (a JSON list, or JSONL,
+of objects with ``gold``, ``output``, ``category``, ``difficulty``, ``source_type``
+and usually ``instruction``, ``text``, ``domain``), prints their scores side by
+side, and optionally writes them as JSON (``--json``) and as one bar chart per
+metric (``--plot DIR``). ``--compat`` reproduces the original scripts exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import structlog
+
+from .embedder import DEFAULT_BATCH_SIZE, DEFAULT_THREADS, get_embedder
+from .exceptions import EvalError
+from .logs import configure_logging
+from .metrics import GROUP_FIELDS, REQUIRED_FIELDS, evaluate_records, key_order
+
+log = structlog.get_logger(__name__)
+
+METRICS = {"header": "header soft-match F1", "content": "content ROUGE-Lsum"}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``odie eval``."""
+    parser.add_argument("predictions", nargs="+", help="prediction files (.json list or .jsonl)")
+    parser.add_argument(
+        "--compat", action="store_true",
+        help="reproduce the original evaluation scripts exactly, quirks included",
+    )
+    parser.add_argument("--json", dest="json_out", metavar="OUT.json",
+                        help="write the scores as JSON (one object per file; a list for several)")
+    parser.add_argument("--plot", metavar="DIR", help="write one bar chart PNG per metric into DIR")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                        help="header cells per encoder batch")
+    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS,
+                        help="torch threads while encoding (0: torch's default)")
+    parser.add_argument("--device", default="cpu", help="torch device of the sentence encoder")
+    parser.add_argument("--log-json", action="store_true", help="log JSON lines on stderr")
+
+
+def load_predictions(path: str | Path) -> list[dict]:
+    """Read a predictions file (JSON list or JSONL) and check every record's fields.
+
+    Raises ``EvalError`` naming the file and the line (JSONL, bad JSON) or the item
+    index (JSON list) of the first problem.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EvalError(f"{path}: cannot read predictions: {exc}") from exc
+    if path.suffix != ".jsonl" and text.lstrip().startswith("["):
+        records = _parse_json_list(path, text)
+    else:
+        records = _parse_jsonl(path, text)
+    if not records:
+        raise EvalError(f"{path}: no predictions in the file")
+    return records
+
+
+def _parse_json_list(path: Path, text: str) -> list[dict]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise EvalError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg} (column {exc.colno})") from exc
+    if not isinstance(data, list):
+        raise EvalError(f"{path}: expected a JSON list of prediction objects")
+    return [_checked(f"{path}: item {i}", record) for i, record in enumerate(data)]
+
+
+def _parse_jsonl(path: Path, text: str) -> list[dict]:
+    records = []
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise EvalError(f"{path}:{line_no}: invalid JSON: {exc.msg} (column {exc.colno})") from exc
+        records.append(_checked(f"{path}:{line_no}", record))
+    return records
+
+
+def _checked(location: str, record: object) -> dict:
+    """The record if it is an object with every scored field as a string."""
+    if not isinstance(record, dict):
+        raise EvalError(f"{location}: expected a JSON object, got {type(record).__name__}")
+    for field in REQUIRED_FIELDS:
+        if field not in record:
+            raise EvalError(f"{location}: missing field {field!r}")
+        if not isinstance(record[field], str):
+            raise EvalError(f"{location}: field {field!r} must be a string, got {type(record[field]).__name__}")
+    return record
+
+
+def score_files(paths: Sequence[str | Path], compat: bool, device: str = "cpu",
+                batch_size: int = DEFAULT_BATCH_SIZE, threads: int | None = DEFAULT_THREADS) -> list[dict]:
+    """Score each file; every file is validated before the encoder loads."""
+    loaded = [(str(p), load_predictions(p)) for p in paths]
+    started = time.monotonic()
+    embedder = get_embedder(device=device, batch_size=batch_size, threads=threads or None)
+    log.info("sentence encoder ready", seconds=round(time.monotonic() - started, 2))
+    reports = []
+    for i, (path, records) in enumerate(loaded, start=1):
+        started = time.monotonic()
+        report = {"file": path, **evaluate_records(records, embedder.encode, compat)}
+        log.info("scored", file=path, items=len(records), done=f"{i}/{len(loaded)}",
+                 seconds=round(time.monotonic() - started, 2))
+        reports.append(report)
+    return reports
+
+
+def _labels(reports: Sequence[dict]) -> list[str]:
+    """Short column names: file stems, or full paths where two stems clash."""
+    stems = [Path(r["file"]).stem for r in reports]
+    return [s if stems.count(s) == 1 else r["file"] for s, r in zip(stems, reports)]
+
+
+def _rows(reports: Sequence[dict]) -> list[tuple[str, str, list[float | None]]]:
+    """(metric, row label, one score per file) for every metric and group."""
+    rows = []
+    for metric in METRICS:
+        names = ["overall"] + (["precision", "recall"] if metric == "header" else [])
+        rows += [(metric, name, [r[metric][name] for r in reports]) for name in names]
+        for field in GROUP_FIELDS:
+            keys = sorted({k for r in reports for k in r[metric][field]}, key=key_order)
+            rows += [(metric, f"{field}={k}", [r[metric][field].get(k) for r in reports]) for k in keys]
+    return rows
+
+
+def format_table(reports: Sequence[dict]) -> str:
+    """The scores of every file side by side, with the mode and its notes on top."""
+    labels = _labels(reports)
+    width = max(12, *(len(label) + 2 for label in labels))
+    lines = [f"mode: {reports[0]['mode']}"]
+    for report, label in zip(reports, labels):
+        lines += [f"note ({label}): {note}" for note in report["notes"]]
+    lines.append(f"{'metric':<9}{'group':<26}" + "".join(f"{label:>{width}}" for label in labels))
+    for metric, name, values in _rows(reports):
+        cells = "".join(f"{'-' if v is None else f'{v:.2f}':>{width}}" for v in values)
+        lines.append(f"{metric:<9}{name:<26}{cells}")
+    lines.append(f"{'items':<35}" + "".join(f"{r['n']:>{width}}" for r in reports))
+    return "\n".join(lines)
+
+
+def plot_reports(reports: Sequence[dict], out_dir: str | Path) -> list[Path]:
+    """One PNG per metric: a group of bars per score, one bar per file."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    labels, written = _labels(reports), []
+    for metric, title in METRICS.items():
+        rows = [(name, values) for m, name, values in _rows(reports)
+                if m == metric and name not in ("precision", "recall")]
+        fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(rows) * max(1, len(reports)) ** 0.5), 4.5))
+        bar = 0.8 / len(reports)
+        for j, label in enumerate(labels):
+            heights = [math.nan if values[j] is None else values[j] for _, values in rows]
+            xs = [i + (j - (len(reports) - 1) / 2) * bar for i in range(len(rows))]
+            ax.bar(xs, heights, width=bar, label=label)
+        ax.set_xticks(range(len(rows)), [name.split("=")[-1] for name, _ in rows], rotation=30, ha="right")
+        ax.set_ylabel("score (0-100)")
+        ax.set_ylim(0, 100)
+        ax.set_title(f"{title} ({reports[0]['mode']} mode)")
+        ax.legend(fontsize="small")
+        fig.tight_layout()
+        path = out_dir / f"{metric}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``odie eval``."""
+    configure_logging(json=args.log_json)
+    reports = score_files(args.predictions, args.compat, args.device, args.batch_size, args.threads)
+    print(format_table(reports))
+    if args.json_out:
+        payload = reports[0] if len(reports) == 1 else reports
+        Path(args.json_out).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        log.info("wrote scores", path=args.json_out)
+    if args.plot:
+        for path in plot_reports(reports, args.plot):
+            log.info("wrote plot", path=str(path))
+    return 0

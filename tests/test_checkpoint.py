@@ -1,0 +1,70 @@
+import orjson
+import pytest
+
+from odie_async.checkpoint import Result, ResultStore, repair_tail
+from odie_async.exceptions import InputError
+
+
+def _ok(custom_id):
+    body = {"choices": [{"message": {"role": "assistant", "content": f"answer {custom_id}"}}]}
+    return Result(custom_id, True, body, None, 200, "req-1", 1)
+
+
+def test_results_survive_reopen_and_are_answered_from_the_checkpoint(tmp_path):
+    store = ResultStore(tmp_path / "out.jsonl", keep_bodies=True)
+    store.open()
+    store.append([store.encode(_ok("a")), store.encode(_ok("b"))], [])
+    failed = Result("c", False, None, {"code": "server_error", "message": "HTTP 500"}, 500, None, 5)
+    store.append([], [store.encode(failed)])
+    store.close()
+
+    again = ResultStore(tmp_path / "out.jsonl", keep_bodies=True)
+    again.open()
+    assert again.done("a") and again.done("c") and not again.done("d")
+    assert again.get("b").content == "answer b" and again.get("b").cached
+    assert again.get("c").error["code"] == "server_error" and again.get("c").attempts == 5
+    assert (again.resumed_ok, again.resumed_failed) == (2, 1)
+    again.close()
+
+
+def test_output_lines_follow_the_batch_api_format(tmp_path):
+    line = orjson.loads(_ok("a").to_line("batch_req_1"))
+    assert set(line) == {"id", "custom_id", "response", "error"}
+    assert line["response"]["status_code"] == 200 and line["error"] is None
+
+
+def test_torn_tail_is_cut_back_to_the_last_complete_line(tmp_path):
+    path = tmp_path / "out.jsonl"
+    good = _ok("a").to_line("x")
+    path.write_bytes(good + b'{"id": "y", "custom_id": "b", "resp')
+    assert repair_tail(path) > 0
+    assert path.read_bytes() == good
+    assert repair_tail(path) == 0
+
+
+def test_a_file_of_one_torn_line_becomes_empty(tmp_path):
+    path = tmp_path / "out.jsonl"
+    path.write_bytes(b'{"id": "y", "cust')
+    repair_tail(path)
+    assert path.read_bytes() == b""
+
+
+def test_corrupt_line_in_the_middle_is_an_error_naming_it(tmp_path):
+    path = tmp_path / "out.jsonl"
+    path.write_bytes(_ok("a").to_line("x") + b"not json\n" + _ok("b").to_line("y"))
+    store = ResultStore(path)
+    with pytest.raises(InputError) as info:
+        store.open()
+    assert info.value.line_no == 2 and str(path) in str(info.value)
+
+
+def test_retry_failed_moves_the_errors_file_aside(tmp_path):
+    store = ResultStore(tmp_path / "out.jsonl")
+    store.open()
+    store.append([], [store.encode(Result("c", False, error={"code": "x", "message": "y"}))])
+    store.close()
+    again = ResultStore(tmp_path / "out.jsonl")
+    again.open(retry_failed=True)
+    assert not again.done("c")
+    assert list(tmp_path.glob("out.errors.jsonl.*.bak"))
+    again.close()
