@@ -15,6 +15,7 @@ import asyncio
 import ipaddress
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -40,6 +41,7 @@ _DEFAULT_KV_CACHE_GIB = "4"
 _STOP_GRACE_S = 30.0
 _GROUP_GRACE_S = 5.0
 _LOG_TAIL_LINES = 25
+_EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt)\b.*:")
 
 
 @dataclass
@@ -109,12 +111,25 @@ def _check_port_free(host: str, port: int) -> None:
             raise ServeError(f"cannot serve on {host}:{port}: {exc.strerror}") from None
 
 
-def _log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
+def _log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> list[str]:
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError:
-        return "(no log)"
-    return "\n".join(text.splitlines()[-lines:])
+        return []
+    return text.splitlines()[-lines:]
+
+
+def _cause(lines: list[str]) -> str:
+    """The last exception line of a traceback, with its indented detail lines."""
+    for i in range(len(lines) - 1, -1, -1):
+        if _EXCEPTION_LINE.match(lines[i]):
+            detail = [lines[i].strip()]
+            for more in lines[i + 1:i + 3]:
+                if not more.startswith((" ", "\t")):
+                    break
+                detail.append(more.strip())
+            return " ".join(detail)[:400]
+    return ""
 
 
 class VLLMServer:
@@ -220,7 +235,10 @@ class VLLMServer:
             time.sleep(0.5)
 
     def _failure(self, what: str) -> str:
-        return f"{what} (model {self.model_dir}); last lines of {self.log_path}:\n{_log_tail(self.log_path)}"
+        tail = _log_tail(self.log_path)
+        cause = _cause(tail)
+        headline = f"{what}: {cause}" if cause else what
+        return f"{headline}\n(model {self.model_dir}; last lines of {self.log_path}:)\n" + "\n".join(tail)
 
     def wait(self) -> None:
         """Block while the server runs; raise ServeError if it stops on its own."""
