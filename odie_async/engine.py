@@ -110,6 +110,15 @@ class FailureBreaker:
         return f"{self._failures} of the last {len(self._outcomes)} attempts failed; last error: {self.last_error}"
 
 
+class _Attempt:
+    """The one field of tenacity's retry state that its wait strategies read."""
+
+    __slots__ = ("attempt_number",)
+
+    def __init__(self, attempt_number: int) -> None:
+        self.attempt_number = attempt_number
+
+
 def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, RequestError) and exc.retryable
 
@@ -322,20 +331,33 @@ class Engine:
             self._written.put_nowait((job, result))
 
     async def _process(self, job: Job) -> Result:
-        with bound_contextvars(custom_id=job.custom_id):
-            try:
-                reply = await self._with_retries(job)
-            except RequestError as exc:
-                return self._failure(job, exc)
+        try:
+            reply = await self._attempt(job)
+        except RequestError as first:
+            # Context is bound only off the fast path: per record it cost ~20 % of throughput.
+            with bound_contextvars(custom_id=job.custom_id):
+                try:
+                    reply = await self._retry(job, first)
+                except RequestError as exc:
+                    return self._failure(job, exc)
         self.stats.record_success(job.custom_id, reply.body, reply.latency)
         return Result(job.custom_id, True, reply.body, None, reply.status, reply.request_id, job.attempts)
 
-    async def _with_retries(self, job: Job) -> Reply:
+    async def _retry(self, job: Job, first: RequestError) -> Reply:
+        """Attempts 2..N under tenacity, after a first attempt that failed.
+
+        The first attempt runs outside tenacity: entering ``AsyncRetrying`` for
+        every record halved throughput (≈5,400 vs ≈10,500 requests/s on the
+        zero-latency mock), and most records succeed at once.
+        """
+        if not first.retryable or self.settings.max_attempts < 2:
+            raise first
+        await self._sleep_before_retry(first, 1)
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.settings.max_attempts),
-            wait=self._wait,
+            stop=stop_after_attempt(self.settings.max_attempts - 1),
+            wait=lambda state: self._wait_for(state.outcome.exception(), state.attempt_number + 1),
             retry=retry_if_exception(_retryable),
-            before_sleep=self._before_retry,
+            before_sleep=lambda state: self._count_retry(state.outcome.exception(), state.attempt_number + 1),
             reraise=True,
         )
         async for attempt in retrying:
@@ -343,17 +365,20 @@ class Engine:
                 return await self._attempt(job)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _wait(self, retry_state) -> float:
-        exc = retry_state.outcome.exception()
+    async def _sleep_before_retry(self, exc: RequestError, attempt: int) -> None:
+        self._count_retry(exc, attempt)
+        await asyncio.sleep(self._wait_for(exc, attempt))
+
+    def _wait_for(self, exc: BaseException | None, attempt: int) -> float:
+        """Seconds before the next attempt: the server's hint, else exponential backoff with full jitter."""
         if isinstance(exc, RateLimitError) and exc.retry_after is not None:
             return exc.retry_after
         backoff = wait_random_exponential(multiplier=self.settings.backoff_base_s, max=self.settings.backoff_max_s)
-        return backoff(retry_state)
+        return backoff(_Attempt(attempt))
 
-    def _before_retry(self, retry_state) -> None:
+    def _count_retry(self, exc: BaseException | None, attempt: int) -> None:
         self.stats.retries += 1
-        exc = retry_state.outcome.exception()
-        log.debug("retrying", attempt=retry_state.attempt_number, error=getattr(exc, "code", "?"), detail=str(exc)[:200])
+        log.debug("retrying", attempt=attempt, error=getattr(exc, "code", "?"), detail=str(exc)[:200])
 
     async def _attempt(self, job: Job) -> Reply:
         if self.limits.active:
