@@ -55,20 +55,20 @@ def api_key_from_env(name: str | None) -> str | None:
     return value
 
 
-def settings_from_args(args, base_url: str) -> EngineSettings:
+def settings_from_args(args, base_url: str, api_key: str | None = None) -> EngineSettings:
     """Engine settings from the command line."""
     if args.concurrency < 1 or args.max_attempts < 1:
         raise ConfigError("--concurrency and --max-attempts must be at least 1")
     return EngineSettings(
-        base_url=base_url, api_key=api_key_from_env(args.api_key_env), concurrency=args.concurrency,
+        base_url=base_url, api_key=api_key or api_key_from_env(args.api_key_env), concurrency=args.concurrency,
         rpm=args.rpm, tpm=args.tpm, max_attempts=args.max_attempts, timeout_s=args.timeout,
         drain_timeout_s=args.drain_timeout, adaptive=not args.no_adaptive,
     )
 
 
-async def run_batch(args, base_url: str, model: str | None = None) -> dict:
+async def run_batch(args, base_url: str, model: str | None = None, api_key: str | None = None) -> dict:
     """Stream the input through the engine; return the summary."""
-    settings = settings_from_args(args, base_url)
+    settings = settings_from_args(args, base_url, api_key)
     engine = Engine(settings, args.output, args.errors, keep_bodies=False, retry_failed=args.retry_failed)
     engine.stats.total = count_lines(args.input)
     reader = BatchReader(args.input, skip_invalid=args.skip_invalid)
@@ -125,8 +125,8 @@ def run(args) -> int:
     else:
         from .serve import embedded_endpoint
 
-        with embedded_endpoint() as (base_url, model):
-            summary = run_async(run_batch(args, base_url, args.model or model))
+        with embedded_endpoint() as endpoint:
+            summary = run_async(run_batch(args, endpoint.base_url, args.model or endpoint.model, endpoint.api_key))
     error = summary.pop("error", None)
     print(format_summary(summary))
     if error is not None:
