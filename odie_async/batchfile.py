@@ -83,7 +83,7 @@ class BatchReader:
         self.path = str(path)
         self.skip_invalid = skip_invalid
         self.invalid = 0
-        self._seen: dict[int, int] = {}
+        self._seen: set[int] = set()
 
     def __iter__(self) -> Iterator[BatchLine]:
         with open(self.path, "rb") as handle:
@@ -103,14 +103,22 @@ class BatchReader:
 
     def _check_unique(self, line: BatchLine) -> None:
         key = hash(line.custom_id)
-        first = self._seen.setdefault(key, line.line_no)
-        if first != line.line_no and self._same_id(first, line.custom_id):
+        if key not in self._seen:
+            self._seen.add(key)
+            return
+        first = self._first_line_of(line.custom_id, line.line_no)
+        if first is not None:
             raise DuplicateIdError(self.path, line.custom_id, first, line.line_no)
 
-    def _same_id(self, line_no: int, custom_id: str) -> bool:
-        """Confirm a hash match by rereading the earlier line (hash collisions are possible)."""
+    def _first_line_of(self, custom_id: str, before: int) -> int | None:
+        """The earlier line holding ``custom_id``; None when the hash match was a collision."""
         with open(self.path, "rb") as handle:
             for number, raw in enumerate(handle, 1):
-                if number == line_no:
-                    return orjson.loads(raw).get("custom_id") == custom_id
-        return False
+                if number >= before:
+                    return None
+                try:
+                    if orjson.loads(raw).get("custom_id") == custom_id:
+                        return number
+                except (orjson.JSONDecodeError, AttributeError):
+                    continue  # a line skipped as invalid earlier
+        return None

@@ -163,7 +163,7 @@ class ResultStore:
         return count
 
     def done(self, custom_id: str) -> bool:
-        """Whether a line for ``custom_id`` is already in the output or errors file."""
+        """Whether ``custom_id`` had a line in the output or errors file when they were opened."""
         return hash(custom_id) in self._done
 
     def get(self, custom_id: str) -> Result | None:
@@ -171,8 +171,7 @@ class ResultStore:
         return self._results.get(custom_id)
 
     def encode(self, result: Result) -> bytes:
-        """Serialise ``result`` with a fresh line id and mark it done."""
-        self._done.add(hash(result.custom_id))
+        """Serialise ``result`` with a fresh line id (and keep it, with ``keep_bodies``)."""
         if self.keep_bodies:
             self._results[result.custom_id] = result
         return result.to_line(f"batch_req_{self._run}{next(self._ids):010x}")
