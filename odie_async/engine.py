@@ -223,12 +223,10 @@ class Engine:
         not_started = self._not_started + self._drop_queued()
         in_flight = self._busy
         timeout = 0.0 if self._abort else (drain_timeout_s if drain_timeout_s is not None else self.settings.drain_timeout_s)
-        for _ in self._workers:
-            self._queue.put_nowait(_STOP)
-        _done, late = await asyncio.wait(self._workers, timeout=timeout) if self._workers else (set(), set())
-        for task in late:
-            task.cancel()
-        await asyncio.gather(*late, return_exceptions=True)
+        await self._wait_idle(timeout)
+        for task in self._workers:
+            task.cancel()  # idle workers wait in queue.get(), where cancelling is harmless
+        await asyncio.gather(*self._workers, return_exceptions=True)
         self._written.put_nowait(_STOP)
         if self._writer is not None:
             await self._writer
@@ -242,13 +240,18 @@ class Engine:
         }
         return self.shutdown_report
 
+    async def _wait_idle(self, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._busy and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+
     def _drop_queued(self) -> int:
         dropped = 0
         while not self._queue.empty():
-            job = self._queue.get_nowait()
+            self._queue.get_nowait()
             self._queue.task_done()
-            if job is not _STOP:
-                dropped += 1
+            dropped += 1
         return dropped
 
     def _fail_pending(self, exc: Exception) -> None:
@@ -306,9 +309,6 @@ class Engine:
         queue = self._queue
         while True:
             job = await queue.get()
-            if job is _STOP:
-                queue.task_done()
-                return
             if self._stopping:
                 self._not_started += 1
                 queue.task_done()
@@ -454,7 +454,7 @@ class Engine:
             batch = [await written.get()]
             while not written.empty() and len(batch) < 4096:
                 batch.append(written.get_nowait())
-            stop = batch[-1] is _STOP or any(item is _STOP for item in batch)
+            stop = any(item is _STOP for item in batch)
             self._write_batch([item for item in batch if item is not _STOP])
             for _ in batch:
                 written.task_done()
