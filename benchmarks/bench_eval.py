@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from odie_async.logs import configure_logging
 from odie_async.paths import shared_dir
 
 
@@ -105,6 +106,7 @@ def main() -> None:
     parser.add_argument("--compat", action="store_true", help="time --compat mode")
     parser.add_argument("--baseline", action="store_true", help="also time the per-item encoding loop")
     args = parser.parse_args()
+    configure_logging()  # logs to stderr, so stdout holds only the JSON
 
     times = cli_wall_times(args.file, args.repeats, args.compat)
     detail = in_process_steps(args.file, args.compat)
