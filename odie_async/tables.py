@@ -136,18 +136,27 @@ def parse_table(text: str, strict: bool = True) -> Table:
     header's cell count, else ``TableError('ragged_rows')``; without it short rows
     are padded with empty cells and long ones cut.
     """
-    lines = [line.strip().strip("`").strip() for line in str(text).replace("\r\n", "\n").split("\n")]
+    return split_around_table(text, strict)[1]
+
+
+def split_around_table(text: str, strict: bool = True) -> tuple[str, Table, str]:
+    """``(text before the table, the table, text after it)``; see ``parse_table``."""
+    raw = str(text).replace("\r\n", "\n").split("\n")
+    lines = [line.strip().strip("`").strip() for line in raw]
     start = _find_start(lines)
     outer = _uses_outer_pipes(lines[start], lines[start + 1])
     header = tuple(_split_cells(lines[start], outer))
     if strict and len(_split_cells(lines[start + 1], outer)) != len(header):
         raise TableError("ragged_rows", "the separator line does not match the header's cell count")
     rows = []
+    end = start + 2
     for line in lines[start + 2 :]:
         if not _has_pipe(line):
             break
         rows.append(_fit(tuple(_split_cells(line, outer)), len(header), strict))
-    return Table(header, tuple(rows))
+        end += 1
+    before, after = "\n".join(raw[:start]).strip(), "\n".join(raw[end:]).strip()
+    return before, Table(header, tuple(rows)), after
 
 
 def _fit(row: tuple[str, ...], width: int, strict: bool) -> tuple[str, ...]:

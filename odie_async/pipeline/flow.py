@@ -1,0 +1,234 @@
+"""How the stages stream into each other.
+
+Futures connect the stages, so nothing waits for a whole stage to finish:
+
+- one task asks for fixed instructions, a few calls ahead, and keeps them in
+  call order (so ROUGE-L de-duplication and the instruction numbering are the
+  same on every rerun), resolving ``fixed[i]`` the moment instruction *i* is kept;
+- one task per chunk of ten instructions paraphrases the chunk as soon as its
+  members exist (fixed chunks from ``fixed``, open chunks from ``open``);
+- one chain per text, admitted in order with at most ``max_outstanding`` alive,
+  writes the text as soon as ``fixed[i]`` resolves, then the open instruction,
+  then for each of its records waits for the paraphrase and asks for the tables,
+  filters and scores them.
+
+Admission in order with a window of at least two chunks cannot deadlock: the
+members of the lowest unfinished open chunk are always admitted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import Counter, deque
+from dataclasses import dataclass, field
+
+from ..tables import Table
+from . import filter as rules
+from .context import Context, Dropped
+from .dedup import Deduper
+from .prompts import FIXED, OPEN
+from .stages import Record, instruction_batch, make_table, open_instruction, paraphrase, write_text
+
+
+@dataclass
+class Outcome:
+    """What became of one record in one table variant."""
+
+    record: Record
+    variant: str
+    kept: bool
+    reason: str | None = None
+    table: Table | None = None
+    explanation: str = ""
+    scores: dict = field(default_factory=dict)
+    stage: str = ""
+
+
+def fixed_id(i: int) -> str:
+    """Record id of the fixed-header record of text ``i``."""
+    return f"f{i:05d}"
+
+
+def open_id(i: int) -> str:
+    """Record id of the open-header record of text ``i``."""
+    return f"o{i:05d}"
+
+
+class Flow:
+    """One run of the pipeline over ``config.run.records`` records."""
+
+    def __init__(self, ctx: Context, scorer) -> None:
+        self.ctx = ctx
+        self.scorer = scorer
+        cfg = ctx.config
+        self.n_fixed, self.n_open = cfg.n_fixed, cfg.n_open
+        self.variants = list(cfg.run.variants)
+        self.chunk = cfg.stage("paraphrase").chunk
+        loop = asyncio.get_running_loop()
+        self.fixed = [loop.create_future() for _ in range(self.n_fixed)]
+        self.open = [loop.create_future() for _ in range(self.n_open)]
+        ids = [fixed_id(i) for i in range(self.n_fixed)] + [open_id(i) for i in range(self.n_open)]
+        self.paraphrased = {rid: loop.create_future() for rid in ids}
+        self.outcomes: list[Outcome] = []
+        self.progress: Counter = Counter()
+
+    # -- the run ---------------------------------------------------------------------------
+
+    async def run(self) -> list[Outcome]:
+        """Run every stage to the end; returns every record's outcome per variant."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._instructions())
+            for start in range(0, self.n_fixed, self.chunk):
+                group.create_task(self._paraphrase_chunk("fixed", start, self.fixed, fixed_id))
+            for start in range(0, self.n_open, self.chunk):
+                group.create_task(self._paraphrase_chunk("open", start, self.open, open_id))
+            group.create_task(self._admit())
+        return self.outcomes
+
+    def expected(self) -> dict[str, int]:
+        """How many items each stage should produce (for the progress line)."""
+        chunks = math.ceil(self.n_fixed / self.chunk) + math.ceil(self.n_open / self.chunk)
+        records = self.n_fixed + self.n_open
+        expected = {"instructions": self.n_fixed, "texts": self.n_fixed, "open_instructions": self.n_open,
+                    "paraphrase": chunks}
+        for variant in self.variants:
+            expected["tables_cot" if variant == "cot" else "tables"] = records
+        expected["scored"] = records * len(self.variants)
+        return expected
+
+    # -- stage 1 -----------------------------------------------------------------------------
+
+    async def _instructions(self) -> None:
+        stage = self.ctx.config.stage("instructions")
+        dedup = Deduper(stage.dedup_rouge, [s.instruction for s in self.ctx.seeds])
+        max_calls = math.ceil(self.n_fixed / stage.per_call * stage.max_calls_factor) + 1
+        kept: list[tuple[str, str]] = []
+        pending: deque[asyncio.Task] = deque()
+        next_call = 0
+        try:
+            while len(kept) < self.n_fixed:
+                needed = math.ceil((self.n_fixed - len(kept)) / stage.per_call)
+                while len(pending) < min(stage.parallel_calls, needed) and next_call < max_calls:
+                    pending.append(asyncio.create_task(instruction_batch(self.ctx, next_call)))
+                    next_call += 1
+                if not pending:
+                    break
+                for domain, instruction in await pending.popleft():
+                    if len(kept) < self.n_fixed and self._keep(dedup, domain, instruction, len(kept)):
+                        kept.append((domain, instruction))
+        finally:
+            for task in pending:
+                task.cancel()
+        self.ctx.counts["instructions"]["calls"] = next_call
+        for future in self.fixed[len(kept) :]:
+            future.set_result(None)
+        self.ctx.counts["instructions"]["shortfall"] = self.n_fixed - len(kept)
+
+    def _keep(self, dedup: Deduper, domain: str, instruction: str, index: int) -> bool:
+        if not dedup.add(instruction):
+            self.ctx.counts["instructions"]["near_duplicates"] += 1
+            return False
+        self.ctx.counts["instructions"]["kept"] += 1
+        self.progress["instructions"] += 1
+        self.fixed[index].set_result((domain, instruction))
+        return True
+
+    # -- stage 4 -----------------------------------------------------------------------------
+
+    async def _paraphrase_chunk(self, kind: str, start: int, sources: list[asyncio.Future], make_id) -> None:
+        members = []
+        for i in range(start, min(start + self.chunk, len(sources))):
+            value = await sources[i]
+            if value is not None:
+                members.append((make_id(i), value if isinstance(value, str) else value[1]))
+        if members:
+            rewritten = await paraphrase(self.ctx, f"{kind}{start // self.chunk:04d}", [text for _, text in members])
+            if rewritten is None:
+                self.ctx.counts["paraphrase"]["kept_original"] += len(members)
+            for n, (rid, original) in enumerate(members):
+                self.paraphrased[rid].set_result(rewritten[n] if rewritten else original)
+        self.progress["paraphrase"] += 1
+
+    # -- per text ----------------------------------------------------------------------------
+
+    async def _admit(self) -> None:
+        window = asyncio.Semaphore(max(self.ctx.config.run.max_outstanding, 2 * self.chunk))
+        async with asyncio.TaskGroup() as group:
+            for i in range(self.n_fixed):
+                await window.acquire()
+                group.create_task(self._text_chain(i, window))
+
+    async def _text_chain(self, i: int, window: asyncio.Semaphore) -> None:
+        try:
+            await self._text_chain_body(i)
+        finally:
+            window.release()
+
+    async def _text_chain_body(self, i: int) -> None:
+        has_open = i < self.n_open
+        pair = await self.fixed[i]
+        if pair is None:
+            if has_open:
+                self.open[i].set_result(None)
+            return
+        domain, instruction = pair
+        fixed = Record(fixed_id(i), FIXED, domain, instruction)
+        records = [fixed]
+        try:
+            fixed.text = await write_text(self.ctx, fixed)
+            self.progress["texts"] += 1
+            reason = rules.check_text(fixed.text, self.ctx.config.filter)
+            if reason:
+                raise Dropped(reason)
+        except Dropped as drop:
+            if has_open:
+                self.open[i].set_result(None)
+                records.append(Record(open_id(i), OPEN, domain, "", fixed.text))
+            for record in records:
+                self._drop_all(record, drop, "texts")
+            return
+        chains = [self._record_chain(fixed)]
+        if has_open:
+            chains.append(self._open_chain(i, fixed))
+        await asyncio.gather(*chains)
+
+    async def _open_chain(self, i: int, fixed: Record) -> None:
+        record = Record(open_id(i), OPEN, fixed.domain, "", fixed.text)
+        try:
+            record.original_instruction = await open_instruction(self.ctx, record)
+        except Dropped as drop:
+            self.open[i].set_result(None)
+            self._drop_all(record, drop, "open_instructions")
+            return
+        self.progress["open_instructions"] += 1
+        self.open[i].set_result(record.original_instruction)
+        await self._record_chain(record)
+
+    async def _record_chain(self, record: Record) -> None:
+        record.instruction = await self.paraphrased[record.id]
+        await asyncio.gather(*(self._variant(record, variant) for variant in self.variants))
+
+    async def _variant(self, record: Record, variant: str) -> None:
+        stage = "tables_cot" if variant == "cot" else "tables"
+        table, explanation, scores = None, "", {}
+        try:
+            table, explanation = await make_table(self.ctx, record, variant)
+            self.progress[stage] += 1
+            reason = rules.check_table(table, self.ctx.config.filter)
+            if reason:
+                raise Dropped(reason)
+            stage = "score"
+            scores = await self.scorer.score(self.ctx, record, variant, table)
+            self.progress["scored"] += 1
+            reason = rules.check_scores(scores, record.category, self.ctx.config.filter)
+            if reason:
+                raise Dropped(reason)
+        except Dropped as drop:
+            self.outcomes.append(Outcome(record, variant, False, drop.reason, table, explanation, scores, stage))
+        else:
+            self.outcomes.append(Outcome(record, variant, True, None, table, explanation, scores, "kept"))
+
+    def _drop_all(self, record: Record, drop: Dropped, stage: str) -> None:
+        for variant in self.variants:
+            self.outcomes.append(Outcome(record, variant, False, drop.reason, stage=stage))

@@ -1,0 +1,203 @@
+"""The generation stages: build each request from templates and seeds, parse its answer.
+
+Every random choice (few-shot sample, paraphrase style) comes from
+``ctx.rng(key)`` for the record's own key, so a rerun rebuilds byte-identical
+requests and is answered from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import orjson
+
+from ..tables import Table, TableError, parse_table
+from . import schemas
+from .context import Context, Dropped, assistant, system, user
+from .parsers import ParseError, free_text, parse_cot_answer, parse_instruction_list, parse_paraphrases, parse_table_answer
+from .prompts import FIXED, OPEN, Seed
+
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]?(?=\s|$)")
+
+
+@dataclass
+class Record:
+    """One (instruction, text) pair on its way to a table."""
+
+    id: str
+    category: str
+    domain: str
+    original_instruction: str
+    text: str = ""
+    instruction: str = ""
+
+
+def _sample(ctx: Context, key: str, pool: list[Seed], k: int) -> list[Seed]:
+    return ctx.rng(key).sample(pool, min(k, len(pool)))
+
+
+def _seeds(ctx: Context, category: str | None = None, cot: bool = False) -> list[Seed]:
+    return [s for s in ctx.seeds if (category is None or s.category == category) and (s.explanation or not cot)]
+
+
+# -- stage 1: fixed instructions ------------------------------------------------------
+
+
+def _examples(ctx: Context, shots: list[Seed]) -> str:
+    if ctx.structured:
+        items = [{"domain": s.domain, "instruction": s.instruction} for s in shots]
+        return orjson.dumps({"instructions": items}, option=orjson.OPT_INDENT_2).decode()
+    return "\n\n".join(
+        ctx.prompts.fill("instructions", "example", number=i, domain=s.domain, instruction=s.instruction)
+        for i, s in enumerate(shots, 1)
+    )
+
+
+async def instruction_batch(ctx: Context, call: int) -> list[tuple[str, str]]:
+    """Ask for ``per_call`` new (domain, instruction) pairs; [] when the answer is unusable."""
+    stage = ctx.config.stage("instructions")
+    key = f"c{call:05d}"
+    shots = _sample(ctx, f"instructions:{key}", _seeds(ctx, FIXED), stage.shots)
+    fmt = ctx.prompts.fill("instructions", ctx.format_key(), count=stage.per_call)
+    prompt = ctx.prompts.fill("instructions", "user", examples=_examples(ctx, shots), count=stage.per_call, format=fmt)
+    messages = [system(ctx.prompts.fill("instructions", "system")), user(prompt)]
+    answer = await ctx.ask("instructions", key, messages, schemas.instructions_schema(ctx.config.limits, stage.per_call))
+    if not answer.ok:
+        return []
+    try:
+        pairs = parse_instruction_list(answer.content)
+    except ParseError:
+        ctx.parsed("instructions", False)
+        return []
+    ctx.parsed("instructions", True)
+    ctx.counts["instructions"]["items"] += len(pairs)
+    return pairs[: stage.per_call]
+
+
+# -- stage 2: texts ---------------------------------------------------------------------
+
+
+def _cut_to_sentence(text: str) -> str:
+    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+    return text[: ends[-1]].strip() if ends else text
+
+
+async def write_text(ctx: Context, record: Record) -> str:
+    """A realistic text of the record's domain holding what its instruction asks for."""
+    stage = ctx.config.stage("texts")
+    words = max(40, round(stage.max_tokens * 0.6, -1))
+    fill = lambda d, i: ctx.prompts.fill("texts", "user", domain=d, instruction=i, words=int(words))  # noqa: E731
+    messages = [system(ctx.prompts.fill("texts", "system"))]
+    for seed in _sample(ctx, f"texts:{record.id}", _seeds(ctx, FIXED), stage.shots):
+        messages += [user(fill(seed.domain, seed.instruction)), assistant(seed.text)]
+    messages.append(user(fill(record.domain, record.original_instruction)))
+    answer = await ctx.ask("texts", record.id, messages)
+    text = _free(ctx, "texts", answer, min_words=20)
+    return _cut_to_sentence(text) if answer.finish_reason == "length" else text
+
+
+def _free(ctx: Context, stage: str, answer, min_words: int) -> str:
+    if not answer.ok:
+        raise Dropped(f"request_failed:{stage}")
+    try:
+        text = free_text(answer.content, min_words)
+    except ParseError as exc:
+        ctx.parsed(stage, False)
+        raise Dropped(f"unparsable:{stage}") from exc
+    ctx.parsed(stage, True)
+    return text
+
+
+# -- stage 3: open instructions ------------------------------------------------------
+
+
+async def open_instruction(ctx: Context, record: Record) -> str:
+    """An instruction that asks for information from the record's text without naming columns."""
+    stage = ctx.config.stage("open_instructions")
+    messages = [system(ctx.prompts.fill("open_instructions", "system"))]
+    for seed in _sample(ctx, f"open:{record.id}", _seeds(ctx, OPEN), stage.shots):
+        messages += [user(ctx.prompts.fill("open_instructions", "user", text=seed.text)), assistant(seed.instruction)]
+    messages.append(user(ctx.prompts.fill("open_instructions", "user", text=record.text)))
+    answer = await ctx.ask("open_instructions", record.id, messages)
+    text = _free(ctx, "open_instructions", answer, min_words=3)
+    return " ".join(text.split("\n\n")[0].split())
+
+
+# -- stage 4: paraphrase -------------------------------------------------------------
+
+
+async def paraphrase(ctx: Context, key: str, instructions: list[str]) -> list[str] | None:
+    """The chunk restyled in one drawn style; asked again while the line count is off; None at last."""
+    stage = ctx.config.stage("paraphrase")
+    count = len(instructions)
+    style = ctx.rng(f"paraphrase:{key}").choice(ctx.prompts.raw("paraphrase", "styles"))
+    items = "\n".join(f"{i}. {text}" for i, text in enumerate(instructions, 1))
+    fmt = ctx.prompts.fill("paraphrase", ctx.format_key(), count=count)
+    messages = [system(ctx.prompts.fill("paraphrase", "system")),
+                user(ctx.prompts.fill("paraphrase", "user", count=count, style=style, format=fmt, items=items))]
+    schema = schemas.paraphrase_schema(ctx.config.limits, count)
+    for attempt in range(stage.max_tries):
+        answer = await ctx.ask("paraphrase", key if not attempt else f"{key}-try{attempt}", messages, schema)
+        if not answer.ok:
+            return None
+        lines = parse_paraphrases(answer.content)
+        ctx.parsed("paraphrase", len(lines) == count)
+        if len(lines) == count:
+            return lines
+        ctx.counts["paraphrase"]["asked_again"] += 1
+        messages = messages + [assistant(answer.content), user(ctx.prompts.fill("paraphrase", "retry", got=len(lines), count=count))]
+    return None
+
+
+# -- stage 5: tables ---------------------------------------------------------------------
+
+
+def _shot_answer(ctx: Context, seed: Seed, cot: bool) -> str:
+    table = parse_table(seed.table)
+    if ctx.structured:
+        data = ({"explanation": seed.explanation} if cot else {}) | table.as_json()
+        return orjson.dumps(data).decode()
+    return f"{seed.explanation}\n\n{table.markdown()}" if cot else table.markdown()
+
+
+def _table_shots(ctx: Context, record: Record, stage_name: str, k: int) -> list[Seed]:
+    cot = stage_name == "tables_cot"
+    same = _seeds(ctx, record.category, cot)
+    other = [s for s in _seeds(ctx, None, cot) if s not in same]
+    rng = ctx.rng(f"{stage_name}:{record.id}")
+    picked = rng.sample(same, min(k, len(same)))
+    return picked + rng.sample(other, min(k - len(picked), len(other)))
+
+
+def table_messages(ctx: Context, record: Record, stage_name: str) -> list[dict]:
+    """The few-shot conversation asking for the record's table."""
+    stage = ctx.config.stage(stage_name)
+    sys_text = ctx.prompts.fill(stage_name, "system") + "\n" + ctx.prompts.fill(stage_name, ctx.format_key())
+    messages = [system(sys_text)]
+    for seed in _table_shots(ctx, record, stage_name, stage.shots):
+        messages += [user(ctx.prompts.fill(stage_name, "user", instruction=seed.instruction, text=seed.text)),
+                     assistant(_shot_answer(ctx, seed, stage_name == "tables_cot"))]
+    messages.append(user(ctx.prompts.fill(stage_name, "user", instruction=record.instruction, text=record.text)))
+    return messages
+
+
+async def make_table(ctx: Context, record: Record, variant: str) -> tuple[Table, str]:
+    """``(table, explanation)`` for the record; the explanation is empty for the plain variant."""
+    stage_name = "tables_cot" if variant == "cot" else "tables"
+    limits = ctx.config.limits
+    schema = schemas.cot_schema(limits) if variant == "cot" else schemas.table_schema(limits)
+    answer = await ctx.ask(stage_name, record.id, table_messages(ctx, record, stage_name), schema)
+    if not answer.ok:
+        raise Dropped(f"request_failed:{stage_name}")
+    try:
+        if variant == "cot":
+            explanation, table = parse_cot_answer(answer.content)
+        else:
+            explanation, table = "", parse_table_answer(answer.content)
+        table = parse_table(table.markdown())  # the exported text must parse strictly, as the filter demands
+    except TableError as exc:
+        ctx.parsed(stage_name, False)
+        raise Dropped(f"table:{exc.reason}", answer=answer.content) from exc
+    ctx.parsed(stage_name, True)
+    return table, explanation
