@@ -97,14 +97,18 @@ def _vllm_max_rank(rank: int) -> int:
     raise ConfigError(f"LoRA rank {rank} is above vLLM's maximum of {_LORA_RANKS[-1]}")
 
 
+def _socket(host: str) -> socket.socket:
+    return socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+
+
 def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    with _socket(host) as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
 
 
 def _check_port_free(host: str, port: int) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    with _socket(host) as sock:
         try:
             sock.bind((host, port))
         except OSError as exc:
@@ -155,7 +159,9 @@ class VLLMServer:
     @property
     def base_url(self) -> str:
         """The OpenAI base URL clients use, e.g. ``http://127.0.0.1:8000/v1``."""
-        host = "127.0.0.1" if self.settings.host in ("0.0.0.0", "::") else self.settings.host
+        host = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(self.settings.host, self.settings.host)
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
         return f"http://{host}:{self.port}/v1"
 
     @property

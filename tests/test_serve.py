@@ -94,6 +94,13 @@ def test_command_binds_loopback_in_float32_on_cpu(model_dir, monkeypatch):
     assert server.base_url == "http://127.0.0.1:8123/v1"
 
 
+def test_base_url_for_ipv6_and_wildcard_hosts(model_dir, monkeypatch):
+    monkeypatch.setattr(serve, "_on_cpu", lambda: True)
+    monkeypatch.setenv(serve.API_KEY_ENV, "k")
+    urls = [VLLMServer(ServeSettings(model=str(model_dir), host=h, port=9)).base_url for h in ("::1", "::", "0.0.0.0")]
+    assert urls == ["http://[::1]:9/v1", "http://[::1]:9/v1", "http://127.0.0.1:9/v1"]
+
+
 def test_command_on_gpu_leaves_dtype_to_vllm(model_dir, monkeypatch):
     monkeypatch.setattr(serve, "_on_cpu", lambda: False)
     argv = VLLMServer(ServeSettings(model=str(model_dir), max_model_len=2048)).command()
