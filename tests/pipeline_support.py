@@ -53,6 +53,7 @@ SEEDS = [
 
 def write_seeds(folder: Path) -> Path:
     """Write the three seed tasks as JSONL; return the path."""
+    folder.mkdir(parents=True, exist_ok=True)
     path = folder / "seed_tasks.jsonl"
     path.write_bytes(b"".join(orjson.dumps(seed) + b"\n" for seed in SEEDS))
     return path

@@ -15,10 +15,12 @@ import orjson
 from ..tables import Table, TableError, split_around_table, table_from_json
 
 _NUMBERED = re.compile(r"^\s*(?:\d{1,3}\s*[.):\]-]|[-*•]|\(\d{1,3}\))\s+")
-_LABEL = re.compile(r"^\s*(?:\*\*)?(instruction|request|domain|text|document|rewritten request|paraphrase|answer)(?:\*\*)?\s*[:：]\s*", re.I)
+_LABEL = re.compile(
+    r"^\s*(?:\*\*)?(instruction|request|domain|text|document|rewritten request|paraphrase|answer|explanation)"
+    r"(?:\*\*)?\s*[:：]\s*(?:\*\*)?\s*", re.I)
 _FENCE = re.compile(r"^```[\w-]*\s*\n?|\n?```\s*$")
 _QUOTES = "\"'“”‘’`"
-_FIELD = re.compile(r"(?:\*\*)?\b(domain|instruction|request)\b(?:\*\*)?\s*[:：]\s*", re.I)
+_FIELD = re.compile(r"(?:\*\*)?\b(domain|instruction|request)\b(?:\*\*)?\s*[:：]\s*(?:\*\*)?\s*", re.I)
 _SCORE = re.compile(r"\b({names})\b[^0-9\n]{{0,20}}([0-9](?:\.[0-9]+)?)", re.I)
 
 
@@ -90,11 +92,13 @@ def _pair_from_json(item) -> tuple[str, str] | None:
 def _items(content: str) -> list[str]:
     """Split a numbered list into items (an item may span lines)."""
     items: list[list[str]] = []
+    after_blank = False
     for line in _FENCE.sub("", content).splitlines():
         if _NUMBERED.match(line) and re.match(r"^\s*\(?\d", line):
             items.append([line])
-        elif items and line.strip():
-            items[-1].append(line)
+        elif items and line.strip() and (not after_blank or _FIELD.match(line.strip())):
+            items[-1].append(line)  # after a blank line only a labelled line still belongs to the item
+        after_blank = not line.strip()
     return ["\n".join(lines) for lines in items]
 
 
@@ -103,8 +107,8 @@ def _pair_from_text(item: str) -> tuple[str, str] | None:
     parts = _FIELD.split(body)
     fields = {parts[i].lower(): parts[i + 1] for i in range(1, len(parts) - 1, 2)}
     instruction = fields.get("instruction") or fields.get("request") or (parts[0] if len(parts) == 1 else "")
-    instruction = strip_quotes(" ".join(instruction.split()).strip(" |;"))
-    domain = strip_quotes(" ".join(fields.get("domain", "").split()).strip(" |;.,"))
+    instruction = strip_quotes(" ".join(instruction.split()).strip(" |;*"))
+    domain = strip_quotes(" ".join(fields.get("domain", "").split()).strip(" |;.,*"))
     if len(instruction.split()) < 3:
         return None
     return (domain or "general", instruction)

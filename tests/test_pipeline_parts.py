@@ -1,0 +1,206 @@
+"""Pieces of the generation pipeline: parsers, de-duplication, config, seeds, filter, scorers."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+from rouge_score import rouge_scorer
+
+from odie_async.exceptions import ConfigError, InputError
+from odie_async.pipeline import filter as rules
+from odie_async.pipeline.config import FilterConfig, from_dict
+from odie_async.pipeline.dedup import Deduper, rouge_l, tokenize
+from odie_async.pipeline.parsers import (
+    ParseError,
+    free_text,
+    parse_cot_answer,
+    parse_instruction_list,
+    parse_paraphrases,
+    parse_scores,
+    parse_table_answer,
+)
+from odie_async.pipeline.prompts import FIXED, OPEN, load_seeds
+from odie_async.pipeline.scorers import OfflineScorer, phrases, support, unieval_claims
+from odie_async.tables import Table, TableError, parse_table
+
+from .pipeline_support import SEEDS, write_seeds
+
+# -- parsers ------------------------------------------------------------------------------
+
+
+def test_instruction_list_from_labelled_numbered_text():
+    answer = ("Sure! Here are new requests:\n\n1. Domain: Finance\nInstruction: Extract the ticker and price of each stock.\n"
+              "2) **Domain:** Travel\n   **Instruction:** \"List every flight with its number and departure time.\"\n"
+              "3. Instruction: Give the author and year of each book. | Domain: Literature\n\nHope this helps!")
+    assert parse_instruction_list(answer) == [
+        ("Finance", "Extract the ticker and price of each stock."),
+        ("Travel", "List every flight with its number and departure time."),
+        ("Literature", "Give the author and year of each book."),
+    ]
+
+
+def test_instruction_list_without_labels_and_from_json():
+    assert parse_instruction_list("1. Extract the name and age of each person.\n2. ok") == [
+        ("general", "Extract the name and age of each person.")]
+    data = {"instructions": [{"domain": "Law", "instruction": "List each case with its court."}, {"x": 1}]}
+    assert parse_instruction_list(orjson.dumps(data).decode()) == [("Law", "List each case with its court.")]
+    with pytest.raises(ParseError):
+        parse_instruction_list("I cannot help with that.")
+
+
+def test_paraphrases_numbered_json_and_plain():
+    assert parse_paraphrases("Here you go:\n1. \"Could you list X?\"\n2. Give me Y.\n") == ["Could you list X?", "Give me Y."]
+    assert parse_paraphrases('```json\n{"paraphrases": ["a b", "c"]}\n```') == ["a b", "c"]
+    assert parse_paraphrases("first line\nsecond line") == ["first line", "second line"]
+
+
+def test_free_text_strips_labels_quotes_and_fences():
+    assert free_text('Text: "The quick brown fox jumps."') == "The quick brown fox jumps."
+    assert free_text("```\nDocument: one two three four\n```") == "one two three four"
+    with pytest.raises(ParseError):
+        free_text("  ", min_words=1)
+
+
+def test_table_answer_json_and_markdown_agree():
+    md = "| Name | Age |\n| --- | --- |\n| Ada | 36 |"
+    from_json = parse_table_answer('{"header": ["Name", "Age"], "rows": [["Ada", "36"]]}')
+    assert from_json == parse_table_answer("Table:\n```\n" + md + "\n```\nDone.")
+    assert from_json.markdown() == md
+
+
+def test_cot_answer_split_and_missing_explanation():
+    explanation, table = parse_cot_answer("Explanation: the text names one person and her age.\n\nTable:\n| a | b |\n|---|---|\n| 1 | 2 |")
+    assert explanation == "the text names one person and her age."
+    assert table.rows == (("1", "2"),)
+    with pytest.raises(TableError):
+        parse_cot_answer("| a | b |\n|---|---|\n| 1 | 2 |")
+    data = {"explanation": "The request wants names.", "header": ["Name"], "rows": [["Ada"]]}
+    assert parse_cot_answer(orjson.dumps(data).decode())[1] == Table(("Name",), (("Ada",),))
+
+
+def test_scores_from_text_and_json():
+    assert parse_scores("Consistency: 5\nFaithfulness: 3/5", ("consistency", "faithfulness")) == {
+        "consistency": 1.0, "faithfulness": 0.5}
+    assert parse_scores('{"faithfulness": 1}', ("faithfulness",)) == {"faithfulness": 0.0}
+    with pytest.raises(ParseError):
+        parse_scores("consistency: 4", ("consistency", "faithfulness"))
+
+
+# -- de-duplication ------------------------------------------------------------------------
+
+
+def test_rouge_l_matches_rouge_score():
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    pairs = [("Extract the name and year of each company.", "List the name and the year of every company."),
+             ("a b c d", "d c b a"), ("Same text here.", "same TEXT here")]
+    for a, b in pairs:
+        assert rouge_l(tokenize(a), tokenize(b)) == pytest.approx(scorer.score(a, b)["rougeL"].fmeasure)
+
+
+def test_deduper_drops_near_duplicates_and_known_texts():
+    dedup = Deduper(0.7, known=["Extract the name and year of each company in the report."])
+    assert not dedup.add("Please extract the name and year of each company in the report.")
+    assert dedup.add("Which rivers are mentioned, and how long is each?")
+    assert not dedup.add("Which rivers are mentioned and how long is each one?")
+    assert dedup.add("Tabulate every invoice with its total and due date.")
+    assert dedup.kept == 2
+
+
+# -- config and seeds ------------------------------------------------------------------------
+
+
+def test_config_rejects_unknown_keys_and_bad_values():
+    with pytest.raises(ConfigError, match="unknown key 'concurency'"):
+        from_dict({"engine": {"concurency": 3}}, "x.yaml")
+    with pytest.raises(ConfigError, match="stages: unknown stage 'table'"):
+        from_dict({"stages": {"table": {}}}, "x.yaml")
+    with pytest.raises(ConfigError, match="expected a number"):
+        from_dict({"run": {"records": "ten"}}, "x.yaml")
+    with pytest.raises(ConfigError, match="structured"):
+        from_dict({"endpoint": {"structured": "maybe"}}, "x.yaml")
+
+
+def test_config_reads_bare_off_and_splits_records():
+    config = from_dict({"endpoint": {"structured": False}, "run": {"records": 11, "open_share": 0.5}})
+    assert config.endpoint.structured == "off"
+    assert (config.n_fixed, config.n_open) == (6, 5)
+    assert from_dict({"run": {"records": 10, "open_share": 0.3}}).n_open == 3
+
+
+def test_seeds_load_and_bad_lines_are_named(tmp_path):
+    seeds = load_seeds(write_seeds(tmp_path))
+    assert [s.category for s in seeds] == [FIXED, FIXED, OPEN]
+    bad = dict(SEEDS[0], table="not a table")
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(orjson.dumps(SEEDS[2]) + b"\n" + orjson.dumps(bad) + b"\n")
+    with pytest.raises(InputError, match=r"bad.jsonl:2: the table does not parse"):
+        load_seeds(path)
+    path.write_bytes(orjson.dumps(SEEDS[0]) + b"\n")
+    with pytest.raises(InputError, match="no 'open header' task"):
+        load_seeds(path)
+
+
+# -- filter ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "markdown, reason",
+    [
+        ("| a |\n| --- |\n| 1 |\n| 2 |\n| 3 |", "too_few_columns"),
+        ("| a | b |\n| --- | --- |\n| 1 | 2 |", "too_small"),
+        ("| a | b |\n| --- | --- |\n| 1 | 2 |\n| 3 | 4 |", None),
+        ("| a | b | c |\n| --- | --- | --- |\n| N/A | N/A | x |\n| N/A | - | y |", "too_many_na"),
+        ("| a | b | c |\n| --- | --- | --- |\n| N/A | N/A | x |\n| N/A | z | y |", None),
+    ],
+)
+def test_table_rules(markdown, reason):
+    assert rules.check_table(parse_table(markdown), FilterConfig()) == reason
+
+
+def test_text_and_score_rules():
+    cfg = FilterConfig()
+    assert rules.check_text("word " * 768, cfg) == "text_too_long"
+    assert rules.check_text("word " * 700, cfg) is None
+    assert rules.check_scores({"consistency": 0.4, "faithfulness": 0.9}, FIXED, cfg) == "low_consistency"
+    assert rules.check_scores({"faithfulness": 0.9}, OPEN, cfg) is None
+    assert rules.check_scores({"consistency": 0.9, "faithfulness": 0.25}, FIXED, cfg) == "low_faithfulness"
+
+
+# -- offline and UniEval scorer logic -----------------------------------------------------------
+
+
+class BagEmbedder:
+    """Unit bag-of-words vectors: cosine 1 for the same words, 0 for disjoint ones."""
+
+    def encode(self, texts):
+        vocab = sorted({w for t in texts for w in t.split()})
+        rows = np.array([[t.split().count(w) for w in vocab] for t in texts], dtype=np.float32)
+        return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-9)
+
+
+def test_offline_scores_follow_the_instruction_and_the_text():
+    scorer = OfflineScorer(embedder=BagEmbedder())
+    text = "Harbor Hall opened in 1998 and seats 1,200 people."
+    good = parse_table("| name | opening year |\n|---|---|\n| Harbor Hall | 1998 |")
+    bad = parse_table("| colour | weight |\n|---|---|\n| red | 12 kg |")
+    instruction = "Extract the name and opening year of each venue."
+    good_scores, bad_scores = scorer._score_batch([(instruction, text, good, True), (instruction, text, bad, False)])
+    assert good_scores == {"faithfulness": 1.0, "consistency": pytest.approx(1.0)}
+    assert bad_scores == {"faithfulness": 0.0}
+
+
+def test_support_ignores_na_cells_and_phrases_skip_stopword_runs():
+    table = parse_table("| a | b |\n|---|---|\n| Oslo | N/A |\n| Lyon | Paris |")
+    assert support("Trains from Oslo to Lyon.", table) == pytest.approx(2 / 3)
+    assert "of the" not in phrases("Extract the name of the company")
+    assert "company" in phrases("Extract the name of the company")
+
+
+def test_unieval_claims_follow_the_paper():
+    table = parse_table("| Name | Year |\n|---|---|\n| Ada | 1843 |")
+    header_claims, cell_claims = unieval_claims("List names and years.", "Ada wrote it in 1843.", table)
+    assert header_claims[1] == ("question: Is this claim consistent with the document? </s> claim: Extract the Year "
+                                "from the given text. </s> document: List names and years.")
+    assert cell_claims == ["question: Is this claim consistent with the document? </s> claim: The Year of Ada is "
+                           "1843. </s> document: Ada wrote it in 1843."]
