@@ -168,7 +168,12 @@ def _fit(row: tuple[str, ...], width: int, strict: bool) -> tuple[str, ...]:
 
 
 def table_from_json(data: dict) -> Table:
-    """A table from ``{"header": [...], "rows": [[...]]}`` (a structured-output answer)."""
+    """A table from ``{"header": [...], "rows": [[...]]}`` (a structured-output answer).
+
+    The same object under a ``"table"`` key is accepted too.
+    """
+    if isinstance(data, dict) and isinstance(data.get("table"), dict):
+        data = data["table"]
     if not isinstance(data, dict) or not isinstance(data.get("header"), list) or not isinstance(data.get("rows"), list):
         raise TableError("no_table", "the JSON answer has no 'header' and 'rows' lists")
     rows = [row for row in data["rows"] if isinstance(row, list)]

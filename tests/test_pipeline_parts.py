@@ -45,8 +45,10 @@ def test_instruction_list_without_labels_and_from_json():
         ("general", "Extract the name and age of each person.")]
     data = {"instructions": [{"domain": "Law", "instruction": "List each case with its court."}, {"x": 1}]}
     assert parse_instruction_list(orjson.dumps(data).decode()) == [("Law", "List each case with its court.")]
+    assert parse_instruction_list("Here are two:\nList each river with its length.\nGive every city and its mayor.") == [
+        ("general", "List each river with its length."), ("general", "Give every city and its mayor.")]
     with pytest.raises(ParseError):
-        parse_instruction_list("I cannot help with that.")
+        parse_instruction_list("I am sorry, I cannot help with that.")
 
 
 def test_paraphrases_numbered_json_and_plain():

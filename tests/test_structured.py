@@ -36,6 +36,8 @@ def _walk(node):
         yield from _walk(value)
     if "items" in node:
         yield from _walk(node["items"])
+    for alternative in node.get("anyOf", []):
+        yield from _walk(alternative)
 
 
 @pytest.mark.parametrize("name", sorted(ALL_SCHEMAS))
@@ -50,9 +52,13 @@ def test_every_array_and_string_is_bounded_and_objects_are_closed(name):
 
 
 def test_schema_bounds_come_from_the_config():
-    table = schemas.table_schema(LIMITS)["properties"]
-    assert table["rows"]["maxItems"] == 7 and table["rows"]["items"]["maxItems"] == 5
-    assert table["header"]["items"]["maxLength"] == 30
+    alternatives = schemas.table_schema(LIMITS)["properties"]["table"]["anyOf"]
+    assert [a["properties"]["header"]["maxItems"] for a in alternatives] == [2, 3, 4, 5]
+    for table in (a["properties"] for a in alternatives):
+        width = table["header"]["minItems"]
+        assert table["header"]["maxItems"] == width
+        assert table["rows"]["items"]["minItems"] == table["rows"]["items"]["maxItems"] == width  # no ragged rows
+        assert table["rows"]["maxItems"] == 7 and table["header"]["items"]["maxLength"] == 30
     assert schemas.paraphrase_schema(LIMITS, 4)["properties"]["paraphrases"]["minItems"] == 4
 
 
@@ -91,7 +97,7 @@ def test_table_request_shots_follow_the_mode(tmp_path):
     json_messages = table_messages(_FakeContext(tmp_path, True), record, "tables")
     text_messages = table_messages(_FakeContext(tmp_path, False), record, "tables")
     json_shot, text_shot = json_messages[2]["content"], text_messages[2]["content"]
-    assert parse_table(text_shot).as_json() == orjson.loads(json_shot)
+    assert {"table": parse_table(text_shot).as_json()} == orjson.loads(json_shot)
     assert json_messages[-1] == text_messages[-1] == {"role": "user", "content": "List names.\n\nSome text."}
     assert "JSON" in json_messages[0]["content"] and "JSON" not in text_messages[0]["content"]
 

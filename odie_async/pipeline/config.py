@@ -33,6 +33,7 @@ class EndpointConfig:
     structured: str = "auto"
     schema_drop: list[str] = field(default_factory=list)
     strict: bool = True
+    send_seed: bool = True
 
 
 @dataclass

@@ -77,13 +77,15 @@ class Context:
     def body(self, stage: str, key: str, messages: list[dict], schema: dict | None = None) -> dict:
         """A chat-completions body with the stage's sampling (and schema when structured).
 
-        ``seed`` is derived from the run seed and the record key: two records with
-        the same prompt still sample differently, and a rerun samples the same.
+        With ``endpoint.send_seed`` a sampling ``seed`` derived from the run seed and
+        the record key goes along: two records with the same prompt still sample
+        differently, and a resent request samples the same.
         """
         stage_cfg = self.config.stage(stage)
-        seed = int.from_bytes(hashlib.blake2b(f"{self.config.run.seed}:{stage}:{key}".encode(), digest_size=4).digest(), "big")
-        body = {"messages": messages, "temperature": stage_cfg.temperature, "max_tokens": stage_cfg.max_tokens,
-                "seed": seed >> 1}
+        body = {"messages": messages, "temperature": stage_cfg.temperature, "max_tokens": stage_cfg.max_tokens}
+        if self.config.endpoint.send_seed:
+            seed = hashlib.blake2b(f"{self.config.run.seed}:{stage}:{key}".encode(), digest_size=4).digest()
+            body["seed"] = int.from_bytes(seed, "big") >> 1
         if self.model:
             body["model"] = self.model
         if schema is not None and self.structured:

@@ -144,7 +144,7 @@ class PipelineResponder:
     def _tables(self, body, rng, as_json, schema) -> str:
         header, rows = self._table(body, rng)
         if as_json:
-            return orjson.dumps({"header": header, "rows": rows}).decode()
+            return orjson.dumps({"table": {"header": header, "rows": rows}}).decode()
         roll = rng.random()
         if roll < 0.1:
             return "I am sorry, but I could not find the requested information in the text."
@@ -156,7 +156,7 @@ class PipelineResponder:
         explanation = (f"The instruction asks for {', '.join(h.lower() for h in header[1:])} of each "
                        f"{header[0].lower()}; the text states them in one sentence per {header[0].lower()}.")
         if as_json:
-            return orjson.dumps({"explanation": explanation, "header": header, "rows": rows}).decode()
+            return orjson.dumps({"explanation": explanation, "table": {"header": header, "rows": rows}}).decode()
         return f"{explanation}\n\n{render(header, rows)}"
 
     def _judge(self, body, rng, as_json, schema) -> str:

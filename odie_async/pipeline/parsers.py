@@ -75,7 +75,7 @@ def parse_instruction_list(content: str) -> list[tuple[str, str]]:
     if isinstance(data, list):
         pairs = [_pair_from_json(item) for item in data]
     else:
-        pairs = [_pair_from_text(item) for item in _items(content)]
+        pairs = [_pair_from_text(item) for item in _items(content) or _plain_lines(content)]
     pairs = [pair for pair in pairs if pair is not None]
     if not pairs:
         raise ParseError("no_items")
@@ -100,6 +100,13 @@ def _items(content: str) -> list[str]:
             items[-1].append(line)  # after a blank line only a labelled line still belongs to the item
         after_blank = not line.strip()
     return ["\n".join(lines) for lines in items]
+
+
+def _plain_lines(content: str) -> list[str]:
+    """Without any numbering: lines of four words or more that do not introduce a list (a list has two or more)."""
+    lines = [line.strip() for line in _FENCE.sub("", content).splitlines()]
+    lines = [line for line in lines if len(line.split()) >= 4 and not line.rstrip("*").endswith(":")]
+    return lines if len(lines) >= 2 else []
 
 
 def _pair_from_text(item: str) -> tuple[str, str] | None:

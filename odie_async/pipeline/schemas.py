@@ -1,7 +1,9 @@
 """JSON schemas of the structured stages, and the ``response_format`` that carries them.
 
 Every array and string is bounded (``maxItems``, ``maxLength``): a small model
-under an unbounded schema can repeat one cell until ``max_tokens`` runs out.
+under an unbounded schema can repeat one cell until ``max_tokens`` runs out. A
+table is one ``anyOf`` alternative per column count, so the decoder cannot
+write a row with more or fewer cells than the header.
 Objects are closed (``additionalProperties: false``, every property required),
 as OpenAI's strict mode demands; vLLM enforces the same field with guided
 decoding. ``endpoint.schema_drop`` removes keywords an endpoint rejects.
@@ -37,20 +39,25 @@ def paraphrase_schema(limits: LimitsConfig, count: int) -> dict:
     return _object({"paraphrases": _array(_string(limits.instruction_chars), count, count)})
 
 
-def _table_properties(limits: LimitsConfig) -> dict:
+def _fixed_width_table(limits: LimitsConfig, width: int) -> dict:
     cell = _string(limits.cell_chars)
-    row = _array(cell, 1, limits.max_columns)
-    return {"header": _array(cell, 1, limits.max_columns), "rows": _array(row, 1, limits.max_rows)}
+    row = _array(cell, width, width)
+    return _object({"header": row, "rows": _array(row, 1, limits.max_rows)})
+
+
+def _table_property(limits: LimitsConfig) -> dict:
+    """One alternative per column count: every row then has exactly the header's cell count."""
+    return {"anyOf": [_fixed_width_table(limits, width) for width in range(2, max(2, limits.max_columns) + 1)]}
 
 
 def table_schema(limits: LimitsConfig) -> dict:
-    """``{"header": [str], "rows": [[str]]}``."""
-    return _object(_table_properties(limits))
+    """``{"table": {"header": [str] × k, "rows": [[str] × k]}}`` for some k in 2..max_columns."""
+    return _object({"table": _table_property(limits)})
 
 
 def cot_schema(limits: LimitsConfig) -> dict:
-    """``{"explanation": str, "header": [...], "rows": [[...]]}``."""
-    return _object({"explanation": _string(limits.explanation_chars)} | _table_properties(limits))
+    """``{"explanation": str, "table": {...}}``, the table as in ``table_schema``."""
+    return _object({"explanation": _string(limits.explanation_chars), "table": _table_property(limits)})
 
 
 def judge_schema(fields: tuple[str, ...]) -> dict:

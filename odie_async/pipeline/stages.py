@@ -156,7 +156,7 @@ async def paraphrase(ctx: Context, key: str, instructions: list[str]) -> list[st
 def _shot_answer(ctx: Context, seed: Seed, cot: bool) -> str:
     table = parse_table(seed.table)
     if ctx.structured:
-        data = ({"explanation": seed.explanation} if cot else {}) | table.as_json()
+        data = ({"explanation": seed.explanation} if cot else {}) | {"table": table.as_json()}
         return orjson.dumps(data).decode()
     return f"{seed.explanation}\n\n{table.markdown()}" if cot else table.markdown()
 
