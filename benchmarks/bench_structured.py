@@ -15,7 +15,6 @@ served endpoint (offline for the embedded model).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import copy
 import json
 import shutil

@@ -119,3 +119,19 @@ def stage_report(counts: dict[str, Counter], modes: dict[str, str]) -> dict:
             "mode": mode,
         }
     return report
+
+
+def yields(counts: dict[str, Counter], filter_summary: dict, planned: int) -> dict:
+    """What each step keeps of what it was given."""
+    instructions = counts.get("instructions", Counter())
+    out = {
+        "instructions_kept_per_call": round(instructions["kept"] / instructions["calls"], 3) if instructions["calls"] else None,
+        "instructions_kept_of_parsed": round(instructions["kept"] / instructions["items"], 3) if instructions["items"] else None,
+    }
+    for stage, c in counts.items():
+        if stage != "instructions" and c["answered"]:
+            out[f"{stage}_parsed_of_answered"] = round(c["parsed"] / c["answered"], 3)
+    for variant, report in filter_summary.items():
+        out[f"{variant}_kept_of_records"] = report["yield"]
+        out[f"{variant}_kept_of_planned"] = round(report["kept"] / planned, 3) if planned else None
+    return out

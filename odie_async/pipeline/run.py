@@ -35,7 +35,7 @@ from ..runtime import run_async
 from .config import PipelineConfig, load_config
 from .context import STRUCTURED_STAGES, Context
 from .display import StageProgress
-from .export import SUMMARY, export, filter_report, stage_report
+from .export import SUMMARY, export, filter_report, stage_report, yields
 from .flow import Flow
 from .prompts import Prompts, load_seeds
 from .scorers import make_scorer, scorer_kind
@@ -196,6 +196,7 @@ def _summary(config, endpoint, ctx: Context, flow: Flow, engine: Engine, files, 
         "scorer": scorer_kind(config),
         "stages": stage_report(ctx.counts, modes),
         "filter": filter_report(flow.outcomes, flow.variants),
+        "yields": yields(ctx.counts, filter_report(flow.outcomes, flow.variants), flow.n_fixed + flow.n_open),
         "files": files,
         "engine": engine.stats.as_dict() | {"shutdown": engine.shutdown_report if interrupted else None},
         "wall_time_s": round(wall, 2),
