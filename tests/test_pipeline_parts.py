@@ -206,3 +206,54 @@ def test_unieval_claims_follow_the_paper():
                                 "from the given text. </s> document: List names and years.")
     assert cell_claims == ["question: Is this claim consistent with the document? </s> claim: The Year of Ada is "
                            "1843. </s> document: Ada wrote it in 1843."]
+
+
+def test_unieval_needs_a_checkpoint_folder(tmp_path):
+    from odie_async.pipeline.scorers import make_scorer
+
+    config = from_dict({"scorer": {"kind": "unieval"}}, "x.yaml")
+    with pytest.raises(ConfigError, match="unieval_dir is not set"):
+        make_scorer(config)
+    config.scorer.unieval_dir = str(tmp_path)
+    with pytest.raises(ConfigError, match="holds no checkpoint"):
+        make_scorer(config)
+
+
+def _tiny_t5(folder, swap: bool) -> None:
+    """A random one-layer T5 whose first decoder step scores 'yes' against 'no' as +s / -s (or swapped)."""
+    import torch
+    from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
+
+    from odie_async.embedder import model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_path()))  # any local tokenizer will do
+    config = T5Config(vocab_size=tokenizer.vocab_size, d_model=16, d_ff=32, num_layers=1, num_decoder_layers=1,
+                      num_heads=2, d_kv=8, decoder_start_token_id=tokenizer.cls_token_id,
+                      pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    model = T5ForConditionalGeneration(config)
+    yes, no = (tokenizer(word, add_special_tokens=False)["input_ids"][0] for word in ("Yes", "No"))
+    direction = torch.randn(config.d_model)
+    with torch.no_grad():
+        for weights in {id(w): w for w in (model.shared.weight, model.lm_head.weight)}.values():  # tied or not
+            weights[no if swap else yes] = direction
+            weights[yes if swap else no] = -direction
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+@pytest.mark.slow
+def test_unieval_scorer_loads_a_local_checkpoint_and_reads_yes_against_no(tmp_path):
+    from odie_async.pipeline.scorers import UniEvalScorer
+
+    table = parse_table("| Name | Year |\n|---|---|\n| Ada | 1843 |\n| Bob | 1901 |")
+    item = ("List the names and years.", "Ada wrote it in 1843; Bob in 1901.", table, True)
+    scores = []
+    for swap in (False, True):
+        _tiny_t5(tmp_path / str(swap), swap)
+        scores.append(UniEvalScorer(str(tmp_path / str(swap)))._score_batch([item, item[:3] + (False,)]))
+    plain, swapped = scores
+    assert set(plain[0]) == {"consistency", "faithfulness"} and set(plain[1]) == {"faithfulness"}
+    for name in ("consistency", "faithfulness"):
+        assert plain[0][name] + swapped[0][name] == pytest.approx(1.0, abs=1e-5)
+        assert abs(plain[0][name] - 0.5) > 0.01
