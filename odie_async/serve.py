@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import ipaddress
 import json
 import os
@@ -20,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -42,6 +44,8 @@ _STOP_GRACE_S = 30.0
 _GROUP_GRACE_S = 5.0
 _LOG_TAIL_LINES = 25
 _EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt)\b.*:")
+_PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
 
 
 @dataclass
@@ -115,6 +119,15 @@ def _check_port_free(host: str, port: int) -> None:
             raise ServeError(f"cannot serve on {host}:{port}: {exc.strerror}") from None
 
 
+def _die_with_parent() -> None:
+    """Runs in the child before exec: the kernel SIGTERMs it if the thread that started it dies.
+
+    The server runs in its own session (so a terminal's Ctrl-C reaches only the parent,
+    which stops it in order); this covers a parent that is killed outright.
+    """
+    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def _log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> list[str]:
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
@@ -155,6 +168,7 @@ class VLLMServer:
         self.port = settings.port
         self.log_path = settings.log_path
         self._proc: subprocess.Popen | None = None
+        self._abort = threading.Event()
 
     @property
     def base_url(self) -> str:
@@ -200,7 +214,11 @@ class VLLMServer:
         return env
 
     def start(self) -> None:
-        """Launch vLLM and block until it answers; on any failure the child is stopped."""
+        """Launch vLLM and block until it answers; on any failure the child is stopped.
+
+        Call it from a thread that outlives the server (the main thread, or the event
+        loop's executor as ``async with`` does): the server is stopped when that thread dies.
+        """
         if self.port == 0:
             self.port = _free_port(self.settings.host)
         else:
@@ -213,7 +231,8 @@ class VLLMServer:
         with open(self.log_path, "ab") as log_file:
             self._proc = subprocess.Popen(argv, env=self.child_env(), stdin=subprocess.DEVNULL,
                                           stdout=log_file, stderr=subprocess.STDOUT,
-                                          start_new_session=True)
+                                          start_new_session=True,
+                                          preexec_fn=_die_with_parent if _LIBC else None)
         try:
             self._wait_ready()
         except BaseException:
@@ -225,6 +244,8 @@ class VLLMServer:
         next_note = started + 15
         url = self.base_url.removesuffix("/v1") + "/health"
         while True:
+            if self._abort.is_set():
+                raise ServeError("the start of vLLM was cancelled")
             code = self._proc.poll()
             if code is not None:
                 raise ServeError(self._failure(f"vLLM exited with code {code} before it was ready"))
@@ -238,7 +259,7 @@ class VLLMServer:
             if now >= next_note:
                 log.info("waiting for vLLM", seconds=round(now - started), log_file=str(self.log_path))
                 next_note = now + 15
-            time.sleep(0.5)
+            self._abort.wait(0.5)
 
     def _failure(self, what: str) -> str:
         tail = _log_tail(self.log_path)
@@ -277,7 +298,14 @@ class VLLMServer:
         self.stop()
 
     async def __aenter__(self) -> VLLMServer:
-        await asyncio.to_thread(self.start)
+        starting = asyncio.ensure_future(asyncio.to_thread(self.start))
+        try:
+            await asyncio.shield(starting)
+        except asyncio.CancelledError:
+            # A thread cannot be cancelled: tell it to give up, and let it stop the child.
+            self._abort.set()
+            await asyncio.gather(starting, return_exceptions=True)
+            raise
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -346,12 +374,12 @@ class EndpointScope:
 
     async def __aenter__(self) -> Endpoint:
         if self._server is not None:
-            await asyncio.to_thread(self._server.start)
+            await self._server.__aenter__()
         return self._served()
 
     async def __aexit__(self, *exc) -> None:
         if self._server is not None:
-            await asyncio.to_thread(self._server.stop)
+            await self._server.__aexit__(*exc)
 
 
 def embedded_endpoint(

@@ -22,6 +22,7 @@ from odie_async.logs import configure_logging
 from odie_async.serve import ServeSettings, VLLMServer, embedded_endpoint
 
 REPO = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
 
 # Stands in for the Python that runs vLLM: answers /health like the real server,
 # or exits early / never answers, as its FAKE_MODE says.
@@ -31,6 +32,7 @@ FAKE_PYTHON = textwrap.dedent(
     import http.server, os, sys, time
     args = sys.argv[1:]
     mode = os.environ.get("FAKE_MODE", "serve")
+    print("fake server pid:", os.getpid(), flush=True)
     print("fake server argv:", " ".join(args), flush=True)
     print("fake server env key:", os.environ.get("VLLM_API_KEY"), flush=True)
     if mode == "crash":
@@ -63,7 +65,7 @@ def model_dir(tmp_path):
 def fake_vllm(tmp_path, monkeypatch):
     """Replace the interpreter that runs vLLM with a fake server script."""
     script = tmp_path / "fake-python"
-    script.write_text(FAKE_PYTHON.format(python=sys.executable))
+    script.write_text(FAKE_PYTHON.format(python=PYTHON))
     script.chmod(0o755)
     monkeypatch.setattr(sys, "executable", str(script))
     monkeypatch.setattr(serve, "_on_cpu", lambda: True)
@@ -179,6 +181,67 @@ def test_start_timeout_stops_the_child(model_dir, fake_vllm, tmp_path, monkeypat
     with pytest.raises(ServeError, match="did not answer within 2 s"):
         server.start()
     assert server._proc is None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _eventually_dead(pid: int, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _fake_pid(log_file: Path) -> int:
+    line = next(l for l in log_file.read_text().splitlines() if l.startswith("fake server pid:"))
+    return int(line.split(":")[1])
+
+
+@pytest.mark.timeout(60)
+def test_cancelling_an_async_start_stops_the_child(model_dir, fake_vllm, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_MODE", "hang")
+    log_file = tmp_path / "s.log"
+    server = VLLMServer(ServeSettings(model=str(model_dir), log_path=log_file))
+
+    async def go():
+        async with server:
+            pass
+
+    with pytest.raises(TimeoutError):
+        asyncio.run(asyncio.wait_for(go(), timeout=1.5))
+    assert server._proc is None
+    assert _eventually_dead(_fake_pid(log_file))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(sys.platform != "linux", reason="parent-death signal is Linux-only")
+def test_server_dies_with_a_parent_killed_outright(model_dir, fake_vllm, tmp_path):
+    log_file = tmp_path / "s.log"
+    parent = textwrap.dedent(f"""
+        import sys, time
+        sys.executable = {str(fake_vllm)!r}
+        from odie_async import serve
+        serve._on_cpu = lambda: True
+        server = serve.VLLMServer(serve.ServeSettings(model={str(model_dir)!r}, log_path=serve.Path({str(log_file)!r})))
+        server.start()
+        print("ready", flush=True)
+        time.sleep(600)
+    """)
+    proc = subprocess.Popen([PYTHON, "-c", parent], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    assert "ready\n" in iter(proc.stdout.readline, "")
+    child = _fake_pid(log_file)
+    assert _alive(child)
+    proc.kill()
+    proc.wait()
+    assert _eventually_dead(child)
 
 
 def test_port_in_use_is_a_clear_error(model_dir, fake_vllm):
