@@ -1,13 +1,14 @@
 """Near-duplicate instructions by ROUGE-L, as self-instruct drops them.
 
 ROUGE-L F between token lists of lengths m and n with LCS length L is
-2L/(m+n). L is at most the bag-of-tokens overlap, so an inverted index finds
-the few kept instructions that could reach the threshold and the quadratic LCS
-runs only on those.
+2L/(m+n). L is at most the bag-of-tokens overlap, so an inverted index probed
+with a text's rarest tokens finds the few kept texts that could reach the
+threshold, and the quadratic LCS runs only on those.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter, defaultdict
 
@@ -59,17 +60,31 @@ class Deduper:
         for token in counts:
             self._index[token].append(slot)
 
+    def _candidates(self, counts: Counter, length: int) -> set[int]:
+        """Remembered texts that share a token with the rarest part of ``counts``.
+
+        A text reaching the threshold shares at least ``need`` tokens with this
+        one (``need`` = θm/(2-θ), from the LCS and length bounds), so it shares
+        one of any ``m - need + 1`` token positions: probing the rarest ones is enough.
+        """
+        need = math.ceil(self.threshold * length / (2.0 - self.threshold) - 1e-9)
+        budget = max(1, length - need + 1)
+        found: set[int] = set()
+        for token in sorted(counts, key=lambda t: len(self._index.get(t, ()))):
+            found.update(self._index.get(token, ()))
+            budget -= counts[token]
+            if budget <= 0:
+                break
+        return found
+
     def near_duplicate(self, tokens: list[str]) -> bool:
         """Whether ``tokens`` reach the threshold against any remembered text."""
         if not tokens:
             return True
         counts = Counter(tokens)
-        shared: Counter = Counter()
-        for token, n in counts.items():
-            for slot in self._index.get(token, ()):
-                shared[slot] += min(n, self._counts[slot][token])
-        for slot, overlap in shared.items():
+        for slot in self._candidates(counts, len(tokens)):
             other = self._tokens[slot]
+            overlap = sum((counts & self._counts[slot]).values())
             bound = 2.0 * overlap / (len(tokens) + len(other))
             if bound >= self.threshold and rouge_l(tokens, other) >= self.threshold:
                 return True

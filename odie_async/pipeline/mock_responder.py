@@ -37,7 +37,14 @@ TEMPLATES = [
     "From the {d} on {domain}, pull out {a}, {b}, {c} per {e}.",
     "I need the {a}, {b} and {c} for each {e} named in the text.",
     "Which {e}s appear here? Tabulate their {a} and {c}.",
+    "For my {q} notes on {domain}: what {a} and {b} does each {e} have?",
+    "Compare all {e}s by {a}, {b} and {c}, as reported in this {d}.",
+    "Go through the {d} and record, {e} by {e}, the {a} and the {c}.",
+    "Show me a {q} overview: {e} name, {a}, {b}.",
+    "Summarise the {d}'s {e}s with columns for {a}, {b} and {c}.",
+    "Put every {e}'s {b} and {a} from this {q} {d} into a table.",
 ]
+QUALIFIERS = ["weekly", "quarterly", "internal", "draft", "board", "field", "archive", "client", "audit", "team"]
 NAMES = ["Alder", "Birch", "Cedar", "Dune", "Ember", "Fjord", "Garnet", "Heron", "Iris", "Juniper", "Kestrel", "Lumen"]
 CITIES = ["Oslo", "Lyon", "Porto", "Graz", "Turku", "Bergen", "Cork", "Ghent"]
 PEOPLE = ["Ana Ruiz", "Tom Berg", "Mia Chen", "Ola Nord", "Eva Klein", "Sam Idris"]
@@ -93,7 +100,8 @@ class PipelineResponder:
     def _instruction(self, rng) -> tuple[str, str]:
         domain = rng.choice(DOMAINS)
         a, b, c = rng.sample(ATTRIBUTES, 3)
-        text = rng.choice(TEMPLATES).format(a=a, b=b, c=c, e=rng.choice(ENTITIES), d=rng.choice(DOCS), domain=domain)
+        text = rng.choice(TEMPLATES).format(a=a, b=b, c=c, e=rng.choice(ENTITIES), d=rng.choice(DOCS), domain=domain,
+                                            q=rng.choice(QUALIFIERS))
         return domain, text
 
     def _texts(self, body, rng, as_json, schema) -> str:

@@ -208,6 +208,9 @@ def format_summary(summary: dict) -> str:
     lines = [f"records planned: {summary['records']['planned']} "
              f"({summary['records']['fixed_header']} fixed header, {summary['records']['open_header']} open header)",
              f"structured outputs: {summary['structured']['why']}; scorer: {summary['scorer']}"]
+    instructions = summary["stages"].get("instructions", {})
+    lines.append(f"fixed instructions: kept {instructions.get('kept', 0)} of {summary['records']['fixed_header']} "
+                 f"wanted after {instructions.get('calls', 0)} calls ({instructions.get('near_duplicates', 0)} near duplicates dropped)")
     for stage, c in summary["stages"].items():
         lines.append(f"  {stage:<18} sent {c.get('sent', 0):>4} cached {c.get('cached', 0):>4} failed {c.get('failed', 0):>3} "
                      f"parsed {c.get('parsed', 0):>4}/{c.get('parsed', 0) + c.get('unparsable', 0):<4} [{c['mode']}]")
