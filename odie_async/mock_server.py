@@ -13,6 +13,7 @@ injected faults (500/503, connection resets, stalls, malformed JSON).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import random
 import re
@@ -20,7 +21,7 @@ import signal
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import IO, Callable
 
 import orjson
 
@@ -53,6 +54,11 @@ def default_responder(body: dict) -> str:
 def _seed(body: dict) -> int:
     key = orjson.dumps(body.get("messages") or body.get("prompt") or "", option=orjson.OPT_SORT_KEYS)
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "big")
+
+
+def prompt_digest(body: dict) -> str:
+    """A short hex digest of a request's prompt text (the message contents, or the prompt)."""
+    return hashlib.blake2b(_prompt_text(body).encode(), digest_size=8).hexdigest()
 
 
 def _prompt_text(body: dict) -> str:
@@ -120,6 +126,7 @@ class MockState:
         self.rng = random.Random(settings.seed)
         self.requests = Counter()
         self.bodies: list[bytes] | None = None
+        self.log: IO[str] | None = None  # opt-in: "monotonic_s prompt_digest outcome" per completion request
         self.rpm = TokenBucket(settings.rpm) if settings.rpm else None
         self.tpm = TokenBucket(settings.tpm) if settings.tpm else None
         self.started = time.monotonic()
@@ -141,6 +148,11 @@ class MockState:
         """0 when within limits, else the seconds a client should wait."""
         waits = [b.take(n) for b, n in ((self.rpm, 1), (self.tpm, tokens)) if b is not None]
         return max(waits, default=0.0)
+
+    def record(self, body: dict, outcome: str) -> None:
+        """Log one completion request when a request log is open."""
+        if self.log is not None:
+            self.log.write(f"{time.monotonic():.6f} {prompt_digest(body)} {outcome}\n")
 
     def limit_headers(self) -> list[tuple[str, str]]:
         """``x-ratelimit-*`` headers describing the remaining budgets."""
@@ -237,11 +249,13 @@ class MockProtocol(asyncio.Protocol):
         wait = state.admit(prompt_tokens + max_tokens)
         if wait > 0:
             state.requests["429"] += 1
+            state.record(body, "429")
             extra = [("retry-after", str(max(1, round(wait + 0.5)))), ("retry-after-ms", f"{wait * 1000:.0f}")]
             return self._send(_error(429, "Rate limit reached", "rate_limit_error", extra + state.limit_headers()))
         if state.bodies is not None:
             state.bodies.append(raw)
         fault = state.fault()
+        state.record(body, "200" if fault is None else f"fault_{fault}")
         if fault is not None:
             return self._inject(fault)
         state.requests["200"] += 1
@@ -295,12 +309,14 @@ class MockServer:
     """Async context manager running the mock on ``host``:``port`` (0 picks a free port)."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, settings: MockSettings | None = None,
-                 responder: Callable[[dict], str] | None = None, record_bodies: bool = False) -> None:
+                 responder: Callable[[dict], str] | None = None, record_bodies: bool = False,
+                 log_requests: str | None = None) -> None:
         self.host = host
         self.port = port
         self.state = MockState(settings or MockSettings(), responder or default_responder)
         if record_bodies:
             self.state.bodies = []
+        self._log_path = log_requests
         self._server: asyncio.base_events.Server | None = None
 
     @property
@@ -315,6 +331,8 @@ class MockServer:
 
     async def __aenter__(self) -> "MockServer":
         loop = asyncio.get_running_loop()
+        if self._log_path:
+            self.state.log = open(self._log_path, "a", encoding="ascii")
         self._server = await loop.create_server(lambda: MockProtocol(self.state), self.host, self.port, backlog=4096)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
@@ -322,6 +340,8 @@ class MockServer:
     async def __aexit__(self, *exc_info) -> None:
         self._server.close()
         await self._server.wait_closed()
+        if self.state.log is not None:
+            self.state.log.close()
 
 
 def add_arguments(parser) -> None:
@@ -336,6 +356,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--stall-s", type=float, default=30.0, help="how long a stalled request hangs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--api-key-env", default=None, help="require the key in this environment variable")
+    parser.add_argument("--log-requests", metavar="FILE", help="append one line per completion request: "
+                        "monotonic seconds, prompt digest, outcome (200, 429, fault_*); flushed every 0.1 s")
 
 
 async def serve_forever(server: MockServer) -> None:
@@ -346,7 +368,11 @@ async def serve_forever(server: MockServer) -> None:
         loop.add_signal_handler(sig, stop.set)
     async with server:
         print(f"mock server listening on {server.base_url}", flush=True)
-        await stop.wait()
+        while not stop.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.1)
+            if server.state.log is not None:
+                server.state.log.flush()  # readable while the server runs
     print(orjson.dumps(dict(server.state.requests)).decode(), flush=True)
 
 
@@ -362,5 +388,5 @@ def run(args) -> int:
         return 2
     settings = MockSettings(args.latency_ms, args.latency_jitter_ms, args.rpm, args.tpm,
                             args.fault_rate, args.seed, args.stall_s, key)
-    run_async(serve_forever(MockServer(args.host, args.port, settings)))
+    run_async(serve_forever(MockServer(args.host, args.port, settings, log_requests=args.log_requests)))
     return 0

@@ -1,0 +1,136 @@
+"""Writing a comparison out: results.json, table.md, README-section.md and the PNG plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+
+from harness import render_table
+
+COMMAND = "python benchmarks/bench_peers.py"
+
+
+def write_report(results: dict, out: Path) -> None:
+    """Everything a reader looks at, in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS) + b"\n")
+    table = render_table(results)
+    (out / "table.md").write_text(table)
+    plots = plot_throughput(results, out / "throughput.png") + plot_ratelimit(results, out / "ratelimit.png")
+    (out / "README-section.md").write_text(readme_section(results, table, plots))
+
+
+def plot_throughput(results: dict, path: Path) -> list[str]:
+    """Bars of requests/s per contender in the zero-latency and 500 ms scenarios."""
+    panels = [(key, title) for key, title in (("overhead", "zero latency, concurrency 256"),
+                                              ("latency", "500 ms latency, concurrency 500"))
+              if key in results["scenarios"]]
+    if not panels:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results["contenders"])
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 0.6 * len(names) + 1.6), squeeze=False)
+    for ax, (key, title) in zip(axes[0], panels):
+        values = [results["contenders"][n].get(key, {}).get("requests_per_s", 0) or 0 for n in names]
+        bars = ax.barh(names, values, color=["#1f77b4" if n == "odie batch" else "#9e9e9e" for n in names])
+        ax.set_xscale("log")
+        ax.invert_yaxis()
+        ax.set_xlabel("answered requests/s (log scale)")
+        ax.set_title(title)
+        for bar, value in zip(bars, values):
+            ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {value:,.0f}", va="center", fontsize=8)
+        ax.set_xlim(right=max(values + [1]) * 4)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return [path.name]
+
+
+def plot_ratelimit(results: dict, path: Path) -> list[str]:
+    """Answers per second over time under the enforced limit, with the limit drawn in."""
+    spec = results["scenarios"].get("ratelimit")
+    if spec is None:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4))
+    for name, row in results["contenders"].items():
+        series = (row.get("ratelimit") or {}).get("answers_per_s") or []
+        ax.plot(range(len(series)), series, label=name, linewidth=2.2 if name == "odie batch" else 1.2)
+    ax.axhline(spec["rpm"] / 60, color="black", linestyle="--", linewidth=1, label=f"limit ({spec['rpm']:,} RPM)")
+    ax.set_xlabel("seconds from the contender's first request")
+    ax.set_ylabel("answered requests/s")
+    ax.set_title(f"Under an enforced {spec['rpm']:,} RPM / {spec['tpm']:,} TPM limit ({spec['n']:,} records)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return [path.name]
+
+
+def findings(results: dict) -> list[str]:
+    """Sentences read off the figures: odie's margin, and every scenario where a peer is ahead of it."""
+    rows, lines = results["contenders"], []
+    odie = rows.get("odie batch", {})
+    peers = {n: r for n, r in rows.items() if n != "odie batch"}
+    for key, label in (("overhead", "at zero latency"), ("latency", "at 500 ms latency"),
+                       ("ratelimit", "under the rate limit")):
+        if key not in odie or not peers:
+            continue
+        best_name, best = max(((n, r[key]["requests_per_s"]) for n, r in peers.items() if key in r),
+                              key=lambda item: item[1], default=(None, 0))
+        mine = odie[key]["requests_per_s"]
+        if best_name is None or not best:
+            continue
+        verdict = "ahead of" if mine >= best else "BEHIND"
+        lines.append(f"{label}, `odie batch` answered {mine:,.0f} requests/s, {mine / best:.2f}× the best peer "
+                     f"({best_name}, {best:,.0f}/s): {verdict} it.")
+    return lines
+
+
+def readme_section(results: dict, table: str, plots: list[str]) -> str:
+    """The README section: command, machine, table, plots, notes on set-up, and what the figures say."""
+    m = results["machine"]
+    s = results["scenarios"]
+    setups = "\n".join(f"- **{name}** ({', '.join(f'{k} {v}' for k, v in row['versions'].items())}): {row['setup']}"
+                       for name, row in results["contenders"].items())
+    pinned = "client pinned to core 0 and mock to core 1 with `taskset`" if m["pinned"] else "no CPU pinning"
+    images = "\n".join(f"![{p}](benchmarks/results/peers/{p})" for p in plots)
+    sizes = ", ".join(f"{k} {v['n']:,}" for k, v in s.items())
+    quick = "\n\n**Smoke run (`--quick`), not the published figures.**" if results.get("quick") else ""
+    return f"""## `odie batch` against the alternatives
+
+```bash
+{COMMAND}          # about {results['total_s'] / 60:.0f} minutes; peers install into throwaway venvs on the first run
+```
+
+Measured on {m['cores']} cores of a shared {m['cpu']} (Python {m['python']}), {pinned}; load average
+{m['load_avg_at_start'][0]:.1f} at the start. The machine is shared, so absolute figures are noisy; each
+scenario runs every contender back to back against a fresh `odie mock-server` with the same input
+(unique short prompts, `max_tokens` 16; records per scenario: {sizes}).{quick}
+
+{table}
+Throughput is answered requests per second from a tool's first request to its last answer, read off
+the mock's request log (start-up and the final write are not counted); CPU is the client process's
+user + system time in its working phase per answered request. Rate limit: the mock enforces the limit
+and each tool is given the same numbers; "share achieved" is the answered rate over the limit. Faults:
+records missing from the final output ("lost"), extra output rows ("duplicated"), and records the
+mock answered 200 more than once ("paid twice"). Ctrl-C: SIGINT to the tool's process group once half
+the records were answered, then the same command again; the cell counts the records answered in the
+first run that the rerun requested again. "Capped" runs hit the scenario's time limit.
+
+{images}
+
+How each tool was set up (its documented settings, at the same numbers):
+{setups}
+
+{chr(10).join('- ' + line for line in findings(results))}
+"""
