@@ -1,0 +1,361 @@
+"""``odie predict``: tables for an InstructIE test set, the whole set at once through vLLM.
+
+Two backends, both batched:
+
+- ``offline`` (default): one ``vllm.LLM`` in this process, one ``LLM.chat`` call
+  for every item, the adapter as a ``LoRARequest``;
+- ``server``: the engine sends every request at once to vLLM's OpenAI server,
+  the adapter requested by its served name. ``--base-url`` points it at a
+  running ``odie serve``; without one a server is started for the run. Answers
+  are checkpointed next to the output, so an interrupted run resumes.
+
+The output is the released prediction format that ``odie eval`` reads: a JSON
+list of ``instruction``, ``text``, ``gold`` (the test table), ``output``,
+``source_type``, ``domain``, ``category``, ``difficulty`` (plus ``explanation``
+with ``--cot``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from . import chat_format
+from .exceptions import ConfigError, InputError, OdieError, RunAborted
+from .logs import configure_logging
+from .models import EMBEDDED, require_ml_stack, resolve_model
+from .tables import TableError, split_around_table
+
+log = structlog.get_logger(__name__)
+
+ITEM_FIELDS = ("instruction", "text", "table", "category", "difficulty", "source_type")
+ADAPTER_NAME = "adapter"
+COMPLETIONS_PATH = "/v1/completions"
+_DEFAULT_MAX_TOKENS = {False: 512, True: 768}
+_KV_CACHE_GIB = "2"
+
+
+@dataclass
+class PredictSettings:
+    """What to predict with and how."""
+
+    base_model: str = EMBEDDED
+    lora: str | None = None
+    chat_layout: str | None = None
+    cot: bool = False
+    system_prompt: str | None = None
+    max_tokens: int | None = None
+    temperature: float = 0.0
+    max_model_len: int | None = None
+    backend: str = "offline"
+    base_url: str | None = None
+    model_name: str | None = None
+    api_key: str | None = None
+    concurrency: int = 256
+    timeout_s: float = 3600.0
+
+    @property
+    def answer_tokens(self) -> int:
+        """The completion budget: ``max_tokens``, or a default that leaves room for a CoT paragraph."""
+        return self.max_tokens or _DEFAULT_MAX_TOKENS[self.cot]
+
+
+@dataclass
+class Answer:
+    """One generated answer and its length in tokens."""
+
+    text: str
+    tokens: int
+
+
+def load_items(path: str | Path, limit: int | None = None) -> list[dict]:
+    """Test items from a JSON list (or JSONL); InputError names the item or line that is wrong."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the test set: {exc}") from None
+    if text.lstrip().startswith("["):
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(str(path), exc.lineno, f"invalid JSON: {exc.msg}") from None
+        items = [_checked(path, f"item {i}", 0, r) for i, r in enumerate(records)]
+    else:
+        items = [_checked(path, "", n, _json_line(path, n, line))
+                 for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    if not items:
+        raise ConfigError(f"{path}: no test items")
+    return items[:limit] if limit else items
+
+
+def _json_line(path: Path, line_no: int, line: str) -> object:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise InputError(str(path), line_no, f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+
+
+def _checked(path: Path, where: str, line_no: int, record: object) -> dict:
+    missing = [f for f in ITEM_FIELDS if not isinstance(record, dict) or not isinstance(record.get(f), str)]
+    if missing:
+        prefix = f"{where}: " if where else ""
+        raise InputError(str(path), line_no, f"{prefix}missing or non-string fields {missing}")
+    return record
+
+
+def split_cot(answer: str) -> tuple[str, str]:
+    """``(explanation, table text)`` of a chain-of-thought answer; the whole answer when no table parses."""
+    normalized = answer.replace("\r\n", "\n").strip()
+    try:
+        before, _table, _after = split_around_table(normalized, strict=False)
+    except TableError:
+        return "", normalized
+    if not before:
+        return "", normalized
+    return before, normalized[normalized.index(before) + len(before):].strip()
+
+
+def prediction_record(item: dict, answer: str, cot: bool) -> dict:
+    """One line of the released prediction format; ``output`` is the table part with ``--cot``."""
+    record = {"instruction": item["instruction"], "text": item["text"], "gold": item["table"]}
+    if cot:
+        record["explanation"], record["output"] = split_cot(answer)
+    else:
+        record["output"] = answer.strip()
+    record.update({k: item.get(k, "") for k in ("source_type", "domain", "category", "difficulty")})
+    return record
+
+
+def write_predictions(path: str | Path, records: list[dict]) -> None:
+    """Write the predictions as one JSON list, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(records, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def adapter_layout(lora: str | None) -> str | None:
+    """The chat layout an adapter was trained with (from its ``train_summary.json``), if recorded."""
+    if not lora:
+        return None
+    path = Path(lora) / "train_summary.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("chat_layout")
+    except (OSError, ValueError):
+        return None
+
+
+def build_prompts(model_dir: str, items: list[dict], settings: PredictSettings) -> tuple[str, list, list[str]]:
+    """``(layout, messages per item, rendered prompt per item)`` with the base model's tokenizer."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    wanted = settings.chat_layout or adapter_layout(settings.lora) or chat_format.AUTO
+    layout = chat_format.resolve_layout(tokenizer, wanted)
+    system = chat_format.system_prompt(settings.system_prompt, cot=settings.cot)
+    conversations = [chat_format.item_messages(item, system) for item in items]
+    prompts = [chat_format.render(tokenizer, c, layout, add_generation_prompt=True) for c in conversations]
+    return layout, conversations, prompts
+
+
+def _ml_env(on_gpu: bool) -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+    if not on_gpu:
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", _KV_CACHE_GIB)
+
+
+def predict_offline(model_dir: str, conversations: list, layout: str,
+                    settings: PredictSettings) -> tuple[list[Answer], float]:
+    """Every conversation in one ``LLM.chat`` call (the adapter as a ``LoRARequest``); answers, seconds."""
+    import torch
+    from vllm import LLM, SamplingParams
+    from vllm.lora.request import LoRARequest
+
+    from .serve import _vllm_max_rank, lora_rank
+
+    on_gpu = torch.cuda.is_available()
+    _ml_env(on_gpu)
+    lora_args = {}
+    if settings.lora:
+        lora_args = {"enable_lora": True, "max_loras": 1, "max_lora_rank": _vllm_max_rank(lora_rank(settings.lora))}
+    llm = LLM(model=model_dir, dtype="auto" if on_gpu else "float32", max_model_len=settings.max_model_len,
+              seed=0, **lora_args)
+    request = LoRARequest(ADAPTER_NAME, 1, str(Path(settings.lora).resolve())) if settings.lora else None
+    sampling = SamplingParams(temperature=settings.temperature, max_tokens=settings.answer_tokens)
+    started = time.monotonic()
+    outputs = llm.chat(conversations, sampling, lora_request=request,
+                       chat_template=chat_format.chat_template(layout), use_tqdm=True)
+    seconds = time.monotonic() - started
+    return [Answer(o.outputs[0].text, len(o.outputs[0].token_ids)) for o in outputs], seconds
+
+
+def request_bodies(model: str, conversations: list, prompts: list[str], layout: str,
+                   settings: PredictSettings) -> tuple[str, list[dict]]:
+    """The endpoint path and one body per item: chat for the model's template, raw prompts for the paper's."""
+    from .engine import CHAT_PATH
+
+    common = {"model": model, "max_tokens": settings.answer_tokens, "temperature": settings.temperature}
+    if layout == chat_format.TEMPLATE:
+        return CHAT_PATH, [common | {"messages": c} for c in conversations]
+    # The server only applies its own chat template; the paper's is rendered here.
+    return COMPLETIONS_PATH, [common | {"prompt": p, "add_special_tokens": False} for p in prompts]
+
+
+def _run_key(model: str, bodies: list[dict]) -> str:
+    """A short hash of the request settings, so a checkpoint never answers for other settings."""
+    sample = {k: v for k, v in bodies[0].items() if k not in ("messages", "prompt")}
+    return hashlib.sha256(json.dumps([model, sample], sort_keys=True).encode()).hexdigest()[:8]
+
+
+async def predict_engine(base_url: str, path: str, bodies: list[dict], checkpoint: Path,
+                         settings: PredictSettings, show_progress: bool = True) -> list[Answer]:
+    """Send every body at once through the engine (answers checkpointed to ``checkpoint``)."""
+    import contextlib
+
+    from .engine import Engine, EngineSettings
+    from .progress import ProgressLine
+
+    engine_settings = EngineSettings(base_url=base_url, api_key=settings.api_key, concurrency=settings.concurrency,
+                                     timeout_s=settings.timeout_s, max_attempts=2, adaptive=False)
+    key = _run_key(bodies[0]["model"], bodies)
+    engine = Engine(engine_settings, checkpoint, keep_bodies=True)
+    engine.stats.total = len(bodies)
+    progress = ProgressLine(engine.stats, label="predict") if show_progress else contextlib.nullcontext()
+    async with progress, engine:
+        results = await asyncio.gather(*(engine.call(f"{key}-{i}", b, path) for i, b in enumerate(bodies)))
+    failed = [r for r in results if not r.ok]
+    if failed:
+        raise RunAborted(f"{len(failed)} of {len(results)} predictions failed (first: {failed[0].error}); "
+                         f"rerun to retry them (answers so far are in {checkpoint})")
+    return [Answer(r.content or "", ((r.body or {}).get("usage") or {}).get("completion_tokens", 0))
+            for r in results]
+
+
+def _timed_engine(base_url: str, model: str, conversations, prompts, layout, settings,
+                  checkpoint) -> tuple[list[Answer], float]:
+    from .runtime import run_async
+
+    path, bodies = request_bodies(model, conversations, prompts, layout, settings)
+    started = time.monotonic()
+    answers = run_async(predict_engine(base_url, path, bodies, checkpoint, settings))
+    return answers, time.monotonic() - started
+
+
+def _predict_server(model_dir: str, conversations, prompts, layout, settings,
+                    checkpoint) -> tuple[list[Answer], float]:
+    from .serve import embedded_endpoint
+
+    if settings.base_url:
+        return _timed_engine(settings.base_url, settings.model_name, conversations, prompts, layout, settings,
+                             checkpoint)
+    loras = {ADAPTER_NAME: settings.lora} if settings.lora else {}
+    with embedded_endpoint(serve_model=model_dir, loras=loras, max_model_len=settings.max_model_len) as endpoint:
+        settings.api_key = endpoint.api_key
+        model = settings.model_name or (ADAPTER_NAME if settings.lora else endpoint.model)
+        return _timed_engine(endpoint.base_url, model, conversations, prompts, layout, settings, checkpoint)
+
+
+def checkpoint_path(output: str | Path) -> Path:
+    """Where the server backend keeps its answers: ``P.responses.jsonl`` beside ``P.json``."""
+    output = Path(output)
+    return output.with_name(output.stem + ".responses.jsonl")
+
+
+def predict(items: list[dict], settings: PredictSettings, output: str | Path) -> dict:
+    """Predict every item, write the predictions file and return a summary with timings."""
+    require_ml_stack()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    model_dir = resolve_model(settings.base_model)
+    layout, conversations, prompts = build_prompts(model_dir, items, settings)
+    log.info("predicting", items=len(items), backend=settings.backend, layout=layout, lora=settings.lora,
+             cot=settings.cot, max_tokens=settings.answer_tokens)
+    started = time.monotonic()
+    if settings.backend == "offline":
+        answers, generating = predict_offline(model_dir, conversations, layout, settings)
+    else:
+        answers, generating = _predict_server(model_dir, conversations, prompts, layout, settings,
+                                              checkpoint_path(output))
+    write_predictions(output, [prediction_record(i, a.text, settings.cot) for i, a in zip(items, answers)])
+    tokens = sum(a.tokens for a in answers)
+    return {"output": str(output), "items": len(items), "backend": settings.backend, "layout": layout,
+            "lora": settings.lora, "seconds": round(time.monotonic() - started, 1),
+            "generate_seconds": round(generating, 1), "output_tokens": tokens,
+            "output_tokens_per_s": round(tokens / max(generating, 1e-9), 1)}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``odie predict``."""
+    parser.add_argument("--data", required=True, help="test set: a JSON list (or JSONL) of InstructIE items")
+    parser.add_argument("--base-model", default=EMBEDDED,
+                        help="a Hugging Face model folder, or 'embedded' (SmolLM2-135M-Instruct; default)")
+    parser.add_argument("--lora", default=None, metavar="ADAPTER_DIR", help="a peft LoRA adapter (odie train)")
+    parser.add_argument("--output", required=True, help="predictions file to write (JSON list)")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N items")
+    parser.add_argument("--cot", action="store_true",
+                        help="explanation-then-table answers (the CoT system prompt; output keeps the table)")
+    parser.add_argument("--backend", choices=("offline", "server"), default=None,
+                        help="offline vllm.LLM (default) or the engine against vLLM's server "
+                             "(implied by --base-url)")
+    parser.add_argument("--base-url", default=None, help="a running `odie serve` (OpenAI base URL)")
+    parser.add_argument("--model", dest="model_name", default=None,
+                        help="served model name to request with --base-url (the adapter's name for LoRA)")
+    parser.add_argument("--api-key-env", default=None, help="environment variable holding the server's key")
+    parser.add_argument("--chat-layout", choices=chat_format.LAYOUTS, default=None,
+                        help="prompt layout (default: the adapter's, else the model's chat template)")
+    parser.add_argument("--system-prompt", default=None, metavar="FILE",
+                        help="system turn (default configs/prompts/system.txt, system_cot.txt with --cot)")
+    parser.add_argument("--max-tokens", type=int, default=None, help="answer budget (default 512, 768 with --cot)")
+    parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
+    parser.add_argument("--max-model-len", type=int, default=None, help="vLLM context length limit")
+    parser.add_argument("--concurrency", type=int, default=256, help="requests in flight (server backend)")
+    parser.add_argument("--log-json", action="store_true", help="log JSON lines on stderr")
+
+
+def settings_from_args(args: argparse.Namespace) -> PredictSettings:
+    """PredictSettings from the command line, checked."""
+    from .batch import api_key_from_env
+
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError("--limit must be at least 1")
+    if args.lora and not Path(args.lora, "adapter_config.json").is_file():
+        raise ConfigError(f"--lora {args.lora}: no adapter_config.json there")
+    backend = args.backend or ("server" if args.base_url else "offline")
+    if args.base_url and backend != "server":
+        raise ConfigError("--base-url needs the server backend")
+    if args.base_url and not args.model_name:
+        raise ConfigError("--base-url needs --model: the served name of the base model, or of the adapter")
+    return PredictSettings(
+        base_model=args.base_model, lora=args.lora, chat_layout=args.chat_layout, cot=args.cot,
+        system_prompt=args.system_prompt, max_tokens=args.max_tokens, temperature=args.temperature,
+        max_model_len=args.max_model_len, backend=backend, base_url=args.base_url, model_name=args.model_name,
+        api_key=api_key_from_env(args.api_key_env) if args.api_key_env else None, concurrency=args.concurrency,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``odie predict``."""
+    configure_logging(json=args.log_json)
+    settings = settings_from_args(args)
+    items = load_items(args.data, args.limit)
+    try:
+        summary = predict(items, settings, args.output)
+    except (OdieError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # vLLM and transformers raise plain exceptions: name the step that failed
+        raise RunAborted(f"prediction failed: {type(exc).__name__}: {exc}") from exc
+    log.info("predictions written", **{k.replace("tokens", "tok"): v for k, v in summary.items()})
+    print(args.output)
+    return 0
