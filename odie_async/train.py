@@ -279,6 +279,18 @@ def check_adapter(adapter_dir: str | Path) -> list[str]:
     return targets
 
 
+def full_history(log_history: list[dict], session: list[dict]) -> list[dict]:
+    """Every logged step of the run, from before a resume too (the Trainer's state keeps them).
+
+    Steps logged in this session carry their tokens/s; earlier ones have None.
+    """
+    rates = {h["step"]: h["tokens_per_s"] for h in session}
+    return [{"step": e["step"], "epoch": round(e.get("epoch") or 0, 3), "loss": e["loss"],
+             "learning_rate": e.get("learning_rate"), "grad_norm": e.get("grad_norm"),
+             "tokens_per_s": rates.get(e["step"]), "tokens_seen": e.get("num_input_tokens_seen")}
+            for e in log_history if "loss" in e]
+
+
 def plot_loss(history: list[dict], png: Path) -> None:
     """Training loss and tokens/s against the step, as a PNG."""
     import matplotlib
@@ -292,7 +304,8 @@ def plot_loss(history: list[dict], png: Path) -> None:
     ax.set_xlabel("step")
     ax.set_ylabel("training loss (assistant tokens)")
     rate = ax.twinx()
-    rate.plot(steps, [h["tokens_per_s"] for h in history], color="tab:gray", alpha=0.5, label="tokens/s")
+    timed = [h for h in history if h["tokens_per_s"] is not None]
+    rate.plot([h["step"] for h in timed], [h["tokens_per_s"] for h in timed], color="tab:gray", alpha=0.5)
     rate.set_ylabel("tokens/s")
     ax.set_title("odie train")
     fig.tight_layout()
@@ -345,20 +358,20 @@ def train(job: TrainJob) -> dict:
     model.save_pretrained(out)
     targets = check_adapter(out)
     session_tokens = trainer.state.num_input_tokens_seen - progress.start_tokens
-    summary = _summary(job, model_dir, layout, counts, history, trainer.state, targets, resume_from) | {
+    summary = _summary(job, model_dir, layout, counts, trainer.state, targets, resume_from) | {
         "train_seconds": round(result.metrics.get("train_runtime", 0.0), 1),
         "tokens_per_s": round(session_tokens / max(result.metrics.get("train_runtime", 0.0), 1e-9), 1),
         "wall_seconds": round(time.monotonic() - started, 1),
-        "history": history,
+        "history": full_history(trainer.state.log_history, history),
     }
     (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    if history:
-        plot_loss(history, out / LOSS_PLOT)
+    if summary["history"]:
+        plot_loss(summary["history"], out / LOSS_PLOT)
     return summary
 
 
-def _summary(job, model_dir, layout, counts, history, state, targets, resumed) -> dict:
-    losses = [h["loss"] for h in history]
+def _summary(job, model_dir, layout, counts, state, targets, resumed) -> dict:
+    losses = [e["loss"] for e in state.log_history if "loss" in e]
     return {
         "adapter": str(Path(job.output).resolve()),
         "base_model": model_dir,
