@@ -15,9 +15,9 @@ every completion request. Scenarios (same input, same settings for all):
    same: share of the limit achieved, share of requests answered 429, answers over time;
 4. ``faults``: 20 % injected faults (500/503, resets, 10 s stalls, malformed JSON),
    2,000 records, 5 attempts: records lost, duplicated, paid twice;
-5. ``interrupt``: SIGINT to the process group (Ctrl-C) once half of 4,000 records are
-   answered, then the same command again: requests the rerun sends for records
-   already answered, records lost, duplicate rows.
+5. ``interrupt``: 100 ms latency; SIGINT to the process group (Ctrl-C) once half of
+   4,000 records are answered (or at the cap), then the same command again: requests
+   the rerun sends for records already answered, records lost, duplicate rows.
 
 Every run is capped in time (SIGINT at the cap, SIGKILL 15 s later) and marked when
 capped. Writes ``results.json``, ``table.md``, ``README-section.md`` and PNG plots to
@@ -43,7 +43,9 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
 
 from contenders import CONTENDERS, TASKSET, Child, Contender, command, environment, pinned, versions  # noqa: E402
-from harness import account, answered_count, rate, read_log, read_output, resent, series, write_input  # noqa: E402
+from harness import (  # noqa: E402
+    account, answered_count, limit_share, rate, read_log, read_output, resent, series, window, write_input,
+)
 from report import write_report  # noqa: E402
 
 PY = sys.executable
@@ -55,7 +57,7 @@ SCENARIOS = {
                   "rpm": 3000, "tpm": 120_000},
     "faults": {"n": 2_000, "concurrency": 256, "mock": ["--fault-rate", "0.2", "--stall-s", "10", "--seed", "7"],
                "cap_s": 120},
-    "interrupt": {"n": 4_000, "concurrency": 256, "mock": [], "cap_s": 90},
+    "interrupt": {"n": 4_000, "concurrency": 256, "mock": ["--latency-ms", "100"], "cap_s": 45},
 }
 QUICK = {"overhead": 2_000, "latency": 1_000, "ratelimit": 400, "faults": 400, "interrupt": 1_000}
 
@@ -109,6 +111,7 @@ def run_once(spec: dict, contender: Contender, work: Path, name: str) -> dict:
     result["cpu_us_per_request"] = cpu_per_request(outcome, figures["answered_200"])
     if name == "ratelimit":
         result["answers_per_s"] = series(hits, inputs)
+        result["limit_share"] = limit_share(figures["answered_200"], window(hits, inputs), spec["rpm"])
     return result
 
 
@@ -127,6 +130,7 @@ def interrupted_runs(spec, contender, cmd, env, work: Path, inputs: dict, mock: 
         if time.perf_counter() - first.start > spec["cap_s"]:
             break
         time.sleep(0.02)
+    at_half = answered_count(mock.log, inputs) >= spec["n"] // 2
     first.interrupt()
     one = first.wait(spec["cap_s"] + 30)
     time.sleep(0.3)  # the mock flushes its log every 0.1 s
@@ -136,7 +140,7 @@ def interrupted_runs(spec, contender, cmd, env, work: Path, inputs: dict, mock: 
     hits = read_log(mock.log)
     before, after = [h for h in hits if h.t < boundary], [h for h in hits if h.t >= boundary]
     out = work / f"output.{contender.fmt}"
-    return {"first": vars(one), "second": vars(two), **resent(before, after, inputs),
+    return {"first": vars(one) | {"at_half": at_half}, "second": vars(two), **resent(before, after, inputs),
             **account(hits, inputs, read_output(out, contender.fmt))}
 
 

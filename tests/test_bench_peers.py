@@ -17,7 +17,8 @@ from tests.helpers import run
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "peers"))
 
 from harness import (  # noqa: E402
-    Hit, account, digest, prompt_of, rate, read_log, read_output, render_table, resent, series, write_input,
+    Hit, account, digest, limit_share, prompt_of, rate, read_log, read_output, render_table, resent, series, window,
+    write_input,
 )
 
 
@@ -90,6 +91,13 @@ def test_rate_and_series_use_the_contenders_own_requests():
     assert rate(hits, inputs, latency_s=1.1) == pytest.approx(4 / 4.0)
     assert series(hits, inputs) == [1, 1, 2]
     assert rate(_hits((1.0, 0, "200")), inputs) == 0.0
+    assert window(hits, inputs) == pytest.approx(2.9)
+
+
+def test_limit_share_allows_the_mocks_one_second_burst():
+    assert limit_share(answered=550, window_s=10.0, rpm=3000) == pytest.approx(1.0)
+    assert limit_share(answered=275, window_s=10.0, rpm=3000) == pytest.approx(0.5)
+    assert limit_share(answered=5, window_s=0.0, rpm=3000) == 0.0
 
 
 def _scenario(**figures):
@@ -108,7 +116,7 @@ def test_render_table_marks_caps_missing_resume_and_unrun_scenarios():
                  "rerun_records_resent": 50, "lost": 0, "duplicate_rows": 3}
     results = {"scenarios": scenarios, "contenders": {
         "fast": {"overhead": _scenario(), "latency": _scenario(requests_per_s=950.0),
-                 "ratelimit": _scenario(requests_per_s=49.0, answered_429=5),
+                 "ratelimit": _scenario(requests_per_s=49.0, answered_429=5, limit_share=0.98),
                  "faults": _scenario(lost=2, duplicate_rows=1, answered_twice=4), "interrupt": interrupt},
         "slow": {"overhead": _scenario(requests_per_s=12.0, records_answered=40, outcome={"capped": True})},
     }}

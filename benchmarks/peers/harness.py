@@ -138,14 +138,25 @@ def resent(first: list[Hit], second: list[Hit], inputs: dict[str, str]) -> dict:
     }
 
 
-def rate(hits: list[Hit], inputs: dict[str, str], latency_s: float = 0.0) -> float:
-    """Answers per second, from the first request to the last answer (its latency added)."""
+def window(hits: list[Hit], inputs: dict[str, str], latency_s: float = 0.0) -> float:
+    """Seconds from the contender's first request to its last answer (that answer's latency added)."""
     mine = [h for h in hits if h.digest in inputs]
     ok = [h.t for h in mine if h.outcome == "200"]
     if len(ok) < 2:
         return 0.0
-    span = max(ok) + latency_s - min(h.t for h in mine)
-    return len(ok) / span if span > 0 else 0.0
+    return max(ok) + latency_s - min(h.t for h in mine)
+
+
+def rate(hits: list[Hit], inputs: dict[str, str], latency_s: float = 0.0) -> float:
+    """Answers per second over the contender's ``window``."""
+    span = window(hits, inputs, latency_s)
+    return sum(1 for h in hits if h.outcome == "200" and h.digest in inputs) / span if span > 0 else 0.0
+
+
+def limit_share(answered: int, window_s: float, rpm: float) -> float:
+    """Answers over the most the mock's RPM bucket allows in ``window_s``: one second's burst plus the rate."""
+    per_s = rpm / 60.0
+    return answered / (per_s * (window_s + 1.0)) if window_s > 0 else 0.0
 
 
 def series(hits: list[Hit], inputs: dict[str, str], bin_s: float = 1.0) -> list[int]:
@@ -193,7 +204,7 @@ def _latency(s: dict, spec: dict) -> str:
 
 
 def _share(s: dict, spec: dict) -> str:
-    return f"{_pct(60 * s['requests_per_s'] / spec['rpm'])}{_capped(s, spec)}"
+    return f"{_pct(s['limit_share'])}{_capped(s, spec)}"
 
 
 def _share_429(s: dict, spec: dict) -> str:
@@ -212,6 +223,8 @@ def _interrupt(s: dict, spec: dict) -> str:
     text = f"{s['rerun_records_resent']:,} of {s['answered_before']:,}"
     if s["answered_before"] and s["rerun_records_resent"] == s["answered_before"]:
         text += " (no resume)"
+    if not first.get("at_half", True):
+        text += f"; Ctrl-C at the {spec['cap_s']} s cap"
     if first.get("killed"):
         text += "; ignored Ctrl-C, killed"
     if second.get("capped"):

@@ -76,23 +76,39 @@ def plot_ratelimit(results: dict, path: Path) -> list[str]:
     return [path.name]
 
 
+METRICS = [  # scenario, what is compared, how to read it off, whether higher is better, how to print it
+    ("overhead", "requests/s at zero latency", lambda r: r["requests_per_s"], True, "{:,.0f}"),
+    ("overhead", "client CPU µs per request", lambda r: r["cpu_us_per_request"], False, "{:,.0f}"),
+    ("latency", "requests/s at 500 ms latency", lambda r: r["requests_per_s"], True, "{:,.0f}"),
+    ("ratelimit", "share of the rate limit achieved", lambda r: r["limit_share"], True, "{:.1%}"),
+    ("ratelimit", "share of requests answered 429", lambda r: r["answered_429"] / max(1, r["requests"]), False, "{:.1%}"),
+    ("faults", "records lost or duplicated under 20 % faults", lambda r: r["lost"] + r["duplicate_rows"], False, "{:,}"),
+    ("interrupt", "records re-sent, lost or duplicated after Ctrl-C and a rerun",
+     lambda r: r["rerun_records_resent"] + r["lost"] + r["duplicate_rows"], False, "{:,}"),
+]
+
+
 def findings(results: dict) -> list[str]:
-    """Sentences read off the figures: odie's margin, and every scenario where a peer is ahead of it."""
-    rows, lines = results["contenders"], []
+    """One sentence per compared figure: odie against the best peer, saying plainly where odie is behind."""
+    rows = results["contenders"]
     odie = rows.get("odie batch", {})
-    peers = {n: r for n, r in rows.items() if n != "odie batch"}
-    for key, label in (("overhead", "at zero latency"), ("latency", "at 500 ms latency"),
-                       ("ratelimit", "under the rate limit")):
+    lines = []
+    for key, what, read, higher, fmt in METRICS:
+        peers = [(n, read(r[key])) for n, r in rows.items() if n != "odie batch" and key in r and read(r[key]) is not None]
         if key not in odie or not peers:
             continue
-        best_name, best = max(((n, r[key]["requests_per_s"]) for n, r in peers.items() if key in r),
-                              key=lambda item: item[1], default=(None, 0))
-        mine = odie[key]["requests_per_s"]
-        if best_name is None or not best:
-            continue
-        verdict = "ahead of" if mine >= best else "BEHIND"
-        lines.append(f"{label}, `odie batch` answered {mine:,.0f} requests/s, {mine / best:.2f}× the best peer "
-                     f"({best_name}, {best:,.0f}/s): {verdict} it.")
+        mine = read(odie[key])
+        best_name, best = (max if higher else min)(peers, key=lambda item: item[1])
+        behind = mine < best if higher else mine > best
+        ratio = f", {mine / best:.1f}× the best peer's" if higher and best else ""
+        verdict = "**behind**" if behind else ("tied with" if mine == best else "ahead of")
+        chance = ""
+        if key == "faults":
+            spec = results["scenarios"][key]
+            chance = (f" (at a 20 % fault rate and 5 attempts, about {spec['n'] * 0.2 ** 5:.1f} of {spec['n']:,} "
+                      "records are expected to meet five faults in a row, whatever the tool)")
+        lines.append(f"{what}: `odie batch` {fmt.format(mine)}{ratio}; best peer {best_name} "
+                     f"{fmt.format(best)}: odie is {verdict} it{chance}.")
     return lines
 
 

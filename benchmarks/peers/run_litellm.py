@@ -7,6 +7,7 @@ LiteLLM keeps no checkpoint: a rerun sends every record again.
 
 import asyncio
 import json
+from collections import Counter
 
 import litellm
 from common import API_KEY, MODEL, meter, parse_args, read_input
@@ -39,8 +40,8 @@ async def run(args) -> None:
             out.write(json.dumps({"custom_id": record.custom_id, "content": content}) + "\n")
 
         results = await asyncio.gather(*(one(r) for r in records), return_exceptions=True)
-    failed = [r for r in results if isinstance(r, BaseException)]
-    print(f"{len(records) - len(failed)} answered, {len(failed)} failed", flush=True)
+    failed = Counter(type(r).__name__ for r in results if isinstance(r, BaseException))
+    print(f"{len(records) - sum(failed.values())} answered; failed: {json.dumps(failed)}", flush=True)
 
 
 if __name__ == "__main__":
