@@ -22,9 +22,29 @@ def _redact(_logger, _name, event_dict):
     return event_dict
 
 
+class _CurrentStderr:
+    """Forwards to whatever ``sys.stderr`` is when a line is written.
+
+    Binding the stream object itself would leave logging on a closed file once
+    the caller swaps ``sys.stderr`` (test runners and notebooks do).
+    """
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
 def configure_logging(json: bool = False, level: str = "info", stream=None) -> None:
-    """Configure structlog: readable console lines by default, JSON lines with ``json=True``."""
-    stream = stream or sys.stderr
+    """Configure structlog: readable console lines by default, JSON lines with ``json=True``.
+
+    Lines go to ``stream``, by default to the ``sys.stderr`` of the moment.
+    """
+    stream = stream or _CurrentStderr()
     renderer = (
         structlog.processors.JSONRenderer()
         if json

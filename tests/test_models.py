@@ -9,7 +9,6 @@ import pytest
 
 from odie_async import models
 from odie_async.exceptions import ConfigError
-from tests.logging_support import logging_to_current_stderr  # noqa: F401 (autouse fixture)
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ from odie_async.cli import main as odie_main
 from odie_async.exceptions import ConfigError, ServeError
 from odie_async.logs import configure_logging
 from odie_async.serve import ServeSettings, VLLMServer, embedded_endpoint
-from tests.logging_support import logging_to_current_stderr  # noqa: F401 (autouse fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
