@@ -172,6 +172,7 @@ def _ml_env(on_gpu: bool) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # stdout carries only the output path
     if not on_gpu:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", _KV_CACHE_GIB)
 
@@ -180,13 +181,14 @@ def predict_offline(model_dir: str, conversations: list, layout: str,
                     settings: PredictSettings) -> tuple[list[Answer], float]:
     """Every conversation in one ``LLM.chat`` call (the adapter as a ``LoRARequest``); answers, seconds."""
     import torch
+
+    on_gpu = torch.cuda.is_available()
+    _ml_env(on_gpu)
     from vllm import LLM, SamplingParams
     from vllm.lora.request import LoRARequest
 
     from .serve import _vllm_max_rank, lora_rank
 
-    on_gpu = torch.cuda.is_available()
-    _ml_env(on_gpu)
     lora_args = {}
     if settings.lora:
         lora_args = {"enable_lora": True, "max_loras": 1, "max_lora_rank": _vllm_max_rank(lora_rank(settings.lora))}
