@@ -257,3 +257,13 @@ def test_unieval_scorer_loads_a_local_checkpoint_and_reads_yes_against_no(tmp_pa
     for name in ("consistency", "faithfulness"):
         assert plain[0][name] + swapped[0][name] == pytest.approx(1.0, abs=1e-5)
         assert abs(plain[0][name] - 0.5) > 0.01
+
+
+@pytest.mark.parametrize("name", ["generate-default.yaml", "generate-openai.yaml", "generate-mock.yaml"])
+def test_shipped_configs_load(name):
+    from odie_async.paths import config_dir
+    from odie_async.pipeline.config import load_config
+
+    config = load_config(config_dir() / name, limit=10)
+    assert config.run.records == 10 and config.n_fixed + config.n_open == 10
+    assert config.path(config.prompts).is_dir()
