@@ -169,3 +169,46 @@ def test_the_adapter_remembers_its_chat_layout(tmp_path):
     assert predict.adapter_layout(str(tmp_path)) is None
     (tmp_path / "train_summary.json").write_text(json.dumps({"chat_layout": "paper"}))
     assert predict.adapter_layout(str(tmp_path)) == "paper"
+
+
+def test_merge_lora_needs_an_adapter_and_a_local_server(tmp_path):
+    (tmp_path / "adapter_config.json").write_text("{}")
+    assert predict.settings_from_args(_args(lora=str(tmp_path), merge_lora=True)).merge_lora
+    with pytest.raises(ConfigError, match="--merge-lora"):
+        predict.settings_from_args(_args(merge_lora=True))
+    with pytest.raises(ConfigError, match="--merge-lora"):
+        predict.settings_from_args(_args(lora=str(tmp_path), merge_lora=True, base_url="http://h/v1",
+                                         model_name="a"))
+
+
+def test_merged_adapter_gives_the_adapted_models_logits_and_is_built_once(tmp_path, monkeypatch):
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from odie_async import merge
+
+    monkeypatch.setenv("ODIE_CACHE_DIR", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "base")
+    _tokenizer().save_pretrained(tmp_path / "base")
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "down_proj"], init_lora_weights=False)
+    get_peft_model(LlamaForCausalLM.from_pretrained(tmp_path / "base"), lora).save_pretrained(tmp_path / "adapter")
+
+    calls = []
+    real_merge = merge._merge
+    monkeypatch.setattr(merge, "_merge", lambda *a: calls.append(a) or real_merge(*a))
+    folder = merge.merged_model_dir(str(tmp_path / "base"), str(tmp_path / "adapter"))
+    assert merge.merged_model_dir(str(tmp_path / "base"), str(tmp_path / "adapter")) == folder
+    assert len(calls) == 1 and (folder / "tokenizer_config.json").is_file()
+
+    ids = torch.tensor([[1, 5, 9, 13]])
+    adapted = PeftModel.from_pretrained(LlamaForCausalLM.from_pretrained(tmp_path / "base"), tmp_path / "adapter")
+    base_logits = LlamaForCausalLM.from_pretrained(tmp_path / "base")(ids).logits
+    with torch.no_grad():
+        expected = adapted(ids).logits
+        merged = LlamaForCausalLM.from_pretrained(folder)(ids).logits
+    assert torch.allclose(merged, expected, atol=1e-5)
+    assert not torch.allclose(merged, base_logits, atol=1e-3)
