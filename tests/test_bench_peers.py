@@ -119,12 +119,19 @@ def test_render_table_marks_caps_missing_resume_and_unrun_scenarios():
                  "ratelimit": _scenario(requests_per_s=49.0, answered_429=5, limit_share=0.98),
                  "faults": _scenario(lost=2, duplicate_rows=1, answered_twice=4), "interrupt": interrupt},
         "slow": {"overhead": _scenario(requests_per_s=12.0, records_answered=40, outcome={"capped": True})},
+        "flaky": {"ratelimit": _scenario(limit_share=0.97, lost=60, outcome={"capped": False, "exit_code": 0}),
+                  "faults": _scenario(lost=86, outcome={"capped": False, "exit_code": 1}),
+                  "interrupt": interrupt | {"answered_before": 100, "rerun_records_resent": 0}},
     }}
     table = render_table(results).splitlines()
-    assert len(table) == 4 and table[0].count("|") == table[2].count("|") == table[3].count("|")
+    assert len(table) == 5 and table[0].count("|") == table[2].count("|") == table[3].count("|")
     fast = [c.strip() for c in table[2].split("|")[1:-1]]
     assert fast == ["fast", "1,000 (e2e 800)", "250", "950 (95.0 % of bound)", "98.0 %", "5.0 %",
                     "2 lost, 1 duplicated, 4 paid twice", "50 of 50 (no resume); then 0 lost, 3 duplicated"]
     slow = [c.strip() for c in table[3].split("|")[1:-1]]
     assert slow[1] == "12 (e2e 800) (capped at 90 s: 40 of 100)"
     assert slow[3:] == ["–"] * 5
+    flaky = [c.strip() for c in table[4].split("|")[1:-1]]
+    assert flaky[4] == "97.0 %, 40 of 100 in its output"
+    assert flaky[6] == "86 lost, 0 duplicated, 0 paid twice (exited with an error)"
+    assert flaky[7] == "Ctrl-C did not stop it: all 100 answered before it exited"

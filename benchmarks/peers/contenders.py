@@ -137,7 +137,8 @@ class Child:
         self.stdout_path = log_prefix.with_suffix(".stdout")
         self.start = time.perf_counter()
         with open(self.stdout_path, "wb") as out, open(log_prefix.with_suffix(".stderr"), "wb") as err:
-            self.proc = subprocess.Popen(pinned(cmd, 0), env=env, stdout=out, stderr=err, start_new_session=True)
+            self.proc = subprocess.Popen(pinned(cmd, 0), env=env, stdout=out, stderr=err, start_new_session=True,
+                                         preexec_fn=_default_sigint)
         self.outcome: Outcome | None = None
         self._sigint_at: float | None = None
         self._killed = False
@@ -194,6 +195,12 @@ class Child:
             bench=bench, interrupted=self._sigint_at is not None, killed=self._killed,
             stop_s=None if self._sigint_at is None else end - self._sigint_at,
         )
+
+
+def _default_sigint() -> None:
+    # A harness started in the background (``cmd &``) inherits SIGINT ignored, and so
+    # would every child: Python then installs no KeyboardInterrupt handler at all.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def command(contender: Contender, args: dict) -> list[str]:

@@ -204,7 +204,16 @@ def _latency(s: dict, spec: dict) -> str:
 
 
 def _share(s: dict, spec: dict) -> str:
-    return f"{_pct(s['limit_share'])}{_capped(s, spec)}"
+    return f"{_pct(s['limit_share'])}{_incomplete(s, spec)}{_capped(s, spec)}"
+
+
+def _incomplete(s: dict, spec: dict) -> str:
+    """A note when records are missing from the output of a run that was not capped."""
+    kept = spec["n"] - s["lost"]
+    if kept >= spec["n"] or (s.get("outcome") or {}).get("capped"):
+        return ""
+    failed = " after exiting with an error" if (s.get("outcome") or {}).get("exit_code") else ""
+    return f", {kept:,} of {spec['n']:,} in its output{failed}"
 
 
 def _share_429(s: dict, spec: dict) -> str:
@@ -215,11 +224,14 @@ def _faults(s: dict, spec: dict) -> str:
     capped = _capped(s, spec)
     if capped:
         return "unfinished" + capped
-    return f"{s['lost']} lost, {s['duplicate_rows']} duplicated, {s['answered_twice']} paid twice"
+    failed = " (exited with an error)" if (s.get("outcome") or {}).get("exit_code") else ""
+    return f"{s['lost']:,} lost, {s['duplicate_rows']:,} duplicated, {s['answered_twice']:,} paid twice{failed}"
 
 
 def _interrupt(s: dict, spec: dict) -> str:
     first, second = s["first"], s["second"]
+    if s["answered_before"] >= spec["n"]:
+        return f"Ctrl-C did not stop it: all {spec['n']:,} answered before it exited"
     text = f"{s['rerun_records_resent']:,} of {s['answered_before']:,}"
     if s["answered_before"] and s["rerun_records_resent"] == s["answered_before"]:
         text += " (no resume)"

@@ -77,14 +77,15 @@ def plot_ratelimit(results: dict, path: Path) -> list[str]:
 
 
 METRICS = [  # scenario, what is compared, how to read it off, whether higher is better, how to print it
-    ("overhead", "requests/s at zero latency", lambda r: r["requests_per_s"], True, "{:,.0f}"),
-    ("overhead", "client CPU µs per request", lambda r: r["cpu_us_per_request"], False, "{:,.0f}"),
-    ("latency", "requests/s at 500 ms latency", lambda r: r["requests_per_s"], True, "{:,.0f}"),
-    ("ratelimit", "share of the rate limit achieved", lambda r: r["limit_share"], True, "{:.1%}"),
-    ("ratelimit", "share of requests answered 429", lambda r: r["answered_429"] / max(1, r["requests"]), False, "{:.1%}"),
-    ("faults", "records lost or duplicated under 20 % faults", lambda r: r["lost"] + r["duplicate_rows"], False, "{:,}"),
+    ("overhead", "requests/s at zero latency", lambda r, n: r["requests_per_s"], True, "{:,.0f}"),
+    ("overhead", "client CPU µs per request", lambda r, n: r["cpu_us_per_request"], False, "{:,.0f}"),
+    ("latency", "requests/s at 500 ms latency", lambda r, n: r["requests_per_s"], True, "{:,.0f}"),
+    ("ratelimit", "share of the rate limit turned into records in the output",
+     lambda r, n: r["limit_share"] * (n - r["lost"]) / n, True, "{:.1%}"),
+    ("ratelimit", "share of requests answered 429", lambda r, n: r["answered_429"] / max(1, r["requests"]), False, "{:.1%}"),
+    ("faults", "records lost or duplicated under 20 % faults", lambda r, n: r["lost"] + r["duplicate_rows"], False, "{:,}"),
     ("interrupt", "records re-sent, lost or duplicated after Ctrl-C and a rerun",
-     lambda r: r["rerun_records_resent"] + r["lost"] + r["duplicate_rows"], False, "{:,}"),
+     lambda r, n: r["rerun_records_resent"] + r["lost"] + r["duplicate_rows"], False, "{:,}"),
 ]
 
 
@@ -94,10 +95,14 @@ def findings(results: dict) -> list[str]:
     odie = rows.get("odie batch", {})
     lines = []
     for key, what, read, higher, fmt in METRICS:
-        peers = [(n, read(r[key])) for n, r in rows.items() if n != "odie batch" and key in r and read(r[key]) is not None]
-        if key not in odie or not peers:
+        if key not in odie:
             continue
-        mine = read(odie[key])
+        n = results["scenarios"][key]["n"]
+        peers = [(name, read(r[key], n)) for name, r in rows.items()
+                 if name != "odie batch" and key in r and read(r[key], n) is not None]
+        if not peers:
+            continue
+        mine = read(odie[key], n)
         best_name, best = (max if higher else min)(peers, key=lambda item: item[1])
         behind = mine < best if higher else mine > best
         ratio = f", {mine / best:.1f}× the best peer's" if higher and best else ""

@@ -1,5 +1,7 @@
 """``odie batch`` on the benchmark input, in this process so that its working phase can be metered."""
 
+import sys
+
 from common import meter, parse_args
 
 from odie_async.cli import main
@@ -21,3 +23,4 @@ if __name__ == "__main__":
     options = parse_args(__doc__)
     with meter() as figures:
         figures["exit_code"] = main(argv_for(options))
+    sys.exit(figures["exit_code"])
