@@ -160,6 +160,12 @@ def test_table_rules(markdown, reason):
     assert rules.check_table(parse_table(markdown), FilterConfig()) == reason
 
 
+def test_repeated_rows_rule_is_opt_in():
+    table = parse_table("| a | b |\n| --- | --- |\n| x | y |\n| x | y |")
+    assert rules.check_table(table, FilterConfig()) is None
+    assert rules.check_table(table, FilterConfig(distinct_rows=True)) == "repeated_rows"
+
+
 def test_text_and_score_rules():
     cfg = FilterConfig()
     assert rules.check_text("word " * 768, cfg) == "text_too_long"

@@ -96,6 +96,7 @@ class FilterConfig:
     max_na: int = 3
     min_consistency: float = 0.5
     min_faithfulness: float = 0.5
+    distinct_rows: bool = False
 
 
 @dataclass

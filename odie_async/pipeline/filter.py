@@ -3,7 +3,9 @@
 Structure (the table parses strictly, which ``stages.make_table`` enforces),
 size (rows + columns > 3 and at least 2 columns), fewer than 4 ``N/A`` cells,
 text at most 768 words, then the consistency and faithfulness scores (≥ 0.5;
-consistency only for fixed-header records, as in the paper).
+consistency only for fixed-header records, as in the paper). Beyond the paper,
+``distinct_rows`` drops tables that repeat a row, the way a small model
+degenerates (one cell copied until ``max_tokens``).
 """
 
 from __future__ import annotations
@@ -24,13 +26,15 @@ def check_text(text: str, cfg: FilterConfig) -> str | None:
 
 
 def check_table(table: Table, cfg: FilterConfig) -> str | None:
-    """``too_few_columns``, ``too_small`` or ``too_many_na``."""
+    """``too_few_columns``, ``too_small``, ``too_many_na`` or (opt-in) ``repeated_rows``."""
     if table.n_columns < cfg.min_columns:
         return "too_few_columns"
     if table.n_rows + table.n_columns < cfg.min_size:
         return "too_small"
     if table.na_count() > cfg.max_na:
         return "too_many_na"
+    if cfg.distinct_rows and len(set(table.rows)) < table.n_rows:
+        return "repeated_rows"
     return None
 
 
