@@ -163,6 +163,8 @@ def test_predict_options_are_checked(tmp_path):
         predict.settings_from_args(_args(lora=str(tmp_path)))
     with pytest.raises(ConfigError, match="--limit"):
         predict.settings_from_args(_args(limit=0))
+    with pytest.raises(ConfigError, match="--step-tokens"):
+        predict.settings_from_args(_args(step_tokens=8))
 
 
 def test_the_adapter_remembers_its_chat_layout(tmp_path):
