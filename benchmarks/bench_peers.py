@@ -159,7 +159,11 @@ def main() -> None:
     parser.add_argument("--contender", action="append", choices=[c.name for c in CONTENDERS])
     parser.add_argument("--out", type=Path, default=OUT, help=f"results folder (default {OUT})")
     parser.add_argument("--keep", type=Path, help="keep the work files (inputs, outputs, logs) here")
+    parser.add_argument("--render", action="store_true", help="only rewrite table, plots and README section from results.json")
     args = parser.parse_args()
+    if args.render:
+        write_report(orjson.loads((args.out / "results.json").read_bytes()), args.out)
+        return
     contenders = [c for c in CONTENDERS if not args.contender or c.name in args.contender]
     scenarios = {k: dict(v, n=QUICK[k], cap_s=30) if args.quick else v for k, v in SCENARIOS.items()
                  if not args.only or k in args.only}

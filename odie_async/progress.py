@@ -64,9 +64,13 @@ class ProgressLine:
             await asyncio.sleep(self.interval)
             self.draw()
 
+    def line(self) -> str:
+        """The current line; subclasses show other figures."""
+        return render(self.stats, self.label)
+
     def draw(self, final: bool = False) -> None:
         """Write the current line."""
-        line = render(self.stats, self.label)
+        line = self.line()
         if self.tty:
             self.stream.write("\r\x1b[2K" + line + ("\n" if final else ""))
         else:

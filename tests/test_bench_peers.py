@@ -120,7 +120,8 @@ def test_render_table_marks_caps_missing_resume_and_unrun_scenarios():
                  "faults": _scenario(lost=2, duplicate_rows=1, answered_twice=4), "interrupt": interrupt},
         "slow": {"overhead": _scenario(requests_per_s=12.0, records_answered=40, outcome={"capped": True})},
         "flaky": {"ratelimit": _scenario(limit_share=0.97, lost=60, outcome={"capped": False, "exit_code": 0}),
-                  "faults": _scenario(lost=86, outcome={"capped": False, "exit_code": 1}),
+                  "faults": _scenario(lost=86, outcome={"capped": False, "exit_code": 1, "stderr_tail":
+                                                        "odie batch: error: the endpoint keeps failing"}),
                   "interrupt": interrupt | {"answered_before": 100, "rerun_records_resent": 0}},
     }}
     table = render_table(results).splitlines()
@@ -133,5 +134,5 @@ def test_render_table_marks_caps_missing_resume_and_unrun_scenarios():
     assert slow[3:] == ["–"] * 5
     flaky = [c.strip() for c in table[4].split("|")[1:-1]]
     assert flaky[4] == "97.0 %, 40 of 100 in its output"
-    assert flaky[6] == "86 lost, 0 duplicated, 0 paid twice (exited with an error)"
+    assert flaky[6] == "86 lost, 0 duplicated, 0 paid twice (stopped itself early)"
     assert flaky[7] == "Ctrl-C did not stop it: all 100 answered before it exited"

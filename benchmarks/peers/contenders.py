@@ -128,6 +128,7 @@ class Outcome:
     interrupted: bool = False
     killed: bool = False
     stop_s: float | None = None  # from SIGINT to exit
+    stderr_tail: str = ""  # its last words, when something went wrong
 
 
 class Child:
@@ -190,10 +191,12 @@ class Child:
         for line in self.stdout_path.read_text(errors="replace").splitlines():
             if line.startswith("BENCH "):
                 bench = orjson.loads(line[6:])
+        lines = [x for x in self.stdout_path.with_suffix(".stderr").read_text(errors="replace").splitlines() if x.strip()]
         return Outcome(
             exit_code=self.proc.returncode, wall_s=end - self.start, cpu_s=usage.ru_utime + usage.ru_stime,
             bench=bench, interrupted=self._sigint_at is not None, killed=self._killed,
             stop_s=None if self._sigint_at is None else end - self._sigint_at,
+            stderr_tail=lines[-1][:300] if lines and self.proc.returncode else "",
         )
 
 

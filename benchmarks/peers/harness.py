@@ -212,8 +212,7 @@ def _incomplete(s: dict, spec: dict) -> str:
     kept = spec["n"] - s["lost"]
     if kept >= spec["n"] or (s.get("outcome") or {}).get("capped"):
         return ""
-    failed = " after exiting with an error" if (s.get("outcome") or {}).get("exit_code") else ""
-    return f", {kept:,} of {spec['n']:,} in its output{failed}"
+    return f", {kept:,} of {spec['n']:,} in its output"
 
 
 def _share_429(s: dict, spec: dict) -> str:
@@ -224,8 +223,8 @@ def _faults(s: dict, spec: dict) -> str:
     capped = _capped(s, spec)
     if capped:
         return "unfinished" + capped
-    failed = " (exited with an error)" if (s.get("outcome") or {}).get("exit_code") else ""
-    return f"{s['lost']:,} lost, {s['duplicate_rows']:,} duplicated, {s['answered_twice']:,} paid twice{failed}"
+    stopped = " (stopped itself early)" if "error:" in (s.get("outcome") or {}).get("stderr_tail", "") else ""
+    return f"{s['lost']:,} lost, {s['duplicate_rows']:,} duplicated, {s['answered_twice']:,} paid twice{stopped}"
 
 
 def _interrupt(s: dict, spec: dict) -> str:

@@ -117,8 +117,11 @@ def findings(results: dict) -> list[str]:
     return lines
 
 
+NOTES = Path(__file__).with_name("notes.md")
+
+
 def readme_section(results: dict, table: str, plots: list[str]) -> str:
-    """The README section: command, machine, table, plots, notes on set-up, and what the figures say."""
+    """The README section: command, machine, table, how to read it, plots, findings, notes, set-up."""
     m = results["machine"]
     s = results["scenarios"]
     setups = "\n".join(f"- **{name}** ({', '.join(f'{k} {v}' for k, v in row['versions'].items())}): {row['setup']}"
@@ -127,31 +130,38 @@ def readme_section(results: dict, table: str, plots: list[str]) -> str:
     images = "\n".join(f"![{p}](benchmarks/results/peers/{p})" for p in plots)
     sizes = ", ".join(f"{k} {v['n']:,}" for k, v in s.items())
     quick = "\n\n**Smoke run (`--quick`), not the published figures.**" if results.get("quick") else ""
+    notes = NOTES.read_text().strip() if NOTES.exists() else ""
+    bullets = "\n".join("- " + line for line in findings(results))
     return f"""## `odie batch` against the alternatives
 
 ```bash
-{COMMAND}          # about {results['total_s'] / 60:.0f} minutes; peers install into throwaway venvs on the first run
+{COMMAND}   # about {results['total_s'] / 60:.0f} minutes; peers install into throwaway venvs on the first run
 ```
 
 Measured on {m['cores']} cores of a shared {m['cpu']} (Python {m['python']}), {pinned}; load average
-{m['load_avg_at_start'][0]:.1f} at the start. The machine is shared, so absolute figures are noisy; each
-scenario runs every contender back to back against a fresh `odie mock-server` with the same input
-(unique short prompts, `max_tokens` 16; records per scenario: {sizes}).{quick}
+{m['load_avg_at_start'][0]:.1f} at the start. The machine is shared with other work, so absolute figures
+are noisy. Each scenario runs every contender back to back against a fresh `odie mock-server`, with the
+same input (unique short prompts, `max_tokens` 16; records per scenario: {sizes}), the same
+concurrency, limits, 5 attempts per record and a 30 s request timeout.{quick}
 
 {table}
-Throughput is answered requests per second from a tool's first request to its last answer, read off
-the mock's request log (start-up and the final write are not counted); CPU is the client process's
-user + system time in its working phase per answered request. Rate limit: the mock enforces the limit
-and each tool is given the same numbers; "share achieved" is the answered rate over the limit. Faults:
-records missing from the final output ("lost"), extra output rows ("duplicated"), and records the
+How to read it. Throughput is answered requests per second from a tool's first request to its last
+answer, read off the mock's request log, so start-up and the final write are left out ("e2e": records
+over the whole process's wall time). CPU is the client process's user + system time in its working
+phase per answered request. Rate limit: the mock enforces 3,000 RPM / 120,000 TPM and every tool is
+told the same; "share achieved" is answers over what the mock's bucket allows in the tool's window.
+Faults: records missing from the final output ("lost"), extra output rows ("duplicated"), records the
 mock answered 200 more than once ("paid twice"). Ctrl-C: SIGINT to the tool's process group once half
-the records were answered, then the same command again; the cell counts the records answered in the
-first run that the rerun requested again. "Capped" runs hit the scenario's time limit.
+the records were answered, then the same command again; the cell counts records answered in the first
+run that the rerun requested again. "Capped" runs hit the scenario's time limit (SIGINT, then SIGKILL).
 
 {images}
 
+What the figures say:
+{bullets}
+
+{notes}
+
 How each tool was set up (its documented settings, at the same numbers):
 {setups}
-
-{chr(10).join('- ' + line for line in findings(results))}
 """

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import sys
-
+from ..progress import ProgressLine
 from ..stats import RunStats
 
 SHORT = {"instructions": "instr", "texts": "texts", "open_instructions": "open", "paraphrase": "para",
@@ -23,39 +21,14 @@ def render(progress, expected: dict[str, int], stats: RunStats, kept: int, dropp
             f"{stats.done / elapsed:.1f} req/s {tokens / elapsed:.0f} tok/s cached {stats.resumed} | ETA {eta_text}")
 
 
-class StageProgress:
-    """Redraws the line on a terminal; prints it every ``interval`` seconds when piped."""
+class StageProgress(ProgressLine):
+    """The pipeline's line: redrawn on a terminal, printed every ``interval`` seconds when piped."""
 
     def __init__(self, flow, stats: RunStats, stream=None, interval: float | None = None) -> None:
+        super().__init__(stats, label="generate", stream=stream, interval=interval)
         self.flow = flow
-        self.stats = stats
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self.interval = interval or (0.5 if self.tty else 10.0)
-        self._task: asyncio.Task | None = None
 
     def line(self) -> str:
         """The current line."""
         kept = sum(o.kept for o in self.flow.outcomes)
         return render(self.flow.progress, self.flow.expected(), self.stats, kept, len(self.flow.outcomes) - kept)
-
-    async def __aenter__(self) -> "StageProgress":
-        self._task = asyncio.create_task(self._loop())
-        return self
-
-    async def __aexit__(self, *exc_info) -> None:
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
-        self._draw(final=True)
-
-    async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            self._draw()
-
-    def _draw(self, final: bool = False) -> None:
-        if self.tty:
-            self.stream.write("\r\x1b[2K" + self.line() + ("\n" if final else ""))
-        else:
-            self.stream.write(self.line() + "\n")
-        self.stream.flush()
