@@ -273,3 +273,27 @@ def test_shipped_configs_load(name):
     config = load_config(config_dir() / name, limit=10)
     assert config.run.records == 10 and config.n_fixed + config.n_open == 10
     assert config.path(config.prompts).is_dir()
+
+
+# -- export -------------------------------------------------------------------------------
+
+def test_export_order_does_not_depend_on_completion_order(tmp_path):
+    from odie_async.pipeline.export import export
+    from odie_async.pipeline.flow import Outcome
+    from odie_async.pipeline.stages import Record
+
+    def outcome(rid, variant):
+        record = Record(id=rid, category="fixed header", domain="d", original_instruction=f"list {rid}")
+        return Outcome(record=record, variant=variant, kept=False, reason=f"{variant}-reason", stage=variant)
+
+    outcomes = [outcome(rid, v) for rid in ("f00002", "o00001", "f00001") for v in ("cot", "plain")]
+    files = []
+    for run, order in enumerate((outcomes, outcomes[::-1])):
+        (tmp_path / str(run)).mkdir()
+        export(tmp_path / str(run), order, ["plain", "cot"], "system")
+        files.append((tmp_path / str(run) / "dropped.jsonl").read_bytes())
+    assert files[0] == files[1]
+    lines = [orjson.loads(line) for line in files[0].splitlines()]
+    assert [(d["id"], d["variant"]) for d in lines] == [
+        ("f00001", "plain"), ("f00001", "cot"), ("o00001", "plain"), ("o00001", "cot"),
+        ("f00002", "plain"), ("f00002", "cot")]

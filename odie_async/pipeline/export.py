@@ -23,8 +23,9 @@ DROPPED = "dropped.jsonl"
 SUMMARY = "summary.json"
 
 
-def _order(outcome: Outcome) -> tuple[str, str]:
-    return outcome.record.id[1:], outcome.record.id[0]
+def _order(variants: list[str]):
+    # Records finish in whatever order the endpoint answers; the export must not.
+    return lambda o: (o.record.id[1:], o.record.id[0], variants.index(o.variant))
 
 
 def _scores(outcome: Outcome) -> dict:
@@ -80,7 +81,7 @@ def _write_jsonl(path: Path, lines: list[dict]) -> None:
 
 def export(out: Path, outcomes: list[Outcome], variants: list[str], system_prompt: str) -> dict[str, str]:
     """Write the training files and ``dropped.jsonl``; return their paths."""
-    ordered = sorted(outcomes, key=_order)
+    ordered = sorted(outcomes, key=_order(variants))
     paths = {}
     for variant in variants:
         kept = [o for o in ordered if o.variant == variant and o.kept]
