@@ -11,6 +11,8 @@ from odie_async.exceptions import ConfigError, InputError
 from odie_async.pipeline import filter as rules
 from odie_async.pipeline.config import FilterConfig, from_dict
 from odie_async.pipeline.dedup import Deduper, rouge_l, tokenize
+from odie_async.pipeline.export import export
+from odie_async.pipeline.flow import Outcome
 from odie_async.pipeline.parsers import (
     ParseError,
     free_text,
@@ -22,6 +24,7 @@ from odie_async.pipeline.parsers import (
 )
 from odie_async.pipeline.prompts import FIXED, OPEN, load_seeds
 from odie_async.pipeline.scorers import OfflineScorer, phrases, support, unieval_claims
+from odie_async.pipeline.stages import Record
 from odie_async.tables import Table, TableError, parse_table
 
 from .pipeline_support import SEEDS, write_seeds
@@ -278,10 +281,6 @@ def test_shipped_configs_load(name):
 # -- export -------------------------------------------------------------------------------
 
 def test_export_order_does_not_depend_on_completion_order(tmp_path):
-    from odie_async.pipeline.export import export
-    from odie_async.pipeline.flow import Outcome
-    from odie_async.pipeline.stages import Record
-
     def outcome(rid, variant):
         record = Record(id=rid, category="fixed header", domain="d", original_instruction=f"list {rid}")
         return Outcome(record=record, variant=variant, kept=False, reason=f"{variant}-reason", stage=variant)
