@@ -45,9 +45,9 @@ def in_process_steps(path: Path, compat: bool) -> dict:
     """Seconds per step of one in-process scoring, and the distinct cells encoded."""
     steps = {}
     started = time.perf_counter()
-    from odie_async import metrics
-    from odie_async.embedder import get_embedder
-    from odie_async.evaluate import load_predictions
+    from odie_async.evaluation import metrics
+    from odie_async.evaluation.embedder import get_embedder
+    from odie_async.evaluation.evaluate import load_predictions
 
     records = load_predictions(path)
     steps["imports_and_read_s"] = time.perf_counter() - started
@@ -76,8 +76,8 @@ def per_item_baseline(records, preds, golds, model) -> dict:
     import torch
     from sentence_transformers import util
 
-    from odie_async.embedder import DEFAULT_THREADS
-    from odie_async.metrics import GROUP_FIELDS, HeaderCounts
+    from odie_async.evaluation.embedder import DEFAULT_THREADS
+    from odie_async.evaluation.metrics import GROUP_FIELDS, HeaderCounts
 
     def pooled_f1(indices) -> float:
         total = HeaderCounts()

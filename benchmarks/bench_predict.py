@@ -66,7 +66,7 @@ def sequential_generate(model_dir: str, adapter: str | None, prompts: list[str],
 
 def vllm_batched(model_dir: str, conversations: list, layout: str, settings) -> dict:
     """Every conversation in one ``LLM.chat`` call; tokens, seconds, answers."""
-    from odie_async.predict import predict_offline
+    from odie_async.model.predict import predict_offline
 
     started = time.perf_counter()
     answers, seconds = predict_offline(model_dir, conversations, layout, settings)
@@ -81,7 +81,7 @@ def vllm_merged(model_dir: str, conversations: list, layout: str, settings) -> d
     import gc
     from dataclasses import replace
 
-    from odie_async.merge import merged_model_dir
+    from odie_async.model.merge import merged_model_dir
 
     gc.collect()  # the previous LLM's engine process goes before this one starts
     started = time.perf_counter()
@@ -124,8 +124,8 @@ def main() -> None:
     configure_logging()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    from odie_async.models import resolve_model
-    from odie_async.predict import PredictSettings, build_prompts, load_items
+    from odie_async.endpoints.embedded import resolve_model
+    from odie_async.model.predict import PredictSettings, build_prompts, load_items
 
     model_dir = resolve_model(args.base_model)
     settings = PredictSettings(base_model=model_dir, lora=args.adapter, max_tokens=args.max_tokens)

@@ -16,9 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from odie_async.engine import Engine, EngineSettings
-from odie_async.models import embedded_model_dir
-from odie_async.serve import EMBEDDED_NAME, ServeSettings, VLLMServer
+from odie_async.engine.core import Engine, EngineSettings
+from odie_async.endpoints.embedded import embedded_model_dir
+from odie_async.endpoints.serve import EMBEDDED_NAME, ServeSettings, VLLMServer
 
 
 def random_adapter(base: Path, out: Path, rank: int = 8) -> Path:

@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 import yaml
 
-from odie_async.mock_server import MockServer, MockSettings
+from odie_async.endpoints.mock_server import MockServer, MockSettings
 from odie_async.paths import config_dir
 from odie_async.pipeline.config import from_dict
 from odie_async.pipeline.mock_responder import PipelineResponder

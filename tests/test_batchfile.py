@@ -1,6 +1,6 @@
 import pytest
 
-from odie_async.batchfile import BatchReader, count_lines
+from odie_async.engine.batchfile import BatchReader, count_lines
 from odie_async.exceptions import DuplicateIdError, InputError
 from tests.helpers import chat_line
 

@@ -11,7 +11,7 @@ import aiohttp
 import orjson
 import pytest
 
-from odie_async.mock_server import MockServer, MockSettings
+from odie_async.endpoints.mock_server import MockServer, MockSettings
 from tests.helpers import run
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "peers"))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from odie_async import chat_format
+from odie_async.model import chat_format
 from odie_async.exceptions import ConfigError, TrainError
 
 CHATML = (

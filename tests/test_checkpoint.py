@@ -1,7 +1,7 @@
 import orjson
 import pytest
 
-from odie_async.checkpoint import Result, ResultStore, repair_tail
+from odie_async.engine.checkpoint import Result, ResultStore, repair_tail
 from odie_async.exceptions import InputError
 
 

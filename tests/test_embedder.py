@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from odie_async.embedder import DIMENSION, get_embedder, model_path
+from odie_async.evaluation.embedder import DIMENSION, get_embedder, model_path
 
 pytestmark = pytest.mark.slow
 

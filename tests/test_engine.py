@@ -4,9 +4,9 @@ import socket
 import pytest
 from structlog.testing import capture_logs
 
-from odie_async.engine import Engine, EngineSettings, FailureBreaker
+from odie_async.engine.core import Engine, EngineSettings, FailureBreaker
 from odie_async.exceptions import RunAborted
-from odie_async.mock_server import MockServer, MockSettings
+from odie_async.endpoints.mock_server import MockServer, MockSettings
 from tests.helpers import ids_in, run
 from tests.scripted_server import ScriptedServer
 

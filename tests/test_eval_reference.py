@@ -11,9 +11,9 @@ import json
 import pytest
 
 from odie_async.cli import main
-from odie_async.embedder import get_embedder
-from odie_async.evaluate import load_predictions
-from odie_async.metrics import evaluate_records, header_cells
+from odie_async.evaluation.embedder import get_embedder
+from odie_async.evaluation.evaluate import load_predictions
+from odie_async.evaluation.metrics import evaluate_records, header_cells
 from odie_async.paths import shared_dir
 
 pytestmark = pytest.mark.slow

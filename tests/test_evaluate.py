@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from odie_async.evaluate import format_table, load_predictions, plot_reports
+from odie_async.evaluation.evaluate import format_table, load_predictions, plot_reports
 from odie_async.exceptions import EvalError
 
 RECORD = {

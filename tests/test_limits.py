@@ -2,7 +2,7 @@ import asyncio
 
 import pytest
 
-from odie_async.limits import AdaptiveConcurrency, LatencyWatch, RateLimits, parse_duration
+from odie_async.engine.limits import AdaptiveConcurrency, LatencyWatch, RateLimits, parse_duration
 from tests.fakeclock import run_fake
 
 

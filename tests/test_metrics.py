@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from rouge_score import rouge_scorer
 
-from odie_async import metrics
-from odie_async.metrics import HeaderCounts, content_scores, evaluate_records, header_cells, header_counts
+from odie_async.evaluation import metrics
+from odie_async.evaluation.metrics import HeaderCounts, content_scores, evaluate_records, header_cells, header_counts
 
 # Unit vectors with known dot products: a·b = 0, a·c = 0.6, b·c = 0.8, a·"" = 0.8, b·"" = 0.6.
 VECTORS = {

@@ -4,7 +4,7 @@ import aiohttp
 import jsonschema
 import orjson
 
-from odie_async.mock_server import MockServer, MockSettings, TokenBucket, count_tokens
+from odie_async.endpoints.mock_server import MockServer, MockSettings, TokenBucket, count_tokens
 from tests.helpers import run
 
 SCHEMA = {

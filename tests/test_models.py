@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from odie_async import models
+from odie_async.endpoints import embedded as models
 from odie_async.exceptions import ConfigError
 
 

@@ -9,10 +9,10 @@ from collections import Counter
 import orjson
 import pytest
 
-from odie_async.mock_server import MockServer, MockSettings
+from odie_async.endpoints.mock_server import MockServer, MockSettings
 from odie_async.paths import config_dir
 from odie_async.pipeline.run import generate
-from odie_async.tables import parse_table
+from odie_async.evaluation.tables import parse_table
 
 from .pipeline_support import make_config, responder
 

@@ -25,7 +25,7 @@ from odie_async.pipeline.parsers import (
 from odie_async.pipeline.prompts import FIXED, OPEN, load_seeds
 from odie_async.pipeline.scorers import OfflineScorer, phrases, support, unieval_claims
 from odie_async.pipeline.stages import Record
-from odie_async.tables import Table, TableError, parse_table
+from odie_async.evaluation.tables import Table, TableError, parse_table
 
 from .pipeline_support import SEEDS, write_seeds
 
@@ -233,7 +233,7 @@ def _tiny_t5(folder, swap: bool) -> None:
     import torch
     from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
 
-    from odie_async.embedder import model_path
+    from odie_async.evaluation.embedder import model_path
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_path()))  # any local tokenizer will do
     config = T5Config(vocab_size=tokenizer.vocab_size, d_model=16, d_ff=32, num_layers=1, num_decoder_layers=1,

@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from odie_async.pipeline.run import generate
-from odie_async.tables import table_from_json
+from odie_async.evaluation.tables import table_from_json
 
 from .pipeline_support import make_config
 
@@ -34,7 +34,7 @@ LIMITS = {"max_columns": 4, "max_rows": 4, "cell_chars": 24, "instruction_chars"
 
 @pytest.fixture(scope="module")
 def endpoint():
-    from odie_async.serve import embedded_endpoint
+    from odie_async.endpoints.serve import embedded_endpoint
 
     with embedded_endpoint() as served:
         yield served

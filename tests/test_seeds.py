@@ -8,7 +8,7 @@ import pytest
 from rouge_score import rouge_scorer
 
 from odie_async.paths import config_dir, shared_dir
-from odie_async.tables import parse_table
+from odie_async.evaluation.tables import parse_table
 
 FIELDS = ("id", "category", "domain", "instruction", "text", "table", "explanation")
 SEEDS = [orjson.loads(line) for line in (config_dir() / "seeds/seed_tasks.jsonl").read_bytes().splitlines() if line.strip()]

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from odie_async import serve
+from odie_async.endpoints import serve
 from odie_async.cli import main as odie_main
 from odie_async.exceptions import ConfigError, ServeError
 from odie_async.logs import configure_logging
-from odie_async.serve import ServeSettings, VLLMServer, embedded_endpoint
+from odie_async.endpoints.serve import ServeSettings, VLLMServer, embedded_endpoint
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -228,7 +228,7 @@ def test_server_dies_with_a_parent_killed_outright(model_dir, fake_vllm, tmp_pat
     parent = textwrap.dedent(f"""
         import sys, time
         sys.executable = {str(fake_vllm)!r}
-        from odie_async import serve
+        from odie_async.endpoints import serve
         serve._on_cpu = lambda: True
         server = serve.VLLMServer(serve.ServeSettings(model={str(model_dir)!r}, log_path=serve.Path({str(log_file)!r})))
         server.start()
@@ -321,7 +321,7 @@ def _group_members(pgid: int) -> list[int]:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """``odie serve`` with the embedded model and a random rank-8 adapter named 'probe'."""
-    from odie_async.models import embedded_model_dir
+    from odie_async.endpoints.embedded import embedded_model_dir
 
     adapter = tmp_path_factory.mktemp("adapter") / "probe"
     _make_random_adapter(str(embedded_model_dir()), adapter)
@@ -339,7 +339,7 @@ def served(tmp_path_factory):
 
 
 async def _ask(base_url: str, model: str, tmp_path: Path):
-    from odie_async.engine import Engine, EngineSettings
+    from odie_async.engine.core import Engine, EngineSettings
 
     body = {"model": model, "temperature": 0, "max_tokens": 24,
             "messages": [{"role": "user", "content": "What is the capital of France?"}]}

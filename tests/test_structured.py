@@ -7,15 +7,15 @@ import asyncio
 import orjson
 import pytest
 
-from odie_async.engine import Engine, EngineSettings
-from odie_async.mock_server import MockServer
+from odie_async.engine.core import Engine, EngineSettings
+from odie_async.endpoints.mock_server import MockServer
 from odie_async.pipeline import schemas
 from odie_async.pipeline.config import EndpointConfig, LimitsConfig
 from odie_async.pipeline.run import generate
 from odie_async.pipeline.stages import Record, table_messages
 from odie_async.pipeline.structured import resolve_structured
 from odie_async.runtime import run_async
-from odie_async.tables import parse_table
+from odie_async.evaluation.tables import parse_table
 
 from .pipeline_support import make_config, responder
 from .scripted_server import ScriptedServer

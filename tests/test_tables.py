@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from odie_async.tables import Table, TableError, clean_cell, is_na, parse_table, render, table_from_json
+from odie_async.evaluation.tables import Table, TableError, clean_cell, is_na, parse_table, render, table_from_json
 
 _CHARS = st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="\x85\u2028\u2029")
 cells = st.text(_CHARS, max_size=20)

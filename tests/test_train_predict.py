@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from odie_async import predict, train
-from odie_async.chat_format import system_prompt
-from odie_async.evaluate import score_files
-from odie_async.metrics import REQUIRED_FIELDS
+from odie_async.model import predict, train
+from odie_async.model.chat_format import system_prompt
+from odie_async.evaluation.evaluate import score_files
+from odie_async.evaluation.metrics import REQUIRED_FIELDS
 from odie_async.paths import shared_dir
 
 pytestmark = pytest.mark.slow
@@ -118,7 +118,7 @@ def _check_predictions(path, items) -> list[dict]:
 
 
 def test_served_base_and_adapter_predict_and_score(adapter, test_items, tmp_path):
-    from odie_async.serve import ServeSettings, VLLMServer
+    from odie_async.endpoints.serve import ServeSettings, VLLMServer
 
     summary, _ = adapter
     path, items = test_items

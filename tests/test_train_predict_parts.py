@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from odie_async import chat_format, predict, train
+from odie_async.model import chat_format, predict, train
 from odie_async.exceptions import ConfigError, InputError, TrainError
 
 from .test_chat_format import ANSWER, CONVERSATION, _tokenizer
@@ -188,7 +188,7 @@ def test_merged_adapter_gives_the_adapted_models_logits_and_is_built_once(tmp_pa
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from odie_async import merge
+    from odie_async.model import merge
 
     monkeypatch.setenv("ODIE_CACHE_DIR", str(tmp_path / "cache"))
     torch.manual_seed(0)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import orjson
 
-from odie_async.mock_server import prompt_digest
+from odie_async.endpoints.mock_server import prompt_digest
 
 MAX_TOKENS = 16
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from ..engine import Engine
+from ..engine.core import Engine
 from .config import PipelineConfig
 from .prompts import Prompts, Seed
 from .schemas import response_format

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..progress import ProgressLine
-from ..stats import RunStats
+from ..engine.progress import ProgressLine
+from ..engine.stats import RunStats
 
 SHORT = {"instructions": "instr", "texts": "texts", "open_instructions": "open", "paraphrase": "para",
          "tables": "tables", "tables_cot": "cot", "scored": "scored"}

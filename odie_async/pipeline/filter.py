@@ -10,7 +10,7 @@ degenerates (one cell copied until ``max_tokens``).
 
 from __future__ import annotations
 
-from ..tables import Table
+from ..evaluation.tables import Table
 from .config import FilterConfig
 from .prompts import FIXED
 

@@ -23,7 +23,7 @@ import math
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
-from ..tables import Table
+from ..evaluation.tables import Table
 from . import filter as rules
 from .context import Context, Dropped
 from .dedup import Deduper

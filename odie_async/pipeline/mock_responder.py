@@ -19,8 +19,8 @@ import re
 
 import orjson
 
-from ..schema_fill import instance_for_schema
-from ..tables import parse_table, render
+from ..endpoints.schema_fill import instance_for_schema
+from ..evaluation.tables import parse_table, render
 from .prompts import Prompts
 
 DOMAINS = ["marine biology", "urban planning", "esports", "beekeeping", "aviation safety", "vintage cars",

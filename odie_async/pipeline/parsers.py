@@ -12,7 +12,7 @@ import re
 
 import orjson
 
-from ..tables import Table, TableError, split_around_table, table_from_json
+from ..evaluation.tables import Table, TableError, split_around_table, table_from_json
 
 _NUMBERED = re.compile(r"^\s*(?:\d{1,3}\s*[.):\]-]|[-*•]|\(\d{1,3}\))\s+")
 _LABEL = re.compile(

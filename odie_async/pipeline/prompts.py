@@ -16,7 +16,7 @@ import orjson
 import yaml
 
 from ..exceptions import ConfigError, InputError
-from ..tables import TableError, parse_table
+from ..evaluation.tables import TableError, parse_table
 
 FIXED = "fixed header"
 OPEN = "open header"

@@ -28,7 +28,7 @@ from pathlib import Path
 import orjson
 import structlog
 
-from ..engine import Engine, EngineSettings
+from ..engine.core import Engine, EngineSettings
 from ..exceptions import ConfigError, OdieError
 from ..logs import configure_logging
 from ..runtime import run_async
@@ -83,7 +83,7 @@ async def endpoint_scope(config: PipelineConfig, prompts: Prompts):
     """The run's endpoint: the configured URL, an in-process mock, or the embedded model served for the run."""
     cfg = config.endpoint
     if cfg.base_url == MOCK:
-        from ..mock_server import MockServer
+        from ..endpoints.mock_server import MockServer
         from .mock_responder import PipelineResponder
 
         async with MockServer(responder=PipelineResponder(prompts)) as server:
@@ -93,7 +93,7 @@ async def endpoint_scope(config: PipelineConfig, prompts: Prompts):
         model = cfg.model or await asyncio.to_thread(discover_model, cfg.base_url, key)
         yield _Endpoint(cfg.base_url, model, key)
     else:
-        from ..serve import embedded_endpoint
+        from ..endpoints.serve import embedded_endpoint
 
         async with embedded_endpoint() as served:
             yield _Endpoint(served.base_url, cfg.model or served.model, served.api_key)

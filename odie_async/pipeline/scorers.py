@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..exceptions import ConfigError
-from ..tables import Table, is_na
+from ..evaluation.tables import Table, is_na
 from . import schemas
 from .config import PipelineConfig
 from .context import Context, Dropped, system, user
@@ -140,7 +140,7 @@ class OfflineScorer:
 
     def _encoder(self):
         if self._embedder is None:
-            from ..embedder import get_embedder
+            from ..evaluation.embedder import get_embedder
 
             self._embedder = get_embedder()
         return self._embedder

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from ..tables import Table, TableError, parse_table
+from ..evaluation.tables import Table, TableError, parse_table
 from . import schemas
 from .context import Context, Dropped, assistant, system, user
 from .parsers import ParseError, free_text, parse_cot_answer, parse_instruction_list, parse_paraphrases, parse_table_answer

@@ -8,7 +8,7 @@ The probe goes through the engine like any request, so a rerun reuses its answer
 
 from __future__ import annotations
 
-from ..engine import Engine
+from ..engine.core import Engine
 from .config import PipelineConfig
 from .context import digest
 from .parsers import load_json

@@ -31,7 +31,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from .checkpoint import Result, ResultStore
 from .client import ChatClient, Reply
-from .exceptions import AuthenticationError, MalformedResponseError, RateLimitError, RequestError, RunAborted
+from ..exceptions import AuthenticationError, MalformedResponseError, RateLimitError, RequestError, RunAborted
 from .limits import AdaptiveConcurrency, LatencyWatch, RateLimits, parse_duration
 from .stats import RunStats
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .exceptions import ConfigError, TrainError
-from .paths import config_dir
+from ..exceptions import ConfigError, TrainError
+from ..paths import config_dir
 
 TEMPLATE = "template"
 PAPER = "paper"

@@ -31,9 +31,9 @@ from pathlib import Path
 
 import structlog
 
-from .exceptions import ConfigError, ServeError
-from .models import EMBEDDED, EMBEDDED_NAME, resolve_model
-from .paths import cache_dir
+from ..exceptions import ConfigError, ServeError
+from .embedded import EMBEDDED, EMBEDDED_NAME, resolve_model
+from ..paths import cache_dir
 
 log = structlog.get_logger(__name__)
 
@@ -438,7 +438,7 @@ def _interrupt(signum, _frame) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """``odie serve``: start vLLM, print its base URL, serve until SIGINT or SIGTERM."""
-    from .logs import configure_logging
+    from ..logs import configure_logging
 
     configure_logging()
     settings = ServeSettings(model=args.model, loras=dict(args.lora), host=args.host, port=args.port,

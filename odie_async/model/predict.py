@@ -29,10 +29,10 @@ from pathlib import Path
 import structlog
 
 from . import chat_format
-from .exceptions import ConfigError, InputError, OdieError, RunAborted
-from .logs import configure_logging
-from .models import EMBEDDED, require_ml_stack, resolve_model
-from .tables import TableError, split_around_table
+from ..exceptions import ConfigError, InputError, OdieError, RunAborted
+from ..logs import configure_logging
+from ..endpoints.embedded import EMBEDDED, require_ml_stack, resolve_model
+from ..evaluation.tables import TableError, split_around_table
 
 log = structlog.get_logger(__name__)
 
@@ -199,7 +199,7 @@ def predict_offline(model_dir: str, conversations: list, layout: str,
     from vllm import LLM, SamplingParams
     from vllm.lora.request import LoRARequest
 
-    from .serve import _vllm_max_rank, lora_rank
+    from ..endpoints.serve import _vllm_max_rank, lora_rank
 
     extra = {}
     if settings.lora:
@@ -222,7 +222,7 @@ def predict_offline(model_dir: str, conversations: list, layout: str,
 def request_bodies(model: str, conversations: list, prompts: list[str], layout: str,
                    settings: PredictSettings) -> tuple[str, list[dict]]:
     """The endpoint path and one body per item: chat for the model's template, raw prompts for the paper's."""
-    from .engine import CHAT_PATH
+    from ..engine.core import CHAT_PATH
 
     common = {"model": model, "max_tokens": settings.answer_tokens, "temperature": settings.temperature}
     if layout == chat_format.TEMPLATE:
@@ -242,8 +242,8 @@ async def predict_engine(base_url: str, path: str, bodies: list[dict], checkpoin
     """Send every body at once through the engine (answers checkpointed to ``checkpoint``)."""
     import contextlib
 
-    from .engine import Engine, EngineSettings
-    from .progress import ProgressLine
+    from ..engine.core import Engine, EngineSettings
+    from ..engine.progress import ProgressLine
 
     engine_settings = EngineSettings(base_url=base_url, api_key=settings.api_key, concurrency=settings.concurrency,
                                      timeout_s=settings.timeout_s, max_attempts=2, adaptive=False)
@@ -263,7 +263,7 @@ async def predict_engine(base_url: str, path: str, bodies: list[dict], checkpoin
 
 def _timed_engine(base_url: str, model: str, conversations, prompts, layout, settings,
                   checkpoint) -> tuple[list[Answer], float]:
-    from .runtime import run_async
+    from ..runtime import run_async
 
     path, bodies = request_bodies(model, conversations, prompts, layout, settings)
     started = time.monotonic()
@@ -273,7 +273,7 @@ def _timed_engine(base_url: str, model: str, conversations, prompts, layout, set
 
 def _predict_server(model_dir: str, conversations, prompts, layout, settings,
                     checkpoint) -> tuple[list[Answer], float]:
-    from .serve import embedded_endpoint
+    from ..endpoints.serve import embedded_endpoint
 
     if settings.base_url:
         return _timed_engine(settings.base_url, settings.model_name, conversations, prompts, layout, settings,
@@ -355,7 +355,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> PredictSettings:
     """PredictSettings from the command line, checked."""
-    from .batch import api_key_from_env
+    from ..engine.batch import api_key_from_env
 
     if args.limit is not None and args.limit < 1:
         raise ConfigError("--limit must be at least 1")

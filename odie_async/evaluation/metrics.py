@@ -13,7 +13,7 @@ the default mode fixes:
   is a group of its own; the default mode folds it into ``fixed header``.
 
 The sentence encoder is passed in as ``encode(texts) -> unit-length rows`` so the
-logic runs with any encoder (``odie_async.embedder.Embedder.encode`` in use, a tiny
+logic runs with any encoder (``odie_async.evaluation.embedder.Embedder.encode`` in use, a tiny
 fake one in tests). Every distinct header cell of a file is encoded once.
 """
 

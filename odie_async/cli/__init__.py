@@ -11,16 +11,16 @@ import argparse
 import importlib
 import sys
 
-from .exceptions import OdieError
+from ..exceptions import OdieError
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "batch": ("odie_async.batch", "run an OpenAI Batch API input file through an endpoint"),
-    "mock-server": ("odie_async.mock_server", "serve a fast OpenAI-compatible mock on loopback"),
+    "batch": ("odie_async.engine.batch", "run an OpenAI Batch API input file through an endpoint"),
+    "mock-server": ("odie_async.endpoints.mock_server", "serve a fast OpenAI-compatible mock on loopback"),
     "generate": ("odie_async.pipeline.run", "run the six-stage InstructIE data pipeline"),
-    "serve": ("odie_async.serve", "serve a model (and LoRA adapters) with vLLM"),
-    "train": ("odie_async.train", "fine-tune a LoRA adapter on generated data"),
-    "predict": ("odie_async.predict", "predict tables for a test set, batched through vLLM"),
-    "eval": ("odie_async.evaluate", "score predictions with the paper's metrics"),
+    "serve": ("odie_async.endpoints.serve", "serve a model (and LoRA adapters) with vLLM"),
+    "train": ("odie_async.model.train", "fine-tune a LoRA adapter on generated data"),
+    "predict": ("odie_async.model.predict", "predict tables for a test set, batched through vLLM"),
+    "eval": ("odie_async.evaluation.evaluate", "score predictions with the paper's metrics"),
 }
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import orjson
 import structlog
 
-from .exceptions import InputError
+from ..exceptions import InputError
 
 log = structlog.get_logger(__name__)
 

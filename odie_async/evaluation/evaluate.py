@@ -19,8 +19,8 @@ from pathlib import Path
 import structlog
 
 from .embedder import DEFAULT_BATCH_SIZE, DEFAULT_THREADS, get_embedder
-from .exceptions import EvalError
-from .logs import configure_logging
+from ..exceptions import EvalError
+from ..logs import configure_logging
 from .metrics import GROUP_FIELDS, REQUIRED_FIELDS, evaluate_records, key_order
 
 log = structlog.get_logger(__name__)

@@ -130,6 +130,9 @@ class MockState:
         self.rpm = TokenBucket(settings.rpm) if settings.rpm else None
         self.tpm = TokenBucket(settings.tpm) if settings.tpm else None
         self.started = time.monotonic()
+        # Extra APIs (provider batches, ...) plug in here: each route gets
+        # (protocol, method, path, headers, body) and returns True when it answered.
+        self.routes: list[Callable[..., bool]] = []
 
     def delay(self) -> float:
         """One latency draw, in seconds."""
@@ -233,6 +236,9 @@ class MockProtocol(asyncio.Protocol):
             return self._send(_response(200, orjson.dumps(data)))
         if method == "GET" and path in ("/health", "/v1/health"):
             return self._send(_response(200, b"{}"))
+        for route in state.routes:
+            if route(self, method, path, headers, body):
+                return None
         if method != "POST" or not path.endswith("completions"):
             return self._send(_error(404, f"no route {method} {path}", "invalid_request_error"))
         self._complete(path, body)
@@ -380,7 +386,7 @@ def run(args) -> int:
     """Entry point of ``odie mock-server``."""
     import os
 
-    from .runtime import run_async
+    from ..runtime import run_async
 
     key = os.environ.get(args.api_key_env) if args.api_key_env else None
     if args.host not in ("127.0.0.1", "localhost", "::1") and not key:

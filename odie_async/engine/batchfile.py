@@ -14,7 +14,7 @@ from typing import Iterator
 import orjson
 import structlog
 
-from .exceptions import DuplicateIdError, InputError
+from ..exceptions import DuplicateIdError, InputError
 
 log = structlog.get_logger(__name__)
 

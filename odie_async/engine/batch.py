@@ -15,11 +15,11 @@ from pathlib import Path
 import structlog
 
 from .batchfile import BatchReader, count_lines
-from .engine import Engine, EngineSettings
-from .exceptions import ConfigError, InputError
-from .logs import configure_logging
+from .core import Engine, EngineSettings
+from ..exceptions import ConfigError, InputError
+from ..logs import configure_logging
 from .progress import ProgressLine, format_summary, write_summary
-from .runtime import run_async
+from ..runtime import run_async
 
 log = structlog.get_logger(__name__)
 
@@ -123,7 +123,7 @@ def run(args) -> int:
     if args.base_url:
         summary = run_async(run_batch(args, args.base_url, args.model))
     else:
-        from .serve import embedded_endpoint
+        from ..endpoints.serve import embedded_endpoint
 
         with embedded_endpoint() as endpoint:
             summary = run_async(run_batch(args, endpoint.base_url, args.model or endpoint.model, endpoint.api_key))

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import structlog
 
-from .exceptions import ConfigError
-from .paths import cache_dir
+from ..exceptions import ConfigError
+from ..paths import cache_dir
 
 log = structlog.get_logger(__name__)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import aiohttp
 import orjson
 
-from .exceptions import (
+from ..exceptions import (
     AuthenticationError,
     ClientRequestError,
     MalformedResponseError,

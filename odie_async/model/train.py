@@ -24,10 +24,10 @@ import structlog
 import yaml
 
 from . import chat_format
-from .exceptions import ConfigError, InputError, TrainError
-from .logs import configure_logging
-from .models import EMBEDDED, require_ml_stack, resolve_model
-from .paths import config_dir
+from ..exceptions import ConfigError, InputError, TrainError
+from ..logs import configure_logging
+from ..endpoints.embedded import EMBEDDED, require_ml_stack, resolve_model
+from ..paths import config_dir
 
 log = structlog.get_logger(__name__)
 

@@ -1,0 +1,1 @@
+"""The model side: LoRA training, batched prediction, adapter merging, chat layouts."""
