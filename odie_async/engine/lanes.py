@@ -1,0 +1,215 @@
+"""One lane per endpoint: its limits, concurrency gate, latency model and breaker.
+
+A pool is a list of lanes behind one engine. Each lane is throttled, slowed and
+opened on its own, so a 429 or an outage on one endpoint never holds the others
+back. ``Router.pick`` sends each attempt to the lane with the least outstanding
+work relative to its capacity (its current concurrency limit times its weight),
+skipping lanes whose breaker is open.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+
+from .limits import AdaptiveConcurrency, LatencyWatch, RateLimits
+from .server_load import ServerLoad
+
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+
+
+@dataclass
+class EndpointSpec:
+    """One endpoint of a pool, as the command line or a config names it."""
+
+    base_url: str
+    api_key: str | None = field(default=None, repr=False)
+    model: str | None = None
+    rpm: float = 0
+    tpm: float = 0
+    max_concurrency: int | None = None
+    weight: float = 1.0
+    name: str | None = None
+
+    @property
+    def label(self) -> str:
+        """The name used in progress lines and summaries."""
+        return self.name or self.base_url
+
+
+class LaneBreaker:
+    """closed → open on sustained failure → half-open (one probe) → closed.
+
+    It opens when ``threshold`` of the last ``window`` attempts failed (at least
+    ``min_samples`` seen) or after ``consecutive`` failures in a row; it stays
+    open for a cooldown that doubles each time a probe fails, up to ``max_cooldown_s``.
+    """
+
+    def __init__(self, window: int = 20, threshold: float = 0.8, min_samples: int = 10,
+                 consecutive: int = 8, cooldown_s: float = 1.0, max_cooldown_s: float = 30.0) -> None:
+        self.state = CLOSED
+        self.threshold = threshold
+        self.min_samples = min(min_samples, window)
+        self.consecutive = consecutive
+        self.base_cooldown_s = cooldown_s
+        self.max_cooldown_s = max_cooldown_s
+        self.transitions: list[tuple[float, str]] = []
+        self._outcomes: collections.deque[bool] = collections.deque(maxlen=window)
+        self._streak = 0
+        self._cooldown_s = cooldown_s
+        self._reopen_at = 0.0
+        self._probing = False
+
+    def allows(self, now: float) -> bool:
+        """Whether an attempt may go to this lane now (a half-open lane takes one probe)."""
+        if self.state == OPEN and now >= self._reopen_at:
+            self._move(HALF_OPEN, now)
+        if self.state == HALF_OPEN:
+            return not self._probing
+        return self.state == CLOSED
+
+    def on_send(self) -> None:
+        """An attempt was sent; in half-open state it is the probe."""
+        if self.state == HALF_OPEN:
+            self._probing = True
+
+    def record(self, ok: bool, now: float) -> None:
+        """Record one finished attempt."""
+        self._outcomes.append(ok)
+        self._streak = 0 if ok else self._streak + 1
+        if self.state == HALF_OPEN:
+            self._probing = False
+            if ok:
+                self._cooldown_s = self.base_cooldown_s
+                self._outcomes.clear()
+                self._move(CLOSED, now)
+            else:
+                self._cooldown_s = min(self.max_cooldown_s, self._cooldown_s * 2)
+                self._open(now)
+        elif self.state == CLOSED and not ok and self._tripped():
+            self._open(now)
+
+    def reopens_in(self, now: float) -> float:
+        """Seconds until an open breaker lets a probe through (0 when it would now)."""
+        return max(0.0, self._reopen_at - now) if self.state == OPEN else 0.0
+
+    def _tripped(self) -> bool:
+        if self._streak >= self.consecutive:
+            return True
+        seen = len(self._outcomes)
+        failures = seen - sum(self._outcomes)
+        return seen >= self.min_samples and failures / seen >= self.threshold
+
+    def _open(self, now: float) -> None:
+        self._reopen_at = now + self._cooldown_s
+        self._move(OPEN, now)
+
+    def _move(self, state: str, now: float) -> None:
+        self.state = state
+        self.transitions.append((now, state))
+
+
+class LatencyModel:
+    """Recent latencies of one lane, for adaptive timeouts and straggler detection.
+
+    Latency is modelled per requested output token, since a request's time grows
+    with its ``max_tokens``: ``expected(n)`` is a high quantile of seconds per
+    token times ``n``, plus the fixed part seen on the fastest requests.
+    """
+
+    def __init__(self, size: int = 256, quantile: float = 0.95, min_samples: int = 20) -> None:
+        self.quantile = quantile
+        self.min_samples = min_samples
+        self._per_token: collections.deque[float] = collections.deque(maxlen=size)
+        self._floor: collections.deque[float] = collections.deque(maxlen=size)
+        self._sorted: list[float] | None = None
+
+    def observe(self, latency: float, max_tokens: float) -> None:
+        """Record one successful attempt's latency for a request of ``max_tokens``."""
+        self._per_token.append(latency / max(1.0, max_tokens))
+        self._floor.append(latency)
+        self._sorted = None
+
+    @property
+    def ready(self) -> bool:
+        """Whether enough samples were seen to predict anything."""
+        return len(self._per_token) >= self.min_samples
+
+    def expected(self, max_tokens: float) -> float | None:
+        """A high-quantile latency for a request of ``max_tokens`` (None until ready)."""
+        if not self.ready:
+            return None
+        if self._sorted is None:
+            self._sorted = sorted(self._per_token)
+        values = self._sorted
+        per_token = values[min(len(values) - 1, int(self.quantile * len(values)))]
+        return max(per_token * max(1.0, max_tokens), min(self._floor))
+
+    def timeout(self, max_tokens: float, factor: float, floor_s: float, ceiling_s: float) -> float:
+        """The per-attempt timeout: ``factor`` × the expected latency, within [floor, ceiling]."""
+        expected = self.expected(max_tokens)
+        if expected is None:
+            return ceiling_s
+        return min(ceiling_s, max(floor_s, factor * expected))
+
+
+class Lane:
+    """One endpoint with its own flow control. ``client`` is anything with ``post``."""
+
+    def __init__(self, spec: EndpointSpec, client, concurrency: int, adaptive: bool = True,
+                 breaker: LaneBreaker | None = None) -> None:
+        self.spec = spec
+        self.client = client
+        self.adaptive = adaptive
+        self.limits = RateLimits(spec.rpm, spec.tpm)
+        self.gate = AdaptiveConcurrency(spec.max_concurrency or concurrency, minimum=1)
+        self.latency = LatencyWatch()
+        self.model = LatencyModel()
+        self.breaker = breaker or LaneBreaker()
+        self.server = ServerLoad()
+        self.outstanding = 0
+        self.last_success = 0.0
+        self.counts: collections.Counter[str] = collections.Counter()
+        self.latencies: list[float] = []
+
+    @property
+    def label(self) -> str:
+        """The endpoint's name in progress and summary."""
+        return self.spec.label
+
+    def load(self) -> float:
+        """Outstanding work relative to capacity: lower is freer."""
+        capacity = max(1, self.gate.limit) * max(self.spec.weight, 1e-6)
+        return (self.outstanding + self.server.waiting_share()) / capacity
+
+    def progressed_since(self, t: float) -> bool:
+        """Whether any answer arrived on this lane after loop time ``t``."""
+        return self.last_success > t
+
+
+class Router:
+    """Chooses a lane for each attempt: least load among lanes whose breaker allows."""
+
+    def __init__(self, lanes: list[Lane]) -> None:
+        if not lanes:
+            raise ValueError("a pool needs at least one endpoint")
+        self.lanes = lanes
+
+    def pick(self, now: float, avoid: Lane | None = None) -> Lane | None:
+        """The freest open lane (``avoid`` only when it is the sole choice), else None."""
+        best, best_load = None, float("inf")
+        for lane in self.lanes:
+            if not lane.breaker.allows(now):
+                continue
+            load = lane.load() + (1e6 if lane is avoid else 0.0)
+            if load < best_load:
+                best, best_load = lane, load
+        return best
+
+    def next_reopen(self, now: float) -> float:
+        """Seconds until some open lane takes a probe."""
+        return min(lane.breaker.reopens_in(now) for lane in self.lanes)
+
+    def all_open(self, now: float) -> bool:
+        """Whether no lane takes traffic now."""
+        return all(not lane.breaker.allows(now) for lane in self.lanes)
