@@ -12,7 +12,8 @@ from __future__ import annotations
 import collections
 from dataclasses import dataclass, field
 
-from .limits import AdaptiveConcurrency, LatencyWatch, RateLimits
+from ..exceptions import RateLimitError, RequestError
+from .limits import AdaptiveConcurrency, LatencyWatch, RateLimits, parse_duration
 from .server_load import ServerLoad
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
@@ -181,6 +182,39 @@ class Lane:
         """Outstanding work relative to capacity: lower is freer."""
         capacity = max(1, self.gate.limit) * max(self.spec.weight, 1e-6)
         return (self.outstanding + self.server.waiting_share()) / capacity
+
+    def on_reply(self, tokens: float, reply, now: float) -> None:
+        """Flow control after an answer: breaker, token settlement, header hints, AIMD."""
+        self.breaker.record(True, now)
+        self.last_success = now
+        self.counts["ok"] += 1
+        self.latencies.append(reply.latency)
+        self.model.observe(reply.latency, tokens)
+        if self.limits.tpm:
+            self.limits.settle_tokens(tokens, reply.total_tokens)
+        if reply.remaining_requests == "0" or reply.remaining_tokens == "0":
+            reset = reply.reset_requests if reply.remaining_requests == "0" else reply.reset_tokens
+            self.limits.pause_for(parse_duration(reset) or 1.0)
+        if not self.adaptive:
+            return
+        target = self.server.target()
+        if target is not None and self.gate.limit > target:
+            self.gate.limit = max(self.gate.minimum, target)
+        elif self.latency.observe(reply.latency) and not self.server.available:
+            self.gate.on_congestion(now)
+        else:
+            self.gate.on_success()
+
+    def on_error(self, exc: RequestError, now: float) -> None:
+        """Flow control after a failed attempt: a 429 slows this lane only; others feed the breaker."""
+        self.counts[exc.code] += 1
+        if isinstance(exc, RateLimitError):
+            if exc.retry_after:
+                self.limits.pause_for(exc.retry_after)
+            if self.adaptive:
+                self.gate.on_congestion(now)
+            return
+        self.breaker.record(False, now)
 
     def progressed_since(self, t: float) -> bool:
         """Whether any answer arrived on this lane after loop time ``t``."""

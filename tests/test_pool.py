@@ -1,0 +1,161 @@
+"""The pool on fake lanes and the fake clock: routing, failover, hedging, outages, a queueing server."""
+
+import asyncio
+
+import pytest
+
+from odie_async.engine.core import Job
+from odie_async.engine.lanes import OPEN, EndpointSpec, Lane
+from odie_async.engine.pool import Pool, PoolSettings
+from odie_async.exceptions import RequestError, RunAborted, TransportError
+from tests.fake_upstream import FakeServer
+from tests.fakeclock import run_fake
+
+
+def _lanes(*servers, concurrency=8):
+    return [Lane(EndpointSpec(f"http://127.0.0.1:{i}", name=f"e{i}"), server, concurrency)
+            for i, server in enumerate(servers)]
+
+
+def _job(n=0, tokens=100.0):
+    return Job(f"r{n}", b'{"model": "m"}', "/v1/chat/completions", tokens)
+
+
+async def _send_all(pool, count, retries=5):
+    async def one(n):
+        job, avoid = _job(n), None
+        for _ in range(retries):
+            try:
+                lane, _reply = await pool.attempt(job, avoid)
+                return lane.label
+            except TransportError:
+                avoid = None
+        raise AssertionError("not answered")
+
+    return await asyncio.gather(*(one(n) for n in range(count)))
+
+
+def test_traffic_follows_capacity():
+    fast, slow = FakeServer(latency_s=0.1), FakeServer(latency_s=0.1)
+    lanes = _lanes(fast, slow)
+    lanes[0].gate.limit = lanes[0].gate.maximum = 24
+    lanes[1].gate.limit = lanes[1].gate.maximum = 8
+    for lane in lanes:
+        lane.adaptive = False
+    pool = Pool(lanes)
+    labels, _ = run_fake(_send_all(pool, 400))
+    share = labels.count("e0") / len(labels)
+    assert 0.65 <= share <= 0.85, share
+
+
+def test_a_stuck_lane_is_timed_out_opened_and_its_work_goes_elsewhere():
+    good, stuck = FakeServer(latency_s=0.2), FakeServer(stuck=True)
+    lanes = _lanes(good, stuck)
+    for lane in lanes:  # both lanes have a latency model, as after the run's first minute
+        for _ in range(30):
+            lane.model.observe(0.2, 100)
+    pool = Pool(lanes, PoolSettings(timeout_floor_s=1.0))
+    labels, elapsed = run_fake(_send_all(pool, 200))
+    assert set(labels) == {"e0"}, "every record was answered by the lane that works"
+    assert lanes[1].breaker.state == OPEN or any(s == OPEN for _, s in lanes[1].breaker.transitions)
+    assert stuck.cancelled >= 1
+    assert elapsed < 30
+
+
+def test_a_busy_lane_is_not_timed_out_while_it_answers_others():
+    server = FakeServer(latency_s=1.0, slots=4)
+    (lane,) = _lanes(server, concurrency=16)
+    for _ in range(30):
+        lane.model.observe(1.0, 100)
+    pool = Pool([lane], PoolSettings(timeout_floor_s=1.0, timeout_factor=1.5))
+    labels, _ = run_fake(_send_all(pool, 64, retries=1))
+    assert len(labels) == 64
+    assert server.received == 64, "no request was sent twice"
+    assert lane.gate.limit < 16, "a growing queue shrank the lane's concurrency"
+
+
+def test_hedging_at_the_tail_first_answer_wins_and_the_loser_is_cancelled():
+    slow, other = FakeServer(latency_s=0.2), FakeServer(latency_s=0.2)
+    lanes = _lanes(slow, other)
+    for lane in lanes:
+        for _ in range(30):
+            lane.model.observe(0.2, 100)
+    pool = Pool(lanes, PoolSettings(timeout_floor_s=0.5, hedge_share=0.5), intake_idle=lambda: True)
+    pool.attempts = 100  # a run well under way: the share allows a hedge
+
+    async def go():
+        background = asyncio.ensure_future(_keep_busy(lanes[0]))
+        slow.slow_next = [30.0]
+        lane, reply = await pool.attempt(_job(), avoid=lanes[1])
+        background.cancel()
+        return lane, reply
+
+    (lane, reply), elapsed = run_fake(go())
+    assert reply.status == 200
+    assert elapsed < 5, "the hedge answered long before the 30 s straggler"
+    assert pool.hedges_sent == 1 and pool.hedges_won == 1
+    assert slow.cancelled >= 1, "the losing attempt was cancelled"
+
+
+async def _keep_busy(lane):
+    while True:  # answers on the straggler's lane show that the lane itself works
+        await lane.client.post("/v1/chat/completions", b"{}")
+        lane.last_success = asyncio.get_running_loop().time()
+
+
+def test_no_hedge_while_intake_still_has_work():
+    slow, other = FakeServer(latency_s=0.2), FakeServer(latency_s=0.2)
+    lanes = _lanes(slow, other)
+    pool = Pool(lanes, PoolSettings(hedge_share=1.0), intake_idle=lambda: False)
+    assert not pool.may_hedge()
+
+
+def test_every_lane_down_waits_then_stops_after_max_outage():
+    lanes = _lanes(FakeServer(latency_s=0.0, fail=True), FakeServer(latency_s=0.0, fail=True))
+    pool = Pool(lanes, PoolSettings(max_outage_s=60.0))
+
+    async def go():
+        sent = 0
+        with pytest.raises(RunAborted, match="max-outage"):
+            while True:
+                try:
+                    await pool.attempt(_job(sent))
+                except RequestError:
+                    pass
+                sent += 1
+        return sent
+
+    sent, elapsed = run_fake(go())
+    assert 60 <= elapsed <= 62
+    assert sent < 200, "an open pool waits for probes instead of spinning"
+
+
+def test_a_recovered_lane_is_probed_and_gets_traffic_back():
+    server = FakeServer(latency_s=0.0, fail=True)
+    (lane,) = _lanes(server)
+    pool = Pool([lane], PoolSettings(max_outage_s=600.0))
+
+    async def go():
+        for n in range(20):
+            with pytest.raises(RequestError):
+                await pool.attempt(_job(n))
+        assert lane.breaker.state == OPEN
+        server.fail = False
+        _, reply = await pool.attempt(_job(99))
+        return reply
+
+    reply, _ = run_fake(go())
+    assert reply.status == 200 and lane.breaker.state == "closed"
+
+
+def test_per_endpoint_model_rewrites_the_body():
+    seen = []
+
+    class Recorder(FakeServer):
+        async def post(self, path, payload):
+            seen.append(payload)
+            return await super().post(path, payload)
+
+    lane = Lane(EndpointSpec("http://127.0.0.1:1", model="served-name"), Recorder(latency_s=0.0), 4)
+    run_fake(Pool([lane]).attempt(_job()))
+    assert b'"model":"served-name"' in seen[0]
