@@ -3,7 +3,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { runs: [], live: {}, timer: null, read: { run: 0, file: null, offset: 0, limit: 50, total: 0, selected: null } };
+const state = { runs: [], live: {}, timer: null, drawn: false, drawnAt: 0, stale: false, read: { run: 0, file: null, offset: 0, limit: 50, total: 0, selected: null } };
 
 function h(tag, props, ...children) {
   const node = document.createElement(tag);
@@ -31,6 +31,7 @@ function show() {
     $(`view-${name}`).hidden = name !== view;
     $(`tab-${name}`).classList.toggle("active", name === view);
   }
+  if (view === "live" && state.drawn) drawLive();
   if (view === "read") openRead();
   if (view === "compare") loadCompare();
 }
@@ -76,7 +77,7 @@ function drawLive() {
   Charts.line(cards.errors, "429s and errors by reason", each((r) => {
     const codes = new Set();
     state.live[r.id].lines.forEach((l) => Object.keys(l.errors || {}).forEach((c) => codes.add(c)));
-    return [liveSeries(r, tag(r, "429s"), (l) => l.rate_limited),
+    return [liveSeries(r, tag(r, "429s"), (l) => l.rate_limited), liveSeries(r, tag(r, "retries"), (l) => l.retries),
       ...[...codes].map((c) => liveSeries(r, tag(r, c), (l) => (l.errors || {})[c] || 0))];
   }));
   Charts.line(cards.concurrency, "Concurrency", each((r) => [
@@ -121,6 +122,7 @@ function liveStat(run) {
 
 async function pollLive() {
   const runs = state.runs.filter((r) => r.live);
+  let changed = !state.drawn || Date.now() - state.drawnAt > 5000;  // a killed run turns "finished" too
   for (const run of runs) {
     const live = state.live[run.id] || (state.live[run.id] = { lines: [], next: 0, endpoint: "" });
     try {
@@ -128,6 +130,7 @@ async function pollLive() {
         const got = await api(`/api/runs/${run.id}/metrics?from=${live.next}`);
         if (got.next < live.next) { live.lines = []; }  // the file was replaced
         live.lines.push(...got.lines);
+        changed = changed || got.lines.length > 0;
         const moved = got.next !== live.next;
         live.next = got.next;
         if (!got.lines.length || !moved) break;
@@ -136,7 +139,15 @@ async function pollLive() {
       if (last) live.endpoint = last.endpoint || "";
     } catch (err) { console.warn(err); }
   }
-  if (!document.hidden && !$("view-live").hidden) drawLive();
+  // Redraw only what changed, and only when someone can see it: the page must never weigh on the run.
+  if ((changed || state.stale) && !document.hidden && !$("view-live").hidden) {
+    drawLive();
+    state.drawn = true;
+    state.drawnAt = Date.now();
+    state.stale = false;
+  } else if (changed) {
+    state.stale = true;
+  }
 }
 
 // ---- read -----------------------------------------------------------------------------------
@@ -217,7 +228,7 @@ async function openRecord(n) {
   const cells = rec.table ? rec.table.rows.flat() : [];
   const box = $("read-detail");
   box.hidden = false;
-  box.replaceChildren(
+  box.replaceChildren(...[
     h("h3", {}, `${rec.row.id} `, h("span", { class: `badge ${rec.row.status}`, text: rec.row.status })),
     section("Instruction", rec.instruction && h("div", { class: "text instruction", text: rec.instruction })),
     rec.original_instruction && rec.original_instruction !== rec.instruction ? section("Original instruction", h("div", { class: "text", text: rec.original_instruction })) : null,
@@ -227,7 +238,7 @@ async function openRecord(n) {
     section("Scores and reasons", scores(rec)),
     section("Error", rec.error && h("div", { class: "text", text: `${rec.error.code}: ${rec.error.message || ""}` })),
     h("details", {}, h("summary", { text: "record JSON" }), h("pre", { text: JSON.stringify(rec.record, null, 2) })),
-  );
+  ].filter(Boolean));
 }
 
 function section(title, body) {

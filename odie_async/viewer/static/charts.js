@@ -19,7 +19,7 @@ const Charts = (() => {
     const a = Math.abs(v);
     if (a >= 1e6) return (v / 1e6).toFixed(1) + "M";
     if (a >= 1e4) return (v / 1e3).toFixed(0) + "k";
-    if (a >= 100) return v.toFixed(0);
+    if (a >= 100 || Number.isInteger(v)) return v.toFixed(0);
     if (a >= 10) return v.toFixed(1);
     return v.toFixed(2).replace(/\.?0+$/, "") || "0";
   }
@@ -78,22 +78,32 @@ const Charts = (() => {
     svg.append(el("line", { class: "axis", x1: L, x2: W - R, y1: H - B, y2: H - B }));
     for (let i = 0; i <= 4; i++) {
       const x = x0 + ((x1 - x0) * i) / 4;
-      svg.append(el("text", { x: sx(x), y: H - 6, "text-anchor": "middle" }, fmt(x) + "s"));
+      svg.append(el("text", { x: sx(x), y: H - 6, "text-anchor": i === 4 ? "end" : "middle" }, fmt(x) + "s"));
     }
     series.forEach((s, i) => {
-      const pts = thin(s.points.filter((p) => p[1] !== null && p[1] !== undefined));
-      if (!pts.length) return;
-      const d = pts.map((p, j) => `${j ? "L" : "M"}${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`).join("");
+      // A sample with no value (no request finished in that second) breaks the line.
+      const pts = thin(s.points);
+      const d = pts.map((p, j) => {
+        if (p[1] === null || p[1] === undefined) return "";
+        const gap = j === 0 || pts[j - 1][1] === null || pts[j - 1][1] === undefined;
+        return `${gap ? "M" : "L"}${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`;
+      }).join("");
+      const last = lastPoint(pts);
+      if (!last) return;
       svg.append(el("path", { d, fill: "none", stroke: COLORS[i % COLORS.length], "stroke-width": 1.8 }));
-      const last = pts[pts.length - 1];
       svg.append(el("circle", { cx: sx(last[0]), cy: sy(last[1]), r: 2.5, fill: COLORS[i % COLORS.length] }));
     });
     legend(card, series.map((s) => `${s.name}: ${fmt(lastValue(s.points))}`));
   }
 
-  function lastValue(points) {
-    for (let i = points.length - 1; i >= 0; i--) if (points[i][1] !== null && points[i][1] !== undefined) return points[i][1];
+  function lastPoint(points) {
+    for (let i = points.length - 1; i >= 0; i--) if (points[i][1] !== null && points[i][1] !== undefined) return points[i];
     return null;
+  }
+
+  function lastValue(points) {
+    const last = lastPoint(points);
+    return last ? last[1] : null;
   }
 
   // groups: ["label", ...]; series: [{name, values: [number|null per group]}]; horizontal bars.
