@@ -92,22 +92,20 @@ def scenario_overhead(browser, tmp: Path, n: int, rounds: int) -> dict:
             "server_vs_closed": round(medians["server"] / medians["closed"], 3)}
 
 
+def big_record(i: int) -> bytes:
+    """Line ``i`` of the big file: a dropped record as ``odie generate`` writes them."""
+    return orjson.dumps({
+        "id": f"r{i:07d}", "variant": "plain", "category": ("fixed header", "open header")[i % 2],
+        "reason": REASONS[i % 5], "stage": "tables", "domain": f"domain {i % 37}",
+        "instruction": f"List every team the report names, with status and duration ({i})",
+        "text": "The team Juniper has status active, duration 17 months and location Porto.",
+        "table": "| Team | Status | Duration |\n| --- | --- | --- |\n| Juniper | active | 17 months |",
+        "scores": {"consistency": 0.5, "faithfulness": 0.4}}) + b"\n"
+
+
 def write_big(path: Path, n: int) -> Path:
-    with open(path, "wb") as handle:
-        block = []
-        for i in range(n):
-            block.append(orjson.dumps({
-                "id": f"r{i:07d}", "variant": "plain", "category": ("fixed header", "open header")[i % 2],
-                "reason": REASONS[i % 5], "stage": "tables", "domain": f"domain {i % 37}",
-                "instruction": f"List every team the report names, with status and duration ({i})",
-                "text": "The team Juniper has status active, duration 17 months and location Porto.",
-                "table": "| Team | Status | Duration |\n| --- | --- | --- |\n| Juniper | active | 17 months |",
-                "scores": {"consistency": 0.5, "faithfulness": 0.4}}))
-            if len(block) == 10_000:
-                handle.write(b"\n".join(block) + b"\n")
-                block = []
-        if block:
-            handle.write(b"\n".join(block) + b"\n")
+    with open(path, "wb", buffering=1 << 22) as handle:
+        handle.writelines(big_record(i) for i in range(n))
     return path
 
 

@@ -15,7 +15,9 @@ from odie_async.viewer.facets import FacetIndex
 from odie_async.viewer.index import LineIndex, index_path
 from odie_async.viewer.runs import load_runs
 from odie_async.viewer.server import serve
+from odie_async.pipeline.run import generate
 from tests.helpers import chat_line
+from tests.pipeline_support import make_config, responder
 
 
 def _jsonl(path, rows):
@@ -124,6 +126,25 @@ def test_metrics_log_appends_a_line_per_interval_and_a_final_one(tmp_path):
     assert [l["done"] for l in lines] == sorted(l["done"] for l in lines)
     assert lines[-1]["final"] and lines[-1]["done"] == 40 and lines[-1]["funnel"] == {"x": 1}
     assert any(l["p50_ms"] for l in lines) and "user" not in lines[0]["endpoint"] and "pw" not in lines[0]["endpoint"]
+
+
+def test_generate_writes_its_funnel_into_the_run_folder(tmp_path):
+    async def main():
+        async with MockServer(settings=MockSettings(latency_ms=40), responder=responder()) as server:
+            config = make_config(tmp_path, records=12)
+            config.endpoint.base_url = server.base_url
+            return await generate(config, tmp_path / "run", show_progress=False, handle_signals=False)
+
+    summary = asyncio.run(main())
+    lines = [orjson.loads(raw) for raw in (tmp_path / "run" / "metrics.jsonl").read_bytes().splitlines()]
+    assert lines[-1]["final"]
+    final = lines[-1]["funnel"]
+    for variant, report in summary["filter"].items():
+        assert final["filter"][variant]["kept"] == report["kept"]
+        assert final["filter"][variant]["dropped"] == report["reasons"]
+    assert set(final["stages"]) == {"instructions", "texts", "open_instructions", "paraphrase", "tables", "tables_cot", "scored"}
+    assert final["stages"]["tables"]["expected"] == 12 and 0 < final["stages"]["tables"]["done"] <= 12
+    assert lines[-1]["done"] == summary["engine"]["succeeded"] + summary["engine"]["failed"]
 
 
 def test_public_endpoint_drops_credentials_and_query():
