@@ -35,6 +35,32 @@ CONDITIONS = ("closed", "server", "open")
 REASONS = ("too_many_na", "low_faithfulness", "low_consistency", "no_table", "too_small")
 
 
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid: int) -> tuple[int, str, float] | None:
+    """(parent pid, command name, CPU seconds) of a live process."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    name, rest = raw[raw.index("(") + 1:raw.rindex(")")], raw[raw.rindex(")") + 2:].split()
+    return int(rest[1]), name, (int(rest[11]) + int(rest[12])) / TICK
+
+
+def cpu_of(pids: set[int] | None = None, name_part: str = "") -> float:
+    """CPU seconds of the given processes, or of this script's descendants whose name holds ``name_part``."""
+    if pids is not None:
+        return sum(s[2] for s in map(_stat, pids) if s)
+    stats = {int(p.name): _stat(int(p.name)) for p in Path("/proc").iterdir() if p.name.isdigit()}
+    stats = {pid: s for pid, s in stats.items() if s}
+    mine, frontier = set(), {os.getpid()}
+    while frontier:
+        frontier = {pid for pid, s in stats.items() if s[0] in frontier} - mine
+        mine |= frontier
+    return sum(stats[pid][2] for pid in mine if name_part in stats[pid][1])
+
+
 class Viewer:
     """``odie view`` on some runs, in a child process (not pinned: it shares the machine)."""
 
@@ -57,21 +83,28 @@ def one_batch(browser, tmp: Path, inp: Path, mock_url: str, condition: str, tag:
     if condition == "open":
         page = browser.new_page()
         page.goto(viewer.url + "#live")
+        page.wait_for_timeout(1500)  # the page's own start is not the run's cost
     cmd = [PY, "-m", "odie_async", "batch", str(inp), "-o", str(out), "--base-url", mock_url,
            "--concurrency", "256", "--no-progress"]
+    before = (cpu_of({viewer.proc.pid}) if viewer else 0.0, cpu_of(name_part="chrom"))
     _stdout, wall, cpu, _rss = run_child(cmd)
+    after = (cpu_of({viewer.proc.pid}) if viewer else 0.0, cpu_of(name_part="chrom"))
     summary = orjson.loads(out.with_suffix(".summary.json").read_bytes())
-    seen = None
+    seen = draw_ms = None
     if page is not None:
         page.wait_for_timeout(1500)
         seen = int(page.get_attribute("#chart-records svg", "data-points") or 0)
+        draw_ms = float(page.get_attribute("body", "data-draw-ms") or 0)
         page.close()
     if viewer:
         viewer.stop()
     for path in tmp.glob(f"out-{tag}*"):
         path.unlink()
     return {"condition": condition, "requests_per_s": summary["requests_per_s"], "succeeded": summary["succeeded"],
-            "client_cpu_s": round(cpu, 3), "wall_s": round(wall, 3), "points_on_page": seen}
+            "client_cpu_s": round(cpu, 3), "wall_s": round(wall, 3), "points_on_page": seen,
+            "viewer_cpu_ms_per_s": round(1000 * (after[0] - before[0]) / wall, 1),
+            "browser_cpu_ms_per_s": round(1000 * (after[1] - before[1]) / wall, 1) if page is not None else None,
+            "page_draw_ms_total": draw_ms}
 
 
 def scenario_overhead(browser, tmp: Path, n: int, rounds: int) -> dict:
@@ -83,11 +116,19 @@ def scenario_overhead(browser, tmp: Path, n: int, rounds: int) -> dict:
             order = CONDITIONS[r % 3:] + CONDITIONS[:r % 3]
             for condition in order:
                 runs.append(one_batch(browser, tmp, inp, mock.url, condition, f"{r}-{condition}") | {"round": r})
-                print(f"  round {r} {condition:<6} {runs[-1]['requests_per_s']:>9.1f} req/s", flush=True)
+                x = runs[-1]
+                print(f"  round {r} {condition:<6} {x['requests_per_s']:>9.1f} req/s, client CPU {x['client_cpu_s']} s, "
+                      f"viewer {x['viewer_cpu_ms_per_s']} ms/s, browser {x['browser_cpu_ms_per_s']} ms/s, "
+                      f"charts {x['page_draw_ms_total']} ms", flush=True)
     finally:
         mock.stop()
-    medians = {c: statistics.median(x["requests_per_s"] for x in runs if x["condition"] == c) for c in CONDITIONS}
+    def median(key):
+        return {c: statistics.median(x[key] for x in runs if x["condition"] == c) for c in CONDITIONS}
+
+    medians = median("requests_per_s")
     return {"requests": n, "concurrency": 256, "rounds": rounds, "runs": runs, "median_requests_per_s": medians,
+            "median_client_cpu_s": median("client_cpu_s"), "median_viewer_cpu_ms_per_s": median("viewer_cpu_ms_per_s"),
+            "median_browser_cpu_ms_per_s": statistics.median(x["browser_cpu_ms_per_s"] for x in runs if x["condition"] == "open"),
             "open_vs_closed": round(medians["open"] / medians["closed"], 3),
             "server_vs_closed": round(medians["server"] / medians["closed"], 3)}
 

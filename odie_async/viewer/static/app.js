@@ -3,7 +3,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { runs: [], live: {}, timer: null, drawn: false, drawnAt: 0, stale: false, read: { run: 0, file: null, offset: 0, limit: 50, total: 0, selected: null } };
+const state = { runs: [], live: {}, timer: null, drawn: false, drawnAt: 0, stale: false, drawMs: 0, read: { run: 0, file: null, offset: 0, limit: 50, total: 0, selected: null } };
 
 function h(tag, props, ...children) {
   const node = document.createElement(tag);
@@ -141,7 +141,10 @@ async function pollLive() {
   }
   // Redraw only what changed, and only when someone can see it: the page must never weigh on the run.
   if ((changed || state.stale) && !document.hidden && !$("view-live").hidden) {
+    const started = performance.now();
     drawLive();
+    state.drawMs += performance.now() - started;
+    document.body.dataset.drawMs = state.drawMs.toFixed(1);  // what the charts cost, for the benchmark
     state.drawn = true;
     state.drawnAt = Date.now();
     state.stale = false;
