@@ -15,7 +15,7 @@ from pathlib import Path
 
 import orjson
 
-from .index import LineIndex, _probe
+from .index import LineIndex, probe
 from .records import FACETS, facets
 
 FACETS_SUFFIX = ".odie-facets"
@@ -80,7 +80,7 @@ class FacetIndex:
     def _save(self) -> None:
         fields = {name: [[v, len(a)] for v, a in lists.items()] for name, lists in self.values.items()}
         head = {"version": _VERSION, "lines": self.lines, "bytes": self.bytes,
-                "probe": _probe(self.index.path, self.bytes), "fields": fields}
+                "probe": probe(self.index.path, self.bytes), "fields": fields}
         body = b"".join(a.tobytes() for lists in self.values.values() for a in lists.values())
         tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
         try:
@@ -96,7 +96,7 @@ class FacetIndex:
             head = orjson.loads(raw[:newline])
             if head.get("version") != _VERSION or head["bytes"] > self.index.path.stat().st_size:
                 return
-            if _probe(self.index.path, head["bytes"]) != head["probe"]:
+            if probe(self.index.path, head["bytes"]) != head["probe"]:
                 return
         except (OSError, ValueError, KeyError, orjson.JSONDecodeError):
             return

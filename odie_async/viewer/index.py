@@ -37,7 +37,8 @@ def index_path(path: Path) -> Path:
     return path.with_name(path.name + INDEX_SUFFIX)
 
 
-def _probe(path: Path, size: int) -> int:
+def probe(path: Path, size: int) -> int:
+    """CRC-32 of the first bytes of ``path`` (up to ``size``): tells a replaced file from a grown one."""
     with open(path, "rb") as handle:
         return zlib.crc32(handle.read(min(size, PROBE)))
 
@@ -72,7 +73,7 @@ class LineIndex:
                 size = 0
             if self.count == 0 and self._saved_count < 0:
                 self._load()
-            if size < self.indexed_bytes or (self.indexed_bytes and _probe(self.path, self.indexed_bytes) != self._probe):
+            if size < self.indexed_bytes or (self.indexed_bytes and probe(self.path, self.indexed_bytes) != self._probe):
                 log.info("file replaced; index rebuilt", path=str(self.path))
                 self.offsets = array("Q", [0])
             if size > self.indexed_bytes:
@@ -91,26 +92,26 @@ class LineIndex:
                     break
                 self.offsets.extend(m.end() + base for m in re.finditer(b"\n", chunk))
                 base += len(chunk)
-        self._probe = _probe(self.path, self.indexed_bytes) if self.indexed_bytes else 0
+        self._probe = probe(self.path, self.indexed_bytes) if self.indexed_bytes else 0
 
     def _load(self) -> None:
         where = index_path(self.path)
         try:
             raw = where.read_bytes()
-            magic, indexed, lines, probe = _HEAD.unpack_from(raw)
+            magic, indexed, lines, crc = _HEAD.unpack_from(raw)
         except (OSError, struct.error):
             return
         offsets = array("Q")
         offsets.frombytes(raw[_HEAD.size:_HEAD.size + 8 * (lines + 1)])
         if magic != _MAGIC or len(offsets) != lines + 1 or offsets[-1] != indexed:
             return
-        if indexed > self.path.stat().st_size or (indexed and _probe(self.path, indexed) != probe):
+        if indexed > self.path.stat().st_size or (indexed and probe(self.path, indexed) != crc):
             return
-        self.offsets, self._probe, self._saved_count = offsets, probe, lines
+        self.offsets, self._probe, self._saved_count = offsets, crc, lines
 
     def _save(self) -> None:
         now = time.monotonic()
-        if self.count == self._saved_count or now - self._saved_at < SAVE_EVERY_S and self._saved_count >= 0:
+        if self.count == self._saved_count or (now - self._saved_at < SAVE_EVERY_S and self._saved_count >= 0):
             return
         where = index_path(self.path)
         tmp = where.with_name(where.name + f".{os.getpid()}.tmp")
