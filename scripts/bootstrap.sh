@@ -24,6 +24,20 @@ if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
 else
     extra=cpu
 fi
+# The browser tests (odie view) drive the system's Chromium; nothing is ever downloaded for them.
+install_chromium() {
+    [[ -x /usr/bin/chromium ]] && return 0
+    if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null 2>&1; then
+        echo "bootstrap: /usr/bin/chromium is missing and apt-get as root is not available: the browser tests will skip" >&2
+        return 0
+    fi
+    echo "bootstrap: installing chromium with apt-get"
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }; then
+        echo "bootstrap: apt-get install chromium failed: the browser tests will skip" >&2
+    fi
+}
+install_chromium
+
 stamp="$VENV/.odie-bootstrap"
 want="$extra $(cat pyproject.toml "${BASH_SOURCE[0]}" scripts/torch_index.sh | sha256sum | cut -d' ' -f1)"
 

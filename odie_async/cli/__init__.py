@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("odie_async.model.train", "fine-tune a LoRA adapter on generated data"),
     "predict": ("odie_async.model.predict", "predict tables for a test set, batched through vLLM"),
     "eval": ("odie_async.evaluation.evaluate", "score predictions with the paper's metrics"),
+    "view": ("odie_async.cli.view", "watch runs live and read their records in the browser"),
 }
 
 

@@ -16,6 +16,7 @@ import structlog
 
 from .batchfile import BatchReader, count_lines
 from .core import Engine, EngineSettings
+from .metrics_log import MetricsLog, metrics_path_for
 from ..exceptions import ConfigError, InputError
 from ..logs import configure_logging
 from .progress import ProgressLine, format_summary, write_summary
@@ -76,7 +77,7 @@ async def run_batch(args, base_url: str, model: str | None = None, api_key: str 
     error: Exception | None = None
     async with progress:
         try:
-            async with engine:
+            async with MetricsLog(engine, metrics_path_for(args.output)), engine:
                 _install_signals(engine)
                 await _produce(engine, reader, model)
         except Exception as exc:  # reported after the summary; nothing written is lost

@@ -37,6 +37,7 @@ from .context import STRUCTURED_STAGES, Context
 from .display import StageProgress
 from .export import SUMMARY, export, filter_report, stage_report, yields
 from .flow import Flow
+from .live import METRICS, MetricsLog, funnel
 from .prompts import Prompts, load_seeds
 from .scorers import make_scorer, scorer_kind
 from .structured import resolve_structured
@@ -170,7 +171,8 @@ async def generate(config: PipelineConfig, out: Path, show_progress: bool = True
             log.info("structured outputs", enabled=structured, reason=why)
             ctx = Context(config, prompts, seeds, engine, endpoint.model, structured)
             flow = Flow(ctx, scorer)
-            interrupted, error = await _drive(flow, engine, show_progress, handle_signals)
+            async with MetricsLog(engine, out / METRICS, extra=funnel(flow)):
+                interrupted, error = await _drive(flow, engine, show_progress, handle_signals)
         await scorer.aclose()
     files = export(out, flow.outcomes, flow.variants, prompts.export_system)
     summary = _summary(config, endpoint, ctx, flow, engine, files, why, interrupted, error, time.monotonic() - started)

@@ -1,0 +1,52 @@
+"""``odie view RUN [RUN ...]``: watch runs live and read their records in the browser.
+
+A RUN is an ``odie generate`` or ``odie filter`` folder, an ``odie batch`` output
+(``OUT.jsonl``) or an ``odie eval --json`` file. The page is served on
+127.0.0.1 unless ``--host`` says otherwise; beyond loopback the printed URL
+carries a random token that every request needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from ..exceptions import ConfigError
+from ..logs import configure_logging
+from ..runtime import run_async
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``odie view``."""
+    parser.add_argument("runs", nargs="+", metavar="RUN",
+                        help="run folder (generate, filter), batch output OUT.jsonl, or eval JSON")
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
+    parser.add_argument("--port", type=int, default=8765, help="port (0: any free port)")
+    parser.add_argument("--log-json", action="store_true", help="log JSON lines instead of readable text")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``odie view``: serve until Ctrl-C."""
+    configure_logging(json=args.log_json)
+    from ..viewer.runs import load_runs
+    from ..viewer.server import serve_forever
+
+    try:
+        runs = load_runs(args.runs)
+    except ConfigError as exc:
+        print(f"odie view: error: {exc}", file=sys.stderr)
+        return 2
+
+    def ready(url: str) -> None:
+        names = ", ".join(f"{r.name} ({r.kind})" for r in runs)
+        print(f"odie view: serving {names}\n  open {url}", flush=True)
+
+    try:
+        run_async(serve_forever(runs, args.host, args.port, ready))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        return 130
+    except OSError as exc:
+        print(f"odie view: error: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,125 @@
+"""The runs a viewer serves: what each RUN argument names, as a fixed list of files.
+
+A RUN is a folder (``odie generate``'s run folder, ``odie filter``'s output
+folder, or any folder of JSONL files), an ``odie batch`` output (``OUT.jsonl``:
+its ``.errors.jsonl``, ``.summary.json`` and ``.metrics.jsonl`` come with it) or
+an ``odie eval --json`` file. Only the files listed here are ever opened.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+from ..engine.metrics_log import SUFFIX as BATCH_METRICS
+from ..exceptions import ConfigError
+from .facets import FacetIndex
+from .index import LineIndex
+
+GENERATE_METRICS = "metrics.jsonl"
+_SIDE_FILES = (".odie-idx", ".odie-facets", ".tmp")
+
+
+@dataclass
+class Run:
+    """One run: a name, a kind, its JSONL data files, and its summary, metrics and eval files."""
+
+    name: str
+    kind: str  # generate, batch, folder, eval
+    root: Path
+    data: dict[str, Path] = field(default_factory=dict)
+    summary: Path | None = None
+    metrics: Path | None = None
+    evals: list[Path] = field(default_factory=list)
+    _indexes: dict[str, FacetIndex] = field(default_factory=dict, repr=False)
+
+    def describe(self) -> dict:
+        """What the page needs to list this run (names only, never paths)."""
+        return {"name": self.name, "kind": self.kind, "files": list(self.data), "live": self.metrics is not None,
+                "eval": bool(self.evals), "summary": self.summary is not None}
+
+    def facets(self, name: str) -> FacetIndex:
+        """The (cached) index of data file ``name``; ``KeyError`` for a file not served."""
+        if name not in self._indexes:
+            path = self.data[name]
+            default = "dropped" if "dropped" in path.name else ("error" if path.name.endswith(".errors.jsonl") else "kept")
+            self._indexes[name] = FacetIndex(LineIndex(path), default)
+        return self._indexes[name]
+
+    def read_summary(self) -> dict | None:
+        """The run's summary JSON, or None."""
+        return _read_json(self.summary) if self.summary else None
+
+    def read_evals(self) -> list[dict]:
+        """Every report in the run's eval files (``odie eval --json`` writes one object or a list)."""
+        reports = []
+        for path in self.evals:
+            data = _read_json(path)
+            reports.extend(r for r in (data if isinstance(data, list) else [data]) if _is_eval(r))
+        return reports
+
+
+def _read_json(path: Path):
+    try:
+        return orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+
+
+def _is_eval(report) -> bool:
+    return isinstance(report, dict) and isinstance(report.get("header"), dict) and "overall" in report["header"]
+
+
+def _data_file(path: Path) -> bool:
+    name = path.name
+    return (path.is_file() and name.endswith(".jsonl") and not name.endswith(BATCH_METRICS)
+            and name != GENERATE_METRICS and not name.endswith(_SIDE_FILES))
+
+
+def _folder(path: Path, name: str) -> Run:
+    data = {p.name: p for p in sorted(path.iterdir()) if _data_file(p)}
+    summary = path / "summary.json"
+    kind = "generate" if (path / "requests.jsonl").is_file() and summary.is_file() else "folder"
+    metrics = path / GENERATE_METRICS
+    evals = [p for p in sorted(path.glob("*.json")) if p.name != "summary.json" and _is_eval_file(p)]
+    batch_metrics = sorted(path.glob("*" + BATCH_METRICS))
+    return Run(name, kind, path, data, summary if summary.is_file() else None,
+               metrics if kind == "generate" or metrics.is_file() else (batch_metrics[0] if batch_metrics else None),
+               evals)
+
+
+def _is_eval_file(path: Path) -> bool:
+    data = _read_json(path)
+    return any(_is_eval(r) for r in (data if isinstance(data, list) else [data]))
+
+
+def _batch(path: Path, name: str) -> Run:
+    stem = path.with_suffix("")
+    data = {path.name: path}
+    errors = stem.with_name(stem.name + ".errors.jsonl")
+    data[errors.name] = errors
+    summary = stem.with_name(stem.name + ".summary.json")
+    return Run(name, "batch", path.parent, data, summary if summary.is_file() else None,
+               path.with_suffix(BATCH_METRICS))
+
+
+def load_runs(paths: list[str]) -> list[Run]:
+    """A ``Run`` for each argument; ``ConfigError`` naming the first that is not a run."""
+    runs, names = [], set()
+    for raw in paths:
+        path = Path(raw).resolve()
+        name = path.name or raw
+        while name in names:
+            name += "'"
+        names.add(name)
+        if path.is_dir():
+            runs.append(_folder(path, name))
+        elif path.suffix == ".jsonl" and path.parent.is_dir():  # an output a running batch has yet to create
+            runs.append(_batch(path, name))
+        elif path.is_file() and path.suffix == ".json" and _is_eval_file(path):
+            runs.append(Run(name, "eval", path.parent, evals=[path]))
+        else:
+            raise ConfigError(f"{raw}: not a run folder, a .jsonl output or an eval .json file")
+    return runs

@@ -1,0 +1,141 @@
+// Tiny SVG charts for odie view: line charts over time and horizontal grouped bars.
+// Every label is set through textContent, so no data can become markup.
+"use strict";
+
+const Charts = (() => {
+  const NS = "http://www.w3.org/2000/svg";
+  const COLORS = ["#3b6fd8", "#d8573b", "#2a9d5b", "#a855c8", "#d89a1e", "#1e9bb0", "#c83b7d", "#6b7385"];
+  const MAX_DRAWN = 600;
+
+  function el(name, attrs, text) {
+    const node = document.createElementNS(NS, name);
+    for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
+    if (text !== undefined) node.textContent = text;
+    return node;
+  }
+
+  function fmt(v) {
+    if (v === null || v === undefined || !isFinite(v)) return "–";
+    const a = Math.abs(v);
+    if (a >= 1e6) return (v / 1e6).toFixed(1) + "M";
+    if (a >= 1e4) return (v / 1e3).toFixed(0) + "k";
+    if (a >= 100 || Number.isInteger(v)) return v.toFixed(0);
+    if (a >= 10) return v.toFixed(1);
+    return v.toFixed(2).replace(/\.?0+$/, "") || "0";
+  }
+
+  function thin(points) {
+    // Keep every n-th point (and the last) so a long run still draws quickly.
+    if (points.length <= MAX_DRAWN) return points;
+    const step = Math.ceil(points.length / MAX_DRAWN);
+    const out = points.filter((_, i) => i % step === 0);
+    if (out[out.length - 1] !== points[points.length - 1]) out.push(points[points.length - 1]);
+    return out;
+  }
+
+  function legend(card, names) {
+    const box = document.createElement("div");
+    box.className = "legend";
+    names.forEach((name, i) => {
+      const item = document.createElement("span");
+      const swatch = document.createElement("i");
+      swatch.style.background = COLORS[i % COLORS.length];
+      item.append(swatch, document.createTextNode(name));
+      box.append(item);
+    });
+    card.append(box);
+  }
+
+  function frame(card, title) {
+    card.replaceChildren();
+    card.classList.add("card", "chart");
+    card.append(Object.assign(document.createElement("h3"), { textContent: title }));
+  }
+
+  // series: [{name, points: [[x, y], ...]}]; x in seconds.
+  function line(card, title, series, opts) {
+    opts = opts || {};
+    frame(card, title);
+    const W = 440, H = 190, L = 46, R = 10, T = 8, B = 24;
+    const all = series.flatMap((s) => s.points.filter((p) => p[1] !== null && p[1] !== undefined));
+    const svg = el("svg", { viewBox: `0 0 ${W} ${H}`, role: "img" });
+    svg.dataset.points = String(series.length ? Math.max(...series.map((s) => s.points.length)) : 0);
+    card.append(svg);
+    if (!all.length) {
+      card.append(Object.assign(document.createElement("div"), { className: "empty", textContent: "no data yet" }));
+      return;
+    }
+    const xs = all.map((p) => p[0]), ys = all.map((p) => p[1]);
+    const x0 = Math.min(...xs), x1 = Math.max(...xs, x0 + 1);
+    const y1 = Math.max(...ys, opts.minMax || 0) * 1.08 || 1, y0 = 0;
+    const sx = (x) => L + ((x - x0) / (x1 - x0)) * (W - L - R);
+    const sy = (y) => H - B - ((y - y0) / (y1 - y0)) * (H - T - B);
+    for (let i = 0; i <= 4; i++) {
+      const y = y0 + ((y1 - y0) * i) / 4;
+      svg.append(el("line", { class: "grid-line", x1: L, x2: W - R, y1: sy(y), y2: sy(y) }));
+      svg.append(el("text", { x: L - 4, y: sy(y) + 4, "text-anchor": "end" }, fmt(y)));
+    }
+    svg.append(el("line", { class: "axis", x1: L, x2: W - R, y1: H - B, y2: H - B }));
+    for (let i = 0; i <= 4; i++) {
+      const x = x0 + ((x1 - x0) * i) / 4;
+      svg.append(el("text", { x: sx(x), y: H - 6, "text-anchor": i === 4 ? "end" : "middle" }, fmt(x) + "s"));
+    }
+    series.forEach((s, i) => {
+      // A sample with no value (no request finished in that second) breaks the line.
+      const pts = thin(s.points);
+      const d = pts.map((p, j) => {
+        if (p[1] === null || p[1] === undefined) return "";
+        const gap = j === 0 || pts[j - 1][1] === null || pts[j - 1][1] === undefined;
+        return `${gap ? "M" : "L"}${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`;
+      }).join("");
+      const last = lastPoint(pts);
+      if (!last) return;
+      svg.append(el("path", { d, fill: "none", stroke: COLORS[i % COLORS.length], "stroke-width": 1.8 }));
+      svg.append(el("circle", { cx: sx(last[0]), cy: sy(last[1]), r: 2.5, fill: COLORS[i % COLORS.length] }));
+    });
+    legend(card, series.map((s) => `${s.name}: ${fmt(lastValue(s.points))}`));
+  }
+
+  function lastPoint(points) {
+    for (let i = points.length - 1; i >= 0; i--) if (points[i][1] !== null && points[i][1] !== undefined) return points[i];
+    return null;
+  }
+
+  function lastValue(points) {
+    const last = lastPoint(points);
+    return last ? last[1] : null;
+  }
+
+  // groups: ["label", ...]; series: [{name, values: [number|null per group]}]; horizontal bars.
+  function bars(card, title, groups, series, opts) {
+    opts = opts || {};
+    frame(card, title);
+    if (!groups.length || !series.length) {
+      card.append(Object.assign(document.createElement("div"), { className: "empty", textContent: "nothing to show" }));
+      return;
+    }
+    const W = 440, L = 150, R = 48, bar = 14, gap = 10;
+    const rowH = series.length * bar + gap;
+    const H = groups.length * rowH + 8;
+    const max = opts.max || Math.max(1e-9, ...series.flatMap((s) => s.values.filter((v) => v !== null && isFinite(v))));
+    const svg = el("svg", { viewBox: `0 0 ${W} ${H}`, role: "img" });
+    svg.dataset.bars = String(groups.length * series.length);
+    groups.forEach((g, gi) => {
+      const top = 4 + gi * rowH;
+      const label = el("text", { x: L - 6, y: top + (series.length * bar) / 2 + 4, "text-anchor": "end" },
+        g.length > 24 ? g.slice(0, 23) + "…" : g);
+      label.append(el("title", {}, g));
+      svg.append(label);
+      series.forEach((s, si) => {
+        const v = s.values[gi];
+        const w = v === null || v === undefined ? 0 : (Math.max(0, v) / max) * (W - L - R);
+        svg.append(el("rect", { x: L, y: top + si * bar, width: w, height: bar - 2, fill: COLORS[si % COLORS.length] }));
+        svg.append(el("text", { x: L + w + 4, y: top + si * bar + bar - 4 }, opts.percent ? fmt(v * 100) + "%" : fmt(v)));
+      });
+    });
+    card.append(svg);
+    if (series.length > 1 || opts.legend) legend(card, series.map((s) => s.name));
+  }
+
+  return { line, bars, fmt, COLORS };
+})();

@@ -1,0 +1,230 @@
+"""``odie view`` in a real headless Chromium (the system's package), driven by Playwright.
+
+Screenshots land in the test's temporary folder; with ``ODIE_VIEW_SCREENSHOTS=DIR``
+(``docs/img`` for the README) one of each view is copied there too.
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.helpers import write_requests
+
+ODIE = [sys.executable, "-m", "odie_async"]
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+ROOT = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.slow
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
+if not Path(CHROMIUM).exists():
+    pytest.skip(f"{CHROMIUM} is missing: run scripts/bootstrap.sh as root (apt-get install chromium)",
+                allow_module_level=True)
+
+XSS = ['<script>window.__pwned = "script"</script>', '<img src=x onerror="window.__pwned = \'img\'">',
+       '"><svg onload="window.__pwned = \'svg\'">']
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    page.on("dialog", lambda dialog: pytest.fail(f"a dialog opened: {dialog.message}"))
+    yield page
+    context.close()
+
+
+class Proc:
+    """A command started for a test, stopped (and waited for) at its end."""
+
+    def __init__(self, *args: str, ready: str) -> None:
+        self.proc = subprocess.Popen(ODIE + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        first = self.proc.stdout.readline()
+        while ready not in first:
+            assert first, f"{args[0]} ended: {self.proc.stderr.read()}"
+            first = self.proc.stdout.readline()
+        self.line = first if ready != "open " else self.proc.stdout.readline()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=15)
+
+
+@pytest.fixture
+def procs():
+    started = []
+
+    def start(*args, ready):
+        started.append(Proc(*args, ready=ready))
+        return started[-1]
+
+    yield start
+    for proc in reversed(started):
+        proc.stop()
+
+
+def view(procs, *runs) -> str:
+    """Start ``odie view`` on ``runs``; its URL."""
+    started = procs("view", *map(str, runs), "--port", "0", ready="odie view: serving")
+    line = started.proc.stdout.readline()
+    return line.split("open ", 1)[1].strip()
+
+
+def shot(page, tmp_path, name: str, publish: bool = True) -> Path:
+    path = tmp_path / f"{name}.png"
+    page.screenshot(path=str(path), full_page=False)
+    target = os.environ.get("ODIE_VIEW_SCREENSHOTS")
+    if target and publish:
+        Path(target).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(target) / f"view-{name}.png")
+    return path
+
+
+def points(page) -> int:
+    return int(page.get_attribute("#chart-records svg", "data-points") or 0)
+
+
+def test_live_chart_grows_while_a_batch_runs(tmp_path, page, procs):
+    mock = procs("mock-server", "--port", "0", "--latency-ms", "150", "--latency-jitter-ms", "100",
+                 "--fault-rate", "0.03", "--stall-s", "0.5", "--seed", "3", ready="listening")
+    base_url = mock.line.split("listening on ", 1)[1].strip()
+    n = 900
+    write_requests(tmp_path / "in.jsonl", n)
+    out = tmp_path / "out.jsonl"
+    url = view(procs, out)  # before the run: the page waits for its files
+    page.goto(url + "#live")
+    batch = subprocess.Popen(ODIE + ["batch", str(tmp_path / "in.jsonl"), "-o", str(out), "--base-url", base_url,
+                                     "--concurrency", "24", "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        page.wait_for_function("() => Number(document.querySelector('#chart-records svg')?.dataset.points) >= 2",
+                               timeout=20000)
+        first = points(page)
+        assert batch.poll() is None, "the batch ended before the chart could be watched"
+        page.wait_for_function(f"() => Number(document.querySelector('#chart-records svg').dataset.points) >= {first + 2}",
+                               timeout=20000)
+        assert points(page) >= first + 2
+        assert batch.wait(timeout=60) in (0, 1)
+    finally:
+        if batch.poll() is None:
+            batch.kill()
+    page.wait_for_selector(".stat .state.finished", timeout=15000)
+    lines = [orjson.loads(raw) for raw in out.with_suffix(".metrics.jsonl").read_bytes().splitlines()]
+    assert lines[-1]["final"] and lines[-1]["done"] == n
+    assert points(page) == len(lines)  # every sample reached the chart
+    assert page.locator("#live-head").inner_text().count(f"{n} of {n}") == 1
+    assert shot(page, tmp_path, "live").stat().st_size > 10_000
+
+
+def _filter_run(tmp_path) -> Path:
+    run = tmp_path / "filtered"
+    run.mkdir()
+    reasons = ["low_faithfulness", "too_many_na", "no_table"]
+    kept = [{"id": f"k{i}", "category": "fixed header", "domain": "jazz festivals", "instruction": f"List the festivals {i}",
+             "text": "The festival Iris has capacity 26 people, location Cork and year 2004.",
+             "table": "| Festival | Capacity | Location |\n| --- | --- | --- |\n| Iris | 26 | Cork |",
+             "explanation": "Iris is the only festival named; its capacity and location are stated.",
+             "scores": {"consistency": 0.9, "faithfulness": 0.95}, "reasons": []} for i in range(40)]
+    dropped = [{"id": f"d{i}", "category": "open header", "domain": "mountain rescue", "instruction": f"Teams and status {i}",
+                "text": "The team Juniper has status active and location Porto.",
+                "table": "| Team | Status |\n| --- | --- |\n| Juniper | N/A |",
+                "scores": {"consistency": 0.4, "faithfulness": 0.2}, "reasons": [reasons[i % 3]]} for i in range(60)]
+    attack = {"id": "x0", "category": XSS[1], "domain": XSS[2], "instruction": XSS[0], "text": "a " + XSS[1] + " b " + XSS[0],
+              "table": f"| Name {XSS[0]} | Note |\n| --- | --- |\n| {XSS[1]} | {XSS[2]} |", "explanation": XSS[2],
+              "scores": {"consistency": 0.1, XSS[0]: 1}, "reasons": ["no_table", XSS[1]]}
+    (run / "kept.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in kept))
+    (run / "dropped.jsonl").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in [attack] + dropped))
+    return run
+
+
+def _open_read(page, url, file):
+    page.goto(url + "#read")
+    page.wait_for_selector("#read-table tbody tr")
+    page.select_option("#read-file", file)
+    page.wait_for_selector("#filter-reason")
+
+
+def test_filter_by_drop_reason_shows_only_those_records(tmp_path, page, procs):
+    url = view(procs, _filter_run(tmp_path))
+    _open_read(page, url, "dropped.jsonl")
+    page.select_option("#filter-reason", "too_many_na")
+    page.wait_for_function("() => document.querySelector('#read-range').textContent.includes('of 20')")
+    reasons = page.locator("#read-table tbody td.reason").all_inner_texts()
+    assert len(reasons) == 20 and set(reasons) == {"too_many_na"}
+    page.locator("#read-table tbody tr").first.click()
+    page.wait_for_selector("#read-detail mark")
+    assert page.locator("#read-detail .reason").inner_text() == "reason: too_many_na"
+    assert page.locator("#read-detail mark").all_inner_texts() == ["Juniper"]  # N/A is not highlighted
+    page.select_option("#filter-reason", "")
+    page.fill("#read-q", "status 7")
+    page.press("#read-q", "Enter")
+    page.wait_for_function("() => document.querySelector('#read-range').textContent.includes('of 1')")
+    assert page.locator("#read-table tbody td.preview").all_inner_texts() == ["Teams and status 7"]
+
+
+def test_xss_payloads_stay_inert(tmp_path, page, procs):
+    run = _filter_run(tmp_path)
+    evals = tmp_path / "eval.json"
+    evals.write_bytes(orjson.dumps([{"file": XSS[0], "n": 1, "header": {"overall": 50.0, "category": {XSS[1]: 40.0}},
+                                     "content": {"overall": 20.0, "category": {XSS[2]: 10.0}}}]))
+    url = view(procs, run, evals)
+    _open_read(page, url, "dropped.jsonl")
+    page.locator("#read-table tbody tr").first.click()
+    page.wait_for_selector("#read-detail table")
+    detail = page.locator("#read-detail")
+    assert detail.locator(".instruction").inner_text() == XSS[0]
+    assert XSS[1] in detail.locator(".source").inner_text() and XSS[1] in detail.locator("table").inner_text()
+    assert XSS[1] in page.locator("#filter-category").inner_text()
+    page.goto(url + "#compare")
+    page.wait_for_selector("#compare-header svg")
+    assert XSS[1] in page.locator("#compare-header").text_content()
+    page.goto(url + "#read")
+    page.wait_for_selector("#read-table tbody tr")
+    for where in ("#read", "#compare"):
+        page.goto(url + where)
+        page.wait_for_timeout(500)
+        assert page.evaluate("() => window.__pwned") is None
+        assert page.evaluate("() => document.querySelectorAll('img, [onerror], [onload], main script').length") == 0
+        assert page.evaluate("() => document.scripts.length") == 2  # the page's own two
+
+
+def test_screenshots_of_read_and_compare(tmp_path, page, procs):
+    gen = tmp_path / "gen"
+    done = subprocess.run(ODIE + ["generate", "--config", str(ROOT / "configs/generate-mock.yaml"), "--limit", "60",
+                                  "--out", str(gen), "--no-progress"], capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    evals = ROOT / "benchmarks/results/loop/scores.json"
+    url = view(procs, gen, _filter_run(tmp_path), evals)
+    page.goto(url + "#read")
+    page.wait_for_selector("#read-table tbody tr")
+    page.select_option("#read-file", "train_cot.jsonl")
+    page.wait_for_selector("#filter-category")
+    page.locator("#read-table tbody tr").nth(2).click()
+    page.wait_for_selector("#read-detail mark")
+    assert page.locator("#read-detail .explanation").inner_text()
+    assert shot(page, tmp_path, "read").stat().st_size > 10_000
+    page.goto(url + "#live")
+    page.wait_for_selector("#chart-filter svg")
+    assert int(page.get_attribute("#chart-stages svg", "data-bars")) == 7  # six stages and the scoring
+    shot(page, tmp_path, "live-generate", publish=False)  # a mock run lasts a second: one sample
+    page.goto(url + "#compare")
+    page.wait_for_selector("#compare-reasons svg")
+    assert int(page.get_attribute("#compare-header svg", "data-bars")) >= 2 * 8
+    assert shot(page, tmp_path, "compare").stat().st_size > 10_000
