@@ -48,7 +48,7 @@ class _Batch:
     api: str
     requests: list[tuple[str, dict]]
     created: float
-    created_wall: int
+    created_wall: float
     meta: dict = field(default_factory=dict)
     cancel_at: float | None = None
     status: str = "validating"
@@ -151,7 +151,7 @@ class BatchMock:
             "id": batch.id, "object": "batch", "endpoint": batch.meta.get("endpoint"), "errors": None,
             "input_file_id": batch.meta.get("input_file_id"), "completion_window": "24h",
             "status": batch.status, "output_file_id": batch.output_file_id, "error_file_id": batch.error_file_id,
-            "created_at": batch.created_wall, "expires_at": batch.created_wall + 86400,
+            "created_at": int(batch.created_wall), "expires_at": int(batch.created_wall) + 86400,
             "request_counts": {"total": total, "completed": done - failed, "failed": failed},
             "metadata": {k: v for k, v in batch.meta.items() if k not in ("input_file_id", "endpoint")},
         }
@@ -195,7 +195,7 @@ class BatchMock:
             "id": batch.id, "type": "message_batch",
             "processing_status": "ended" if ended else ("canceling" if batch.status == "cancelling" else "in_progress"),
             "request_counts": counts, "created_at": _iso(batch.created_wall), "expires_at": _iso(batch.created_wall + 86400),
-            "ended_at": _iso(int(time.time())) if ended else None, "archived_at": None,
+            "ended_at": _iso(time.time()) if ended else None, "archived_at": None,
             "cancel_initiated_at": _iso(batch.created_wall) if batch.cancel_at is not None else None,
             "results_url": f"/v1/messages/batches/{batch.id}/results" if ended else None,
         }
@@ -204,7 +204,7 @@ class BatchMock:
 
     def _new_batch(self, api: str, requests: list[tuple[str, dict]], metadata: dict) -> _Batch:
         prefix = "batch" if api == "openai" else "msgbatch"
-        batch = _Batch(f"{prefix}_{next(self._ids):06d}", api, requests, time.monotonic(), int(time.time()), dict(metadata))
+        batch = _Batch(f"{prefix}_{next(self._ids):06d}", api, requests, time.monotonic(), time.time(), dict(metadata))
         self.batches[batch.id] = batch
         self._log({"event": "batch_created", "api": api, "id": batch.id, "metadata": metadata,
                    "custom_ids": [cid for cid, _ in requests]})
@@ -352,7 +352,7 @@ def _json(data: dict) -> bytes:
     return _response(200, orjson.dumps(data))
 
 
-def _iso(seconds: int) -> str:
+def _iso(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, timezone.utc).isoformat().replace("+00:00", "Z")
 
 

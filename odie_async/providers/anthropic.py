@@ -6,10 +6,11 @@ to the chat-completion shape, the original message kept under ``anthropic``.
 Anthropic's custom_ids allow only ``[A-Za-z0-9_-]{1,64}``, so each request is
 sent as ``o<run>_<chunk>_<line>`` and mapped back through the chunk file.
 
-Message batches carry no metadata, so ``find_batch`` adopts the oldest batch
-created since the intent whose request count matches the chunk and that no
-other chunk holds; the results prove it (their ids name the run and chunk),
-and a batch that turns out not to be ours is reported as ``foreign``.
+Message batches carry no metadata, so ``find_batch`` adopts the batch that
+no other chunk holds, with the chunk's request count, created closest to the
+intent; its results prove it (their ids name the run and chunk). One that
+turns out not to be ours is reported as ``foreign``, and the runner looks
+again without it before it creates anything.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from .base import BatchProvider, BatchStatus, Chunk, Limits
 
 VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 1024
+SKEW_S = 60.0  # how far our clock and the provider's may disagree
 _FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls"}
 _PASSED = ("temperature", "top_p", "top_k")
 
@@ -66,20 +68,23 @@ class AnthropicBatches(BatchProvider):
         return (await self.send("POST", "/messages/batches", json={"requests": requests}))["id"]
 
     async def find_batch(self, chunk: Chunk, since: float, taken: set[str]) -> str | None:
-        """The oldest untaken batch created since ``since`` (less a minute of clock skew) holding as many requests."""
-        found = None
+        """The untaken batch holding as many requests, created closest to ``since`` (within a minute)."""
+        best, best_gap = None, SKEW_S
         after = None
         while True:
             params = {"limit": "100"} | ({"after_id": after} if after else {})
             page = await self.reliably(self.send, "GET", "/messages/batches", params=params)
             for item in page.get("data") or []:
                 created = _epoch(item.get("created_at"))
-                if created is not None and created < since - 60:
-                    return found  # newest first: everything further is older
-                if item["id"] not in taken and sum((item.get("request_counts") or {}).values()) == chunk.count:
-                    found = item["id"]
+                if created is None or item["id"] in taken:
+                    continue
+                if created < since - SKEW_S:
+                    return best  # newest first: everything further is older
+                gap = abs(created - since)
+                if sum((item.get("request_counts") or {}).values()) == chunk.count and gap <= best_gap:
+                    best, best_gap = item["id"], gap
             if not page.get("has_more") or not page.get("data"):
-                return found
+                return best
             after = page.get("last_id") or page["data"][-1]["id"]
 
     async def retrieve(self, batch_id: str) -> BatchStatus:

@@ -153,7 +153,7 @@ class Journal:
             c.batch_id, c.adopted = r["batch_id"], r.get("adopted", False)
         elif event == "rejected":
             c.rejected.add(r["batch_id"])
-            c.batch_id, c.create_at, c.adopted = None, None, False
+            c.batch_id, c.adopted = None, False  # create_at stays: look again, without this one
         elif event == "cancel":
             c.cancel_reason = r["reason"]
         elif event == "status":

@@ -143,12 +143,14 @@ class ProviderBatchRun:
         try:
             if self.provider.uploads and c.file_id is None:
                 file_id = await self.provider.find_file(c.chunk) if c.upload_at is not None else None
-                file_id = file_id or await self._once(c, "upload")
+                if file_id is None:
+                    file_id, _ = await self._once(c, "upload")
                 self.journal.write("uploaded", key=key, file_id=file_id)
             if c.batch_id is None:
                 batch_id = await self._find_batch(c) if c.create_at is not None else None
                 adopted = batch_id is not None
-                batch_id = batch_id or await self._once(c, "create")
+                if batch_id is None:
+                    batch_id, adopted = await self._once(c, "create")
                 self.journal.write("created", key=key, batch_id=batch_id, adopted=adopted)
                 log.info("batch submitted", chunk=key, batch=batch_id, records=c.chunk.count, adopted=adopted)
         except RequestError as exc:
@@ -162,8 +164,10 @@ class ProviderBatchRun:
         taken = self.journal.state.taken() | c.rejected
         return await self.provider.find_batch(c.chunk, c.create_at or 0.0, taken)
 
-    async def _once(self, c: ChunkState, step: str) -> str:
-        """Make an upload or create call; if its answer is lost, look before calling again."""
+    async def _once(self, c: ChunkState, step: str) -> tuple[str, bool]:
+        """Make an upload or create call; if its answer is lost, look before calling again.
+
+        Returns the id and whether it was found (adopted) rather than answered."""
         last: RequestError | None = None
         for attempt in range(self.opt.max_attempts):
             self.journal.write(f"{step}_intent", key=c.chunk.key, sha256=c.chunk.sha256)
@@ -179,10 +183,10 @@ class ProviderBatchRun:
                 await asyncio.sleep(self.opt.reconcile_grace_s * (attempt + 1))
                 found = await (self.provider.find_file(c.chunk) if step == "upload" else self._find_batch(c))
                 if found:
-                    return found
+                    return found, True
                 continue
             crashpoint("uploaded" if step == "upload" else "created")
-            return value
+            return value, False
         raise last
 
     # -- collecting ---------------------------------------------------------------------------
