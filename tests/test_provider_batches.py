@@ -10,6 +10,7 @@ import random
 import signal
 import subprocess
 import sys
+import urllib.request
 from collections import Counter
 
 import orjson
@@ -214,3 +215,31 @@ def test_sigkill_at_random_moments_then_rerun(tmp_path, mock_factory):
     chunks = Counter(e["metadata"]["odie_chunk"] for e in _events(mock, "batch_created"))
     assert len(chunks) == 8 and set(chunks.values()) == {1}
     assert set(_billed(mock).values()) == {1}
+
+
+def test_anthropic_adoption_rejects_a_foreign_batch_and_creates_its_own_once(tmp_path, mock_factory):
+    write_requests(tmp_path / "in.jsonl", 40)
+    mock = _mock(mock_factory, tmp_path, "--batch-processing-s", "0.3")
+    env = os.environ | {"ODIE_BATCH_KILL_AT": "create:1"}  # the intent is journaled, the call never made
+    assert _batch(tmp_path, mock.url, "anthropic", env=env).returncode == -signal.SIGKILL
+    decoy = [{"custom_id": f"other-{i}", "params": {"model": "m", "max_tokens": 4,
+                                                     "messages": [{"role": "user", "content": "x"}]}} for i in range(40)]
+    request = urllib.request.Request(mock.url + "/messages/batches", data=orjson.dumps({"requests": decoy}), method="POST")
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        decoy_id = orjson.loads(answer.read())["id"]  # same size, seconds after the intent: looks like ours
+    rerun = _batch(tmp_path, mock.url, "anthropic")
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "not this run's" in rerun.stderr
+    _assert_each_once(tmp_path, 40)
+    ours = [e for e in _events(mock, "batch_created") if e["id"] != decoy_id]
+    assert len(ours) == 1 and len(ours[0]["custom_ids"]) == 40
+
+
+def test_refused_key_stops_with_exit_3_and_never_leaks(tmp_path, mock_factory):
+    write_requests(tmp_path / "in.jsonl", 10)
+    mock = mock_factory("--api-key-env", "MOCK_KEY", env=os.environ | {"MOCK_KEY": "right-key"})
+    secret = "sk-ant-wrong-0123456789"
+    done = _batch(tmp_path, mock.url, "anthropic", "--api-key-env", "MY_KEY", env=os.environ | {"MY_KEY": secret})
+    assert done.returncode == 3 and "stopped by the endpoint" in done.stderr
+    written = "".join(p.read_text() for p in tmp_path.rglob("*") if p.is_file() and p.suffix in (".json", ".jsonl"))
+    assert secret not in done.stdout + done.stderr + written
