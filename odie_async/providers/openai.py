@@ -34,11 +34,11 @@ class OpenAIBatches(BatchProvider):
 
     async def upload(self, chunk: Chunk) -> str:
         """POST the chunk's file as multipart/form-data with ``purpose=batch``."""
-        form = aiohttp.FormData()
-        form.add_field("purpose", "batch")
-        form.add_field("file", chunk.path.read_bytes(), filename=self.file_name(chunk),
-                       content_type="application/jsonl")
-        return (await self.send("POST", "/files", data=form))["id"]
+        with open(chunk.path, "rb") as handle:  # streamed: a file may hold 200 MB
+            form = aiohttp.FormData()
+            form.add_field("purpose", "batch")
+            form.add_field("file", handle, filename=self.file_name(chunk), content_type="application/jsonl")
+            return (await self.send("POST", "/files", data=form))["id"]
 
     async def find_file(self, chunk: Chunk) -> str | None:
         """The uploaded file whose name carries this run, chunk and hash."""
