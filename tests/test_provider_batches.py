@@ -243,3 +243,13 @@ def test_refused_key_stops_with_exit_3_and_never_leaks(tmp_path, mock_factory):
     assert done.returncode == 3 and "stopped by the endpoint" in done.stderr
     written = "".join(p.read_text() for p in tmp_path.rglob("*") if p.is_file() and p.suffix in (".json", ".jsonl"))
     assert secret not in done.stdout + done.stderr + written
+
+
+def test_a_journal_from_another_input_is_refused(tmp_path, mock_factory):
+    write_requests(tmp_path / "in.jsonl", 20)
+    mock = _mock(mock_factory, tmp_path, "--batch-processing-s", "0.2")
+    assert _batch(tmp_path, mock.url, "openai").returncode == 0
+    write_requests(tmp_path / "in.jsonl", 30)
+    again = _batch(tmp_path, mock.url, "openai")
+    assert again.returncode == 2 and "different input" in again.stderr
+    assert len(_events(mock, "batch_created")) == 1

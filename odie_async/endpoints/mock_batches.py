@@ -1,6 +1,7 @@
 """Provider batch APIs on the mock endpoint: OpenAI files + batches, Anthropic message batches.
 
-Plugged into ``MockState.routes``. A batch's life is driven by the clock: it
+Plugged into ``MockState.routes``. Lists come newest first, as the real APIs
+list them. A batch's life is driven by the clock: it
 validates for the first tenth of ``processing_s``, runs, and completes at
 ``processing_s``; with ``expire_after_s`` (shorter) it expires there with the
 share done so far, and a cancel ends it shortly after with the share done at
@@ -100,7 +101,7 @@ class BatchMock:
             filename, content = form["file"]
             return _json(_public(self._new_file(filename or "upload.jsonl", content, "batch")))
         if method == "GET" and not rest:
-            items = [f for f in self.files.values() if f["purpose"] == args.get("purpose", f["purpose"])]
+            items = [f for f in reversed(self.files.values()) if f["purpose"] == args.get("purpose", f["purpose"])]
             return _json(_page([_public(f) for f in items], args, "after"))
         file = self.files.get(rest[0]) if rest else None
         if file is None:
@@ -123,7 +124,7 @@ class BatchMock:
         if method == "POST" and not rest:
             return self._create_openai(proto, body)
         if method == "GET" and not rest:
-            items = [self._openai_view(b) for b in self.batches.values() if b.api == "openai"]
+            items = [self._openai_view(b) for b in reversed(self.batches.values()) if b.api == "openai"]
             return _json(_page(items, args, "after"))
         batch = self.batches.get(rest[0]) if rest else None
         if batch is None or batch.api != "openai":

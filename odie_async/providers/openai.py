@@ -17,6 +17,7 @@ from ..engine.checkpoint import Result
 from .base import BatchProvider, BatchStatus, Chunk, Limits
 
 _NOT_RUN = ("batch_expired", "batch_cancelled")
+SKEW_S = 60.0  # how far our clock and the provider's may disagree
 
 
 class OpenAIBatches(BatchProvider):
@@ -62,6 +63,8 @@ class OpenAIBatches(BatchProvider):
         """A batch whose metadata names this run and chunk (the provider lists newest first)."""
         wanted = self.metadata(chunk)
         async for item in self._list("/batches", {}):
+            if (item.get("created_at") or since) < since - SKEW_S:
+                return None  # newest first: everything further is older than the intent
             meta = item.get("metadata") or {}
             if all(meta.get(k) == v for k, v in wanted.items()) and item["id"] not in taken:
                 return item["id"]

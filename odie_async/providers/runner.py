@@ -69,7 +69,7 @@ class ProviderBatchRun:
         self.online_settings = online
         self.store = ResultStore(options.output, options.errors)
         self.journal = Journal(*journal_paths(options.output))
-        self.written: set[str] = set()
+        self.written: set[int] = set()  # hashes of the custom_ids written by this process
         self.counts: Counter[str] = Counter()
         self.tokens: Counter[str] = Counter()
         self.live: dict[str, BatchStatus] = {}
@@ -95,6 +95,9 @@ class ProviderBatchRun:
             reader = plan(self.opt.input, self.store, self.journal, type(self.provider), limits, run_id,
                           self.opt.model, self.opt.skip_invalid)
             self.counts["invalid_skipped"] = reader.invalid
+        elif state.input_bytes != os.path.getsize(self.opt.input):
+            raise ConfigError(f"{self.journal.path} belongs to a run planned from a different input "
+                              f"({state.input_bytes:,} bytes); choose another output, or remove it to start over")
         else:
             log.info("resuming provider-batch run", run=state.run_id, chunks=len(state.chunks))
         self.counts["already_done"] = self.store.resumed_ok + self.store.resumed_failed
@@ -226,7 +229,7 @@ class ProviderBatchRun:
         return "errors"
 
     def _done(self, custom_id: str) -> bool:
-        return custom_id in self.written or self.store.done(custom_id)
+        return hash(custom_id) in self.written or self.store.done(custom_id)
 
     def _write(self, block: list[Result]) -> None:
         if not block:
@@ -236,7 +239,7 @@ class ProviderBatchRun:
         bad = [self.store.encode(r) for r in block if not r.ok]
         self.store.append(ok, bad)
         for result in block:
-            self.written.add(result.custom_id)
+            self.written.add(hash(result.custom_id))
             usage = (result.body or {}).get("usage") or {}
             self.tokens["prompt"] += usage.get("prompt_tokens") or 0
             self.tokens["completion"] += usage.get("completion_tokens") or 0
