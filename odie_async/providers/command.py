@@ -9,8 +9,6 @@ import signal
 import sys
 from pathlib import Path
 
-import structlog
-
 from ..engine.progress import ProgressLine, _eta, write_summary
 from ..engine.stats import RunStats
 from ..exceptions import AuthenticationError, ConfigError, InputError, RequestError, RunAborted
@@ -18,18 +16,20 @@ from ..runtime import run_async
 from .base import BatchProvider
 from .runner import ProviderBatchRun, RunOptions, new_run_id
 
-log = structlog.get_logger(__name__)
-
-
-def make_provider(name: str, base_url: str | None, api_key: str | None, run_id: str, **kw) -> BatchProvider:
-    """The backend for ``name`` (``openai`` or ``anthropic``)."""
+def provider_class(name: str) -> type[BatchProvider]:
+    """The backend class for ``name`` (``openai`` or ``anthropic``)."""
     from .anthropic import AnthropicBatches
     from .openai import OpenAIBatches
 
     backends = {cls.name: cls for cls in (OpenAIBatches, AnthropicBatches)}
     if name not in backends:
         raise ConfigError(f"unknown provider {name!r}; choose from {', '.join(backends)}")
-    cls = backends[name]
+    return backends[name]
+
+
+def make_provider(name: str, base_url: str | None, api_key: str | None, run_id: str, **kw) -> BatchProvider:
+    """The backend for ``name``, on ``base_url`` or the provider's own API."""
+    cls = provider_class(name)
     return cls(base_url or cls.default_base_url, api_key, run_id, **kw)
 
 
@@ -65,10 +65,7 @@ def options_from_args(args) -> RunOptions:
 
 
 def _api_key(args, provider_name: str, default_url: bool) -> str | None:
-    from .anthropic import AnthropicBatches
-    from .openai import OpenAIBatches
-
-    name = args.api_key_env or {"openai": OpenAIBatches, "anthropic": AnthropicBatches}[provider_name].key_env
+    name = args.api_key_env or provider_class(provider_name).key_env
     key = os.environ.get(name) or None
     if key is None and (default_url or args.api_key_env):
         raise ConfigError(f"environment variable {name} (the API key) is not set")
@@ -113,9 +110,9 @@ def format_summary(summary: dict) -> str:
 
 
 async def _main(args, run: ProviderBatchRun, run_id: str) -> dict:
-    run.prepare(run_id)
     progress = BatchProgress(run, f"{run.provider.name} batches") if not args.no_progress else contextlib.nullcontext()
     try:
+        run.prepare(run_id)
         async with run.provider, progress:
             await run.execute()
     finally:
