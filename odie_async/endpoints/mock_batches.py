@@ -79,14 +79,16 @@ class BatchMock:
         path = path[3:] if path.startswith("/v1/") else path
         parts = [p for p in path.split("/") if p]
         args = {k: v[0] for k, v in parse_qs(query).items()}
-        if parts[:1] == ["files"]:
+        if parts[:1] not in (["files"], ["batches"]) and parts[:2] != ["messages", "batches"]:
+            return False
+        if method == "POST" and "multipart/form-data" not in headers.lower() and not _is_json(body):
+            answer = _error(400, "body is not a JSON object", "invalid_request_error")
+        elif parts[:1] == ["files"]:
             answer = self._files(proto, method, parts[1:], args, headers, body)
         elif parts[:1] == ["batches"]:
             answer = self._openai_batches(proto, method, parts[1:], args, body)
-        elif parts[:2] == ["messages", "batches"]:
-            answer = self._message_batches(proto, method, parts[2:], args, body)
         else:
-            return False
+            answer = self._message_batches(proto, method, parts[2:], args, body)
         if answer is not None:
             proto._send(answer)
         return True
@@ -343,6 +345,13 @@ def _page(items: list[dict], args: dict, cursor: str) -> dict:
     page = items[start : start + limit]
     return {"object": "list", "data": page, "has_more": start + limit < len(items),
             "first_id": page[0]["id"] if page else None, "last_id": page[-1]["id"] if page else None}
+
+
+def _is_json(body: bytes) -> bool:
+    try:
+        return isinstance(orjson.loads(body or b"{}"), dict)
+    except orjson.JSONDecodeError:
+        return False
 
 
 def _public(file: dict) -> dict:

@@ -59,6 +59,8 @@ def options_from_args(args) -> RunOptions:
     """Run options from the command line."""
     if args.deadline is not None and args.deadline <= 0:
         raise ConfigError("--deadline must be positive")
+    if args.retry_failed:
+        raise ConfigError("--retry-failed sends the errors file's records online: run it with --mode online")
     return RunOptions(args.input, args.output, args.errors, args.model, args.skip_invalid,
                       args.batch_max_requests, args.batch_max_bytes, args.poll_interval, args.poll_max,
                       args.reconcile_grace, args.max_attempts, args.deadline, args.online_reserve, args.cancel)
@@ -96,7 +98,7 @@ def format_summary(summary: dict) -> str:
     lines = [f"provider batches ({summary['provider']}, run {summary['run_id']}): {len(summary['batches'])}"]
     for b in summary["batches"]:
         adopted = ", adopted after a lost answer" if b["adopted"] else ""
-        lines.append(f"  chunk {b['chunk']}: {b['batch_id'] or '-'} {b['status'] or '-'}, "
+        lines.append(f"  chunk {b['chunk']}: {_shown(b['batch_id'])} {_shown(b['status'])}, "
                      f"{b['records']:,} records, {b['outcome'] or 'pending'}{adopted}")
     lines += [
         f"records: {records.get('batch_ok', 0):,} ok and {records.get('batch_failed', 0):,} failed through batches, "
@@ -107,6 +109,11 @@ def format_summary(summary: dict) -> str:
         f"errors file: {summary['errors_file_lines']:,} lines; wall time {summary['wall_time_s']} s",
     ]
     return "\n".join(lines)
+
+
+def _shown(text: str | None) -> str:
+    """A provider-given string as safe to print: control characters (terminal escapes) dropped."""
+    return "".join(ch for ch in text if ch.isprintable())[:80] if text else "-"
 
 
 async def _main(args, run: ProviderBatchRun, run_id: str) -> dict:
