@@ -229,7 +229,7 @@ def test_anthropic_adoption_rejects_a_foreign_batch_and_creates_its_own_once(tmp
         decoy_id = orjson.loads(answer.read())["id"]  # same size, seconds after the intent: looks like ours
     rerun = _batch(tmp_path, mock.url, "anthropic")
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    assert "not this run's" in rerun.stderr
+    assert "not this run's" in rerun.stderr  # adopted, then set aside
     _assert_each_once(tmp_path, 40)
     ours = [e for e in _events(mock, "batch_created") if e["id"] != decoy_id]
     assert len(ours) == 1 and len(ours[0]["custom_ids"]) == 40

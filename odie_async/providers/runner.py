@@ -197,22 +197,36 @@ class ProviderBatchRun:
     async def collect(self, c: ChunkState, status: BatchStatus) -> None:
         """Write an ended batch's records and decide the fate of those it never ran."""
         crashpoint("download")
-        block: list[Result] = []
         if status.status != "failed":
-            async for custom_id, result, why in self.provider.results(status, c.chunk):
-                if why == "foreign":
-                    log.warning("adopted batch is not this run's; creating the chunk's batch", batch=c.batch_id)
-                    self.journal.write("rejected", key=c.chunk.key, batch_id=c.batch_id)
-                    return
-                if result is None or self._done(custom_id):
-                    continue
-                block.append(result)
-                if len(block) >= WRITE_BLOCK:
-                    self._write(block)
-                    block = []
-            self._write(block)
+            for attempt in range(self.opt.max_attempts):
+                try:
+                    if not await self._download(c, status):
+                        return  # a foreign batch: the chunk goes back to submission
+                    break
+                except RequestError as exc:  # a broken download: what was written stays, the rest comes again
+                    if not exc.retryable or attempt + 1 == self.opt.max_attempts:
+                        raise
+                    log.warning("download failed; downloading again", batch=status.id, error=exc.message[:200])
+                    await asyncio.sleep(min(30.0, 2.0 ** attempt))
         leftover = [line for line in c.chunk.lines() if not self._done(line.custom_id)]
         self.journal.write("settled", key=c.chunk.key, outcome=self._fate(c, status, leftover))
+
+    async def _download(self, c: ChunkState, status: BatchStatus) -> bool:
+        """Append the batch's new results; False when they show the batch is not this chunk's."""
+        block: list[Result] = []
+        async for custom_id, result, why in self.provider.results(status, c.chunk):
+            if why == "foreign":
+                log.warning("adopted batch is not this run's; looking again", batch=c.batch_id)
+                self.journal.write("rejected", key=c.chunk.key, batch_id=c.batch_id)
+                return False
+            if result is None or self._done(custom_id):
+                continue
+            block.append(result)
+            if len(block) >= WRITE_BLOCK:
+                self._write(block)
+                block = []
+        self._write(block)
+        return True
 
     def _fate(self, c: ChunkState, status: BatchStatus, leftover: list) -> str:
         if not leftover:
