@@ -252,4 +252,7 @@ def test_a_journal_from_another_input_is_refused(tmp_path, mock_factory):
     write_requests(tmp_path / "in.jsonl", 30)
     again = _batch(tmp_path, mock.url, "openai")
     assert again.returncode == 2 and "different input" in again.stderr
+    write_requests(tmp_path / "in.jsonl", 20)
+    other = _batch(tmp_path, mock.url, "anthropic")
+    assert other.returncode == 2 and "--provider openai" in other.stderr
     assert len(_events(mock, "batch_created")) == 1

@@ -98,6 +98,8 @@ class ProviderBatchRun:
         elif state.input_bytes != os.path.getsize(self.opt.input):
             raise ConfigError(f"{self.journal.path} belongs to a run planned from a different input "
                               f"({state.input_bytes:,} bytes); choose another output, or remove it to start over")
+        elif state.provider != self.provider.name:
+            raise ConfigError(f"{self.journal.path} belongs to a {state.provider} run; rerun it with --provider {state.provider}")
         else:
             log.info("resuming provider-batch run", run=state.run_id, chunks=len(state.chunks))
         self.counts["already_done"] = self.store.resumed_ok + self.store.resumed_failed
