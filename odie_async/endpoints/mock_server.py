@@ -229,7 +229,8 @@ class MockProtocol(asyncio.Protocol):
         request_line, _, headers = head.partition("\r\n")
         method, path = (request_line.split(" ") + ["", ""])[:2]
         state.requests["total"] += 1
-        if state.settings.api_key and f"bearer {state.settings.api_key}" not in headers.lower():
+        key = state.settings.api_key
+        if key and f"bearer {key.lower()}" not in headers.lower() and f"x-api-key: {key.lower()}" not in headers.lower():
             return self._send(_error(401, "Incorrect API key provided", "invalid_request_error"))
         if method == "GET" and path.rstrip("/") in ("/v1/models", "/models"):
             data = {"object": "list", "data": [{"id": state.settings.model, "object": "model"}]}
@@ -269,22 +270,7 @@ class MockProtocol(asyncio.Protocol):
 
     def _completion(self, path: str, body: dict, prompt_tokens: int) -> bytes:
         state = self.state
-        content = state.responder(body)
-        completion_tokens = count_tokens(content)
-        choice = (
-            {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
-            if path.endswith("chat/completions")
-            else {"index": 0, "text": content, "finish_reason": "stop"}
-        )
-        data = {
-            "id": f"cmpl-{state.requests['200']:x}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": body.get("model") or state.settings.model,
-            "choices": [choice],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens},
-        }
+        data = completion_data(state, path, body, prompt_tokens, f"cmpl-{state.requests['200']:x}")
         extra = [("x-request-id", f"req-{state.requests['total']:x}")] + state.limit_headers()
         return _response(200, orjson.dumps(data), extra)
 
@@ -301,6 +287,26 @@ class MockProtocol(asyncio.Protocol):
             self.closed = True  # answer nothing more on this connection
         else:
             self._later(state.delay(), _response(200, b'{"id": "cmpl-broken", "choices": [{"mess'))
+
+
+def completion_data(state: MockState, path: str, body: dict, prompt_tokens: int, answer_id: str) -> dict:
+    """The body of a successful (chat) completion answer to ``body``."""
+    content = state.responder(body)
+    completion_tokens = count_tokens(content)
+    choice = (
+        {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+        if path.endswith("chat/completions")
+        else {"index": 0, "text": content, "finish_reason": "stop"}
+    )
+    return {
+        "id": answer_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.get("model") or state.settings.model,
+        "choices": [choice],
+        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                  "total_tokens": prompt_tokens + completion_tokens},
+    }
 
 
 def _content_length(head: str) -> int | None:
@@ -364,6 +370,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--api-key-env", default=None, help="require the key in this environment variable")
     parser.add_argument("--log-requests", metavar="FILE", help="append one line per completion request: "
                         "monotonic seconds, prompt digest, outcome (200, 429, fault_*); flushed every 0.1 s")
+    from .mock_batches import add_arguments as add_batch_arguments
+
+    add_batch_arguments(parser)  # provider batch APIs: processing time, failures, expiry, faults, log
 
 
 async def serve_forever(server: MockServer) -> None:
@@ -394,5 +403,9 @@ def run(args) -> int:
         return 2
     settings = MockSettings(args.latency_ms, args.latency_jitter_ms, args.rpm, args.tpm,
                             args.fault_rate, args.seed, args.stall_s, key)
-    run_async(serve_forever(MockServer(args.host, args.port, settings, log_requests=args.log_requests)))
+    from .mock_batches import install
+
+    server = MockServer(args.host, args.port, settings, log_requests=args.log_requests)
+    install(server.state, args)
+    run_async(serve_forever(server))
     return 0

@@ -44,6 +44,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-adaptive", action="store_true", help="keep concurrency fixed (no AIMD back-off)")
     parser.add_argument("--log-json", action="store_true", help="log JSON lines instead of readable text")
     parser.add_argument("--no-progress", action="store_true", help="no live progress line")
+    from ..providers import add_arguments as add_provider_arguments
+
+    add_provider_arguments(parser)  # --mode provider-batch and its options
 
 
 def api_key_from_env(name: str | None) -> str | None:
@@ -121,6 +124,10 @@ def run(args) -> int:
     configure_logging(json=args.log_json)
     if not Path(args.input).is_file():
         raise ConfigError(f"input file {args.input} does not exist")
+    if args.mode == "provider-batch":
+        from ..providers import run_provider_batch
+
+        return run_provider_batch(args)
     if args.base_url:
         summary = run_async(run_batch(args, args.base_url, args.model))
     else:

@@ -1,0 +1,183 @@
+"""``odie batch --mode provider-batch``: its options, live progress line, summary and exit code."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from pathlib import Path
+
+from ..engine.progress import ProgressLine, _eta, write_summary
+from ..engine.stats import RunStats
+from ..exceptions import AuthenticationError, ConfigError, InputError, RequestError, RunAborted
+from ..runtime import run_async
+from .base import BatchProvider
+from .runner import ProviderBatchRun, RunOptions, new_run_id
+
+def provider_class(name: str) -> type[BatchProvider]:
+    """The backend class for ``name`` (``openai`` or ``anthropic``)."""
+    from .anthropic import AnthropicBatches
+    from .openai import OpenAIBatches
+
+    backends = {cls.name: cls for cls in (OpenAIBatches, AnthropicBatches)}
+    if name not in backends:
+        raise ConfigError(f"unknown provider {name!r}; choose from {', '.join(backends)}")
+    return backends[name]
+
+
+def make_provider(name: str, base_url: str | None, api_key: str | None, run_id: str, **kw) -> BatchProvider:
+    """The backend for ``name``, on ``base_url`` or the provider's own API."""
+    cls = provider_class(name)
+    return cls(base_url or cls.default_base_url, api_key, run_id, **kw)
+
+
+def add_arguments(parser) -> None:
+    """The options of ``odie batch`` that choose and tune provider batches."""
+    group = parser.add_argument_group("provider batch APIs (half price, results within 24 h)")
+    group.add_argument("--mode", choices=("online", "provider-batch"), default="online",
+                       help="online: request by request (default); provider-batch: the provider's Batch API")
+    group.add_argument("--provider", choices=("openai", "anthropic"), default="openai",
+                       help="whose batch API (--base-url defaults to that provider's)")
+    group.add_argument("--deadline", type=float, metavar="SECONDS",
+                       help="hybrid: when the deadline (from the run's start) is near, cancel the batches and "
+                            "send what they have not done through the online path")
+    group.add_argument("--online-reserve", type=float, default=600.0, metavar="SECONDS",
+                       help="time kept for the online rest before the deadline (at most half of it)")
+    group.add_argument("--online-base-url", help="endpoint of the online rest (default: --base-url)")
+    group.add_argument("--poll-interval", type=float, default=10.0, help="first seconds between polls (grows 1.5x)")
+    group.add_argument("--poll-max", type=float, default=300.0, help="longest seconds between polls")
+    group.add_argument("--batch-max-requests", type=int, help="requests per batch (default: the provider's limit)")
+    group.add_argument("--batch-max-bytes", type=int, help="bytes per batch file (default: the provider's limit)")
+    group.add_argument("--reconcile-grace", type=float, default=5.0,
+                       help="seconds to wait before looking for what an unanswered call created")
+    group.add_argument("--cancel", action="store_true", help="cancel this output's batches, keep what they finished")
+
+
+def options_from_args(args) -> RunOptions:
+    """Run options from the command line."""
+    if args.deadline is not None and args.deadline <= 0:
+        raise ConfigError("--deadline must be positive")
+    if args.retry_failed:
+        raise ConfigError("--retry-failed sends the errors file's records online: run it with --mode online")
+    return RunOptions(args.input, args.output, args.errors, args.model, args.skip_invalid,
+                      args.batch_max_requests, args.batch_max_bytes, args.poll_interval, args.poll_max,
+                      args.reconcile_grace, args.max_attempts, args.deadline, args.online_reserve, args.cancel)
+
+
+def _api_key(args, provider_name: str, default_url: bool) -> str | None:
+    name = args.api_key_env or provider_class(provider_name).key_env
+    key = os.environ.get(name) or None
+    if key is None and (default_url or args.api_key_env):
+        raise ConfigError(f"environment variable {name} (the API key) is not set")
+    return key
+
+
+class BatchProgress(ProgressLine):
+    """``[openai batches] 2 in progress 1 done | records 1,200/5,000 (24.0%) | ETA 3m10s``."""
+
+    def __init__(self, run: ProviderBatchRun, label: str) -> None:
+        super().__init__(RunStats(), label)
+        self.run = run
+
+    def line(self) -> str:
+        """The current line, from the provider's counts."""
+        snap = self.run.snapshot()
+        phases = " ".join(f"{n} {name.replace('_', ' ')}" for name, n in sorted(snap["phases"].items()))
+        done, total, elapsed = snap["records_done"], snap["records_total"], snap["elapsed"]
+        share = f" ({100.0 * done / total:.1f}%)" if total else ""
+        rate = done / elapsed if elapsed > 0 else 0
+        eta = _eta((total - done) / rate if rate > 0 else None)
+        return f"[{self.label}] batches: {phases or 'none'} | records {done:,}/{total:,}{share} | ETA {eta}"
+
+
+def format_summary(summary: dict) -> str:
+    """The summary as readable lines: each batch, then where the records went, then tokens."""
+    records, tokens = summary["records"], summary["tokens"]
+    lines = [f"provider batches ({summary['provider']}, run {summary['run_id']}): {len(summary['batches'])}"]
+    for b in summary["batches"]:
+        adopted = ", adopted after a lost answer" if b["adopted"] else ""
+        lines.append(f"  chunk {b['chunk']}: {_shown(b['batch_id'])} {_shown(b['status'])}, "
+                     f"{b['records']:,} records, {b['outcome'] or 'pending'}{adopted}")
+    lines += [
+        f"records: {records.get('batch_ok', 0):,} ok and {records.get('batch_failed', 0):,} failed through batches, "
+        f"{records.get('online_ok', 0):,} ok and {records.get('online_failed', 0):,} failed online, "
+        f"{records.get('resubmitted', 0):,} resubmitted, {records.get('already_done', 0):,} already done",
+        f"tokens: {tokens.get('prompt', 0):,} prompt + {tokens.get('completion', 0):,} completion "
+        f"(batch tokens bill at half the online price)",
+        f"errors file: {summary['errors_file_lines']:,} lines; wall time {summary['wall_time_s']} s",
+    ]
+    return "\n".join(lines)
+
+
+def _shown(text: str | None) -> str:
+    """A provider-given string as safe to print: control characters (terminal escapes) dropped."""
+    return "".join(ch for ch in text if ch.isprintable())[:80] if text else "-"
+
+
+async def _main(args, run: ProviderBatchRun, run_id: str) -> dict:
+    progress = BatchProgress(run, f"{run.provider.name} batches") if not args.no_progress else contextlib.nullcontext()
+    try:
+        run.prepare(run_id)
+        async with run.provider, progress:
+            await run.execute()
+    finally:
+        run.close()
+        summary = run.summary()
+        write_summary(summary, Path(args.output).with_suffix(".summary.json"))
+    return summary
+
+
+def run_provider_batch(args) -> int:
+    """Run ``odie batch --mode provider-batch``; the exit code (0, 1, 2, 3, 130, 143)."""
+    try:
+        options = options_from_args(args)
+        default_url = not args.base_url
+        key = _api_key(args, args.provider, default_url)
+        run_id = new_run_id()
+        provider = make_provider(args.provider, args.base_url, key, run_id, max_attempts=args.max_attempts)
+        online = None
+        if options.deadline_s is not None:
+            from ..engine.batch import settings_from_args
+
+            online = settings_from_args(args, args.online_base_url or provider.base_url, key)
+        run = ProviderBatchRun(options, provider, online)
+        summary = run_async(_with_signals(_main(args, run, run_id)))
+    except (InputError, ConfigError) as exc:
+        print(f"odie batch: error: {exc}", file=sys.stderr)
+        return 2
+    except (AuthenticationError, RequestError, RunAborted) as exc:
+        print(f"odie batch: stopped by the endpoint: {exc}", file=sys.stderr)
+        return 3
+    except _Interrupted as exc:
+        print("odie batch: interrupted; the provider keeps the batches: rerun the same command to collect "
+              "them, or add --cancel", file=sys.stderr)
+        return exc.code
+    print(format_summary(summary))
+    return 1 if summary["errors_file_lines"] else 0
+
+
+class _Interrupted(Exception):
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+async def _with_signals(coro):
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(coro)
+    hit: list[int] = []
+
+    def on_signal(sig: int) -> None:
+        hit.append(128 + sig)
+        task.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if hit:
+            raise _Interrupted(hit[0]) from None
+        raise
