@@ -43,6 +43,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-adaptive", action="store_true", help="keep concurrency fixed (no AIMD back-off)")
     parser.add_argument("--log-json", action="store_true", help="log JSON lines instead of readable text")
     parser.add_argument("--no-progress", action="store_true", help="no live progress line")
+    from ..distributed import ray_batch
+
+    ray_batch.add_arguments(parser)
 
 
 def api_key_from_env(name: str | None) -> str | None:
@@ -117,6 +120,10 @@ def _install_signals(engine: Engine) -> None:
 
 def run(args) -> int:
     """Entry point of ``odie batch``."""
+    from ..distributed import ray_batch
+
+    if ray_batch.wanted(args):
+        return ray_batch.run(args)
     configure_logging(json=args.log_json)
     if not Path(args.input).is_file():
         raise ConfigError(f"input file {args.input} does not exist")
