@@ -96,6 +96,8 @@ def test_a_worker_killed_mid_run_is_restarted_and_every_record_lands_once(cluste
     assert [w["restarts"] for w in summary["workers"]] == [1, 0]
     assert summary["workers"][0]["skipped_already_done"] > 0  # the restarted worker resumed its shard
     assert summary["merged"] == {"output_records": n, "error_records": 0}
+    # The restarted worker's finds (its predecessor's lines) count as this run's records, not as resumed.
+    assert summary["succeeded"] == n and summary["skipped_already_done"] == 0
     assert "shard worker died" in err
 
 

@@ -54,7 +54,7 @@ def connected(address: str):
     ray = import_ray()
     options = dict(namespace=NAMESPACE, configure_logging=False, log_to_driver=True)
     if address == "local":
-        options |= dict(address="local", include_dashboard=False, _node_ip_address="127.0.0.1")
+        options |= dict(address="local", include_dashboard=False)
     else:
         options["address"] = address
     try:

@@ -140,6 +140,7 @@ class _Driver:
         self.restarts: Counter[int] = Counter()
         self.live: dict[int, dict] = {}
         self.carried: dict[int, Counter] = {i: Counter() for i in range(shards)}
+        self.done_before = [layout.done_lines(i) for i in range(shards)]
         self.progress = ClusterProgress(stats, self) if job.progress else None
         self.started = time.monotonic()
 
@@ -214,15 +215,31 @@ class _Driver:
         if self.progress:
             self.progress.draw()
 
+    def shard_counts(self, index: int) -> Counter:
+        """Shard ``index``'s figures for this run, over all its workers' lives.
+
+        A restarted worker finds the lines its predecessor wrote as done
+        before: beyond the lines there were when the run began, they count as
+        this run's records (succeeded, but for the failures last polled).
+        """
+        live, carried = Counter(self.live.get(index, {})), self.carried[index]
+        counts = live + carried
+        if self.restarts[index]:
+            before = self.done_before[index]
+            found = max(0, live["resumed"] - before)
+            counts["succeeded"] = live["succeeded"] + max(carried["succeeded"], found - carried["failed"])
+            counts["resumed"] = max(carried["resumed"], min(live["resumed"], before))
+        return counts
+
     def worker_done(self, index: int) -> int:
-        """Records worker ``index`` finished in this run, over all its restarts."""
-        live, carried = self.live.get(index, {}), self.carried[index]
-        return sum(live.get(k, 0) + carried.get(k, 0) for k in ("succeeded", "failed"))
+        """Records shard ``index`` finished in this run."""
+        counts = self.shard_counts(index)
+        return counts["succeeded"] + counts["failed"]
 
     def _update(self) -> None:
+        total = sum((self.shard_counts(i) for i in range(self.shards)), Counter())
         for name in set(_COUNTERS.values()) | {"prompt_tokens", "completion_tokens"}:
-            total = sum(self.live.get(i, {}).get(name, 0) + self.carried[i].get(name, 0) for i in range(self.shards))
-            setattr(self.stats, name, total)
+            setattr(self.stats, name, total[name])
 
 
 class ClusterProgress(ProgressLine):

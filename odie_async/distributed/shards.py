@@ -19,6 +19,7 @@ from pathlib import Path
 
 import orjson
 
+from ..engine.batchfile import count_lines
 from ..engine.checkpoint import iter_records, repair_tail
 from ..exceptions import ConfigError, RunAborted
 
@@ -89,6 +90,11 @@ class RunLayout:
     def shard_lock(self, index: int) -> Path:
         """The lock file of shard ``index``."""
         return self.folder / f"shard-{index:03d}.lock"
+
+    def done_lines(self, index: int) -> int:
+        """Lines in shard ``index``'s output and errors files: its records done so far."""
+        paths = (self.shard_output(index), self.shard_errors(index))
+        return sum(count_lines(path) for path in paths if path.exists())
 
     def recorded_shards(self) -> int | None:
         """The shard count of an earlier run into this output, if any."""
