@@ -209,3 +209,78 @@ def test_exit_codes_of_a_cluster_run():
     assert exit_code(base | {"failed": 2}) == 1
     assert exit_code(base | {"worker_errors": [{"type": "WorkerDied", "message": "m", "aborted": True}]}) == 3
     assert exit_code(base | {"shutdown": {"signals": [15]}}) == 143
+
+
+class _FakeActorMethod:
+    """``actor.method.remote(...)`` of a plain object, awaitable like an ObjectRef."""
+
+    def __init__(self, fn) -> None:
+        self.fn = fn
+
+    def remote(self, *args):
+        async def call():
+            return self.fn(*args)
+        return call()
+
+
+class _FakeBudgetActor:
+    def __init__(self, budget: Budget) -> None:
+        for name in ("lease", "pause", "status"):
+            setattr(self, name, _FakeActorMethod(getattr(budget, name)))
+
+
+def _shard_job(tmp_path, url, n, shards=2, index=0, **settings):
+    from odie_async.distributed.worker import ShardJob
+    from odie_async.engine.core import EngineSettings
+    from tests.helpers import write_requests
+
+    write_requests(tmp_path / "in.jsonl", n)
+    layout = RunLayout(tmp_path / "out.jsonl")
+    layout.prepare(shards, tmp_path / "in.jsonl")
+    return ShardJob(index, shards, str(tmp_path / "in.jsonl"), str(layout.output), None,
+                    EngineSettings(url, **settings)), layout
+
+
+def test_a_shard_run_sends_only_its_shard_under_the_shared_budget(tmp_path):
+    from odie_async.distributed.worker import ShardRun
+    from odie_async.endpoints.mock_server import MockServer
+
+    async def main():
+        async with MockServer() as server:
+            job, layout = _shard_job(tmp_path, server.base_url, 300, concurrency=8, rpm=60_000)
+            summary = await ShardRun(job, _FakeBudgetActor(Budget(rpm=60_000))).run()
+            return summary, layout
+
+    summary, layout = asyncio.run(main())
+    mine = {f"r{i}" for i in range(300) if shard_of(f"r{i}", 2) == 0}
+    assert set(ids_in(layout.shard_output(0))) == mine
+    assert summary["succeeded"] == len(mine) and summary["lease_calls"] >= 1 and "error" not in summary
+
+
+def test_a_shard_run_stops_when_the_driver_goes_silent(tmp_path, monkeypatch):
+    from odie_async.distributed import worker
+    from odie_async.endpoints.mock_server import MockServer, MockSettings
+
+    monkeypatch.setattr(worker, "STATUS_INTERVAL_S", 0.1)
+    clock = FakeClock()
+    budget = Budget(clock=clock)
+
+    async def main():
+        async with MockServer(settings=MockSettings(latency_ms=50)) as server:
+            job, layout = _shard_job(tmp_path, server.base_url, 2000, concurrency=4)
+            run = worker.ShardRun(job, _FakeBudgetActor(budget))
+            task = asyncio.create_task(run.run())
+            await asyncio.sleep(0.5)
+            clock.now += worker.DRIVER_SILENCE_S + 1  # the driver stopped beating
+            summary = await asyncio.wait_for(task, 10)
+            written = _lines(layout.shard_output(0))
+            await asyncio.sleep(0.3)
+            return summary, written, _lines(layout.shard_output(0))
+
+    summary, written, later = asyncio.run(main())
+    assert summary["shutdown"] is not None and 0 < summary["succeeded"] < 1000
+    assert written == later == summary["succeeded"]  # nothing writes after the run returned
+
+
+def _lines(path) -> int:
+    return path.read_bytes().count(b"\n") if path.exists() else 0

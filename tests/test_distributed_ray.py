@@ -70,6 +70,15 @@ def _wait_for_lines(tmp_path, n, proc, timeout=90):
         time.sleep(0.1)
 
 
+def _start_mid_run(cluster, tmp_path, mock, n):
+    """A driver sending ``n`` records at 20 ms each, 8 at a time, once 400 are written."""
+    write_requests(tmp_path / "in.jsonl", n)
+    server = mock("--latency-ms", "20")
+    proc = _driver(cluster, tmp_path, server.url, "--concurrency", "8", "--no-progress")
+    _wait_for_lines(tmp_path, 400, proc)
+    return proc, server
+
+
 def _finish(proc, timeout=120):
     out, err = proc.communicate(timeout=timeout)
     return proc.returncode, out, err
@@ -83,10 +92,7 @@ def _expect_exactly_once(tmp_path, n):
 
 def test_a_worker_killed_mid_run_is_restarted_and_every_record_lands_once(cluster, tmp_path, mock):
     n = 3000
-    write_requests(tmp_path / "in.jsonl", n)
-    server = mock("--latency-ms", "20")
-    proc = _driver(cluster, tmp_path, server.url, "--concurrency", "8", "--no-progress")
-    _wait_for_lines(tmp_path, 400, proc)
+    proc, server = _start_mid_run(cluster, tmp_path, mock, n)
     victim = ray.get_actor(worker_name(run_key(tmp_path / "out.jsonl"), 0), namespace=NAMESPACE)
     ray.kill(victim, no_restart=False)  # the process dies; Ray restarts the actor
     rc, out, err = _finish(proc)
@@ -103,10 +109,7 @@ def test_a_worker_killed_mid_run_is_restarted_and_every_record_lands_once(cluste
 
 def test_a_driver_killed_with_sigkill_leaves_no_writer_and_the_rerun_finishes_once(cluster, tmp_path, mock):
     n = 3000
-    write_requests(tmp_path / "in.jsonl", n)
-    server = mock("--latency-ms", "20")
-    proc = _driver(cluster, tmp_path, server.url, "--concurrency", "8", "--no-progress")
-    _wait_for_lines(tmp_path, 400, proc)
+    proc, server = _start_mid_run(cluster, tmp_path, mock, n)
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate()
     key = run_key(tmp_path / "out.jsonl")

@@ -142,7 +142,6 @@ class _Driver:
         self.carried: dict[int, Counter] = {i: Counter() for i in range(shards)}
         self.done_before = [layout.done_lines(i) for i in range(shards)]
         self.progress = ClusterProgress(stats, self) if job.progress else None
-        self.started = time.monotonic()
 
     def shard_job(self, index: int) -> ShardJob:
         per_worker = replace(self.job.settings, concurrency=max(1, math.ceil(self.job.settings.concurrency / self.shards)))
