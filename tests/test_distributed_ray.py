@@ -21,6 +21,7 @@ from tests.test_batch_cli import Mock
 ray = pytest.importorskip("ray")
 
 from odie_async.distributed.cluster import NAMESPACE, run_key, worker_name  # noqa: E402
+from odie_async.distributed.shards import ShardBusy, ShardLock  # noqa: E402
 
 pytestmark = pytest.mark.slow
 ODIE = [sys.executable, "-m", "odie_async"]
@@ -112,11 +113,13 @@ def test_a_driver_killed_with_sigkill_leaves_no_writer_and_the_rerun_finishes_on
     proc, server = _start_mid_run(cluster, tmp_path, mock, n)
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate()
+    killed = time.monotonic()
     key = run_key(tmp_path / "out.jsonl")
-    deadline = time.monotonic() + 30
-    while any(_alive(worker_name(key, i)) for i in range(2)):
-        assert time.monotonic() < deadline, "workers outlived their driver"
-        time.sleep(0.5)
+    while any(_alive(worker_name(key, i)) for i in range(2)) or not _locks_free(tmp_path):
+        # A worker holds its shard's lock as long as it can write: free locks mean no writer left.
+        assert time.monotonic() - killed < 20, "workers outlived their driver"
+        time.sleep(0.2)
+    print(f"writers gone {time.monotonic() - killed:.1f} s after the driver was killed")
     shards = sorted((tmp_path / "out.shards").glob("shard-*.jsonl"))
     sizes = [p.stat().st_size for p in shards]
     time.sleep(2.0)
@@ -129,6 +132,15 @@ def test_a_driver_killed_with_sigkill_leaves_no_writer_and_the_rerun_finishes_on
     summary = orjson.loads((tmp_path / "out.summary.json").read_bytes())
     assert summary["skipped_already_done"] == done_before  # nothing written was sent again
     assert summary["succeeded"] == n - done_before
+
+
+def _locks_free(tmp_path) -> bool:
+    try:
+        for i in range(2):
+            ShardLock(tmp_path / "out.shards" / f"shard-{i:03d}.lock").acquire().release()
+    except ShardBusy:
+        return False
+    return True
 
 
 def _alive(name: str) -> bool:
