@@ -1,9 +1,9 @@
 """The shard worker: one engine on one shard of the input, run inside a Ray actor.
 
 The class is plain Python; the driver makes it a Ray actor with
-``ray.remote(ShardWorker).options(...)``. ``run`` blocks one of the actor's
-threads with its own event loop (uvloop), so ``stats`` and ``stop`` are served
-by another thread meanwhile. Every worker reads the input file itself (a path
+``ray.remote(ShardWorker).options(...)``. ``run`` runs the engine on a thread
+of its own with its own event loop (uvloop) and waits for it, so ``stats`` and
+``stop`` are served by the actor's other threads meanwhile. Every worker reads the input file itself (a path
 every node reaches) and keeps the records of its shard, so no record travels
 through Ray's object store.
 
