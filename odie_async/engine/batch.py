@@ -47,6 +47,9 @@ def add_arguments(parser) -> None:
     from ..providers import add_arguments as add_provider_arguments
 
     add_provider_arguments(parser)  # --mode provider-batch and its options
+    from ..distributed import ray_batch
+
+    ray_batch.add_arguments(parser)
 
 
 def api_key_from_env(name: str | None) -> str | None:
@@ -121,6 +124,10 @@ def _install_signals(engine: Engine) -> None:
 
 def run(args) -> int:
     """Entry point of ``odie batch``."""
+    from ..distributed import ray_batch
+
+    if ray_batch.wanted(args):
+        return ray_batch.run(args)
     configure_logging(json=args.log_json)
     if not Path(args.input).is_file():
         raise ConfigError(f"input file {args.input} does not exist")

@@ -135,13 +135,15 @@ class Engine:
         keep_bodies: bool = True,
         retry_failed: bool = False,
         stats: RunStats | None = None,
+        limits: RateLimits | None = None,
     ) -> None:
         if store is None and output is None:
             raise ValueError("Engine needs an output path or a ResultStore")
         self.settings = settings
         self.store = store or ResultStore(output, errors, keep_bodies=keep_bodies)
         self.stats = stats or RunStats()
-        self.limits = RateLimits(settings.rpm, settings.tpm)
+        # A caller may hand in its own limiter with RateLimits' interface (a cluster-wide budget).
+        self.limits = limits if limits is not None else RateLimits(settings.rpm, settings.tpm)
         self.gate = AdaptiveConcurrency(settings.concurrency, minimum=1)
         self.latency = LatencyWatch()
         self.breaker = FailureBreaker(settings.breaker_window, settings.breaker_threshold)

@@ -1,0 +1,228 @@
+"""The shard worker: one engine on one shard of the input, run inside a Ray actor.
+
+The class is plain Python; the driver makes it a Ray actor with
+``ray.remote(ShardWorker).options(...)``. ``run`` runs the engine on a thread
+of its own with its own event loop (uvloop) and waits for it, so ``stats`` and
+``stop`` are served by the actor's other threads meanwhile. Every worker reads the input file itself (a path
+every node reaches) and keeps the records of its shard, so no record travels
+through Ray's object store.
+
+A worker never writes without its shard's lock, and stops when the driver
+goes silent: it polls the budget actor, which the driver beats every half
+second and which dies with the driver.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import contextlib
+import os
+import resource
+import threading
+from dataclasses import dataclass
+
+import structlog
+
+from ..engine.batchfile import BatchReader
+from ..engine.core import Engine, EngineSettings
+from ..exceptions import OdieError, RunAborted
+from ..logs import configure_logging
+from ..runtime import run_async
+from .budget import LeasedLimits
+from .shards import RunLayout, ShardLock, shard_of
+
+log = structlog.get_logger(__name__)
+
+STATUS_INTERVAL_S = 1.0
+DRIVER_SILENCE_S = 10.0
+
+
+@dataclass
+class ShardJob:
+    """What one worker runs: everything is plain data, sent once when the run starts."""
+
+    index: int
+    shards: int
+    input: str
+    output: str
+    errors: str | None
+    settings: EngineSettings
+    model: str | None = None
+    log_json: bool = False
+
+
+class ShardRun:
+    """One run of the engine on one shard, on its own event loop; the async half of a worker."""
+
+    def __init__(self, job: ShardJob, budget, stop_requested: bool | None = None) -> None:
+        self.job = job
+        self.budget = budget
+        self.stop_requested = stop_requested  # None: no stop asked; else whether to cancel in flight
+        self.layout = RunLayout(job.output, job.errors)
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.engine: Engine | None = None
+        self.limits: LeasedLimits | None = None
+
+    async def run(self) -> dict:
+        """Send the shard's records; return the engine's summary."""
+        job, settings = self.job, self.job.settings
+        self.loop = asyncio.get_running_loop()
+        self.limits = LeasedLimits(self.budget.lease.remote, self.budget.pause.remote, job.index,
+                                   settings.rpm, settings.tpm, job.shards)
+        engine = Engine(settings, self.layout.shard_output(job.index), self.layout.shard_errors(job.index),
+                        keep_bodies=False, limits=self.limits)
+        self.engine = engine
+        error: Exception | None = None
+        watchdog = asyncio.create_task(self._watch_driver())
+        try:
+            async with engine:
+                if self.stop_requested is not None:  # asked before the engine existed
+                    self._apply_stop()
+                await self._produce()
+        except OdieError as exc:
+            error = exc
+        finally:
+            watchdog.cancel()
+            await asyncio.gather(watchdog, return_exceptions=True)
+        return self._summary(error)
+
+    async def _produce(self) -> None:
+        job, engine = self.job, self.engine
+        reader = BatchReader(job.input, skip_invalid=True)  # the driver checked every line before the run
+        for line in reader:
+            if engine.stopping:
+                return
+            if shard_of(line.custom_id, job.shards) != job.index:
+                continue
+            if job.model:
+                line.body["model"] = job.model
+            await engine.submit(line.custom_id, line.body, line.url)
+
+    async def _watch_driver(self) -> None:
+        """Stop (cancelling in-flight requests) once the driver is gone or silent."""
+        while True:
+            await asyncio.sleep(STATUS_INTERVAL_S)
+            try:
+                status = await self.budget.status.remote(self.job.index)
+            except Exception as exc:  # the budget actor died with its driver
+                reason = f"the driver is gone ({type(exc).__name__})"
+            else:
+                self.limits.apply_cluster_pause(status["pause_s"])
+                if status["driver_silent_s"] < DRIVER_SILENCE_S:
+                    continue
+                reason = f"the driver has been silent for {status['driver_silent_s']:.0f} s"
+            log.error("stopping: " + reason)
+            self.engine.cancel_in_flight()
+            return
+
+    def _summary(self, error: Exception | None) -> dict:
+        engine = self.engine
+        summary = engine.stats.as_dict()
+        summary["lease_calls"] = self.limits.lease_calls
+        summary["latencies"] = engine.stats.latencies.tobytes()
+        summary["shutdown"] = engine.shutdown_report if engine.interrupted else None
+        if error is not None:
+            summary["error"] = {"type": type(error).__name__, "message": str(error),
+                                "aborted": isinstance(error, RunAborted)}
+        return summary
+
+    def stop(self, cancel: bool) -> None:
+        """Stop intake (``cancel``: and in-flight requests); safe from any thread."""
+        self.stop_requested = cancel or bool(self.stop_requested)
+        if self.loop is not None and self.engine is not None:
+            with contextlib.suppress(RuntimeError):  # the loop closed: the run is over
+                self.loop.call_soon_threadsafe(self._apply_stop)
+
+    def _apply_stop(self) -> None:
+        if self.stop_requested:
+            self.engine.cancel_in_flight()
+        else:
+            self.engine.request_stop()
+
+
+class ShardWorker:
+    """The Ray actor: runs a ``ShardRun``; answers ``stats`` and ``stop`` while it runs.
+
+    Only plain methods here: Ray makes a class with any ``async def`` an async
+    actor, whose one event loop ``run`` would block.
+    """
+
+    def __init__(self, budget_name: str, namespace: str = "odie") -> None:
+        self._budget_name, self._namespace = budget_name, namespace
+        self._current: ShardRun | None = None
+        self._stop_requested: bool | None = None  # None: no stop; else whether to cancel
+
+    def ping(self) -> int:
+        """The worker's process id (the actor is up)."""
+        return os.getpid()
+
+    def run(self, job: ShardJob) -> dict:
+        """Run shard ``job.index`` to its end (or a stop); return its summary."""
+        configure_logging(json=job.log_json, level="warning")
+        structlog.contextvars.bind_contextvars(shard=job.index)
+        current = ShardRun(job, _actor(self._budget_name, self._namespace), self._stop_requested)
+        self._current = current
+        cpu0 = _cpu_seconds()
+        with ShardLock(current.layout.shard_lock(job.index)):
+            summary = _in_own_thread(lambda: run_async(current.run()))
+        summary["cpu_s"] = round(_cpu_seconds() - cpu0, 3)
+        summary["pid"], summary["node"] = os.getpid(), os.uname().nodename
+        return summary
+
+    def stats(self) -> dict:
+        """Live counters of the running shard (read from another thread; plain ints)."""
+        engine = self._current.engine if self._current else None
+        if engine is None:
+            return {}
+        s = engine.stats
+        return {"succeeded": s.succeeded, "failed": s.failed, "resumed": s.resumed, "retries": s.retries,
+                "rate_limited": s.rate_limited, "prompt_tokens": s.prompt_tokens,
+                "completion_tokens": s.completion_tokens, "attempts": s.attempts}
+
+    def stop(self, cancel: bool = False) -> None:
+        """Stop intake and drain (``cancel``: also cancel in-flight requests)."""
+        self._stop_requested = cancel or bool(self._stop_requested)
+        if self._current is not None:
+            self._current.stop(self._stop_requested)
+
+
+def _actor(name: str, namespace: str):
+    import ray
+
+    try:
+        return ray.get_actor(name, namespace=namespace)
+    except ValueError:
+        raise RunAborted(f"the run's budget actor {name} is gone: the driver stopped") from None
+
+
+def _in_own_thread(fn):
+    """``fn()`` on a fresh thread: Ray's method threads may already run an event loop."""
+    box: dict = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # handed to the caller's thread below
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="odie-shard")
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def merge_latencies(parts: list[bytes]) -> array.array:
+    """Concatenate the workers' latency arrays (seconds, as sent in their summaries)."""
+    values = array.array("d")
+    for part in parts:
+        values.frombytes(part)
+    return values
+
