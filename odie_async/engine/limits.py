@@ -59,6 +59,7 @@ class RateLimits:
     def __init__(self, rpm: float = 0, tpm: float = 0, burst_seconds: float = BURST_SECONDS) -> None:
         self.rpm = rpm
         self.tpm = tpm
+        self._burst = burst_seconds
         self._requests = self._bucket(rpm, burst_seconds)
         self._tokens = self._bucket(tpm, burst_seconds)
         self._paused_until = 0.0
@@ -69,6 +70,16 @@ class RateLimits:
             return None
         capacity = max(1.0, per_minute / 60.0 * burst_seconds)
         return _SettlingLimiter(capacity, capacity * 60.0 / per_minute)
+
+    def set_rpm(self, rpm: float) -> None:
+        """Replace the requests budget (a limit learned from the endpoint)."""
+        self.rpm = rpm
+        self._requests = self._bucket(rpm, self._burst)
+
+    def set_tpm(self, tpm: float) -> None:
+        """Replace the tokens budget (a limit learned from the endpoint)."""
+        self.tpm = tpm
+        self._tokens = self._bucket(tpm, self._burst)
 
     @property
     def active(self) -> bool:
@@ -186,3 +197,54 @@ class LatencyWatch:
         self.ewma += self.alpha * (latency - self.ewma)
         self.baseline = min(self.baseline * 1.001, self.ewma)
         return self.ewma > self.factor * self.baseline and self.ewma - self.baseline > self.margin_s
+
+
+def header_limit(text: str | None) -> float | None:
+    """A positive ``x-ratelimit-limit-*`` value, or None when absent or unusable."""
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if 0 < value < float("inf") else None
+
+
+class RateLearner:
+    """Learns a request rate from 429s when the endpoint sends no limit headers.
+
+    On a 429 (at most once per ``cooldown`` seconds) the rate becomes
+    ``decrease`` times the rate of answers since the previous change; each
+    ``cooldown`` without a 429 it grows by ``increase`` of itself. It costs
+    nothing per answer until the first 429.
+    """
+
+    def __init__(self, decrease: float = 0.8, increase: float = 0.05, cooldown: float = 2.0) -> None:
+        self.decrease = decrease
+        self.increase = increase
+        self.cooldown = cooldown
+        self.rpm: float = 0.0
+        self._mark = (0.0, 0)
+
+    def start(self, now: float) -> None:
+        """Begin measuring the answer rate."""
+        self._mark = (now, 0)
+
+    def on_429(self, now: float, answered: int) -> float | None:
+        """Return the lowered rate (requests per minute), or None inside the cooldown."""
+        since, count = self._mark
+        if self.rpm and now - since < self.cooldown:
+            return None
+        observed = (answered - count) / max(now - since, 1.0) * 60.0
+        base = min(self.rpm, observed) if self.rpm else observed
+        self.rpm = max(6.0, base * self.decrease)
+        self._mark = (now, answered)
+        return self.rpm
+
+    def probe_up(self, now: float, answered: int) -> float | None:
+        """A raised rate once ``cooldown`` passed without a 429, else None."""
+        if now - self._mark[0] < self.cooldown:
+            return None
+        self.rpm *= 1.0 + self.increase
+        self._mark = (now, answered)
+        return self.rpm
