@@ -160,6 +160,7 @@ class ResultStore:
         self._sizes: dict[str, int] = {}
         self._opened_sizes: dict[str, int] = {}
         self._superseded: set[str] = set()
+        self._resend: set[str] = set()
         self._lock_fd: int | None = None
         self._ids = itertools.count()
         self._run = os.urandom(4).hex()
@@ -286,9 +287,23 @@ class ResultStore:
     def _path(self, name: str) -> Path:
         return self.output if name == "ok" else self.errors
 
-    def supersede(self, custom_ids) -> None:
-        """Lines stored before this run for these ids are dropped when the store closes."""
-        self._superseded.update(custom_ids)
+    @property
+    def is_open(self) -> bool:
+        """Whether the files are open (and the lock held)."""
+        return bool(self._fds)
+
+    @property
+    def resending(self) -> bool:
+        """Whether done records are being sent again (their requests changed)."""
+        return bool(self._resend)
+
+    def resend(self, custom_ids: set[str]) -> None:
+        """These done records are sent again; their old lines go once the new ones are written."""
+        self._resend = custom_ids
+
+    def rewritten(self, custom_ids) -> None:
+        """New lines of these ids are on disk: lines stored before this run for them are dropped on close."""
+        self._superseded.update(cid for cid in custom_ids if cid in self._resend)
 
     def sync(self) -> None:
         """Force both files to disk (power-loss safety; a crash needs no sync)."""

@@ -110,6 +110,7 @@ class Engine:
         self.written_ok = 0
         self.written_failed = 0
         self.submitted = 0
+        self.skipped_failed = 0
         self._retry_failed = retry_failed
         self._client = client or ChatClient(settings.base_url, settings.api_key, settings.concurrency, settings.timeout_s)
         self._queue: asyncio.Queue = asyncio.Queue(settings.queue_size or 2 * settings.concurrency)
@@ -133,7 +134,8 @@ class Engine:
     # -- lifecycle -----------------------------------------------------------------
 
     async def __aenter__(self) -> "Engine":
-        self.store.open(retry_failed=self._retry_failed)
+        if not self.store.is_open:
+            self.store.open(retry_failed=self._retry_failed)
         await self._client.__aenter__()
         self.learner.start(asyncio.get_running_loop().time())
         self._writer = self._supervised(self._write_loop(), "odie-writer")
@@ -275,6 +277,7 @@ class Engine:
         self._check_open()
         if not resend and self.store.done(custom_id):
             self.stats.record_cached(custom_id)
+            self.skipped_failed += self.store.failed_before(custom_id)
             return False
         job = self._job(custom_id, body, path, max_tokens_hint)
         self.submitted += 1
@@ -537,6 +540,8 @@ class Engine:
         if error_lines:
             self.store.append((), error_lines)
             self.written_failed += len(error_lines)
+        if self.store.resending:
+            self.store.rewritten(job.custom_id for job, _ in batch)
         for job, result in batch:
             if job.future is not None:
                 self._pending.pop(job.custom_id, None)
