@@ -175,14 +175,21 @@ class ChatClient:
     async def post(self, path: str, payload: bytes) -> Reply:
         """Send one request; raise a ``RequestError`` subclass on any failure."""
         start = time.perf_counter()
+        status, headers, raw = await self._exchange(path, payload)
+        return self.reply(path, status, headers, raw, start)
+
+    async def _exchange(self, path: str, payload: bytes):
+        """The HTTP round trip: ``(status, headers, raw body)``; transport failures become ``TransportError``."""
         try:
             async with self._session.post(self.url_for(path), data=payload) as resp:
-                raw = await resp.read()
-                status, headers = resp.status, resp.headers
+                return resp.status, resp.headers, await resp.read()
         except asyncio.TimeoutError as exc:
             raise TransportError("no answer within the timeout") from exc
         except (aiohttp.ClientError, ValueError) as exc:  # ValueError: aiohttp's own bad-header checks
             raise TransportError(self._redact_text(f"{type(exc).__name__}: {exc}")) from exc
+
+    def reply(self, path: str, status: int, headers, raw: bytes, start: float) -> Reply:
+        """Judge one answer: a ``Reply``, or the ``RequestError`` that says what to do next."""
         if self._secret is not None and self._secret in raw:
             raw = raw.replace(self._secret, b"***")  # a server that echoes the key back
         if status >= 300:
