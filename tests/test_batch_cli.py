@@ -113,6 +113,6 @@ def test_wrong_key_fails_fast_and_never_leaks(tmp_path, mock_factory):
     env = os.environ | {"MY_KEY": secret}
     proc = _batch(tmp_path, mock.url, "--api-key-env", "MY_KEY", "--log-json", env=env)
     stdout, stderr = proc.communicate(timeout=30)
-    assert proc.returncode == 1 and "refused the API key" in stderr
+    assert proc.returncode == 3 and "refused the API key" in stderr
     everything = stdout + stderr + "".join(p.read_text() for p in tmp_path.iterdir() if p.suffix == ".json" or p.name.startswith("out"))
     assert secret not in everything
