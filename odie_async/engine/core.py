@@ -34,12 +34,11 @@ import structlog
 from structlog.contextvars import bound_contextvars
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-from .breaker import FailureBreaker, FinalStreak
+from .breaker import FailureBreaker  # noqa: F401  (re-exported)
+from .flow import FlowControl
 from .checkpoint import Result, ResultStore, request_digest
 from .client import ChatClient, Reply
-from ..exceptions import (AuthenticationError, EndpointStopped, EngineCrashed, OutputError, RateLimitError,
-                          RequestError, RunAborted)
-from .limits import AdaptiveConcurrency, LatencyWatch, RateLearner, RateLimits, header_limit, parse_duration
+from ..exceptions import EndpointStopped, EngineCrashed, OutputError, RequestError, RunAborted
 from .settings import EngineSettings
 from .stats import RunStats
 
@@ -100,12 +99,8 @@ class Engine:
         self.settings = settings
         self.store = store or ResultStore(output, errors, keep_bodies=keep_bodies)
         self.stats = stats or RunStats()
-        self.limits = RateLimits(settings.rpm, settings.tpm)
-        self.gate = AdaptiveConcurrency(settings.concurrency, minimum=1)
-        self.latency = LatencyWatch()
-        self.breaker = FailureBreaker(settings.breaker_window, settings.breaker_threshold)
-        self.streak = FinalStreak()
-        self.learner = RateLearner()
+        self.flow = FlowControl(settings, self.stats)
+        self.limits, self.gate = self.flow.limits, self.flow.gate
         self.shutdown_report: dict | None = None
         self.written_ok = 0
         self.written_failed = 0
@@ -125,11 +120,6 @@ class Engine:
         self._stopping = False
         self._abort: RunAborted | None = None
         self._stopped = asyncio.Event()
-        # With no limit given, the first request goes alone so that the endpoint's
-        # limit headers (if any) are known before the others are sent.
-        self._learning = settings.learn_limits and not (settings.rpm or settings.tpm)
-        self._probe: asyncio.Event | None = asyncio.Event() if self._learning else None
-        self._learned_rpm = False
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -137,7 +127,7 @@ class Engine:
         if not self.store.is_open:
             self.store.open(retry_failed=self._retry_failed)
         await self._client.__aenter__()
-        self.learner.start(asyncio.get_running_loop().time())
+        self.flow.start(asyncio.get_running_loop().time())
         self._writer = self._supervised(self._write_loop(), "odie-writer")
         self._workers = [self._supervised(self._work_loop(), f"odie-worker-{i}") for i in range(self.settings.concurrency)]
         return self
@@ -347,8 +337,8 @@ class Engine:
                     reply = await self._retry(job, first)
                 except RequestError as exc:
                     return self._failure(job, exc)
-        if self.streak.count:
-            self.streak.success()
+        if self.flow.streak.count:
+            self.flow.streak.success()
         self.stats.record_success(job.custom_id, reply.body, reply.latency)
         return Result(job.custom_id, True, reply.body, None, reply.status, reply.request_id, job.attempts)
 
@@ -380,10 +370,9 @@ class Engine:
 
     def _wait_for(self, exc: BaseException | None, attempt: int) -> float:
         """Seconds before the next attempt: the server's hint, else exponential backoff with full jitter."""
-        if isinstance(exc, RateLimitError) and exc.retry_after is not None:
-            return min(exc.retry_after, self.settings.max_retry_wait_s)
-        backoff = wait_random_exponential(multiplier=self.settings.backoff_base_s, max=self.settings.backoff_max_s)
-        return backoff(_Attempt(attempt))
+        s = self.settings
+        return self.flow.wait_for(exc, lambda: wait_random_exponential(multiplier=s.backoff_base_s,
+                                                                       max=s.backoff_max_s)(_Attempt(attempt)))
 
     def _count_retry(self, exc: BaseException | None, attempt: int) -> None:
         self.stats.retries += 1
@@ -393,92 +382,35 @@ class Engine:
         return _retryable(exc) and self._abort is None
 
     async def _attempt(self, job: Job) -> Reply:
-        if self._probe is not None and not self._probe.is_set() and self.stats.attempts:
-            await self._probe.wait()
-        if self.limits.active:
-            await self.limits.acquire(job.tokens)
+        flow = self.flow
+        probe = flow.probe
+        if probe is not None and not probe.is_set() and self.stats.attempts:
+            await probe.wait()
+        if flow.limits.active:
+            await flow.limits.acquire(job.tokens)
         job.attempts += 1
         self.stats.attempts += 1
         try:
             reply = await self._client.post(job.path, job.payload)
         except RequestError as exc:
-            self._on_error(exc)
+            reason = flow.on_error(exc)
+            if reason is not None:
+                self._trip(reason)
             raise
         finally:
-            if self._probe is not None and not self._probe.is_set():
-                self._probe.set()
-        self._on_reply(job, reply)
+            if probe is not None and not probe.is_set():
+                probe.set()
+        flow.on_reply(job.tokens, reply)
         return reply
-
-    def _on_error(self, exc: RequestError) -> None:
-        if isinstance(exc, RateLimitError):
-            self._on_429(exc)
-            return
-        if isinstance(exc, AuthenticationError):
-            self._trip(f"the endpoint refused the API key ({exc.message}); check the key's environment variable")
-        elif self.breaker.record(False, f"{exc.code}: {exc.message}"[:300]):
-            self._trip(f"the endpoint keeps failing: {self.breaker.describe()}")
-
-    def _on_429(self, exc: RateLimitError) -> None:
-        self.stats.rate_limited += 1
-        now = asyncio.get_running_loop().time()
-        if exc.retry_after:
-            if exc.retry_after > self.settings.max_retry_wait_s:
-                self._trip(f"the endpoint asks to wait {exc.retry_after:.0f} s (quota exhausted?), more than "
-                           f"--max-retry-wait {self.settings.max_retry_wait_s:g} s; rerun to resume")
-                return
-            self.limits.pause_for(exc.retry_after)
-        if self._learning:
-            self._learn(getattr(exc, "limit_requests", None), getattr(exc, "limit_tokens", None))
-            if not self._learned_rpm:
-                rpm = self.learner.on_429(now, self.stats.succeeded)
-                if rpm is not None:
-                    self.limits.set_rpm(rpm)
-                    log.info("rate learned from 429s", rpm=round(rpm, 1))
-        if self.settings.adaptive:
-            self.gate.on_congestion(now)
-
-    def _learn(self, limit_requests: str | None, limit_tokens: str | None) -> None:
-        """Take the endpoint's own limits from its ``x-ratelimit-limit-*`` headers."""
-        rpm, tpm = header_limit(limit_requests), header_limit(limit_tokens)
-        if rpm and rpm * 0.97 != self.limits.rpm:
-            self.limits.set_rpm(rpm * 0.97)  # a little under: two clocks never agree exactly
-            self._learned_rpm = True
-            log.info("rate limit learned from the endpoint", rpm=rpm)
-        if tpm and tpm * 0.97 != self.limits.tpm:
-            self.limits.set_tpm(tpm * 0.97)
-            log.info("token limit learned from the endpoint", tpm=tpm)
-
-    def _on_reply(self, job: Job, reply: Reply) -> None:
-        self.breaker.record(True)
-        if self._learning:
-            self._learn_from_reply(reply)
-        if self.limits.tpm:
-            self.limits.settle_tokens(job.tokens, reply.total_tokens)
-        if reply.remaining_requests == "0" or reply.remaining_tokens == "0":
-            reset = reply.reset_requests if reply.remaining_requests == "0" else reply.reset_tokens
-            self.limits.pause_for(min(parse_duration(reset) or 1.0, self.settings.max_retry_wait_s))
-        if self.settings.adaptive:
-            if self.latency.observe(reply.latency):
-                self.gate.on_congestion(asyncio.get_running_loop().time())
-            else:
-                self.gate.on_success()
-
-    def _learn_from_reply(self, reply: Reply) -> None:
-        if reply.limit_requests is not None or reply.limit_tokens is not None:
-            self._learn(reply.limit_requests, reply.limit_tokens)
-        elif self.learner.rpm and not self._learned_rpm:
-            rpm = self.learner.probe_up(asyncio.get_running_loop().time(), self.stats.succeeded)
-            if rpm is not None:
-                self.limits.set_rpm(rpm)
 
     def _failure(self, job: Job, exc: RequestError) -> Result:
         if self._abort is not None:
             return Result(job.custom_id, False, error={"code": "aborted", "message": str(self._abort)})
         self.stats.record_failure(job.custom_id, exc.code)
         log.warning("record failed", code=exc.code, attempts=job.attempts, detail=exc.message[:300])
-        if not exc.retryable and self.streak.failure((exc.code, exc.status, exc.message[:200])):
-            self._trip(f"{self.streak.count} records in a row failed with the same error: {exc.message[:300]}")
+        reason = self.flow.on_final_failure(exc)
+        if reason is not None:
+            self._trip(reason)
         body = _error_body(exc.body)
         error = {"code": exc.code, "message": exc.message}
         return Result(job.custom_id, False, body, error, exc.status, None, job.attempts)
