@@ -331,3 +331,13 @@ def test_a_byte_order_mark_is_stripped(tmp_path):
 
     report = _run(go())
     assert report.exit_code == 0 and report.ledger["output"] == 2
+
+
+def test_eval_warns_when_a_file_covers_only_part_of_the_items():
+    from odie_async.evaluation.evaluate import coverage_warnings
+
+    item = {"output": "", "gold": ""}
+    warnings = coverage_warnings([("few.json", [item] * 3), ("all.json", [item] * 150)])
+    assert list(warnings) == ["few.json"] and "3 of 150 items" in warnings["few.json"]
+    assert "3 of 150 items" in coverage_warnings([("few.json", [item] * 3)], expect=150)["few.json"]
+    assert not coverage_warnings([("all.json", [item] * 150)], expect=150)
