@@ -103,15 +103,16 @@ def _lines(path):
     return len(path.read_bytes().splitlines()) if path.exists() else 0
 
 
-def _check_run(report, disruption, before, out, err):
+def _check_run(report, disruption, before, out, err, n):
     """The exit code and the ledger agree with what the files gained."""
     ledger = report.ledger
     assert _lines(out) - before[0] == ledger["output"], (ledger, disruption)
     assert _lines(err) - before[1] == ledger["errors"], (ledger, disruption)
     assert ledger["read"] == ledger["already_done"] + ledger["output"] + ledger["errors"] + ledger["unfinished"]
+    assert ledger["read"] + ledger["not_read"] == n or report.exit_code in (130, 143)  # a signal in the scan
     code = report.exit_code
     if code in (0, 1):  # finished: 1 exactly when some record of the input lies in the errors file
-        assert ledger["unfinished"] == 0 and report.error is None
+        assert ledger["unfinished"] == 0 and ledger["not_read"] == 0 and report.error is None
         assert code == (1 if _lines(err) else 0), (code, ledger)
     elif code == 3:
         assert isinstance(report.error, EndpointStopped)
@@ -151,7 +152,7 @@ async def _one_run(tmp_path, cfg, disruption, seed, final):
                 timer.cancel()
 
     report = await asyncio.wait_for(guarded(), 30)
-    _check_run(report, disruption, before, out, err)
+    _check_run(report, disruption, before, out, err, cfg["n"])
     return report
 
 
@@ -171,7 +172,7 @@ def test_every_record_exactly_once_whatever_happens(tmp_path_factory, n, palette
     tmp_path = tmp_path_factory.mktemp("chaos")
     write_requests(tmp_path / "in.jsonl", n)
     palette = palette + ["ok"] * len(palette)  # at least half the answers valid, so reruns converge
-    cfg = {"palette": palette, "concurrency": concurrency, "attempts": attempts}
+    cfg = {"palette": palette, "concurrency": concurrency, "attempts": attempts, "n": n}
 
     async def go():
         for i, disruption in enumerate(disruptions):

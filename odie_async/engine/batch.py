@@ -106,7 +106,6 @@ class _Stop:
 class _Scan:
     """What a pass over the input found before anything is sent."""
 
-    lines: int = 0
     records: int = 0
     invalid: int = 0
     changed: list[str] = field(default_factory=list)
@@ -122,7 +121,6 @@ def _scan_input(path: str, engine: Engine, model: str | None, skip_invalid: bool
     resuming = bool(store.resumed_ok or store.resumed_failed)
     for line in reader:
         scan.records += 1
-        scan.lines = line.line_no
         if resuming and store.done(line.custom_id):
             if model:
                 line.body["model"] = model
@@ -151,7 +149,8 @@ async def run_batch(
 ) -> BatchReport:
     """Stream the input through the engine into ``output``; return how it ended.
 
-    Nothing is raised for the outcomes a run can have: they are in the report.
+    Unusable settings (a key that cannot be sent) raise ``ConfigError`` at once;
+    every outcome of the run itself, errors included, is in the report.
     """
     stop = _Stop()
     stats = RunStats()
@@ -201,6 +200,7 @@ async def _run(engine: Engine, input, model, skip_invalid, scan: _Scan, stop: _S
     reader = BatchReader(input, skip_invalid) if isinstance(input, (str, Path)) else RecordReader(input, skip_invalid)
     resend = set(scan.changed)
     engine.store.resend(resend)
+    engine.stats.restart_clock()  # rates count from the first request; the scan is timed apart
     line_progress = ProgressLine(engine.stats, json=log_json) if progress else contextlib.nullcontext()
     async with line_progress:
         try:
@@ -224,8 +224,7 @@ async def _produce(engine: Engine, reader, model: str | None, resend: set[str]) 
             if not count & 255:
                 await asyncio.sleep(0)  # let signals in, even when every record is skipped as done
     except InputError:
-        engine.request_stop()  # found mid-stream (an iterable input): what was sent is still written
-        engine.interrupted = False
+        await engine.join()  # found mid-stream (an iterable input): the records before it are finished
         raise
     except RunAborted:
         if engine.aborted is not None:
@@ -236,9 +235,13 @@ async def _produce(engine: Engine, reader, model: str | None, resend: set[str]) 
 
 def _report(engine: Engine, stats: RunStats, scan: _Scan, error, stop: _Stop, output) -> BatchReport:
     error = engine.aborted or error
-    ledger = engine.ledger() | {"read": stats.resumed + engine.submitted, "already_done": stats.resumed,
-                                "invalid_skipped": stats.invalid or scan.invalid}
+    read = stats.resumed + engine.submitted
+    ledger = engine.ledger() | {"read": read, "already_done": stats.resumed,
+                                "invalid_skipped": stats.invalid or scan.invalid,
+                                "not_read": max(0, scan.records - read)}
     signame = signal.Signals(stop.signum).name if stop.signum else None
+    if signame and not ledger["unfinished"] and not ledger["not_read"] and scan.records and not scan.stopped:
+        signame = None  # the signal came as the run finished: nothing is left to do
     if error is None and not signame and ledger["unfinished"]:
         error = RunAborted(f"internal error: {ledger['unfinished']} record(s) have no line in the output or "
                            "errors file; rerun to send them")
@@ -253,8 +256,9 @@ def _report(engine: Engine, stats: RunStats, scan: _Scan, error, stop: _Stop, ou
                    exit_code=code, stopped_by=signame or (type(error).__name__ if error else None))
     if error is not None:
         summary["error"] = str(error)
-    with contextlib.suppress(OSError):
-        write_summary(summary, Path(output).with_suffix(".summary.json"))
+    if engine.store.was_opened:  # not for a run refused before it began (the output may be a folder)
+        with contextlib.suppress(OSError):
+            write_summary(summary, Path(output).with_suffix(".summary.json"))
     return BatchReport(summary, code, error, signame, ledger)
 
 

@@ -288,6 +288,11 @@ class ResultStore:
         return self.output if name == "ok" else self.errors
 
     @property
+    def was_opened(self) -> bool:
+        """Whether ``open`` got as far as opening the files."""
+        return bool(self._opened_sizes)
+
+    @property
     def is_open(self) -> bool:
         """Whether the files are open (and the lock held)."""
         return bool(self._fds)
