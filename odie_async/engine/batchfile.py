@@ -106,16 +106,21 @@ class BatchReader:
                 if self._stop is not None and not line_no & 1023 and self._stop.is_set():
                     self.stopped = True
                     return
-                try:
-                    line = parse_line(self.path, line_no, raw)
-                except InputError as exc:
-                    if not self.skip_invalid:
-                        raise
-                    self.invalid += 1
-                    log.warning("skipped invalid line", file=self.path, line=line_no, problem=exc.message)
-                    continue
-                self._check_unique(line)
-                yield line
+                line = self._valid(parse_line, line_no, raw)
+                if line is not None:
+                    self._check_unique(line)
+                    yield line
+
+    def _valid(self, check, line_no: int, raw) -> BatchLine | None:
+        """``check(path, line_no, raw)``, or None (logged, counted) for a bad line under ``skip_invalid``."""
+        try:
+            return check(self.path, line_no, raw)
+        except InputError as exc:
+            if not self.skip_invalid:
+                raise
+            self.invalid += 1
+            log.warning("skipped invalid line", file=self.path, line=line_no, problem=exc.message)
+            return None
 
     def _check_unique(self, line: BatchLine) -> None:
         key = hash(line.custom_id)
@@ -149,13 +154,8 @@ class RecordReader(BatchReader):
 
     def __iter__(self) -> Iterator[BatchLine]:
         for line_no, record in enumerate(self._records, 1):
-            try:
-                line = check_record(self.path, line_no, record)
-            except InputError as exc:
-                if not self.skip_invalid:
-                    raise
-                self.invalid += 1
-                log.warning("skipped invalid record", record=line_no, problem=exc.message)
+            line = self._valid(check_record, line_no, record)
+            if line is None:
                 continue
             if hash(line.custom_id) in self._seen:
                 raise InputError(self.path, line_no, f"duplicate custom_id {line.custom_id!r}")
