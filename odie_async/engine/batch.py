@@ -163,7 +163,8 @@ async def run_batch(
             engine.store.check_paths(*([input] if isinstance(input, (str, Path)) else []))
             if isinstance(input, (str, Path)) and not Path(input).is_file():
                 raise ConfigError(f"input file {input} does not exist")
-            engine.store.open(retry_failed=retry_failed)  # the lock is taken before the input is read
+            # the lock is taken before the input is read; a thread, so that a signal stops a long scan
+            await asyncio.to_thread(engine.store.open, retry_failed, stop.flag)
             scan = await _prepare(input, engine, model, skip_invalid, resend_changed, stop)
             stats.total = scan.records + scan.invalid if isinstance(input, (str, Path)) else None
             if not stop.flag.is_set():
@@ -177,6 +178,8 @@ async def run_batch(
 
 
 async def _prepare(input, engine: Engine, model, skip_invalid: bool, resend_changed: bool, stop: _Stop) -> _Scan:
+    if stop.flag.is_set():
+        return _Scan(stopped=True)
     if not isinstance(input, (str, Path)):
         return _Scan()
     scan = await asyncio.to_thread(_scan_input, str(input), engine, model, skip_invalid, stop.flag)

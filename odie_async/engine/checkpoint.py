@@ -15,6 +15,7 @@ import fcntl
 import hashlib
 import itertools
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,6 +163,7 @@ class ResultStore:
         self._superseded: set[str] = set()
         self._resend: set[str] = set()
         self._lock_fd: int | None = None
+        self._stop: threading.Event | None = None
         self._ids = itertools.count()
         self._run = os.urandom(4).hex()
 
@@ -176,10 +178,15 @@ class ResultStore:
                 if _same_file(a, b):
                     raise ConfigError(f"the {label_a} and the {label_b} are the same file ({a}); name different files")
 
-    def open(self, retry_failed: bool = False) -> None:
-        """Lock, repair, scan and open both files for appending."""
+    def open(self, retry_failed: bool = False, stop: threading.Event | None = None) -> None:
+        """Lock, repair, scan and open both files for appending.
+
+        ``stop`` (set by a signal while a thread runs this) cuts the scan short;
+        the caller then stops without sending anything.
+        """
         self.check_paths()
         self._lock()
+        self._stop = stop
         try:
             self._open_files(retry_failed)
         except BaseException:
@@ -230,7 +237,9 @@ class ResultStore:
         if not path.exists():
             return 0
         count = 0
-        for _line_no, record in iter_records(path):
+        for line_no, record in iter_records(path):
+            if self._stop is not None and not line_no & 4095 and self._stop.is_set():
+                return count
             key = hash(record["custom_id"])
             digest = record.get("request_digest")
             self._done[key] = hash(digest) if digest else 0
