@@ -341,3 +341,16 @@ def test_eval_warns_when_a_file_covers_only_part_of_the_items():
     assert list(warnings) == ["few.json"] and "3 of 150 items" in warnings["few.json"]
     assert "3 of 150 items" in coverage_warnings([("few.json", [item] * 3)], expect=150)["few.json"]
     assert not coverage_warnings([("all.json", [item] * 150)], expect=150)
+
+
+def test_rate_learner_cuts_on_429s_and_raises_only_after_a_quiet_cooldown():
+    from odie_async.engine.limits import RateLearner
+
+    learner = RateLearner(decrease=0.8, increase=0.05, cooldown=2.0)
+    learner.start(0.0)
+    assert learner.on_429(10.0, 100) == 0.8 * 600  # 100 answers in 10 s
+    assert learner.on_429(10.5, 105) is None  # inside the cooldown: one cut per burst of 429s
+    assert learner.probe_up(11.0, 110) is None  # a 429 came less than 2 s ago
+    assert learner.probe_up(12.6, 120) == 0.8 * 600 * 1.05
+    assert learner.probe_up(13.0, 125) is None  # one raise per cooldown
+    assert learner.on_429(20.0, 150) < 0.8 * 600  # the answered rate since the last cut decides
