@@ -17,6 +17,9 @@ callers only ever catch ``OdieError`` and its subclasses::
     │   ├── ClientRequestError      400/404/422...: the request is wrong   final
     │   └── AuthenticationError     401/403: the key is wrong              stops the run
     ├── RunAborted                  the run stopped: circuit breaker, auth, signal
+    │   ├── EndpointStopped         the endpoint stopped it: down, key refused, quota   exit 3
+    │   ├── OutputError             a result file could not be written (disk full...)  exit 4
+    │   └── EngineCrashed           an unexpected exception in one of the engine's tasks exit 4
     ├── ServeError                  a model server could not start or died
     ├── EvalError                   a predictions file cannot be scored
     └── TrainError                  training data or settings are unusable
@@ -113,6 +116,24 @@ class AuthenticationError(RequestError):
 
 class RunAborted(OdieError):
     """The run was stopped before finishing (circuit breaker, bad key, signal)."""
+
+
+class EndpointStopped(RunAborted):
+    """The endpoint stopped the run: it is down, refuses the key, or asks for a long wait."""
+
+
+class OutputError(RunAborted):
+    """A result file could not be written; names the file and the cause."""
+
+    def __init__(self, path: str, cause: BaseException) -> None:
+        self.path = str(path)
+        self.cause = cause
+        reason = getattr(cause, "strerror", None) or str(cause)
+        super().__init__(f"cannot write {self.path}: {reason}; what was written is intact, rerun to resume")
+
+
+class EngineCrashed(RunAborted):
+    """An unexpected exception ended one of the engine's tasks; names it and the record."""
 
 
 class ServeError(OdieError):

@@ -94,15 +94,16 @@ def test_sigint_drains_and_a_rerun_sends_nothing_twice(tmp_path, mock_factory):
     assert mock.stop()["total"] == 600  # not one request sent twice
 
 
-def test_bad_input_line_stops_with_its_location_and_keeps_what_was_done(tmp_path, mock_factory):
+def test_bad_input_line_stops_with_its_location_before_anything_is_sent(tmp_path, mock_factory):
     path = write_requests(tmp_path / "in.jsonl", 50)
     path.write_bytes(path.read_bytes() + b'{"custom_id": "broken"\n')
     mock = mock_factory()
     proc = _batch(tmp_path, mock.url)
     _, stderr = proc.communicate(timeout=30)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert f"{path}:51: not valid JSON" in stderr
-    assert len(ids_in(tmp_path / "out.jsonl")) == 50
+    assert not ids_in(tmp_path / "out.jsonl")
+    assert mock.stop().get("total", 0) == 0
 
 
 def test_wrong_key_fails_fast_and_never_leaks(tmp_path, mock_factory):
@@ -112,6 +113,6 @@ def test_wrong_key_fails_fast_and_never_leaks(tmp_path, mock_factory):
     env = os.environ | {"MY_KEY": secret}
     proc = _batch(tmp_path, mock.url, "--api-key-env", "MY_KEY", "--log-json", env=env)
     stdout, stderr = proc.communicate(timeout=30)
-    assert proc.returncode == 1 and "refused the API key" in stderr
+    assert proc.returncode == 3 and "refused the API key" in stderr
     everything = stdout + stderr + "".join(p.read_text() for p in tmp_path.iterdir() if p.suffix == ".json" or p.name.startswith("out"))
     assert secret not in everything

@@ -20,5 +20,5 @@ def test_top_level_help_lists_every_subcommand(capsys):
 
 def test_missing_input_is_a_clear_error(tmp_path, capsys):
     code = main(["batch", str(tmp_path / "nope.jsonl"), "-o", str(tmp_path / "o.jsonl"), "--base-url", "http://127.0.0.1:9/v1"])
-    assert code == 1
+    assert code == 2
     assert "nope.jsonl does not exist" in capsys.readouterr().err

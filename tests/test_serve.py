@@ -128,7 +128,7 @@ def test_adapter_without_config_is_refused(model_dir, tmp_path):
 
 
 def test_missing_model_path_fails_before_launch(capsys):
-    assert odie_main(["serve", "--model", "/no/such/model-folder"]) == 1
+    assert odie_main(["serve", "--model", "/no/such/model-folder"]) == 2  # a usage error
     assert "/no/such/model-folder" in capsys.readouterr().err
 
 

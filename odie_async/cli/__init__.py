@@ -9,13 +9,25 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
-from ..exceptions import OdieError
+from ..exceptions import ConfigError, EndpointStopped, InputError, OdieError, RunAborted
+
+
+def exit_code(error: OdieError) -> int:
+    """The exit code of a command that stopped with ``error``: 2 usage or input, 3 endpoint, 4 local, else 1."""
+    if isinstance(error, (ConfigError, InputError)):
+        return 2
+    if isinstance(error, EndpointStopped):
+        return 3
+    if isinstance(error, RunAborted):
+        return 4
+    return 1
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "batch": ("odie_async.engine.batch", "run an OpenAI Batch API input file through an endpoint"),
-    "mock-server": ("odie_async.endpoints.mock_server", "serve a fast OpenAI-compatible mock on loopback"),
+    "batch": ("odie_async.cli.batch", "run an OpenAI Batch API input file through an endpoint"),
+    "mock-server": ("odie_async.cli.mock_server", "serve a fast OpenAI-compatible mock on loopback"),
     "generate": ("odie_async.pipeline.run", "run the six-stage InstructIE data pipeline"),
     "serve": ("odie_async.endpoints.serve", "serve a model (and LoRA adapters) with vLLM"),
     "train": ("odie_async.model.train", "fine-tune a LoRA adapter on generated data"),
@@ -50,11 +62,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(module.run(args) or 0)
     except OdieError as exc:
-        print(f"odie {name}: error: {exc}", file=sys.stderr)
-        return 1
+        _report(name, args, f"error: {exc}")
+        return exit_code(exc)
     except KeyboardInterrupt:
-        print(f"odie {name}: interrupted", file=sys.stderr)
+        _report(name, args, "interrupted")
         return 130
+    except BrokenPipeError:  # output piped into a reader that left (`| head`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def _report(name: str, args, message: str) -> None:
+    if getattr(args, "log_json", False):
+        import structlog
+
+        structlog.get_logger("odie_async.cli").error(f"odie {name}", message=message)
+    else:
+        print(f"odie {name}: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ _WORD = re.compile(r"\w+|[^\w\s]")
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 411: "Length Required",
             429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable"}
 FAULTS = ("500", "503", "reset", "stall", "malformed")
+# Opt-in faults (``MockSettings.faults``): usage of the wrong type, an error body echoing the Authorization header.
+EXTRA_FAULTS = ("bad_usage", "echo_auth")
 
 
 def count_tokens(text: str) -> int:
@@ -115,6 +117,8 @@ class MockSettings:
     stall_s: float = 30.0
     api_key: str | None = field(default=None, repr=False)
     model: str = "mock-model"
+    limit_headers: bool = True
+    faults: tuple[str, ...] = FAULTS
 
 
 class MockState:
@@ -144,7 +148,7 @@ class MockState:
     def fault(self) -> str | None:
         """The fault to inject into this request, if any."""
         if self.settings.fault_rate and self.rng.random() < self.settings.fault_rate:
-            return self.rng.choice(FAULTS)
+            return self.rng.choice(self.settings.faults)
         return None
 
     def admit(self, tokens: int) -> float:
@@ -160,6 +164,8 @@ class MockState:
     def limit_headers(self) -> list[tuple[str, str]]:
         """``x-ratelimit-*`` headers describing the remaining budgets."""
         headers = []
+        if not self.settings.limit_headers:
+            return headers
         for name, bucket in (("requests", self.rpm), ("tokens", self.tpm)):
             if bucket is not None:
                 headers += [
@@ -229,8 +235,7 @@ class MockProtocol(asyncio.Protocol):
         request_line, _, headers = head.partition("\r\n")
         method, path = (request_line.split(" ") + ["", ""])[:2]
         state.requests["total"] += 1
-        key = state.settings.api_key
-        if key and f"bearer {key.lower()}" not in headers.lower() and f"x-api-key: {key.lower()}" not in headers.lower():
+        if state.settings.api_key and not _key_matches(headers, state.settings.api_key):
             return self._send(_error(401, "Incorrect API key provided", "invalid_request_error"))
         if method == "GET" and path.rstrip("/") in ("/v1/models", "/models"):
             data = {"object": "list", "data": [{"id": state.settings.model, "object": "model"}]}
@@ -242,9 +247,9 @@ class MockProtocol(asyncio.Protocol):
                 return None
         if method != "POST" or not path.endswith("completions"):
             return self._send(_error(404, f"no route {method} {path}", "invalid_request_error"))
-        self._complete(path, body)
+        self._complete(path, body, headers)
 
-    def _complete(self, path: str, raw: bytes) -> None:
+    def _complete(self, path: str, raw: bytes, headers: str = "") -> None:
         state = self.state
         try:
             body = orjson.loads(raw)
@@ -264,7 +269,7 @@ class MockProtocol(asyncio.Protocol):
         fault = state.fault()
         state.record(body, "200" if fault is None else f"fault_{fault}")
         if fault is not None:
-            return self._inject(fault)
+            return self._inject(fault, headers)
         state.requests["200"] += 1
         self._later(state.delay(), self._completion(path, body, prompt_tokens))
 
@@ -274,10 +279,16 @@ class MockProtocol(asyncio.Protocol):
         extra = [("x-request-id", f"req-{state.requests['total']:x}")] + state.limit_headers()
         return _response(200, orjson.dumps(data), extra)
 
-    def _inject(self, fault: str) -> None:
+    def _inject(self, fault: str, headers: str = "") -> None:
         state = self.state
         state.requests[f"fault_{fault}"] += 1
-        if fault in ("500", "503"):
+        if fault == "bad_usage":
+            data = {"id": "cmpl-x", "choices": [{"index": 0, "message": {"role": "assistant", "content": "x"}}],
+                    "usage": "n/a"}
+            self._later(state.delay(), _response(200, orjson.dumps(data)))
+        elif fault == "echo_auth":
+            self._later(state.delay(), _error(400, f"bad request; you sent: {headers}", "invalid_request_error"))
+        elif fault in ("500", "503"):
             self._later(state.delay(), _error(int(fault), "injected fault", "server_error"))
         elif fault == "reset":
             self.transport.abort()
@@ -307,6 +318,21 @@ def completion_data(state: MockState, path: str, body: dict, prompt_tokens: int,
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                   "total_tokens": prompt_tokens + completion_tokens},
     }
+
+
+def _key_matches(headers: str, key: str) -> bool:
+    """Whether the request carries exactly ``Authorization: Bearer KEY`` (the scheme in any case)
+    or Anthropic's ``x-api-key: KEY``."""
+    for line in headers.split("\r\n"):
+        name, _, value = line.partition(":")
+        name = name.strip().lower()
+        if name == "authorization":
+            scheme, _, token = value.strip().partition(" ")
+            if scheme.lower() == "bearer" and token == key:
+                return True
+        elif name == "x-api-key" and value.strip() == key:
+            return True
+    return False
 
 
 def _content_length(head: str) -> int | None:
@@ -356,25 +382,6 @@ class MockServer:
             self.state.log.close()
 
 
-def add_arguments(parser) -> None:
-    """Options of ``odie mock-server``."""
-    parser.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
-    parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--latency-ms", type=float, default=0.0)
-    parser.add_argument("--latency-jitter-ms", type=float, default=0.0)
-    parser.add_argument("--rpm", type=float, default=0, help="enforced requests per minute (0: none)")
-    parser.add_argument("--tpm", type=float, default=0, help="enforced tokens per minute (0: none)")
-    parser.add_argument("--fault-rate", type=float, default=0.0, help="share of requests given a fault")
-    parser.add_argument("--stall-s", type=float, default=30.0, help="how long a stalled request hangs")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--api-key-env", default=None, help="require the key in this environment variable")
-    parser.add_argument("--log-requests", metavar="FILE", help="append one line per completion request: "
-                        "monotonic seconds, prompt digest, outcome (200, 429, fault_*); flushed every 0.1 s")
-    from .mock_batches import add_arguments as add_batch_arguments
-
-    add_batch_arguments(parser)  # provider batch APIs: processing time, failures, expiry, faults, log
-
-
 async def serve_forever(server: MockServer) -> None:
     """Run until SIGINT/SIGTERM, then print the request counts."""
     stop = asyncio.Event()
@@ -389,23 +396,3 @@ async def serve_forever(server: MockServer) -> None:
             if server.state.log is not None:
                 server.state.log.flush()  # readable while the server runs
     print(orjson.dumps(dict(server.state.requests)).decode(), flush=True)
-
-
-def run(args) -> int:
-    """Entry point of ``odie mock-server``."""
-    import os
-
-    from ..runtime import run_async
-
-    key = os.environ.get(args.api_key_env) if args.api_key_env else None
-    if args.host not in ("127.0.0.1", "localhost", "::1") and not key:
-        print("odie mock-server: binding beyond loopback needs --api-key-env", flush=True)
-        return 2
-    settings = MockSettings(args.latency_ms, args.latency_jitter_ms, args.rpm, args.tpm,
-                            args.fault_rate, args.seed, args.stall_s, key)
-    from .mock_batches import install
-
-    server = MockServer(args.host, args.port, settings, log_requests=args.log_requests)
-    install(server.state, args)
-    run_async(serve_forever(server))
-    return 0

@@ -1,149 +1,270 @@
-"""``odie batch``: an OpenAI Batch API input file through any OpenAI-compatible endpoint.
+"""The library runner behind ``odie batch``: a Batch API input through an endpoint, resumably.
 
-Rerunning the same command resumes: records already in the output or errors
-file are skipped, a torn last line is repaired, and only the rest is sent.
+``run_batch`` takes plain parameters (an input path or an iterable of records,
+an output path, an ``EngineSettings``) and returns a ``BatchReport`` whose
+``exit_code`` follows the project's convention:
+
+    0   every record succeeded
+    1   finished; some records are in the errors file (or were skipped as invalid)
+    2   usage or input error, found before anything was sent
+    3   stopped by the endpoint (down, key refused, quota: a Retry-After beyond the cap)
+    4   stopped by a local error (a result file cannot be written, an internal error)
+    130 / 143  interrupted by SIGINT / SIGTERM (rerunning the same command resumes)
+
+Rerunning resumes: records already in the output or errors file are skipped
+(unless their request changed: then the run stops before sending, or with
+``resend_changed`` sends them again and compacts the old lines away at the end).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
+import orjson
 import structlog
 
-from .batchfile import BatchReader, count_lines
+from .batchfile import BatchReader, RecordReader
+from .checkpoint import request_digest
+from .client import api_key_from_env  # noqa: F401  (re-exported: callers import it from here)
 from .core import Engine, EngineSettings
 from .metrics_log import MetricsLog, metrics_path_for
-from ..exceptions import ConfigError, InputError
-from ..logs import configure_logging
-from .progress import ProgressLine, format_summary, write_summary
-from ..runtime import run_async
+from ..exceptions import ConfigError, EndpointStopped, InputError, OdieError, RunAborted
+from .progress import ProgressLine, write_summary
+from .stats import RunStats
 
 log = structlog.get_logger(__name__)
 
-
-def add_arguments(parser) -> None:
-    """Options of ``odie batch``."""
-    parser.add_argument("input", help="OpenAI Batch API input file (.jsonl)")
-    parser.add_argument("--output", "-o", required=True, help="results file (.jsonl); also the checkpoint")
-    parser.add_argument("--errors", help="failed records (default: OUTPUT with .errors.jsonl)")
-    parser.add_argument("--base-url", help="endpoint, e.g. https://api.openai.com/v1 (default: the embedded model)")
-    parser.add_argument("--api-key-env", default=None, help="environment variable holding the API key (default: OPENAI_API_KEY if set)")
-    parser.add_argument("--model", help="override every body's model")
-    parser.add_argument("--concurrency", type=int, default=64, help="requests in flight at most")
-    parser.add_argument("--rpm", type=float, default=0, help="requests per minute (0: unlimited)")
-    parser.add_argument("--tpm", type=float, default=0, help="tokens per minute (0: unlimited)")
-    parser.add_argument("--max-attempts", type=int, default=5, help="attempts per record, first included")
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
-    parser.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to let in-flight requests finish on stop")
-    parser.add_argument("--skip-invalid", action="store_true", help="log and skip bad input lines instead of stopping")
-    parser.add_argument("--retry-failed", action="store_true", help="send the records of the errors file again")
-    parser.add_argument("--no-adaptive", action="store_true", help="keep concurrency fixed (no AIMD back-off)")
-    parser.add_argument("--log-json", action="store_true", help="log JSON lines instead of readable text")
-    parser.add_argument("--no-progress", action="store_true", help="no live progress line")
-    from ..providers import add_arguments as add_provider_arguments
-
-    add_provider_arguments(parser)  # --mode provider-batch and its options
-    from ..distributed import ray_batch
-
-    ray_batch.add_arguments(parser)
+EXIT_OK, EXIT_FAILED_RECORDS, EXIT_USAGE, EXIT_ENDPOINT, EXIT_LOCAL = 0, 1, 2, 3, 4
+_SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
-def api_key_from_env(name: str | None) -> str | None:
-    """The key in environment variable ``name`` (``OPENAI_API_KEY`` when unnamed and set)."""
-    if name is None:
-        return os.environ.get("OPENAI_API_KEY") or None
-    value = os.environ.get(name)
-    if not value:
-        raise ConfigError(f"environment variable {name} (from --api-key-env) is not set")
-    return value
+def exit_code_for(error: BaseException | None) -> int:
+    """The exit code an exception ends a run with."""
+    if error is None:
+        return EXIT_OK
+    if isinstance(error, (ConfigError, InputError)):
+        return EXIT_USAGE
+    if isinstance(error, EndpointStopped):
+        return EXIT_ENDPOINT
+    if isinstance(error, RunAborted):
+        return EXIT_LOCAL
+    return EXIT_LOCAL if not isinstance(error, OdieError) else EXIT_FAILED_RECORDS
 
 
-def settings_from_args(args, base_url: str, api_key: str | None = None) -> EngineSettings:
-    """Engine settings from the command line."""
-    if args.concurrency < 1 or args.max_attempts < 1:
-        raise ConfigError("--concurrency and --max-attempts must be at least 1")
-    return EngineSettings(
-        base_url=base_url, api_key=api_key or api_key_from_env(args.api_key_env), concurrency=args.concurrency,
-        rpm=args.rpm, tpm=args.tpm, max_attempts=args.max_attempts, timeout_s=args.timeout,
-        drain_timeout_s=args.drain_timeout, adaptive=not args.no_adaptive,
-    )
+@dataclass
+class BatchReport:
+    """How a run ended: its summary, ledger, exit code and, if it stopped early, why."""
+
+    summary: dict
+    exit_code: int
+    error: BaseException | None = None
+    signal: str | None = None
+    ledger: dict = field(default_factory=dict)
+
+    @property
+    def resumable(self) -> bool:
+        """Whether rerunning the same command would send what is left."""
+        return self.exit_code in (EXIT_ENDPOINT, EXIT_LOCAL, 130, 143) and self.ledger.get("unfinished", 0) > 0 \
+            or self.signal is not None
 
 
-async def run_batch(args, base_url: str, model: str | None = None, api_key: str | None = None) -> dict:
-    """Stream the input through the engine; return the summary."""
-    settings = settings_from_args(args, base_url, api_key)
-    engine = Engine(settings, args.output, args.errors, keep_bodies=False, retry_failed=args.retry_failed)
-    engine.stats.total = count_lines(args.input)
-    reader = BatchReader(args.input, skip_invalid=args.skip_invalid)
-    progress = ProgressLine(engine.stats) if not args.no_progress else contextlib.nullcontext()
-    error: Exception | None = None
-    async with progress:
+class _Stop:
+    """What SIGINT/SIGTERM do: the first stops intake and drains, the second cancels at once."""
+
+    def __init__(self) -> None:
+        self.flag = threading.Event()  # read by the scans that run in threads
+        self.signum: int | None = None
+        self.engine: Engine | None = None
+        self.hits = 0
+
+    def __call__(self, signum: int) -> None:
+        self.hits += 1
+        self.signum = self.signum or signum
+        self.flag.set()
+        if self.engine is not None:
+            self.engine.request_stop() if self.hits == 1 else self.engine.cancel_in_flight()
+
+    @contextlib.contextmanager
+    def installed(self, enabled: bool):
+        loop = asyncio.get_running_loop()
+        sigs = (signal.SIGINT, signal.SIGTERM) if enabled else ()
+        for sig in sigs:
+            loop.add_signal_handler(sig, self, sig)
         try:
-            async with MetricsLog(engine, metrics_path_for(args.output)), engine:
-                _install_signals(engine)
-                await _produce(engine, reader, model)
-        except Exception as exc:  # reported after the summary; nothing written is lost
+            yield self
+        finally:
+            for sig in sigs:
+                loop.remove_signal_handler(sig)
+
+
+@dataclass
+class _Scan:
+    """What a pass over the input found before anything is sent."""
+
+    records: int = 0
+    invalid: int = 0
+    changed: list[str] = field(default_factory=list)
+    first_changed: str = ""
+    stopped: bool = False
+
+
+def _scan_input(path: str, engine: Engine, model: str | None, skip_invalid: bool, stop: threading.Event) -> _Scan:
+    """Validate every line and find done records whose request changed (runs in a thread)."""
+    scan = _Scan()
+    reader = BatchReader(path, skip_invalid=skip_invalid, stop=stop)
+    store = engine.store
+    resuming = bool(store.resumed_ok or store.resumed_failed)
+    for line in reader:
+        scan.records += 1
+        if resuming and store.done(line.custom_id):
+            if model:
+                line.body["model"] = model
+            digest = request_digest(line.url, orjson.dumps(line.body))  # as the engine encodes it
+            if store.changed(line.custom_id, digest):
+                scan.changed.append(line.custom_id)
+                scan.first_changed = scan.first_changed or f"{line.custom_id!r} on {path}:{line.line_no}"
+    scan.invalid, scan.stopped = reader.invalid, reader.stopped
+    return scan
+
+
+async def run_batch(
+    input: str | Path | Iterable[dict],
+    output: str | Path,
+    settings: EngineSettings,
+    errors: str | Path | None = None,
+    *,
+    model: str | None = None,
+    skip_invalid: bool = False,
+    retry_failed: bool = False,
+    resend_changed: bool = False,
+    progress: bool = True,
+    log_json: bool = False,
+    handle_signals: bool = True,
+    engine: Engine | None = None,
+) -> BatchReport:
+    """Stream the input through the engine into ``output``; return how it ended.
+
+    Unusable settings (a key that cannot be sent) raise ``ConfigError`` at once;
+    every outcome of the run itself, errors included, is in the report.
+    """
+    stop = _Stop()
+    stats = RunStats()
+    engine = engine or Engine(settings, output, errors, keep_bodies=False, retry_failed=retry_failed, stats=stats)
+    stats = engine.stats
+    error: BaseException | None = None
+    scan = _Scan()
+    with stop.installed(handle_signals):
+        try:
+            engine.store.check_paths(*([input] if isinstance(input, (str, Path)) else []))
+            if isinstance(input, (str, Path)) and not Path(input).is_file():
+                raise ConfigError(f"input file {input} does not exist")
+            # the lock is taken before the input is read; a thread, so that a signal stops a long scan
+            await asyncio.to_thread(engine.store.open, retry_failed, stop.flag)
+            scan = await _prepare(input, engine, model, skip_invalid, resend_changed, stop)
+            stats.total = scan.records + scan.invalid if isinstance(input, (str, Path)) else None
+            if not stop.flag.is_set():
+                await _run(engine, input, model, skip_invalid, scan, stop, progress, log_json)
+        except Exception as exc:  # every outcome goes into the report
             error = exc
-    engine.stats.invalid = reader.invalid
-    summary = engine.stats.as_dict() | {"shutdown": engine.shutdown_report if engine.interrupted else None}
-    summary["output"], summary["errors"] = str(engine.store.output), str(engine.store.errors)
-    write_summary(summary, Path(args.output).with_suffix(".summary.json"))
-    if error is not None:
-        summary["error"] = error
-    return summary
+        finally:
+            if engine.store.is_open and engine.shutdown_report is None:
+                engine.store.close()  # stopped before the engine started
+    return _report(engine, stats, scan, error, stop, output)
 
 
-async def _produce(engine: Engine, reader: BatchReader, model: str | None) -> None:
+async def _prepare(input, engine: Engine, model, skip_invalid: bool, resend_changed: bool, stop: _Stop) -> _Scan:
+    if stop.flag.is_set():
+        return _Scan(stopped=True)
+    if not isinstance(input, (str, Path)):
+        return _Scan()
+    scan = await asyncio.to_thread(_scan_input, str(input), engine, model, skip_invalid, stop.flag)
+    if scan.stopped or stop.flag.is_set():
+        scan.stopped = True
+        return scan
+    if not scan.records and not scan.invalid:
+        raise ConfigError(f"{input} holds no records")
+    if scan.changed and not resend_changed:
+        raise ConfigError(
+            f"{len(scan.changed)} record(s) already answered were asked differently this time (the body or "
+            f"--model changed), first {scan.first_changed}; rerun with --resend-changed to send them again, "
+            "or restore the old input")
+    if scan.changed:
+        log.warning("re-sending changed records", count=len(scan.changed), first=scan.first_changed)
+    return scan
+
+
+async def _run(engine: Engine, input, model, skip_invalid, scan: _Scan, stop: _Stop, progress: bool,
+               log_json: bool) -> None:
+    reader = BatchReader(input, skip_invalid) if isinstance(input, (str, Path)) else RecordReader(input, skip_invalid)
+    resend = set(scan.changed)
+    engine.store.resend(resend)
+    engine.stats.restart_clock()  # rates count from the first request; the scan is timed apart
+    line_progress = ProgressLine(engine.stats, json=log_json) if progress else contextlib.nullcontext()
+    async with line_progress:
+        try:
+            async with MetricsLog(engine, metrics_path_for(engine.store.output)), engine:
+                stop.engine = engine
+                if stop.hits:
+                    engine.request_stop()
+                await _produce(engine, reader, model, resend)
+        finally:
+            engine.stats.invalid = reader.invalid
+
+
+async def _produce(engine: Engine, reader, model: str | None, resend: set[str]) -> None:
     try:
-        for line in reader:
+        for count, line in enumerate(reader):
             if engine.stopping:
                 return
             if model:
                 line.body["model"] = model
-            await engine.submit(line.custom_id, line.body, line.url)
+            await engine.submit(line.custom_id, line.body, line.url, resend=line.custom_id in resend)
+            if not count & 255:
+                await asyncio.sleep(0)  # let signals in, even when every record is skipped as done
     except InputError:
-        await engine.join()  # the lines before the bad one are valid: finish them first
+        await engine.join()  # found mid-stream (an iterable input): the records before it are finished
         raise
+    except RunAborted:
+        if engine.aborted is not None:
+            raise engine.aborted from None
+        if not engine.stopping:
+            raise
 
 
-def _install_signals(engine: Engine) -> None:
-    loop = asyncio.get_running_loop()
-    hits = {"n": 0}
-
-    def on_signal() -> None:
-        hits["n"] += 1
-        engine.request_stop() if hits["n"] == 1 else engine.cancel_in_flight()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal)
-
-
-def run(args) -> int:
-    """Entry point of ``odie batch``."""
-    from ..distributed import ray_batch
-
-    if ray_batch.wanted(args):
-        return ray_batch.run(args)
-    configure_logging(json=args.log_json)
-    if not Path(args.input).is_file():
-        raise ConfigError(f"input file {args.input} does not exist")
-    if args.mode == "provider-batch":
-        from ..providers import run_provider_batch
-
-        return run_provider_batch(args)
-    if args.base_url:
-        summary = run_async(run_batch(args, args.base_url, args.model))
-    else:
-        from ..endpoints.serve import embedded_endpoint
-
-        with embedded_endpoint() as endpoint:
-            summary = run_async(run_batch(args, endpoint.base_url, args.model or endpoint.model, endpoint.api_key))
-    error = summary.pop("error", None)
-    print(format_summary(summary))
+def _report(engine: Engine, stats: RunStats, scan: _Scan, error, stop: _Stop, output) -> BatchReport:
+    error = engine.aborted or error
+    read = stats.resumed + engine.submitted
+    ledger = engine.ledger() | {"read": read, "already_done": stats.resumed,
+                                "invalid_skipped": stats.invalid or scan.invalid,
+                                "not_read": max(0, scan.records - read)}
+    signame = signal.Signals(stop.signum).name if stop.signum else None
+    if signame and not ledger["unfinished"] and not ledger["not_read"] and scan.records and not scan.stopped:
+        signame = None  # the signal came as the run finished: nothing is left to do
+    if error is None and not signame and ledger["unfinished"]:
+        error = RunAborted(f"internal error: {ledger['unfinished']} record(s) have no line in the output or "
+                           "errors file; rerun to send them")
+    code = exit_code_for(error)
+    if error is None:
+        if signame:
+            code = _SIGNAL_EXIT[stop.signum]
+        elif ledger["errors"] or ledger["invalid_skipped"] or _failed_before(engine):
+            code = EXIT_FAILED_RECORDS
+    summary = stats.as_dict() | {"shutdown": engine.shutdown_report if engine.interrupted else None}
+    summary.update(output=str(engine.store.output), errors=str(engine.store.errors), ledger=ledger,
+                   exit_code=code, stopped_by=signame or (type(error).__name__ if error else None))
     if error is not None:
-        raise error
-    return 1 if summary["failed"] else 0
+        summary["error"] = str(error)
+    if engine.store.was_opened:  # not for a run refused before it began (the output may be a folder)
+        with contextlib.suppress(OSError):
+            write_summary(summary, Path(output).with_suffix(".summary.json"))
+    return BatchReport(summary, code, error, signame, ledger)
+
+
+def _failed_before(engine: Engine) -> bool:
+    return engine.skipped_failed > 0

@@ -7,9 +7,11 @@ what finding a duplicate ``custom_id`` (and naming both lines) needs.
 
 from __future__ import annotations
 
+import codecs
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import orjson
 import structlog
@@ -31,11 +33,13 @@ class BatchLine:
     body: dict
 
 
-def count_lines(path: str | Path) -> int:
-    """Number of lines in ``path``, counted in 1 MiB blocks (for progress and ETA)."""
+def count_lines(path: str | Path, stop: threading.Event | None = None) -> int:
+    """Number of lines in ``path``, counted in 1 MiB blocks (for progress and ETA); -1 once ``stop`` is set."""
     count, last = 0, b"\n"
     with open(path, "rb") as handle:
         while block := handle.read(1 << 20):
+            if stop is not None and stop.is_set():
+                return -1
             count += block.count(b"\n")
             last = block[-1:]
     return count + (last != b"\n")
@@ -47,6 +51,11 @@ def parse_line(path: str, line_no: int, raw: bytes) -> BatchLine:
         record = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise InputError(path, line_no, _json_problem(raw, exc)) from None
+    return check_record(path, line_no, record)
+
+
+def check_record(path: str, line_no: int, record) -> BatchLine:
+    """Validate one parsed record; raise ``InputError`` naming ``path:line_no`` if it is wrong."""
     if not isinstance(record, dict):
         raise InputError(path, line_no, "expected a JSON object")
     missing = [k for k in ("custom_id", "method", "url", "body") if k not in record]
@@ -79,27 +88,39 @@ class BatchReader:
     instead of raised; a duplicate id is always an error.
     """
 
-    def __init__(self, path: str | Path, skip_invalid: bool = False) -> None:
+    def __init__(self, path: str | Path, skip_invalid: bool = False, stop: threading.Event | None = None) -> None:
         self.path = str(path)
         self.skip_invalid = skip_invalid
         self.invalid = 0
+        self.stopped = False
+        self._stop = stop
         self._seen: set[int] = set()
 
     def __iter__(self) -> Iterator[BatchLine]:
         with open(self.path, "rb") as handle:
             for line_no, raw in enumerate(handle, 1):
+                if line_no == 1 and raw.startswith(codecs.BOM_UTF8):
+                    raw = raw[len(codecs.BOM_UTF8):]  # Windows editors write one; it is no content
                 if not raw.strip():
                     continue
-                try:
-                    line = parse_line(self.path, line_no, raw)
-                except InputError as exc:
-                    if not self.skip_invalid:
-                        raise
-                    self.invalid += 1
-                    log.warning("skipped invalid line", file=self.path, line=line_no, problem=exc.message)
-                    continue
-                self._check_unique(line)
-                yield line
+                if self._stop is not None and not line_no & 1023 and self._stop.is_set():
+                    self.stopped = True
+                    return
+                line = self._valid(parse_line, line_no, raw)
+                if line is not None:
+                    self._check_unique(line)
+                    yield line
+
+    def _valid(self, check, line_no: int, raw) -> BatchLine | None:
+        """``check(path, line_no, raw)``, or None (logged, counted) for a bad line under ``skip_invalid``."""
+        try:
+            return check(self.path, line_no, raw)
+        except InputError as exc:
+            if not self.skip_invalid:
+                raise
+            self.invalid += 1
+            log.warning("skipped invalid line", file=self.path, line=line_no, problem=exc.message)
+            return None
 
     def _check_unique(self, line: BatchLine) -> None:
         key = hash(line.custom_id)
@@ -122,3 +143,21 @@ class BatchReader:
                 except (orjson.JSONDecodeError, AttributeError):
                     continue  # a line skipped as invalid earlier
         return None
+
+
+class RecordReader(BatchReader):
+    """Iterates records given as Python dicts (a library caller's input), checked like file lines."""
+
+    def __init__(self, records: Iterable[dict], skip_invalid: bool = False, label: str = "<records>") -> None:
+        super().__init__(label, skip_invalid)
+        self._records = records
+
+    def __iter__(self) -> Iterator[BatchLine]:
+        for line_no, record in enumerate(self._records, 1):
+            line = self._valid(check_record, line_no, record)
+            if line is None:
+                continue
+            if hash(line.custom_id) in self._seen:
+                raise InputError(self.path, line_no, f"duplicate custom_id {line.custom_id!r}")
+            self._seen.add(hash(line.custom_id))
+            yield line

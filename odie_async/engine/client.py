@@ -11,6 +11,7 @@ one-off calls (health checks) where its ergonomics cost nothing.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ import orjson
 from ..exceptions import (
     AuthenticationError,
     ClientRequestError,
+    ConfigError,
     MalformedResponseError,
     RateLimitError,
     RequestError,
@@ -41,6 +43,8 @@ class Reply:
     remaining_tokens: str | None = None
     reset_requests: str | None = None
     reset_tokens: str | None = None
+    limit_requests: str | None = None
+    limit_tokens: str | None = None
 
     @property
     def total_tokens(self) -> int:
@@ -51,6 +55,50 @@ class Reply:
             total = (usage.get("prompt_tokens") or 0) + (usage.get("completion_tokens") or 0)
             return total or -1
         return total
+
+
+_USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens")
+
+
+def check_answer(path: str, body: dict) -> None:
+    """Raise ``MalformedResponseError`` when a 2xx body lacks what the engine reads from it."""
+    usage = body.get("usage")
+    if usage is not None:
+        if not isinstance(usage, dict):
+            raise MalformedResponseError(f"'usage' is a {type(usage).__name__}, not an object")
+        for name in _USAGE_FIELDS:
+            value = usage.get(name)
+            if value is not None and (type(value) is not int or value < 0):
+                raise MalformedResponseError(f"'usage.{name}' is {value!r}, not a count")
+    if path.endswith("completions"):
+        choices = body.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise MalformedResponseError("response has no 'choices'")
+
+
+def clean_api_key(value: str | None, source: str) -> str | None:
+    """The key with surrounding whitespace and control characters removed.
+
+    A key saved with Windows line endings ends in ``\r``; that is stripped. A key
+    holding any other character outside printable ASCII is refused (without
+    echoing it), since it could never be sent as a header.
+    """
+    if value is None:
+        return None
+    key = value.strip("".join(map(chr, range(33))) + "\x7f")
+    if any(not 33 <= ord(ch) <= 126 for ch in key):
+        raise ConfigError(f"the API key in {source} holds a character that cannot be sent in a header")
+    return key or None
+
+
+def api_key_from_env(name: str | None) -> str | None:
+    """The key in environment variable ``name`` (``OPENAI_API_KEY`` when unnamed and set)."""
+    if name is None:
+        return clean_api_key(os.environ.get("OPENAI_API_KEY") or None, "OPENAI_API_KEY")
+    value = clean_api_key(os.environ.get(name), name)
+    if not value:
+        raise ConfigError(f"environment variable {name} (from --api-key-env) is not set")
+    return value
 
 
 def _error_message(status: int, raw: bytes) -> str:
@@ -75,7 +123,10 @@ def status_error(status: int, raw: bytes, headers) -> RequestError:
     """Translate a non-2xx answer into the exception that says what to do next."""
     message = _error_message(status, raw)
     if status == 429:
-        return RateLimitError(message, retry_after=_retry_after(headers), status=status, body=raw)
+        error = RateLimitError(message, retry_after=_retry_after(headers), status=status, body=raw)
+        error.limit_requests = headers.get("x-ratelimit-limit-requests")
+        error.limit_tokens = headers.get("x-ratelimit-limit-tokens")
+        return error
     if status in (401, 403):
         return AuthenticationError(message, status=status, body=raw)
     if status >= 500 or status == 408:
@@ -95,6 +146,8 @@ class ChatClient:
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._headers = {"Content-Type": "application/json"}
+        api_key = clean_api_key(api_key, "the engine's settings")
+        self._secret = api_key.encode() if api_key else None
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
@@ -122,14 +175,23 @@ class ChatClient:
     async def post(self, path: str, payload: bytes) -> Reply:
         """Send one request; raise a ``RequestError`` subclass on any failure."""
         start = time.perf_counter()
+        status, headers, raw = await self._exchange(path, payload)
+        return self.reply(path, status, headers, raw, start)
+
+    async def _exchange(self, path: str, payload: bytes):
+        """The HTTP round trip: ``(status, headers, raw body)``; transport failures become ``TransportError``."""
         try:
             async with self._session.post(self.url_for(path), data=payload) as resp:
-                raw = await resp.read()
-                status, headers = resp.status, resp.headers
+                return resp.status, resp.headers, await resp.read()
         except asyncio.TimeoutError as exc:
             raise TransportError("no answer within the timeout") from exc
-        except aiohttp.ClientError as exc:
-            raise TransportError(f"{type(exc).__name__}: {exc}") from exc
+        except (aiohttp.ClientError, ValueError) as exc:  # ValueError: aiohttp's own bad-header checks
+            raise TransportError(self._redact_text(f"{type(exc).__name__}: {exc}")) from exc
+
+    def reply(self, path: str, status: int, headers, raw: bytes, start: float) -> Reply:
+        """Judge one answer: a ``Reply``, or the ``RequestError`` that says what to do next."""
+        if self._secret is not None and self._secret in raw:
+            raw = raw.replace(self._secret, b"***")  # a server that echoes the key back
         if status >= 300:
             raise status_error(status, raw, headers)
         try:
@@ -138,6 +200,11 @@ class ChatClient:
             raise MalformedResponseError(f"HTTP {status} body is not JSON: {exc}", status=status, body=raw) from exc
         if not isinstance(body, dict):
             raise MalformedResponseError(f"HTTP {status} body is not a JSON object", status=status, body=raw)
+        try:
+            check_answer(path, body)
+        except MalformedResponseError as exc:
+            exc.status, exc.body = status, raw
+            raise
         return Reply(
             status,
             body,
@@ -147,4 +214,11 @@ class ChatClient:
             headers.get("x-ratelimit-remaining-tokens"),
             headers.get("x-ratelimit-reset-requests"),
             headers.get("x-ratelimit-reset-tokens"),
+            headers.get("x-ratelimit-limit-requests"),
+            headers.get("x-ratelimit-limit-tokens"),
         )
+
+    def _redact_text(self, text: str) -> str:
+        if self._secret is not None:
+            return text.replace(self._secret.decode(), "***")
+        return text

@@ -12,16 +12,21 @@ disk.
 Shutdown (``shutdown()``, or leaving the ``async with`` on an error) stops
 intake, drops queued records that were never sent, gives in-flight requests
 ``drain_timeout_s`` to finish, cancels the rest and reports the counts. A run
-whose failure rate stays high, or whose key is refused, is aborted with one
-``RunAborted`` that says why.
+whose failure rate stays high, whose key is refused or whose endpoint asks for
+a wait beyond ``max_retry_wait_s`` stops with one ``EndpointStopped``; a file
+that cannot be written stops it with ``OutputError``.
+
+Every task is supervised: an unexpected exception in a worker or the writer
+stops the run with one ``EngineCrashed`` naming the exception and the record,
+never a task that ends silently. ``ledger()`` says where every submitted
+record went.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -29,38 +34,19 @@ import structlog
 from structlog.contextvars import bound_contextvars
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-from .checkpoint import Result, ResultStore
+from .breaker import FailureBreaker  # noqa: F401  (re-exported)
+from .flow import FlowControl
+from .checkpoint import Result, ResultStore, request_digest
 from .client import ChatClient, Reply
-from ..exceptions import AuthenticationError, MalformedResponseError, RateLimitError, RequestError, RunAborted
-from .limits import AdaptiveConcurrency, LatencyWatch, RateLimits, parse_duration
+from ..exceptions import EndpointStopped, EngineCrashed, OutputError, RequestError, RunAborted
+from .limits import RateLimits
+from .settings import EngineSettings
 from .stats import RunStats
 
 log = structlog.get_logger(__name__)
 
 CHAT_PATH = "/v1/chat/completions"
 _STOP = object()
-
-
-@dataclass
-class EngineSettings:
-    """How the engine talks to one endpoint. Limits of 0 mean unlimited."""
-
-    base_url: str
-    api_key: str | None = field(default=None, repr=False)
-    concurrency: int = 64
-    rpm: float = 0
-    tpm: float = 0
-    max_attempts: int = 5
-    timeout_s: float = 120.0
-    queue_size: int = 0
-    drain_timeout_s: float = 30.0
-    fsync_interval_s: float = 1.0
-    default_max_tokens: int = 256
-    adaptive: bool = True
-    backoff_base_s: float = 0.5
-    backoff_max_s: float = 30.0
-    breaker_window: int = 50
-    breaker_threshold: float = 0.8
 
 
 @dataclass(slots=True)
@@ -71,6 +57,7 @@ class Job:
     payload: bytes
     path: str
     tokens: float
+    digest: str
     future: asyncio.Future | None = None
     attempts: int = 0
 
@@ -79,35 +66,6 @@ def estimate_tokens(body: dict, payload_size: int, default_max_tokens: int = 256
     """Prompt tokens (≈ payload bytes / 4, an overestimate) plus the completion budget."""
     completion = body.get("max_completion_tokens") or body.get("max_tokens") or default_max_tokens
     return payload_size / 4.0 + completion
-
-
-class FailureBreaker:
-    """Trips when most of the last ``window`` attempts failed."""
-
-    def __init__(self, window: int = 50, threshold: float = 0.8, min_samples: int = 20) -> None:
-        self.threshold = threshold
-        self.min_samples = min(min_samples, window)
-        self._outcomes: collections.deque[bool] = collections.deque(maxlen=window)
-        self._failures = 0
-        self.last_error = ""
-
-    def record(self, ok: bool, error: str = "") -> bool:
-        """Record one attempt; return True when the failure rate says stop."""
-        if len(self._outcomes) == self._outcomes.maxlen and not self._outcomes[0]:
-            self._failures -= 1
-        self._outcomes.append(ok)
-        if ok:
-            return False
-        self._failures += 1
-        self.last_error = error
-        return (
-            len(self._outcomes) >= self.min_samples
-            and self._failures / len(self._outcomes) >= self.threshold
-        )
-
-    def describe(self) -> str:
-        """Why the breaker tripped, in one line."""
-        return f"{self._failures} of the last {len(self._outcomes)} attempts failed; last error: {self.last_error}"
 
 
 class _Attempt:
@@ -135,6 +93,7 @@ class Engine:
         keep_bodies: bool = True,
         retry_failed: bool = False,
         stats: RunStats | None = None,
+        client: ChatClient | None = None,
         limits: RateLimits | None = None,
     ) -> None:
         if store is None and output is None:
@@ -143,13 +102,15 @@ class Engine:
         self.store = store or ResultStore(output, errors, keep_bodies=keep_bodies)
         self.stats = stats or RunStats()
         # A caller may hand in its own limiter with RateLimits' interface (a cluster-wide budget).
-        self.limits = limits if limits is not None else RateLimits(settings.rpm, settings.tpm)
-        self.gate = AdaptiveConcurrency(settings.concurrency, minimum=1)
-        self.latency = LatencyWatch()
-        self.breaker = FailureBreaker(settings.breaker_window, settings.breaker_threshold)
+        self.flow = FlowControl(settings, self.stats, limits)
+        self.limits, self.gate = self.flow.limits, self.flow.gate
         self.shutdown_report: dict | None = None
+        self.written_ok = 0
+        self.written_failed = 0
+        self.submitted = 0
+        self.skipped_failed = 0
         self._retry_failed = retry_failed
-        self._client = ChatClient(settings.base_url, settings.api_key, settings.concurrency, settings.timeout_s)
+        self._client = client or ChatClient(settings.base_url, settings.api_key, settings.concurrency, settings.timeout_s)
         self._queue: asyncio.Queue = asyncio.Queue(settings.queue_size or 2 * settings.concurrency)
         self._written: asyncio.Queue = asyncio.Queue()
         self._pending: dict[str, asyncio.Future] = {}
@@ -161,18 +122,17 @@ class Engine:
         self.interrupted = False
         self._stopping = False
         self._abort: RunAborted | None = None
-        self._aborted = asyncio.Event()
+        self._stopped = asyncio.Event()
 
     # -- lifecycle -----------------------------------------------------------------
 
     async def __aenter__(self) -> "Engine":
-        self.store.open(retry_failed=self._retry_failed)
+        if not self.store.is_open:
+            self.store.open(retry_failed=self._retry_failed)
         await self._client.__aenter__()
-        self._writer = asyncio.create_task(self._write_loop(), name="odie-writer")
-        self._workers = [
-            asyncio.create_task(self._work_loop(), name=f"odie-worker-{i}")
-            for i in range(self.settings.concurrency)
-        ]
+        self.flow.start(asyncio.get_running_loop().time())
+        self._writer = self._supervised(self._write_loop(), "odie-writer")
+        self._workers = [self._supervised(self._work_loop(), f"odie-worker-{i}") for i in range(self.settings.concurrency)]
         return self
 
     async def __aexit__(self, exc_type, exc, tb) -> None:
@@ -184,18 +144,35 @@ class Engine:
         if self._abort is not None and exc_type is None:
             raise self._abort
 
+    def _supervised(self, coro, name: str) -> asyncio.Task:
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(self._on_task_done)
+        return task
+
+    def _on_task_done(self, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            self._crash(f"{task.get_name()} failed: {type(exc).__name__}: {exc}")
+
     @property
     def stopping(self) -> bool:
         """Whether intake has stopped (a signal, ``shutdown`` or an abort)."""
         return self._stopping
 
+    @property
+    def aborted(self) -> RunAborted | None:
+        """Why the run stopped itself (endpoint, output, crash), or None."""
+        return self._abort
+
     async def join(self) -> None:
-        """Wait until every submitted record has been answered and written (or the run aborts)."""
+        """Wait until every submitted record is answered and written, intake stops, or the run aborts."""
         drained = asyncio.ensure_future(self._drained())
-        aborted = asyncio.ensure_future(self._aborted.wait())
-        await asyncio.wait([drained, aborted], return_when=asyncio.FIRST_COMPLETED)
-        for task in (drained, aborted):
-            task.cancel()
+        stopped = asyncio.ensure_future(self._stopped.wait())
+        try:
+            await asyncio.wait([drained, stopped], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (drained, stopped):
+                task.cancel()
         if self._abort is not None:
             raise self._abort
 
@@ -209,6 +186,7 @@ class Engine:
             log.warning("stopping: no new records; draining in-flight requests")
         self._stopping = True
         self.interrupted = True
+        self._stopped.set()
         self._not_started += self._drop_queued()
 
     def cancel_in_flight(self) -> None:
@@ -222,6 +200,7 @@ class Engine:
         if self.shutdown_report is not None:
             return self.shutdown_report
         self._stopping = True
+        self._stopped.set()
         not_started = self._not_started + self._drop_queued()
         in_flight = self._busy
         timeout = 0.0 if self._abort else (drain_timeout_s if drain_timeout_s is not None else self.settings.drain_timeout_s)
@@ -231,9 +210,12 @@ class Engine:
         await asyncio.gather(*self._workers, return_exceptions=True)
         self._written.put_nowait(_STOP)
         if self._writer is not None:
-            await self._writer
+            await asyncio.gather(self._writer, return_exceptions=True)
         await self._client.__aexit__(None, None, None)
-        self.store.close()
+        try:
+            self.store.close()
+        except OutputError as exc:
+            self._fail(exc)
         self._fail_pending(self._abort or RunAborted("the engine stopped before this record was sent"))
         self.shutdown_report = {
             "not_started": not_started,
@@ -241,6 +223,12 @@ class Engine:
             "cancelled_in_flight": self._cancelled,
         }
         return self.shutdown_report
+
+    def ledger(self) -> dict:
+        """Where every submitted record went: output, errors, or unfinished (to be sent by a rerun)."""
+        unfinished = self.submitted - self.written_ok - self.written_failed
+        return {"submitted": self.submitted, "output": self.written_ok, "errors": self.written_failed,
+                "unfinished": unfinished}
 
     async def _wait_idle(self, timeout: float) -> None:
         loop = asyncio.get_running_loop()
@@ -271,17 +259,22 @@ class Engine:
         if self._stopping:
             raise RunAborted("the engine is stopping and takes no new records")
 
-    async def submit(self, custom_id: str, body: dict | bytes, path: str = CHAT_PATH, max_tokens_hint: dict | None = None) -> bool:
+    async def submit(self, custom_id: str, body: dict | bytes, path: str = CHAT_PATH,
+                     max_tokens_hint: dict | None = None, resend: bool = False) -> bool:
         """Queue one record unless it is already done; False when it was skipped.
 
         ``body`` may be pre-encoded JSON bytes; then pass the parsed body (or a
         dict with ``max_tokens``) as ``max_tokens_hint`` for the token estimate.
+        ``resend`` sends a done record again (its request changed).
         """
         self._check_open()
-        if self.store.done(custom_id):
+        if not resend and self.store.done(custom_id):
             self.stats.record_cached(custom_id)
+            self.skipped_failed += self.store.failed_before(custom_id)
             return False
-        await self._queue.put(self._job(custom_id, body, path, max_tokens_hint))
+        job = self._job(custom_id, body, path, max_tokens_hint)
+        self.submitted += 1
+        await self._queue.put(job)
         return True
 
     async def call(self, custom_id: str, body: dict, path: str = CHAT_PATH) -> Result:
@@ -297,13 +290,15 @@ class Engine:
         self._pending[custom_id] = future
         job = self._job(custom_id, body, path, None)
         job.future = future
+        self.submitted += 1
         await self._queue.put(job)
         return await future
 
     def _job(self, custom_id: str, body: dict | bytes, path: str, hint: dict | None) -> Job:
         payload = body if isinstance(body, bytes) else orjson.dumps(body)
         source = hint if hint is not None else (body if isinstance(body, dict) else {})
-        return Job(custom_id, payload, path, estimate_tokens(source, len(payload), self.settings.default_max_tokens))
+        tokens = estimate_tokens(source, len(payload), self.settings.default_max_tokens)
+        return Job(custom_id, payload, path, tokens, request_digest(path, payload))
 
     # -- workers ---------------------------------------------------------------------
 
@@ -325,6 +320,9 @@ class Engine:
             except asyncio.CancelledError:
                 self._cancelled += 1
                 raise
+            except Exception as exc:  # a bug or an answer nobody foresaw: stop loudly, name the record
+                self._crash(f"{type(exc).__name__}: {exc} (while processing record {job.custom_id!r})")
+                return
             finally:
                 self._busy -= 1
                 queue.task_done()
@@ -342,6 +340,8 @@ class Engine:
                     reply = await self._retry(job, first)
                 except RequestError as exc:
                     return self._failure(job, exc)
+        if self.flow.streak.count:
+            self.flow.streak.success()
         self.stats.record_success(job.custom_id, reply.body, reply.latency)
         return Result(job.custom_id, True, reply.body, None, reply.status, reply.request_id, job.attempts)
 
@@ -352,13 +352,13 @@ class Engine:
         every record halved throughput (≈5,400 vs ≈10,500 requests/s on the
         zero-latency mock), and most records succeed at once.
         """
-        if not first.retryable or self.settings.max_attempts < 2:
+        if not first.retryable or self.settings.max_attempts < 2 or self._abort is not None:
             raise first
         await self._sleep_before_retry(first, 1)
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.settings.max_attempts - 1),
             wait=lambda state: self._wait_for(state.outcome.exception(), state.attempt_number + 1),
-            retry=retry_if_exception(_retryable),
+            retry=retry_if_exception(self._may_retry),
             before_sleep=lambda state: self._count_retry(state.outcome.exception(), state.attempt_number + 1),
             reraise=True,
         )
@@ -373,78 +373,72 @@ class Engine:
 
     def _wait_for(self, exc: BaseException | None, attempt: int) -> float:
         """Seconds before the next attempt: the server's hint, else exponential backoff with full jitter."""
-        if isinstance(exc, RateLimitError) and exc.retry_after is not None:
-            return exc.retry_after
-        backoff = wait_random_exponential(multiplier=self.settings.backoff_base_s, max=self.settings.backoff_max_s)
-        return backoff(_Attempt(attempt))
+        s = self.settings
+        return self.flow.wait_for(exc, lambda: wait_random_exponential(multiplier=s.backoff_base_s,
+                                                                       max=s.backoff_max_s)(_Attempt(attempt)))
 
     def _count_retry(self, exc: BaseException | None, attempt: int) -> None:
         self.stats.retries += 1
         log.debug("retrying", attempt=attempt, error=getattr(exc, "code", "?"), detail=str(exc)[:200])
 
+    def _may_retry(self, exc: BaseException) -> bool:
+        return _retryable(exc) and self._abort is None
+
     async def _attempt(self, job: Job) -> Reply:
-        if self.limits.active:
-            await self.limits.acquire(job.tokens)
+        flow = self.flow
+        probe = flow.probe
+        if probe is not None and not probe.is_set() and self.stats.attempts:
+            await probe.wait()
+        if flow.limits.active:
+            await flow.limits.acquire(job.tokens)
         job.attempts += 1
         self.stats.attempts += 1
         try:
             reply = await self._client.post(job.path, job.payload)
-            if job.path.endswith("completions") and "choices" not in reply.body:
-                raise MalformedResponseError("response has no 'choices'", status=reply.status)
         except RequestError as exc:
-            self._on_error(exc)
+            reason = flow.on_error(exc)
+            if reason is not None:
+                self._trip(reason)
             raise
-        self._on_reply(job, reply)
+        finally:
+            if probe is not None and not probe.is_set():
+                probe.set()
+        flow.on_reply(job.tokens, reply)
         return reply
-
-    def _on_error(self, exc: RequestError) -> None:
-        if isinstance(exc, RateLimitError):
-            self.stats.rate_limited += 1
-            if exc.retry_after:
-                self.limits.pause_for(exc.retry_after)
-            if self.settings.adaptive:
-                self.gate.on_congestion(asyncio.get_running_loop().time())
-            return
-        if isinstance(exc, AuthenticationError):
-            self._trip(f"the endpoint refused the API key ({exc.message}); check the key's environment variable")
-        elif self.breaker.record(False, f"{exc.code}: {exc.message}"[:300]):
-            self._trip(f"the endpoint keeps failing: {self.breaker.describe()}")
-
-    def _on_reply(self, job: Job, reply: Reply) -> None:
-        self.breaker.record(True)
-        if self.limits.tpm:
-            self.limits.settle_tokens(job.tokens, reply.total_tokens)
-        if reply.remaining_requests == "0" or reply.remaining_tokens == "0":
-            reset = reply.reset_requests if reply.remaining_requests == "0" else reply.reset_tokens
-            self.limits.pause_for(parse_duration(reset) or 1.0)
-        if self.settings.adaptive:
-            if self.latency.observe(reply.latency):
-                self.gate.on_congestion(asyncio.get_running_loop().time())
-            else:
-                self.gate.on_success()
 
     def _failure(self, job: Job, exc: RequestError) -> Result:
         if self._abort is not None:
             return Result(job.custom_id, False, error={"code": "aborted", "message": str(self._abort)})
         self.stats.record_failure(job.custom_id, exc.code)
         log.warning("record failed", code=exc.code, attempts=job.attempts, detail=exc.message[:300])
+        reason = self.flow.on_final_failure(exc)
+        if reason is not None:
+            self._trip(reason)
         body = _error_body(exc.body)
         error = {"code": exc.code, "message": exc.message}
         return Result(job.custom_id, False, body, error, exc.status, None, job.attempts)
 
     def _trip(self, reason: str) -> None:
-        if self._abort is None:
-            self._abort = RunAborted(reason)
-            log.error("run aborted", reason=reason)
-            self._stopping = True
-            self.interrupted = True
-            self._aborted.set()
-            current = asyncio.current_task()
-            for task in self._workers:
-                if task is not current:
-                    task.cancel()
-            self._drop_queued()
-            self._fail_pending(self._abort)
+        self._fail(EndpointStopped(reason))
+
+    def _crash(self, reason: str) -> None:
+        self._fail(EngineCrashed(f"internal error, the run stopped: {reason}"))
+
+    def _fail(self, error: RunAborted) -> None:
+        """Stop the run for ``error``: intake ends, workers are cancelled, callers get the error."""
+        if self._abort is not None:
+            return
+        self._abort = error
+        log.error("run stopped", reason=str(error))
+        self._stopping = True
+        self.interrupted = True
+        self._stopped.set()
+        current = asyncio.current_task()
+        for task in self._workers:
+            if task is not current:
+                task.cancel()
+        self._not_started += self._drop_queued()
+        self._fail_pending(error)
 
     # -- writer ----------------------------------------------------------------------
 
@@ -457,20 +451,32 @@ class Engine:
             while not written.empty() and len(batch) < 4096:
                 batch.append(written.get_nowait())
             stop = any(item is _STOP for item in batch)
-            self._write_batch([item for item in batch if item is not _STOP])
-            for _ in batch:
-                written.task_done()
+            try:
+                if self._abort is None or not isinstance(self._abort, OutputError):
+                    self._write_batch([item for item in batch if item is not _STOP])
+                if loop.time() - last_sync >= self.settings.fsync_interval_s and not stop:
+                    last_sync = loop.time()
+                    await loop.run_in_executor(None, self.store.sync)
+            except OutputError as exc:
+                self._fail(exc)  # what was written stays; the rest is sent again by a rerun
+            finally:
+                for _ in batch:
+                    written.task_done()
             if stop:
                 return
-            if loop.time() - last_sync >= self.settings.fsync_interval_s:
-                last_sync = loop.time()
-                await loop.run_in_executor(None, self.store.sync)
 
     def _write_batch(self, batch: list) -> None:
         ok_lines, error_lines = [], []
         for job, result in batch:
-            (ok_lines if result.ok else error_lines).append(self.store.encode(result))
-        self.store.append(ok_lines, error_lines)
+            (ok_lines if result.ok else error_lines).append(self.store.encode(result, job.digest))
+        if ok_lines:
+            self.store.append(ok_lines, ())
+            self.written_ok += len(ok_lines)
+        if error_lines:
+            self.store.append((), error_lines)
+            self.written_failed += len(error_lines)
+        if self.store.resending:
+            self.store.rewritten(job.custom_id for job, _ in batch)
         for job, result in batch:
             if job.future is not None:
                 self._pending.pop(job.custom_id, None)

@@ -42,6 +42,15 @@ def parse_duration(text: str | None) -> float | None:
 class _SettlingLimiter(AsyncLimiter):
     """An ``AsyncLimiter`` whose level can be corrected after the fact."""
 
+    def set_rate(self, per_minute: float, burst_seconds: float) -> None:
+        """Change the rate in place, so requests already waiting keep their turn at the new rate."""
+        self._leak()
+        capacity = max(1.0, per_minute / 60.0 * burst_seconds)
+        self.max_rate = capacity
+        self.time_period = capacity * 60.0 / per_minute
+        self._rate_per_sec = per_minute / 60.0
+        self._level = min(self._level, capacity)
+
     def settle(self, delta: float) -> None:
         """Add ``delta`` (negative to refund) to what has been taken from the bucket."""
         self._leak()
@@ -59,6 +68,7 @@ class RateLimits:
     def __init__(self, rpm: float = 0, tpm: float = 0, burst_seconds: float = BURST_SECONDS) -> None:
         self.rpm = rpm
         self.tpm = tpm
+        self._burst = burst_seconds
         self._requests = self._bucket(rpm, burst_seconds)
         self._tokens = self._bucket(tpm, burst_seconds)
         self._paused_until = 0.0
@@ -69,6 +79,22 @@ class RateLimits:
             return None
         capacity = max(1.0, per_minute / 60.0 * burst_seconds)
         return _SettlingLimiter(capacity, capacity * 60.0 / per_minute)
+
+    def set_rpm(self, rpm: float) -> None:
+        """Set the requests budget (a limit learned from the endpoint); a new one starts spent, no burst."""
+        self.rpm = rpm
+        if self._requests is None:
+            self._requests = _spent(self._bucket(rpm, self._burst))
+        else:
+            self._requests.set_rate(rpm, self._burst)
+
+    def set_tpm(self, tpm: float) -> None:
+        """Set the tokens budget (a limit learned from the endpoint); a new one starts spent, no burst."""
+        self.tpm = tpm
+        if self._tokens is None:
+            self._tokens = _spent(self._bucket(tpm, self._burst))
+        else:
+            self._tokens.set_rate(tpm, self._burst)
 
     @property
     def active(self) -> bool:
@@ -104,6 +130,14 @@ class RateLimits:
                 self._paused_until = 0.0
                 return
             await asyncio.sleep(delay)
+
+
+def _spent(bucket: _SettlingLimiter | None) -> _SettlingLimiter | None:
+    """``bucket`` with its budget used up now: a replaced limit must not add a burst."""
+    if bucket is not None:
+        bucket._level = bucket.max_rate
+        bucket._last_check = asyncio.get_running_loop().time()
+    return bucket
 
 
 class AdaptiveConcurrency:
@@ -186,3 +220,58 @@ class LatencyWatch:
         self.ewma += self.alpha * (latency - self.ewma)
         self.baseline = min(self.baseline * 1.001, self.ewma)
         return self.ewma > self.factor * self.baseline and self.ewma - self.baseline > self.margin_s
+
+
+def header_limit(text: str | None) -> float | None:
+    """A positive ``x-ratelimit-limit-*`` value, or None when absent or unusable."""
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if 0 < value < float("inf") else None
+
+
+class RateLearner:
+    """Learns a request rate from 429s when the endpoint sends no limit headers.
+
+    On a 429 (at most once per ``cooldown`` seconds) the rate becomes
+    ``decrease`` times the rate of answers since the previous decrease; after
+    ``cooldown`` seconds without a 429 it grows by ``increase`` of itself, once
+    per ``cooldown``. It costs nothing per answer until the first 429.
+    """
+
+    def __init__(self, decrease: float = 0.8, increase: float = 0.05, cooldown: float = 2.0) -> None:
+        self.decrease = decrease
+        self.increase = increase
+        self.cooldown = cooldown
+        self.rpm: float = 0.0
+        self._mark = (0.0, 0)  # when the answer count was last taken, and the count
+        self._last_429 = float("-inf")
+        self._last_raise = float("-inf")
+
+    def start(self, now: float) -> None:
+        """Begin measuring the answer rate."""
+        self._mark = (now, 0)
+
+    def on_429(self, now: float, answered: int) -> float | None:
+        """Return the lowered rate (requests per minute), or None inside the cooldown."""
+        recent = now - self._last_429 < self.cooldown
+        self._last_429 = now
+        if self.rpm and recent:
+            return None
+        since, count = self._mark
+        observed = (answered - count) / max(now - since, 1.0) * 60.0
+        base = min(self.rpm, observed) if self.rpm else observed
+        self.rpm = max(6.0, base * self.decrease)
+        self._mark = (now, answered)
+        return self.rpm
+
+    def probe_up(self, now: float, answered: int) -> float | None:
+        """A raised rate once ``cooldown`` passed without a 429 (and since the last raise), else None."""
+        if now - self._last_429 < self.cooldown or now - self._last_raise < self.cooldown:
+            return None
+        self._last_raise = now
+        self.rpm *= 1.0 + self.increase
+        return self.rpm

@@ -7,8 +7,11 @@ import sys
 from pathlib import Path
 
 import orjson
+import structlog
 
 from .stats import RunStats
+
+log = structlog.get_logger(__name__)
 
 
 def _eta(seconds: float | None) -> str:
@@ -42,11 +45,13 @@ def render(stats: RunStats, label: str = "batch") -> str:
 class ProgressLine:
     """Redraws the status line on a terminal, or logs it now and then when piped."""
 
-    def __init__(self, stats: RunStats, label: str = "batch", stream=None, interval: float | None = None) -> None:
+    def __init__(self, stats: RunStats, label: str = "batch", stream=None, interval: float | None = None,
+                 json: bool = False) -> None:
         self.stats = stats
         self.label = label
         self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
+        self.json = json  # progress as log events, so a JSON log stream holds nothing else
+        self.tty = self.stream.isatty() and not json
         self.interval = interval or (0.5 if self.tty else 10.0)
         self._task: asyncio.Task | None = None
 
@@ -71,7 +76,9 @@ class ProgressLine:
     def draw(self, final: bool = False) -> None:
         """Write the current line."""
         line = self.line()
-        if self.tty:
+        if self.json:
+            log.info("progress", status=line, final=final)
+        elif self.tty:
             self.stream.write("\r\x1b[2K" + line + ("\n" if final else ""))
         else:
             self.stream.write(line + "\n")

@@ -26,6 +26,7 @@ class RunStats:
 
     def __init__(self) -> None:
         self.started = time.monotonic()
+        self.prepare_s = 0.0
         self.total: int | None = None
         self.succeeded = 0
         self.failed = 0
@@ -39,6 +40,12 @@ class RunStats:
         self.error_codes: Counter[str] = Counter()
         self.stages: dict[str, Counter[str]] = defaultdict(Counter)
         self.latencies = array("d")
+
+    def restart_clock(self) -> None:
+        """Count rates from now; the time before (checking the input) is kept as ``prepare_s``."""
+        now = time.monotonic()
+        self.prepare_s = now - self.started
+        self.started = now
 
     @property
     def done(self) -> int:
@@ -98,6 +105,7 @@ class RunStats:
             "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens, "total": tokens},
             "latency_ms": self.latency_summary(),
             "wall_time_s": round(wall, 3),
+            "prepare_s": round(self.prepare_s, 3),
             "requests_per_s": round(self.done / wall, 2) if wall > 0 else None,
             "tokens_per_s": round(tokens / wall, 1) if wall > 0 else None,
             "stages": {name: dict(c) for name, c in sorted(self.stages.items())},

@@ -43,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS,
                         help="torch threads while encoding (0: torch's default)")
     parser.add_argument("--device", default="cpu", help="torch device of the sentence encoder")
+    parser.add_argument("--expect-items", type=int, default=None, metavar="N",
+                        help="the test set's size: warn when a file holds fewer items (default: the largest file's)")
     parser.add_argument("--log-json", action="store_true", help="log JSON lines on stderr")
 
 
@@ -101,10 +103,24 @@ def _checked(location: str, record: object) -> dict:
     return record
 
 
+def coverage_warnings(loaded: Sequence[tuple[str, list]], expect: int | None = None) -> dict[str, str]:
+    """A warning per file that holds fewer items than expected (or than the largest file), by path."""
+    full = expect or max(len(records) for _path, records in loaded)
+    warnings = {}
+    for path, records in loaded:
+        if len(records) < full:
+            warnings[path] = (f"coverage: {path} holds {len(records)} of {full} items "
+                              f"({100.0 * len(records) / full:.1f} %); its scores are not comparable")
+            log.warning("incomplete predictions", file=path, items=len(records), expected=full)
+    return warnings
+
+
 def score_files(paths: Sequence[str | Path], compat: bool, device: str = "cpu",
-                batch_size: int = DEFAULT_BATCH_SIZE, threads: int | None = DEFAULT_THREADS) -> list[dict]:
+                batch_size: int = DEFAULT_BATCH_SIZE, threads: int | None = DEFAULT_THREADS,
+                expect_items: int | None = None) -> list[dict]:
     """Score each file; every file is validated before the encoder loads."""
     loaded = [(str(p), load_predictions(p)) for p in paths]
+    coverage = coverage_warnings(loaded, expect_items)
     started = time.monotonic()
     embedder = get_embedder(device=device, batch_size=batch_size, threads=threads or None)
     log.info("sentence encoder ready", seconds=round(time.monotonic() - started, 2))
@@ -112,6 +128,8 @@ def score_files(paths: Sequence[str | Path], compat: bool, device: str = "cpu",
     for i, (path, records) in enumerate(loaded, start=1):
         started = time.monotonic()
         report = {"file": path, **evaluate_records(records, embedder.encode, compat)}
+        if path in coverage:
+            report["notes"] = [coverage[path], *report["notes"]]
         log.info("scored", file=path, items=len(records), done=f"{i}/{len(loaded)}",
                  seconds=round(time.monotonic() - started, 2))
         reports.append(report)
@@ -186,7 +204,8 @@ def plot_reports(reports: Sequence[dict], out_dir: str | Path) -> list[Path]:
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``odie eval``."""
     configure_logging(json=args.log_json)
-    reports = score_files(args.predictions, args.compat, args.device, args.batch_size, args.threads)
+    reports = score_files(args.predictions, args.compat, args.device, args.batch_size, args.threads,
+                          args.expect_items)
     print(format_table(reports))
     if args.json_out:
         payload = reports[0] if len(reports) == 1 else reports

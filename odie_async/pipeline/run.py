@@ -200,9 +200,26 @@ def _summary(config, endpoint, ctx: Context, flow: Flow, engine: Engine, files, 
         "filter": filter_report(flow.outcomes, flow.variants),
         "yields": yields(ctx.counts, filter_report(flow.outcomes, flow.variants), flow.n_fixed + flow.n_open),
         "files": files,
+        "ledger": ledger(flow, ctx),
         "engine": engine.stats.as_dict() | {"shutdown": engine.shutdown_report if interrupted else None},
         "wall_time_s": round(wall, 2),
     }
+
+
+def ledger(flow: Flow, ctx: Context) -> dict:
+    """Per variant: every planned record kept, dropped with a reason, never made (too few
+    distinct instructions), or unaccounted (which only an interruption may leave)."""
+    short = ctx.counts["instructions"].get("shortfall", 0)
+    missing = range(flow.n_fixed - short, flow.n_fixed)
+    never_made = short + sum(1 for i in missing if i < flow.n_open)
+    out = {}
+    for variant in flow.variants:
+        mine = [o for o in flow.outcomes if o.variant == variant]
+        kept = sum(o.kept for o in mine)
+        planned = flow.n_fixed + flow.n_open
+        out[variant] = {"planned": planned, "kept": kept, "dropped": len(mine) - kept, "never_made": never_made,
+                        "unaccounted": planned - len(mine) - never_made}
+    return out
 
 
 def format_summary(summary: dict) -> str:
@@ -233,4 +250,10 @@ def run(args: argparse.Namespace) -> int:
         config.endpoint.structured = args.structured
     summary = run_async(generate(config, Path(args.out), show_progress=not args.no_progress))
     print(format_summary(summary), file=sys.stdout)
-    return 130 if summary["interrupted"] else 0
+    if summary["interrupted"]:
+        return 130
+    lost = {v: c["unaccounted"] for v, c in summary["ledger"].items() if c["unaccounted"]}
+    if lost:
+        log.error("planned records without a fate (kept, dropped or failed)", unaccounted=lost)
+        return 4
+    return 0

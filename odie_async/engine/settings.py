@@ -1,0 +1,73 @@
+"""``EngineSettings``: how the engine talks to one endpoint, checked when made."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+
+from ..exceptions import ConfigError
+
+# name -> (smallest allowed, whether the smallest is allowed, option shown in messages)
+_BOUNDS = {
+    "concurrency": (1, True, "--concurrency"),
+    "rpm": (0, True, "--rpm"),
+    "tpm": (0, True, "--tpm"),
+    "max_attempts": (1, True, "--max-attempts"),
+    "timeout_s": (0, False, "--timeout"),
+    "queue_size": (0, True, "queue_size"),
+    "drain_timeout_s": (0, True, "--drain-timeout"),
+    "max_retry_wait_s": (0, False, "--max-retry-wait"),
+    "fsync_interval_s": (0, True, "fsync_interval_s"),
+    "default_max_tokens": (1, True, "default_max_tokens"),
+    "backoff_base_s": (0, True, "backoff_base_s"),
+    "backoff_max_s": (0, True, "backoff_max_s"),
+    "breaker_window": (1, True, "breaker_window"),
+    "breaker_threshold": (0, False, "breaker_threshold"),
+}
+
+
+def check_number(value, minimum: float, inclusive: bool, option: str) -> None:
+    """Raise ``ConfigError`` unless ``value`` is a finite number above (or at) ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{option} must be a number, not {value!r}")
+    if not math.isfinite(value):
+        raise ConfigError(f"{option} must be a finite number, not {value}")
+    if value < minimum or (value == minimum and not inclusive):
+        relation = "at least" if inclusive else "more than"
+        raise ConfigError(f"{option} must be {relation} {minimum:g}, not {value:g}")
+
+
+@dataclass
+class EngineSettings:
+    """How the engine talks to one endpoint. Limits of 0 mean unlimited.
+
+    With ``rpm``/``tpm`` at 0 the engine learns the limits from the endpoint's
+    ``x-ratelimit-limit-*`` headers, or else from its 429s. A ``Retry-After``
+    longer than ``max_retry_wait_s`` stops the run (the quota is likely spent).
+    """
+
+    base_url: str
+    api_key: str | None = field(default=None, repr=False)
+    concurrency: int = 64
+    rpm: float = 0
+    tpm: float = 0
+    max_attempts: int = 5
+    timeout_s: float = 120.0
+    queue_size: int = 0
+    drain_timeout_s: float = 30.0
+    max_retry_wait_s: float = 60.0
+    fsync_interval_s: float = 1.0
+    default_max_tokens: int = 256
+    adaptive: bool = True
+    learn_limits: bool = True
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 30.0
+    breaker_window: int = 100
+    breaker_threshold: float = 0.8
+
+    def __post_init__(self) -> None:
+        for spec in fields(self):
+            if spec.name in _BOUNDS:
+                check_number(getattr(self, spec.name), *_BOUNDS[spec.name])
+        if self.breaker_threshold > 1:
+            raise ConfigError("breaker_threshold must be at most 1")
