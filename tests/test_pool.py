@@ -18,7 +18,7 @@ def _lanes(*servers, concurrency=8):
 
 
 def _job(n=0, tokens=100.0):
-    return Job(f"r{n}", b'{"model": "m"}', "/v1/chat/completions", tokens)
+    return Job(f"r{n}", b'{"model": "m"}', "/v1/chat/completions", tokens, "digest")
 
 
 async def _send_all(pool, count, retries=5):

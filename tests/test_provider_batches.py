@@ -197,7 +197,8 @@ def test_sigkill_inside_each_step_then_rerun_bills_each_chunk_once(tmp_path, moc
 def test_sigkill_at_random_moments_then_rerun(tmp_path, mock_factory):
     rng = random.Random(5)
     write_requests(tmp_path / "in.jsonl", 3000)
-    mock = _mock(mock_factory, tmp_path, "--batch-processing-s", "1.5", "--batch-drop-after-create", "1")
+    # Batches take longer than the widest kill window, so that every start is killed mid-run.
+    mock = _mock(mock_factory, tmp_path, "--batch-processing-s", "4", "--batch-drop-after-create", "1")
     cmd = ODIE + ["batch", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "out.jsonl"), "--base-url", mock.url,
                   "--mode", "provider-batch", "--batch-max-requests", "400", *FAST]
     kills = 0
