@@ -10,6 +10,9 @@ the package as data and are found through ``importlib.resources``, so a plain
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
@@ -55,3 +58,26 @@ def cache_dir() -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
 
+
+
+def build_once(target: Path, build: Callable[[Path], None]) -> Path:
+    """``target``, built by ``build(folder)`` into a temporary folder and renamed into place.
+
+    An interrupted build never leaves a partial folder behind, and when two processes
+    build at once the first rename wins and the other's copy is discarded.
+    """
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        build(tmp)
+        tmp.chmod(0o755)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not target.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

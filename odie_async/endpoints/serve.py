@@ -34,6 +34,7 @@ import structlog
 from ..exceptions import ConfigError, ServeError
 from .embedded import EMBEDDED, EMBEDDED_NAME, resolve_model
 from ..paths import cache_dir
+from ..runtime import OFFLINE_HF
 
 log = structlog.get_logger(__name__)
 
@@ -204,7 +205,7 @@ class VLLMServer:
     def child_env(self) -> dict[str, str]:
         """The child's environment: offline, no usage reports, a bounded CPU KV cache."""
         env = dict(os.environ)
-        env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", VLLM_NO_USAGE_STATS="1",
+        env.update(OFFLINE_HF, VLLM_NO_USAGE_STATS="1",
                    DO_NOT_TRACK="1", PYTHONUNBUFFERED="1")
         env.pop("VLLM_API_KEY", None)
         if self._api_key:

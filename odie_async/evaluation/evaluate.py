@@ -20,6 +20,7 @@ import structlog
 
 from .embedder import DEFAULT_BATCH_SIZE, DEFAULT_THREADS, get_embedder
 from ..exceptions import EvalError
+from ..files import read_json_records
 from ..logs import configure_logging
 from .metrics import GROUP_FIELDS, REQUIRED_FIELDS, evaluate_records, key_order
 
@@ -52,41 +53,15 @@ def load_predictions(path: str | Path) -> list[dict]:
     Raises ``EvalError`` naming the file and the line (JSONL, bad JSON) or the item
     index (JSON list) of the first problem.
     """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise EvalError(f"{path}: cannot read predictions: {exc}") from exc
-    if path.suffix != ".jsonl" and text.lstrip().startswith("["):
-        records = _parse_json_list(path, text)
-    else:
-        records = _parse_jsonl(path, text)
+    entries = read_json_records(path, "predictions", error=EvalError, line_error=_line_error)
+    records = [_checked(entry.where(path), entry.value) for entry in entries]
     if not records:
         raise EvalError(f"{path}: no predictions in the file")
     return records
 
 
-def _parse_json_list(path: Path, text: str) -> list[dict]:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise EvalError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg} (column {exc.colno})") from exc
-    if not isinstance(data, list):
-        raise EvalError(f"{path}: expected a JSON list of prediction objects")
-    return [_checked(f"{path}: item {i}", record) for i, record in enumerate(data)]
-
-
-def _parse_jsonl(path: Path, text: str) -> list[dict]:
-    records = []
-    for line_no, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise EvalError(f"{path}:{line_no}: invalid JSON: {exc.msg} (column {exc.colno})") from exc
-        records.append(_checked(f"{path}:{line_no}", record))
-    return records
+def _line_error(path: str, line_no: int, message: str) -> EvalError:
+    return EvalError(f"{path}:{line_no}: {message}")
 
 
 def _checked(location: str, record: object) -> dict:

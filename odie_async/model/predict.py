@@ -33,6 +33,8 @@ from ..exceptions import ConfigError, InputError, OdieError, RunAborted
 from ..logs import configure_logging
 from ..endpoints.embedded import EMBEDDED, require_ml_stack, resolve_model
 from ..evaluation.tables import TableError, split_around_table
+from ..files import Entry, read_json_records
+from ..runtime import offline_hf
 
 log = structlog.get_logger(__name__)
 
@@ -84,37 +86,19 @@ class Answer:
 
 def load_items(path: str | Path, limit: int | None = None) -> list[dict]:
     """Test items from a JSON list (or JSONL); InputError names the item or line that is wrong."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read the test set: {exc}") from None
-    if text.lstrip().startswith("["):
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InputError(str(path), exc.lineno, f"invalid JSON: {exc.msg}") from None
-        items = [_checked(path, f"item {i}", 0, r) for i, r in enumerate(records)]
-    else:
-        items = [_checked(path, "", n, _json_line(path, n, line))
-                 for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    entries = read_json_records(path, "the test set")
+    items = [_checked(path, e) for e in entries]
     if not items:
         raise ConfigError(f"{path}: no test items")
     return items[:limit] if limit else items
 
 
-def _json_line(path: Path, line_no: int, line: str) -> object:
-    try:
-        return json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise InputError(str(path), line_no, f"invalid JSON: {exc.msg} (column {exc.colno})") from None
-
-
-def _checked(path: Path, where: str, line_no: int, record: object) -> dict:
+def _checked(path: str | Path, entry: Entry) -> dict:
+    record = entry.value
     missing = [f for f in ITEM_FIELDS if not isinstance(record, dict) or not isinstance(record.get(f), str)]
     if missing:
-        prefix = f"{where}: " if where else ""
-        raise InputError(str(path), line_no, f"{prefix}missing or non-string fields {missing}")
+        prefix = f"item {entry.index}: " if entry.index is not None else ""
+        raise InputError(str(path), entry.line, f"{prefix}missing or non-string fields {missing}")
     return record
 
 
@@ -175,8 +159,7 @@ def build_prompts(model_dir: str, items: list[dict], settings: PredictSettings) 
 
 
 def _ml_env(on_gpu: bool) -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    offline_hf()
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
     os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # stdout carries only the output path
     if not on_gpu:
@@ -294,8 +277,7 @@ def checkpoint_path(output: str | Path) -> Path:
 def predict(items: list[dict], settings: PredictSettings, output: str | Path) -> dict:
     """Predict every item, write the predictions file and return a summary with timings."""
     require_ml_stack()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    offline_hf()
     model_dir = resolve_model(settings.base_model)
     layout, conversations, prompts = build_prompts(model_dir, items, settings)
     log.info("predicting", items=len(items), backend=settings.backend, layout=layout, lora=settings.lora,

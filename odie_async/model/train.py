@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -25,9 +24,11 @@ import yaml
 
 from . import chat_format
 from ..exceptions import ConfigError, InputError, TrainError
+from ..files import Entry, read_json_records
 from ..logs import configure_logging
 from ..endpoints.embedded import EMBEDDED, require_ml_stack, resolve_model
 from ..paths import config_dir
+from ..runtime import offline_hf
 
 log = structlog.get_logger(__name__)
 
@@ -107,26 +108,16 @@ def load_config(path: str | Path | None) -> TrainConfig:
 
 
 def read_conversations(path: str | Path) -> list[list[dict]]:
-    """The ``messages`` of every line of a chat-format JSONL file; InputError names the line."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TrainError(f"{path}: cannot read training data: {exc}") from None
-    conversations = []
-    for line_no, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            conversations.append(_messages(path, line_no, line))
+    """The ``messages`` of every record of a chat-format JSONL file (or JSON list); InputError names the line."""
+    entries = read_json_records(path, "training data", error=TrainError)
+    conversations = [_messages(Path(path), entry) for entry in entries]
     if not conversations:
         raise TrainError(f"{path}: no training conversations in the file")
     return conversations
 
 
-def _messages(path: Path, line_no: int, line: str) -> list[dict]:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise InputError(str(path), line_no, f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+def _messages(path: Path, entry: Entry) -> list[dict]:
+    record, line_no = entry.value, entry.line
     messages = record.get("messages") if isinstance(record, dict) else None
     if not isinstance(messages, list) or not messages:
         raise InputError(str(path), line_no, "expected an object with a non-empty 'messages' list")
@@ -327,8 +318,7 @@ class TrainJob:
 
 def train(job: TrainJob) -> dict:
     """Train the adapter, save it to ``job.output`` and return the summary."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    offline_hf()
     require_ml_stack()
     from transformers import AutoTokenizer, DataCollatorForSeq2Seq, PrinterCallback, Trainer
 

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
-import yaml
 
 from ..exceptions import ConfigError, InputError
 from ..evaluation.tables import TableError, parse_table
+from ..files import load_yaml
 
 FIXED = "fixed header"
 OPEN = "open header"
@@ -45,12 +45,7 @@ class Prompts:
 
     def _load(self, stage: str, keys: tuple[str, ...]) -> dict:
         path = self.folder / f"{stage}.yaml"
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"cannot read prompt file {path}: {exc.strerror}") from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        data = load_yaml(path, "prompt file")
         missing = [key for key in keys if not isinstance(data, dict) or key not in data]
         if missing:
             raise ConfigError(f"{path}: missing template keys {missing}")
