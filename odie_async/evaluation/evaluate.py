@@ -4,16 +4,15 @@ Reads one or more prediction files in the released format (a JSON list, or JSONL
 of objects with ``gold``, ``output``, ``category``, ``difficulty``, ``source_type``
 and usually ``instruction``, ``text``, ``domain``), prints their scores side by
 side, and optionally writes them as JSON (``--json``) and as one bar chart per
-metric (``--plot DIR``). ``--compat`` reproduces the original scripts exactly.
+metric (``--plot DIR``). ``compat`` reproduces the original scripts exactly.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import structlog
@@ -21,30 +20,11 @@ import structlog
 from .embedder import DEFAULT_BATCH_SIZE, DEFAULT_THREADS, get_embedder
 from ..exceptions import EvalError
 from ..files import read_json_records
-from ..logs import configure_logging
 from .metrics import GROUP_FIELDS, REQUIRED_FIELDS, evaluate_records, key_order
 
 log = structlog.get_logger(__name__)
 
 METRICS = {"header": "header soft-match F1", "content": "content ROUGE-Lsum"}
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``odie eval``."""
-    parser.add_argument("predictions", nargs="+", help="prediction files (.json list or .jsonl)")
-    parser.add_argument(
-        "--compat", action="store_true",
-        help="reproduce the original evaluation scripts exactly, quirks included",
-    )
-    parser.add_argument("--json", dest="json_out", metavar="OUT.json",
-                        help="write the scores as JSON (one object per file; a list for several)")
-    parser.add_argument("--plot", metavar="DIR", help="write one bar chart PNG per metric into DIR")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
-                        help="header cells per encoder batch")
-    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS,
-                        help="torch threads while encoding (0: torch's default)")
-    parser.add_argument("--device", default="cpu", help="torch device of the sentence encoder")
-    parser.add_argument("--log-json", action="store_true", help="log JSON lines on stderr")
 
 
 def load_predictions(path: str | Path) -> list[dict]:
@@ -79,17 +59,33 @@ def _checked(location: str, record: object) -> dict:
 def score_files(paths: Sequence[str | Path], compat: bool, device: str = "cpu",
                 batch_size: int = DEFAULT_BATCH_SIZE, threads: int | None = DEFAULT_THREADS) -> list[dict]:
     """Score each file; every file is validated before the encoder loads."""
-    loaded = [(str(p), load_predictions(p)) for p in paths]
+    return score_sets([(str(p), load_predictions(p)) for p in paths], compat, device, batch_size, threads)
+
+
+def checked_records(records: Sequence[object], source: str = "records") -> list[dict]:
+    """In-memory predictions, checked as a file's would be (``source: item N`` names a bad one)."""
+    checked = [_checked(f"{source}: item {i}", record) for i, record in enumerate(records)]
+    if not checked:
+        raise EvalError(f"{source}: no predictions")
+    return checked
+
+
+def score_sets(sets: Sequence[tuple[str, list[dict]]], compat: bool, device: str = "cpu",
+               batch_size: int = DEFAULT_BATCH_SIZE, threads: int | None = DEFAULT_THREADS,
+               on_scored: Callable[[int], None] | None = None) -> list[dict]:
+    """Score ``(name, records)`` sets with one encoder; ``on_scored(n)`` after each of them."""
     started = time.monotonic()
     embedder = get_embedder(device=device, batch_size=batch_size, threads=threads or None)
     log.info("sentence encoder ready", seconds=round(time.monotonic() - started, 2))
     reports = []
-    for i, (path, records) in enumerate(loaded, start=1):
+    for i, (name, records) in enumerate(sets, start=1):
         started = time.monotonic()
-        report = {"file": path, **evaluate_records(records, embedder.encode, compat)}
-        log.info("scored", file=path, items=len(records), done=f"{i}/{len(loaded)}",
+        report = {"file": name, **evaluate_records(records, embedder.encode, compat)}
+        log.info("scored", file=name, items=len(records), done=f"{i}/{len(sets)}",
                  seconds=round(time.monotonic() - started, 2))
         reports.append(report)
+        if on_scored is not None:
+            on_scored(i)
     return reports
 
 
@@ -155,19 +151,12 @@ def plot_reports(reports: Sequence[dict], out_dir: str | Path) -> list[Path]:
         fig.savefig(path, dpi=120)
         plt.close(fig)
         written.append(path)
+        log.info("wrote plot", path=str(path))
     return written
 
 
-def run(args: argparse.Namespace) -> int:
-    """Entry point of ``odie eval``."""
-    configure_logging(json=args.log_json)
-    reports = score_files(args.predictions, args.compat, args.device, args.batch_size, args.threads)
-    print(format_table(reports))
-    if args.json_out:
-        payload = reports[0] if len(reports) == 1 else reports
-        Path(args.json_out).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-        log.info("wrote scores", path=args.json_out)
-    if args.plot:
-        for path in plot_reports(reports, args.plot):
-            log.info("wrote plot", path=str(path))
-    return 0
+def write_scores(reports: Sequence[dict], path: str | Path) -> None:
+    """The scores as JSON: one object for one file, a list for several."""
+    payload = reports[0] if len(reports) == 1 else list(reports)
+    Path(path).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    log.info("wrote scores", path=str(path))

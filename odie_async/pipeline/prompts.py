@@ -17,19 +17,11 @@ import orjson
 from ..exceptions import ConfigError, InputError
 from ..evaluation.tables import TableError, parse_table
 from ..files import load_yaml
+from .registry import STAGES
 
 FIXED = "fixed header"
 OPEN = "open header"
 CATEGORIES = (FIXED, OPEN)
-REQUIRED_KEYS = {
-    "instructions": ("system", "user", "example", "format_text", "format_json"),
-    "texts": ("system", "user"),
-    "open_instructions": ("system", "user"),
-    "paraphrase": ("system", "styles", "user", "format_text", "format_json", "retry"),
-    "tables": ("system", "user", "format_text", "format_json"),
-    "tables_cot": ("system", "user", "format_text", "format_json"),
-    "judge": ("system", "user_fixed", "user_open", "format_text", "format_json"),
-}
 
 
 class Prompts:
@@ -37,7 +29,7 @@ class Prompts:
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
-        self._stages = {stage: self._load(stage, keys) for stage, keys in REQUIRED_KEYS.items()}
+        self._stages = {name: self._load(name, spec.prompt_keys) for name, spec in STAGES.items()}
         system = self.folder / "system.txt"
         if not system.is_file():
             raise ConfigError(f"{system}: the export's system prompt is missing")
