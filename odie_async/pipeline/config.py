@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, PrivateAttr, create_model, field_validator, model_validator
+from pydantic import Field, PrivateAttr, WithJsonSchema, create_model, field_validator, model_validator
 
 from ..endpoints.resolve import api_key_from_env
 from ..exceptions import ConfigError
@@ -33,7 +33,9 @@ class EndpointConfig(Section):
     base_url: str | None = None
     model: str | None = None
     api_key_env: str | None = None
-    structured: Literal["auto", "on", "off"] = "auto"
+    structured: Annotated[Literal["auto", "on", "off"], WithJsonSchema(
+        {"enum": ["auto", "on", "off", True, False], "description": "JSON-schema outputs; bare on/off read as booleans"}
+    )] = "auto"
     schema_drop: list[str] = Field(default_factory=list)
     strict: bool = True
     send_seed: bool = True
