@@ -48,7 +48,7 @@ class EndpointConfig(Section):
 
 
 class EngineConfig(Section):
-    """Concurrency, rate limits and retries of the engine."""
+    """Concurrency, rate limits and retries of the engine: each key is an ``EngineSettings`` field."""
 
     concurrency: int = Field(16, ge=1)
     rpm: float = Field(0, ge=0)

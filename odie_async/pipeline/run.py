@@ -47,11 +47,8 @@ async def endpoint_scope(config: PipelineConfig, prompts: Prompts):
 
 
 def engine_settings(config: PipelineConfig, endpoint: Endpoint) -> EngineSettings:
-    """Engine settings from the config's engine section."""
-    e = config.engine
-    return EngineSettings(base_url=endpoint.base_url, api_key=endpoint.api_key, concurrency=e.concurrency,
-                          rpm=e.rpm, tpm=e.tpm, max_attempts=e.max_attempts, timeout_s=e.timeout_s,
-                          drain_timeout_s=e.drain_timeout_s)
+    """Engine settings from the config's engine section (its keys are ``EngineSettings`` fields)."""
+    return EngineSettings(base_url=endpoint.base_url, api_key=endpoint.api_key, **config.engine.model_dump())
 
 
 def _leaf(exc: BaseException) -> BaseException:
