@@ -20,12 +20,12 @@ from pathlib import Path
 
 import structlog
 
-from . import chat_format
-from .train_config import VLLM_LORA_MODULES, TrainConfig
+from ..endpoints.embedded import require_ml_stack, resolve_model
 from ..exceptions import InputError, TrainError
 from ..files import Entry, read_json_records
-from ..endpoints.embedded import require_ml_stack, resolve_model
 from ..runtime import offline_hf
+from . import chat_format
+from .train_config import VLLM_LORA_MODULES, TrainConfig
 
 log = structlog.get_logger(__name__)
 
