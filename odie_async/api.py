@@ -3,7 +3,8 @@
 Each function has an async form (``agenerate``, ``aevaluate``) to await inside an
 event loop, and a sync form (``generate``, ``evaluate``) that works anywhere: in a
 script it runs its own loop; inside a running loop (a notebook cell) it runs on a
-worker thread and shows a notebook progress bar instead of a terminal line.
+worker thread. In a notebook (the sync form inside a running loop, or either form
+in a Jupyter kernel) progress is a ``tqdm`` bar instead of a terminal line.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .runtime import called_from_loop, run_sync
+from . import notebook
+from .runtime import run_sync
 
 PathLike = str | Path
 
@@ -84,10 +86,8 @@ async def aevaluate(predictions: PathLike | Sequence[PathLike] | Sequence[dict],
     sets, one = _prediction_sets(predictions)
     done = [0]
     bar = contextlib.nullcontext()
-    if progress and called_from_loop():
-        from .notebook import NotebookBar
-
-        bar = NotebookBar("eval", lambda: (done[0], len(sets)), unit="file")
+    if progress and notebook.wanted():
+        bar = notebook.NotebookBar("eval", lambda: (done[0], len(sets)), unit="file")
     async with bar:
         reports = await asyncio.to_thread(
             score_sets, sets, compat, device, batch_size or DEFAULT_BATCH_SIZE,

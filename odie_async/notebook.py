@@ -8,7 +8,15 @@ from the same figures as the terminal's progress line.
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Callable
+
+from .runtime import called_from_loop
+
+
+def wanted() -> bool:
+    """Whether progress should be a notebook bar: the sync API inside a running loop, or a Jupyter kernel."""
+    return called_from_loop() or ("ipykernel" in sys.modules and not sys.stderr.isatty())
 
 
 class NotebookBar:

@@ -6,8 +6,7 @@ import contextlib
 
 from ..engine.progress import ProgressLine
 from ..engine.stats import RunStats
-from ..notebook import NotebookBar
-from ..runtime import called_from_loop
+from .. import notebook
 from .registry import STAGES
 
 SHORT = {name: spec.label for name, spec in STAGES.items()} | {"scored": "scored"}
@@ -45,11 +44,11 @@ class StageProgress(ProgressLine):
 
 
 def progress_for(flow, stats: RunStats, show: bool):
-    """The run's progress display: none, a terminal line, or a notebook bar under the sync API in a loop."""
+    """The run's progress display: none, a terminal line, or a notebook bar (see ``notebook.wanted``)."""
     if not show:
         return contextlib.nullcontext()
-    if called_from_loop():
+    if notebook.wanted():
         line = StageProgress(flow, stats)
-        return NotebookBar("generate", lambda: done_of(flow.progress, flow.expected()),
+        return notebook.NotebookBar("generate", lambda: done_of(flow.progress, flow.expected()),
                            lambda: line.line().split(" | ", 1)[1])
     return StageProgress(flow, stats)
