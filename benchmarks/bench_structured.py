@@ -23,7 +23,7 @@ from pathlib import Path
 
 from odie_async.logs import configure_logging
 from odie_async.pipeline.config import load_config
-from odie_async.pipeline.context import STRUCTURED_STAGES
+from odie_async.pipeline.registry import STRUCTURED as STRUCTURED_STAGES
 from odie_async.pipeline.run import endpoint_scope, generate
 from odie_async.pipeline.prompts import Prompts
 from odie_async.pipeline.scorers import scorer_kind

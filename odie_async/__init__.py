@@ -1,7 +1,26 @@
-"""odie_async: bulk instruction-data generation for on-demand information extraction."""
+"""odie_async: bulk instruction-data generation for on-demand information extraction.
 
+The Python API (each with an async form to await and a sync form that also works
+inside a running event loop, as in a notebook cell)::
+
+    import odie_async
+    summary = odie_async.generate("mock", "runs/demo", limit=10)       # odie generate
+    scores = odie_async.evaluate("runs/loop/pred.json")                # odie eval
+"""
+
+from .api import aevaluate, agenerate, evaluate, generate
 from .exceptions import OdieError
 
 __version__ = "0.1.0"
 
-__all__ = ["OdieError", "__version__"]
+__all__ = [
+    "OdieError",
+    "__version__",
+    # `odie generate`
+    "agenerate",
+    "generate",
+    # `odie eval`
+    "aevaluate",
+    "evaluate",
+    # `odie batch` (run_batch, arun_batch) joins here once the engine exposes its API
+]

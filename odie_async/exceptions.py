@@ -2,8 +2,9 @@
 
 Third-party errors (aiohttp, orjson, yaml, vLLM, transformers) are translated into
 these classes at one boundary each (``client.py`` for HTTP, ``batchfile.py`` for
-input files, ``config.py`` for settings, ``serve.py`` for the model server), so
-callers only ever catch ``OdieError`` and its subclasses::
+input files, ``files.py`` and ``settings.py`` for YAML, JSON and config files,
+``serve.py`` for the model server), so callers only ever catch ``OdieError`` and
+its subclasses::
 
     OdieError
     ├── ConfigError                 a config file or option is wrong

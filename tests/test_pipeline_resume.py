@@ -54,7 +54,7 @@ def _reference(tmp_path, base_url: str):
     return {name: (tmp_path / "ref" / "out" / name).read_bytes() for name in ("train.jsonl", "train_cot.jsonl", "dropped.jsonl")}
 
 
-@pytest.mark.parametrize("sig, allowed", [(signal.SIGKILL, CONCURRENCY), (signal.SIGINT, 0)])
+@pytest.mark.parametrize("sig, allowed", [(signal.SIGKILL, CONCURRENCY), (signal.SIGINT, 0), (signal.SIGTERM, 0)])
 def test_interrupted_run_resumes_without_resending(tmp_path, sig, allowed):
     with ThreadedMock(latency_ms=40) as mock:
         config = write_config(tmp_path, base_url=mock.server.base_url, structured="off", records=RECORDS,
@@ -65,7 +65,7 @@ def test_interrupted_run_resumes_without_resending(tmp_path, sig, allowed):
         bodies = mock.bodies
         reference_count = len(bodies)
         reference = _reference(tmp_path, mock.server.base_url)
-    assert code == (-signal.SIGKILL if sig == signal.SIGKILL else 130)
+    assert code == (-signal.SIGKILL if sig == signal.SIGKILL else 128 + sig)
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert 60 <= first_run < reference_count
     repeats = sum(n - 1 for n in Counter(bodies[:reference_count]).values())

@@ -34,9 +34,9 @@ LIMITS = {"max_columns": 4, "max_rows": 4, "cell_chars": 24, "instruction_chars"
 
 @pytest.fixture(scope="module")
 def endpoint():
-    from odie_async.endpoints.serve import embedded_endpoint
+    from odie_async.endpoints.resolve import resolve_endpoint
 
-    with embedded_endpoint() as served:
+    with resolve_endpoint() as served:
         yield served
 
 

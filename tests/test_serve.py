@@ -19,7 +19,8 @@ from odie_async.endpoints import serve
 from odie_async.cli import main as odie_main
 from odie_async.exceptions import ConfigError, ServeError
 from odie_async.logs import configure_logging
-from odie_async.endpoints.serve import ServeSettings, VLLMServer, embedded_endpoint
+from odie_async.endpoints.resolve import resolve_endpoint
+from odie_async.endpoints.serve import ServeSettings, VLLMServer
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
@@ -255,16 +256,16 @@ def test_port_in_use_is_a_clear_error(model_dir, fake_vllm):
             VLLMServer(ServeSettings(model=str(model_dir), port=port)).start()
 
 
-def test_embedded_endpoint_uses_a_configured_endpoint_without_starting_anything():
-    with embedded_endpoint("http://example.invalid/v1", "gpt-x", "key") as endpoint:
+def test_resolve_endpoint_uses_a_configured_endpoint_without_starting_anything():
+    with resolve_endpoint("http://example.invalid/v1", "gpt-x", "key") as endpoint:
         assert (endpoint.base_url, endpoint.model, endpoint.api_key) == ("http://example.invalid/v1", "gpt-x", "key")
 
 
-def test_embedded_endpoint_serves_for_the_scope(model_dir, fake_vllm, monkeypatch):
+def test_resolve_endpoint_serves_for_the_scope(model_dir, fake_vllm, monkeypatch):
     monkeypatch.setattr(serve, "resolve_model", lambda spec: str(model_dir))
 
     async def go():
-        async with embedded_endpoint() as endpoint:
+        async with resolve_endpoint() as endpoint:
             assert endpoint.model == serve.EMBEDDED_NAME
             assert serve._answers(endpoint.base_url.removesuffix("/v1") + "/health")
             return endpoint

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from odie_async.model import predict, train
+from odie_async.model import predict, train, train_config
 from odie_async.model.chat_format import system_prompt
 from odie_async.evaluation.evaluate import score_files
 from odie_async.evaluation.metrics import REQUIRED_FIELDS
@@ -75,7 +75,7 @@ def _training_file(path) -> str:
 def adapter(tmp_path_factory):
     """Three steps (two, then a resume for the third) of the CPU config, at a learning rate that shows."""
     work = tmp_path_factory.mktemp("train")
-    config = train.load_config(None)
+    config = train_config.load_config(None)
     config.learning_rate, config.warmup_ratio, config.save_steps = 1e-3, 0.0, 1
     job = train.TrainJob(_training_file(work / "train.jsonl"), "embedded", str(work / "adapter"), config,
                          max_steps=2)

@@ -7,8 +7,10 @@ import json
 
 import pytest
 
-from odie_async.model import chat_format, predict, train
+from odie_async.cli import predict as predict_cli
 from odie_async.exceptions import ConfigError, InputError, TrainError
+from odie_async.model import chat_format, predict, train, train_config
+from odie_async.paths import config_dir
 
 from .test_chat_format import ANSWER, CONVERSATION, _tokenizer
 
@@ -17,16 +19,16 @@ ITEM = {"instruction": "List the vessels.", "text": "Heron, 2022.", "table": "| 
 
 
 def test_shipped_configs_load_with_the_papers_settings():
-    paper = train.load_config(train.config_dir() / "train-paper.yaml")
+    paper = train_config.load_config(config_dir() / "train-paper.yaml")
     assert (paper.r, paper.alpha, paper.dropout, paper.learning_rate) == (16, 16, 0.05, 3e-4)
     assert (paper.cutoff_len, paper.epochs) == (2048, 10)
     assert set(paper.target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
-    small = train.load_config(None)
+    small = train_config.load_config(None)
     assert small.cutoff_len <= 1024 and 0 < small.max_steps <= 100 and small.dtype == "float32"
 
 
 @pytest.mark.parametrize("text, message", [
-    ("lora:\n  rank: 8\n", "unknown settings \\['rank'\\]"),
+    ("lora:\n  rank: 8\n", "lora: unknown key 'rank' \\(known: r, alpha"),
     ("lora:\n  target_modules: [q_proj, embed_tokens]\n", "embed_tokens.*cannot be served by vLLM"),
     ("training:\n  dtype: int8\n", "dtype"),
     ("chat_layout: alpaca\n", "chat_layout"),
@@ -36,7 +38,7 @@ def test_bad_configs_name_the_file_and_the_problem(tmp_path, text, message):
     path = tmp_path / "train.yaml"
     path.write_text(text, encoding="utf-8")
     with pytest.raises(ConfigError, match=message) as info:
-        train.load_config(path)
+        train_config.load_config(path)
     assert str(path) in str(info.value)
 
 
@@ -146,25 +148,25 @@ def test_checkpoint_ids_change_with_the_model_and_settings():
 
 def _args(**overrides) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    predict.add_arguments(parser)
+    predict_cli.add_arguments(parser)
     args = parser.parse_args(["--data", "t.json", "--output", "p.json"])
     vars(args).update(overrides)
     return args
 
 
 def test_predict_options_are_checked(tmp_path):
-    assert predict.settings_from_args(_args()).backend == "offline"
-    assert predict.settings_from_args(_args(base_url="http://h/v1", model_name="a")).backend == "server"
+    assert predict_cli.settings_from_args(_args()).backend == "offline"
+    assert predict_cli.settings_from_args(_args(base_url="http://h/v1", model_name="a")).backend == "server"
     with pytest.raises(ConfigError, match="--model"):
-        predict.settings_from_args(_args(base_url="http://h/v1"))
+        predict_cli.settings_from_args(_args(base_url="http://h/v1"))
     with pytest.raises(ConfigError, match="server backend"):
-        predict.settings_from_args(_args(base_url="http://h/v1", model_name="a", backend="offline"))
+        predict_cli.settings_from_args(_args(base_url="http://h/v1", model_name="a", backend="offline"))
     with pytest.raises(ConfigError, match="adapter_config.json"):
-        predict.settings_from_args(_args(lora=str(tmp_path)))
+        predict_cli.settings_from_args(_args(lora=str(tmp_path)))
     with pytest.raises(ConfigError, match="--limit"):
-        predict.settings_from_args(_args(limit=0))
+        predict_cli.settings_from_args(_args(limit=0))
     with pytest.raises(ConfigError, match="--step-tokens"):
-        predict.settings_from_args(_args(step_tokens=8))
+        predict_cli.settings_from_args(_args(step_tokens=8))
 
 
 def test_the_adapter_remembers_its_chat_layout(tmp_path):
@@ -175,11 +177,11 @@ def test_the_adapter_remembers_its_chat_layout(tmp_path):
 
 def test_merge_lora_needs_an_adapter_and_a_local_server(tmp_path):
     (tmp_path / "adapter_config.json").write_text("{}")
-    assert predict.settings_from_args(_args(lora=str(tmp_path), merge_lora=True)).merge_lora
+    assert predict_cli.settings_from_args(_args(lora=str(tmp_path), merge_lora=True)).merge_lora
     with pytest.raises(ConfigError, match="--merge-lora"):
-        predict.settings_from_args(_args(merge_lora=True))
+        predict_cli.settings_from_args(_args(merge_lora=True))
     with pytest.raises(ConfigError, match="--merge-lora"):
-        predict.settings_from_args(_args(lora=str(tmp_path), merge_lora=True, base_url="http://h/v1",
+        predict_cli.settings_from_args(_args(lora=str(tmp_path), merge_lora=True, base_url="http://h/v1",
                                          model_name="a"))
 
 

@@ -28,12 +28,13 @@ def exit_code(error: OdieError) -> int:
 COMMANDS: dict[str, tuple[str, str]] = {
     "batch": ("odie_async.cli.batch", "run an OpenAI Batch API input file through an endpoint"),
     "mock-server": ("odie_async.cli.mock_server", "serve a fast OpenAI-compatible mock on loopback"),
-    "generate": ("odie_async.pipeline.run", "run the six-stage InstructIE data pipeline"),
-    "serve": ("odie_async.endpoints.serve", "serve a model (and LoRA adapters) with vLLM"),
-    "train": ("odie_async.model.train", "fine-tune a LoRA adapter on generated data"),
-    "predict": ("odie_async.model.predict", "predict tables for a test set, batched through vLLM"),
-    "eval": ("odie_async.evaluation.evaluate", "score predictions with the paper's metrics"),
+    "generate": ("odie_async.cli.generate", "run the six-stage InstructIE data pipeline"),
+    "serve": ("odie_async.cli.serve", "serve a model (and LoRA adapters) with vLLM"),
+    "train": ("odie_async.cli.train", "fine-tune a LoRA adapter on generated data"),
+    "predict": ("odie_async.cli.predict", "predict tables for a test set, batched through vLLM"),
+    "eval": ("odie_async.cli.evaluate", "score predictions with the paper's metrics"),
     "view": ("odie_async.cli.view", "watch runs live and read their records in the browser"),
+    "config-schema": ("odie_async.cli.config_schema", "print the JSON Schema of a generate or train config file"),
 }
 
 

@@ -9,16 +9,14 @@ GGUF is dequantized once with ``transformers`` and saved as float32 safetensors 
 from __future__ import annotations
 
 import importlib.util
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import structlog
 
 from ..exceptions import ConfigError
-from ..paths import cache_dir
+from ..paths import build_once, cache_dir
+from ..runtime import offline_hf
 
 log = structlog.get_logger(__name__)
 
@@ -56,27 +54,11 @@ def embedded_model_dir() -> Path:
     if target.is_dir():
         return target
     gguf = _gguf_path()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED_NAME}.", dir=target.parent))
-    try:
-        started = time.monotonic()
-        log.info("converting embedded model", gguf=str(gguf), target=str(target))
-        _convert_gguf(gguf, tmp)
-        tmp.chmod(0o755)
-        _publish(tmp, target)
-        log.info("embedded model ready", target=str(target), seconds=round(time.monotonic() - started, 1))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    started = time.monotonic()
+    log.info("converting embedded model", gguf=str(gguf), target=str(target))
+    build_once(target, lambda folder: _convert_gguf(gguf, folder))
+    log.info("embedded model ready", target=str(target), seconds=round(time.monotonic() - started, 1))
     return target
-
-
-def _publish(tmp: Path, target: Path) -> None:
-    """Rename the finished folder into place; another process may have won the race."""
-    try:
-        os.rename(tmp, target)
-    except OSError:
-        if not target.is_dir():
-            raise
 
 
 def require_ml_stack() -> None:
@@ -98,8 +80,7 @@ def require_ml_stack() -> None:
 
 def _convert_gguf(gguf: Path, out: Path) -> None:
     """Dequantize ``gguf`` into a float32 safetensors folder with tokenizer and chat template."""
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    offline_hf(force=True)
     require_ml_stack()
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig

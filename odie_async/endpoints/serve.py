@@ -4,13 +4,12 @@
 child process in its own process group: it waits until ``/health`` answers, fails
 with the tail of the server's log when vLLM exits early or never becomes ready,
 and stops the whole group (SIGTERM, then SIGKILL) at the end. ``odie serve`` wraps
-it as a command; ``embedded_endpoint()`` gives other commands an endpoint, starting
-the embedded model only when none is configured.
+it as a command; ``resolve.resolve_endpoint()`` gives other commands an endpoint,
+starting the embedded model only when none is configured.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import ctypes
 import ipaddress
@@ -25,6 +24,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -32,8 +32,11 @@ from pathlib import Path
 import structlog
 
 from ..exceptions import ConfigError, ServeError
-from .embedded import EMBEDDED, EMBEDDED_NAME, resolve_model
 from ..paths import cache_dir
+from ..runtime import OFFLINE_HF, StopSignals
+from .embedded import EMBEDDED, EMBEDDED_NAME, resolve_model
+# The older name of ``resolve.resolve_endpoint``; ``engine/batch.py`` still imports it from here.
+from .resolve import resolve_endpoint as embedded_endpoint  # noqa: F401
 
 log = structlog.get_logger(__name__)
 
@@ -248,7 +251,7 @@ class VLLMServer:
     def child_env(self) -> dict[str, str]:
         """The child's environment: offline, no usage reports."""
         env = dict(os.environ)
-        env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", VLLM_NO_USAGE_STATS="1",
+        env.update(OFFLINE_HF, VLLM_NO_USAGE_STATS="1",
                    DO_NOT_TRACK="1", PYTHONUNBUFFERED="1")
         env.pop("VLLM_API_KEY", None)
         if self._api_key:
@@ -386,126 +389,22 @@ def _answers(url: str) -> bool:
         return False
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    """Where to send chat completions: base URL, model name, key and served adapters."""
+def serve_until_stopped(settings: ServeSettings, announce: Callable[[VLLMServer], None] | None = None) -> str:
+    """Serve until SIGINT or SIGTERM (then stop vLLM in order); returns the signal's name.
 
-    base_url: str
-    model: str | None
-    api_key: str | None = None
-    adapters: tuple[str, ...] = ()
-
-
-class EndpointScope:
-    """Context manager (sync or async) yielding an ``Endpoint``; see ``embedded_endpoint``."""
-
-    def __init__(self, endpoint: Endpoint | None, server: VLLMServer | None) -> None:
-        self._endpoint = endpoint
-        self._server = server
-
-    def _served(self) -> Endpoint:
-        if self._endpoint is not None:
-            return self._endpoint
-        s = self._server
-        return Endpoint(s.base_url, s.model_name, s.api_key, tuple(s.settings.loras))
-
-    def __enter__(self) -> Endpoint:
-        if self._server is not None:
-            self._server.start()
-        return self._served()
-
-    def __exit__(self, *exc) -> None:
-        if self._server is not None:
-            self._server.stop()
-
-    async def __aenter__(self) -> Endpoint:
-        if self._server is not None:
-            await self._server.__aenter__()
-        return self._served()
-
-    async def __aexit__(self, *exc) -> None:
-        if self._server is not None:
-            await self._server.__aexit__(*exc)
-
-
-def embedded_endpoint(
-    base_url: str | None = None,
-    model: str | None = None,
-    api_key: str | None = None,
-    *,
-    serve_model: str = EMBEDDED,
-    loras: dict[str, str] | None = None,
-    max_model_len: int | None = None,
-) -> EndpointScope:
-    """An endpoint to call: the configured one, or a vLLM server started for the scope.
-
-    With ``base_url`` set nothing is started and ``Endpoint(base_url, model, api_key)``
-    is yielded. Without it, ``serve_model`` (the embedded model by default) and
-    ``loras`` are served on a free loopback port for the duration of the ``with``
-    block; the yielded ``model`` is the served base model's name, and each adapter
-    is requested by its name in ``adapters``.
+    ``announce(server)`` runs once vLLM answers. Signals after the first are ignored:
+    the stop already under way is bounded by SIGKILL.
     """
-    if base_url:
-        return EndpointScope(Endpoint(base_url, model, api_key), None)
-    settings = ServeSettings(model=serve_model, loras=dict(loras or {}), max_model_len=max_model_len)
-    return EndpointScope(None, VLLMServer(settings))
+    def interrupt(signum: int) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
 
-
-def _parse_lora(text: str) -> tuple[str, str]:
-    name, sep, path = text.partition("=")
-    if not sep or not name or not path:
-        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
-    return name, path
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``odie serve``."""
-    parser.add_argument("--model", default=EMBEDDED,
-                        help="a Hugging Face model folder, or 'embedded' (SmolLM2-135M-Instruct; default)")
-    parser.add_argument("--lora", action="append", type=_parse_lora, default=[], metavar="NAME=PATH",
-                        help="serve a peft LoRA adapter under NAME (repeatable)")
-    parser.add_argument("--host", default="127.0.0.1",
-                        help=f"address to bind (default 127.0.0.1; any other needs {API_KEY_ENV})")
-    parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
-    parser.add_argument("--max-model-len", type=int, default=None, help="context length limit")
-    parser.add_argument("--served-model-name", default=None, help="name clients use for the base model")
-    parser.add_argument("--max-num-seqs", type=int, default=None,
-                        help=f"sequences served at once (default {_DEFAULT_MAX_NUM_SEQS} on a CPU, where it sizes "
-                             "the KV cache; vLLM's own on a GPU)")
-    parser.add_argument("--kv-cache-gib", type=float, default=None,
-                        help="KV-cache memory in GiB (default: sized from the model, context and --max-num-seqs)")
-    parser.add_argument("--start-timeout", type=float, default=900.0,
-                        help="seconds to wait for vLLM to answer (default 900)")
-    parser.add_argument("--log-file", type=Path, default=None,
-                        help="where vLLM's own output goes (default: under the cache folder)")
-
-
-def _interrupt(signum, _frame) -> None:
-    # Later signals are ignored: the stop already under way is bounded by SIGKILL.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
-def run(args: argparse.Namespace) -> int:
-    """``odie serve``: start vLLM, print its base URL, serve until SIGINT or SIGTERM."""
-    from ..logs import configure_logging
-
-    configure_logging()
-    settings = ServeSettings(model=args.model, loras=dict(args.lora), host=args.host, port=args.port,
-                             max_model_len=args.max_model_len, served_model_name=args.served_model_name,
-                             start_timeout_s=args.start_timeout, log_path=args.log_file,
-                             max_num_seqs=args.max_num_seqs, kv_cache_gib=args.kv_cache_gib)
-    if (settings.max_num_seqs is not None and settings.max_num_seqs < 1) or (settings.kv_cache_gib is not None and not settings.kv_cache_gib > 0):
-        raise ConfigError("--max-num-seqs must be at least 1 and --kv-cache-gib more than 0")
     server = VLLMServer(settings)
-    signal.signal(signal.SIGINT, _interrupt)
-    signal.signal(signal.SIGTERM, _interrupt)
     try:
-        with server:
-            print(server.base_url, flush=True)
-            print(f"models: {', '.join([server.model_name, *settings.loras])}", file=sys.stderr, flush=True)
+        with StopSignals(interrupt), server:
+            if announce is not None:
+                announce(server)
             server.wait()
     except KeyboardInterrupt as exc:
         log.info("stopped", signal=str(exc))
-    return 0
+        return str(exc)
+    return ""

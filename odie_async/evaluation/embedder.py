@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import os
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 import structlog
 
 from ..exceptions import ConfigError
+from ..runtime import offline_hf
 
 log = structlog.get_logger(__name__)
 
@@ -64,8 +64,7 @@ class Embedder:
         self, device: str = "cpu", batch_size: int = DEFAULT_BATCH_SIZE, threads: int | None = DEFAULT_THREADS
     ) -> None:
         """Load the model; ``threads`` is torch's intra-op thread count while encoding (None: torch's)."""
-        os.environ["HF_HUB_OFFLINE"] = "1"
-        os.environ["TRANSFORMERS_OFFLINE"] = "1"
+        offline_hf(force=True)
         from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as hf_logging
 

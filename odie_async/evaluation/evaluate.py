@@ -4,48 +4,27 @@ Reads one or more prediction files in the released format (a JSON list, or JSONL
 of objects with ``gold``, ``output``, ``category``, ``difficulty``, ``source_type``
 and usually ``instruction``, ``text``, ``domain``), prints their scores side by
 side, and optionally writes them as JSON (``--json``) and as one bar chart per
-metric (``--plot DIR``). ``--compat`` reproduces the original scripts exactly.
+metric (``--plot DIR``). ``compat`` reproduces the original scripts exactly.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import structlog
 
 from .embedder import DEFAULT_BATCH_SIZE, DEFAULT_THREADS, get_embedder
 from ..exceptions import EvalError
-from ..logs import configure_logging
+from ..files import read_json_records
 from .metrics import GROUP_FIELDS, REQUIRED_FIELDS, evaluate_records, key_order
 
 log = structlog.get_logger(__name__)
 
 METRICS = {"header": "header soft-match F1", "content": "content ROUGE-Lsum"}
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``odie eval``."""
-    parser.add_argument("predictions", nargs="+", help="prediction files (.json list or .jsonl)")
-    parser.add_argument(
-        "--compat", action="store_true",
-        help="reproduce the original evaluation scripts exactly, quirks included",
-    )
-    parser.add_argument("--json", dest="json_out", metavar="OUT.json",
-                        help="write the scores as JSON (one object per file; a list for several)")
-    parser.add_argument("--plot", metavar="DIR", help="write one bar chart PNG per metric into DIR")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
-                        help="header cells per encoder batch")
-    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS,
-                        help="torch threads while encoding (0: torch's default)")
-    parser.add_argument("--device", default="cpu", help="torch device of the sentence encoder")
-    parser.add_argument("--expect-items", type=int, default=None, metavar="N",
-                        help="the test set's size: warn when a file holds fewer items (default: the largest file's)")
-    parser.add_argument("--log-json", action="store_true", help="log JSON lines on stderr")
 
 
 def load_predictions(path: str | Path) -> list[dict]:
@@ -54,41 +33,15 @@ def load_predictions(path: str | Path) -> list[dict]:
     Raises ``EvalError`` naming the file and the line (JSONL, bad JSON) or the item
     index (JSON list) of the first problem.
     """
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise EvalError(f"{path}: cannot read predictions: {exc}") from exc
-    if path.suffix != ".jsonl" and text.lstrip().startswith("["):
-        records = _parse_json_list(path, text)
-    else:
-        records = _parse_jsonl(path, text)
+    entries = read_json_records(path, "predictions", error=EvalError, line_error=_line_error)
+    records = [_checked(entry.where(path), entry.value) for entry in entries]
     if not records:
         raise EvalError(f"{path}: no predictions in the file")
     return records
 
 
-def _parse_json_list(path: Path, text: str) -> list[dict]:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise EvalError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg} (column {exc.colno})") from exc
-    if not isinstance(data, list):
-        raise EvalError(f"{path}: expected a JSON list of prediction objects")
-    return [_checked(f"{path}: item {i}", record) for i, record in enumerate(data)]
-
-
-def _parse_jsonl(path: Path, text: str) -> list[dict]:
-    records = []
-    for line_no, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise EvalError(f"{path}:{line_no}: invalid JSON: {exc.msg} (column {exc.colno})") from exc
-        records.append(_checked(f"{path}:{line_no}", record))
-    return records
+def _line_error(path: str, line_no: int, message: str) -> EvalError:
+    return EvalError(f"{path}:{line_no}: {message}")
 
 
 def _checked(location: str, record: object) -> dict:
@@ -119,20 +72,40 @@ def score_files(paths: Sequence[str | Path], compat: bool, device: str = "cpu",
                 batch_size: int = DEFAULT_BATCH_SIZE, threads: int | None = DEFAULT_THREADS,
                 expect_items: int | None = None) -> list[dict]:
     """Score each file; every file is validated before the encoder loads."""
-    loaded = [(str(p), load_predictions(p)) for p in paths]
-    coverage = coverage_warnings(loaded, expect_items)
+    return score_sets([(str(p), load_predictions(p)) for p in paths], compat, device, batch_size, threads,
+                      expect_items=expect_items)
+
+
+def checked_records(records: Sequence[object], source: str = "records") -> list[dict]:
+    """In-memory predictions, checked as a file's would be (``source: item N`` names a bad one)."""
+    checked = [_checked(f"{source}: item {i}", record) for i, record in enumerate(records)]
+    if not checked:
+        raise EvalError(f"{source}: no predictions")
+    return checked
+
+
+def score_sets(sets: Sequence[tuple[str, list[dict]]], compat: bool, device: str = "cpu",
+               batch_size: int = DEFAULT_BATCH_SIZE, threads: int | None = DEFAULT_THREADS,
+               on_scored: Callable[[int], None] | None = None, expect_items: int | None = None) -> list[dict]:
+    """Score ``(name, records)`` sets with one encoder; ``on_scored(n)`` after each of them.
+
+    A set holding fewer items than ``expect_items`` (or than the largest set) gets a coverage note.
+    """
+    coverage = coverage_warnings(sets, expect_items)
     started = time.monotonic()
     embedder = get_embedder(device=device, batch_size=batch_size, threads=threads or None)
     log.info("sentence encoder ready", seconds=round(time.monotonic() - started, 2))
     reports = []
-    for i, (path, records) in enumerate(loaded, start=1):
+    for i, (name, records) in enumerate(sets, start=1):
         started = time.monotonic()
-        report = {"file": path, **evaluate_records(records, embedder.encode, compat)}
-        if path in coverage:
-            report["notes"] = [coverage[path], *report["notes"]]
-        log.info("scored", file=path, items=len(records), done=f"{i}/{len(loaded)}",
+        report = {"file": name, **evaluate_records(records, embedder.encode, compat)}
+        if name in coverage:
+            report["notes"] = [coverage[name], *report["notes"]]
+        log.info("scored", file=name, items=len(records), done=f"{i}/{len(sets)}",
                  seconds=round(time.monotonic() - started, 2))
         reports.append(report)
+        if on_scored is not None:
+            on_scored(i)
     return reports
 
 
@@ -198,20 +171,12 @@ def plot_reports(reports: Sequence[dict], out_dir: str | Path) -> list[Path]:
         fig.savefig(path, dpi=120)
         plt.close(fig)
         written.append(path)
+        log.info("wrote plot", path=str(path))
     return written
 
 
-def run(args: argparse.Namespace) -> int:
-    """Entry point of ``odie eval``."""
-    configure_logging(json=args.log_json)
-    reports = score_files(args.predictions, args.compat, args.device, args.batch_size, args.threads,
-                          args.expect_items)
-    print(format_table(reports))
-    if args.json_out:
-        payload = reports[0] if len(reports) == 1 else reports
-        Path(args.json_out).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-        log.info("wrote scores", path=args.json_out)
-    if args.plot:
-        for path in plot_reports(reports, args.plot):
-            log.info("wrote plot", path=str(path))
-    return 0
+def write_scores(reports: Sequence[dict], path: str | Path) -> None:
+    """The scores as JSON: one object for one file, a list for several."""
+    payload = reports[0] if len(reports) == 1 else list(reports)
+    Path(path).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    log.info("wrote scores", path=str(path))

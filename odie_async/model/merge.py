@@ -10,16 +10,13 @@ speed of the base model; ``odie predict --merge-lora`` serves this folder.
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import structlog
 
 from ..exceptions import ConfigError
-from ..paths import cache_dir
+from ..paths import build_once, cache_dir
 
 log = structlog.get_logger(__name__)
 
@@ -48,20 +45,9 @@ def merged_model_dir(base_dir: str, adapter_dir: str) -> Path:
     target = cache_dir() / "merged" / f"{Path(base_dir).name}-{_fingerprint(base_dir, adapter_dir)}"
     if target.is_dir():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        started = time.monotonic()
-        _merge(base_dir, adapter_dir, tmp)
-        tmp.chmod(0o755)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not target.is_dir():
-                raise
-        log.info("merged adapter ready", folder=str(target), seconds=round(time.monotonic() - started, 1))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    started = time.monotonic()
+    build_once(target, lambda folder: _merge(base_dir, adapter_dir, folder))
+    log.info("merged adapter ready", folder=str(target), seconds=round(time.monotonic() - started, 1))
     return target
 
 

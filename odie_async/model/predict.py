@@ -17,7 +17,6 @@ with ``--cot``).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import hashlib
 import json
@@ -30,9 +29,10 @@ import structlog
 
 from . import chat_format
 from ..exceptions import ConfigError, InputError, OdieError, RunAborted
-from ..logs import configure_logging
 from ..endpoints.embedded import EMBEDDED, require_ml_stack, resolve_model
 from ..evaluation.tables import TableError, split_around_table
+from ..files import Entry, read_json_records
+from ..runtime import offline_hf
 
 log = structlog.get_logger(__name__)
 
@@ -44,7 +44,7 @@ _KV_CACHE_GIB = "2"
 # vLLM's CPU LoRA ops gather a copy of the adapter's matrices for every token of a step:
 # short steps keep those copies in cache (rank-16 adapter, 2 cores: 34 tok/s at vLLM's
 # default of 4096 tokens a step, 72 at 256).
-_CPU_LORA_STEP_TOKENS = 256
+CPU_LORA_STEP_TOKENS = 256
 
 
 @dataclass
@@ -84,37 +84,19 @@ class Answer:
 
 def load_items(path: str | Path, limit: int | None = None) -> list[dict]:
     """Test items from a JSON list (or JSONL); InputError names the item or line that is wrong."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read the test set: {exc}") from None
-    if text.lstrip().startswith("["):
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InputError(str(path), exc.lineno, f"invalid JSON: {exc.msg}") from None
-        items = [_checked(path, f"item {i}", 0, r) for i, r in enumerate(records)]
-    else:
-        items = [_checked(path, "", n, _json_line(path, n, line))
-                 for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    entries = read_json_records(path, "the test set")
+    items = [_checked(path, e) for e in entries]
     if not items:
         raise ConfigError(f"{path}: no test items")
     return items[:limit] if limit else items
 
 
-def _json_line(path: Path, line_no: int, line: str) -> object:
-    try:
-        return json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise InputError(str(path), line_no, f"invalid JSON: {exc.msg} (column {exc.colno})") from None
-
-
-def _checked(path: Path, where: str, line_no: int, record: object) -> dict:
+def _checked(path: str | Path, entry: Entry) -> dict:
+    record = entry.value
     missing = [f for f in ITEM_FIELDS if not isinstance(record, dict) or not isinstance(record.get(f), str)]
     if missing:
-        prefix = f"{where}: " if where else ""
-        raise InputError(str(path), line_no, f"{prefix}missing or non-string fields {missing}")
+        prefix = f"item {entry.index}: " if entry.index is not None else ""
+        raise InputError(str(path), entry.line, f"{prefix}missing or non-string fields {missing}")
     return record
 
 
@@ -175,8 +157,7 @@ def build_prompts(model_dir: str, items: list[dict], settings: PredictSettings) 
 
 
 def _ml_env(on_gpu: bool) -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    offline_hf()
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
     os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # stdout carries only the output path
     if not on_gpu:
@@ -205,7 +186,7 @@ def predict_offline(model_dir: str, conversations: list, layout: str,
     if settings.lora:
         extra = {"enable_lora": True, "max_loras": 1, "max_lora_rank": _vllm_max_rank(lora_rank(settings.lora))}
         if not on_gpu:
-            extra["max_num_batched_tokens"] = _CPU_LORA_STEP_TOKENS
+            extra["max_num_batched_tokens"] = CPU_LORA_STEP_TOKENS
     if settings.step_tokens:
         extra["max_num_batched_tokens"] = settings.step_tokens
     llm = LLM(model=model_dir, dtype="auto" if on_gpu else "float32", max_model_len=settings.max_model_len,
@@ -273,16 +254,14 @@ def _timed_engine(base_url: str, model: str, conversations, prompts, layout, set
 
 def _predict_server(model_dir: str, conversations, prompts, layout, settings,
                     checkpoint) -> tuple[list[Answer], float]:
-    from ..endpoints.serve import embedded_endpoint
+    from ..endpoints.resolve import resolve_endpoint
 
-    if settings.base_url:
-        return _timed_engine(settings.base_url, settings.model_name, conversations, prompts, layout, settings,
-                             checkpoint)
-    loras = {ADAPTER_NAME: settings.lora} if settings.lora else {}
-    with embedded_endpoint(serve_model=model_dir, loras=loras, max_model_len=settings.max_model_len) as endpoint:
-        settings.api_key = endpoint.api_key
-        model = settings.model_name or (ADAPTER_NAME if settings.lora else endpoint.model)
-        return _timed_engine(endpoint.base_url, model, conversations, prompts, layout, settings, checkpoint)
+    loras = {ADAPTER_NAME: settings.lora} if settings.lora and not settings.base_url else {}
+    with resolve_endpoint(settings.base_url, settings.model_name, settings.api_key, serve_model=model_dir,
+                          loras=loras, max_model_len=settings.max_model_len) as endpoint:
+        model = settings.model_name or (ADAPTER_NAME if loras else endpoint.model)
+        return _timed_engine(endpoint.base_url, model, conversations, prompts, layout,
+                             replace(settings, api_key=endpoint.api_key), checkpoint)
 
 
 def checkpoint_path(output: str | Path) -> Path:
@@ -292,10 +271,23 @@ def checkpoint_path(output: str | Path) -> Path:
 
 
 def predict(items: list[dict], settings: PredictSettings, output: str | Path) -> dict:
-    """Predict every item, write the predictions file and return a summary with timings."""
+    """Predict every item, write the predictions file and return a summary with timings.
+
+    vLLM and transformers raise plain exceptions: they become ``RunAborted`` naming the step.
+    """
+    try:
+        summary = _predict(items, settings, output)
+    except (OdieError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        raise RunAborted(f"prediction failed: {type(exc).__name__}: {exc}") from exc
+    log.info("predictions written", **{k.replace("tokens", "tok"): v for k, v in summary.items()})
+    return summary
+
+
+def _predict(items: list[dict], settings: PredictSettings, output: str | Path) -> dict:
     require_ml_stack()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    offline_hf()
     model_dir = resolve_model(settings.base_model)
     layout, conversations, prompts = build_prompts(model_dir, items, settings)
     log.info("predicting", items=len(items), backend=settings.backend, layout=layout, lora=settings.lora,
@@ -317,79 +309,3 @@ def predict(items: list[dict], settings: PredictSettings, output: str | Path) ->
             "lora": settings.lora, "merged": serve is not settings, "seconds": round(time.monotonic() - started, 1),
             "generate_seconds": round(generating, 1), "output_tokens": tokens,
             "output_tokens_per_s": round(tokens / max(generating, 1e-9), 1)}
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``odie predict``."""
-    parser.add_argument("--data", required=True, help="test set: a JSON list (or JSONL) of InstructIE items")
-    parser.add_argument("--base-model", default=EMBEDDED,
-                        help="a Hugging Face model folder, or 'embedded' (SmolLM2-135M-Instruct; default)")
-    parser.add_argument("--lora", default=None, metavar="ADAPTER_DIR", help="a peft LoRA adapter (odie train)")
-    parser.add_argument("--output", required=True, help="predictions file to write (JSON list)")
-    parser.add_argument("--limit", type=int, default=None, help="only the first N items")
-    parser.add_argument("--cot", action="store_true",
-                        help="explanation-then-table answers (the CoT system prompt; output keeps the table)")
-    parser.add_argument("--backend", choices=("offline", "server"), default=None,
-                        help="offline vllm.LLM (default) or the engine against vLLM's server "
-                             "(implied by --base-url)")
-    parser.add_argument("--base-url", default=None, help="a running `odie serve` (OpenAI base URL)")
-    parser.add_argument("--model", dest="model_name", default=None,
-                        help="served model name to request with --base-url (the adapter's name for LoRA)")
-    parser.add_argument("--api-key-env", default=None, help="environment variable holding the server's key")
-    parser.add_argument("--chat-layout", choices=chat_format.LAYOUTS, default=None,
-                        help="prompt layout (default: the adapter's, else the model's chat template)")
-    parser.add_argument("--system-prompt", default=None, metavar="FILE",
-                        help="system turn (default configs/prompts/system.txt, system_cot.txt with --cot)")
-    parser.add_argument("--max-tokens", type=int, default=None, help="answer budget (default 512, 768 with --cot)")
-    parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
-    parser.add_argument("--max-model-len", type=int, default=None, help="vLLM context length limit")
-    parser.add_argument("--merge-lora", action="store_true",
-                        help="serve the adapter merged into the base weights (same model; on a CPU several "
-                             "times faster than vLLM's LoRA kernels); the merged copy is cached")
-    parser.add_argument("--step-tokens", type=int, default=None,
-                        help=f"offline: vLLM's max tokens per engine step (default vLLM's; {_CPU_LORA_STEP_TOKENS} "
-                             "with an adapter on a CPU)")
-    parser.add_argument("--concurrency", type=int, default=256, help="requests in flight (server backend)")
-    parser.add_argument("--log-json", action="store_true", help="log JSON lines on stderr")
-
-
-def settings_from_args(args: argparse.Namespace) -> PredictSettings:
-    """PredictSettings from the command line, checked."""
-    from ..engine.batch import api_key_from_env
-
-    if args.limit is not None and args.limit < 1:
-        raise ConfigError("--limit must be at least 1")
-    if args.step_tokens is not None and args.step_tokens < 16:
-        raise ConfigError("--step-tokens must be at least 16")
-    if args.lora and not Path(args.lora, "adapter_config.json").is_file():
-        raise ConfigError(f"--lora {args.lora}: no adapter_config.json there")
-    backend = args.backend or ("server" if args.base_url else "offline")
-    if args.base_url and backend != "server":
-        raise ConfigError("--base-url needs the server backend")
-    if args.merge_lora and (args.base_url or not args.lora):
-        raise ConfigError("--merge-lora needs --lora, and a server this command starts (no --base-url)")
-    if args.base_url and not args.model_name:
-        raise ConfigError("--base-url needs --model: the served name of the base model, or of the adapter")
-    return PredictSettings(
-        base_model=args.base_model, lora=args.lora, chat_layout=args.chat_layout, cot=args.cot,
-        system_prompt=args.system_prompt, max_tokens=args.max_tokens, temperature=args.temperature,
-        max_model_len=args.max_model_len, backend=backend, base_url=args.base_url, model_name=args.model_name,
-        api_key=api_key_from_env(args.api_key_env) if args.api_key_env else None, concurrency=args.concurrency,
-        merge_lora=args.merge_lora, step_tokens=args.step_tokens,
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    """Entry point of ``odie predict``."""
-    configure_logging(json=args.log_json)
-    settings = settings_from_args(args)
-    items = load_items(args.data, args.limit)
-    try:
-        summary = predict(items, settings, args.output)
-    except (OdieError, KeyboardInterrupt):
-        raise
-    except Exception as exc:  # vLLM and transformers raise plain exceptions: name the step that failed
-        raise RunAborted(f"prediction failed: {type(exc).__name__}: {exc}") from exc
-    log.info("predictions written", **{k.replace("tokens", "tok"): v for k, v in summary.items()})
-    print(args.output)
-    return 0

@@ -12,121 +12,39 @@ go to ``OUTPUT``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
-import yaml
 
+from ..endpoints.embedded import require_ml_stack, resolve_model
+from ..exceptions import InputError, TrainError
+from ..files import Entry, read_json_records
+from ..runtime import offline_hf
 from . import chat_format
-from ..exceptions import ConfigError, InputError, TrainError
-from ..logs import configure_logging
-from ..endpoints.embedded import EMBEDDED, require_ml_stack, resolve_model
-from ..paths import config_dir
+from .train_config import VLLM_LORA_MODULES, TrainConfig
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_CONFIG = "train-cpu-small.yaml"
 CHECKPOINTS = "checkpoints"
 SUMMARY = "train_summary.json"
 LOSS_PLOT = "loss.png"
-# Linear layers vLLM can serve LoRA weights for in Llama-family models (packed as
-# qkv_proj and gate_up_proj there). Embedding and LM-head adapters are left out:
-# vLLM's support for them is limited, and SmolLM2 ties the two.
-VLLM_LORA_MODULES = frozenset({"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"})
-
-
-@dataclass
-class TrainConfig:
-    """Settings of one training run (the ``lora`` and ``training`` sections of a config file)."""
-
-    r: int = 16
-    alpha: int = 16
-    dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: sorted(VLLM_LORA_MODULES))
-    epochs: float = 1.0
-    max_steps: int = 0
-    learning_rate: float = 3e-4
-    warmup_ratio: float = 0.03
-    lr_scheduler: str = "linear"
-    micro_batch_size: int = 4
-    gradient_accumulation_steps: int = 1
-    cutoff_len: int = 512
-    gradient_checkpointing: bool = False
-    dtype: str = "float32"
-    logging_steps: int = 1
-    save_steps: int = 10
-    save_total_limit: int = 2
-    seed: int = 42
-    chat_layout: str = chat_format.AUTO
-
-    def check(self, source: str) -> None:
-        """Raise ConfigError for values that cannot train or would not serve."""
-        unsupported = sorted(set(self.target_modules) - VLLM_LORA_MODULES)
-        if unsupported or not self.target_modules:
-            raise ConfigError(f"{source}: target_modules {unsupported or '[]'} cannot be served by vLLM; "
-                              f"use a subset of {sorted(VLLM_LORA_MODULES)}")
-        if self.r < 1 or self.micro_batch_size < 1 or self.gradient_accumulation_steps < 1 or self.cutoff_len < 16:
-            raise ConfigError(f"{source}: r, micro_batch_size and gradient_accumulation_steps must be >= 1, "
-                              "cutoff_len >= 16")
-        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise ConfigError(f"{source}: dtype must be auto, float32, bfloat16 or float16")
-        if self.chat_layout not in chat_format.LAYOUTS:
-            raise ConfigError(f"{source}: chat_layout must be one of {', '.join(chat_format.LAYOUTS)}")
-
-
-def load_config(path: str | Path | None) -> TrainConfig:
-    """Read a training config (``configs/train-*.yaml``); unknown keys are an error."""
-    path = Path(path) if path else config_dir() / DEFAULT_CONFIG
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except OSError as exc:
-        raise ConfigError(f"cannot read training config {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of settings")
-    flat: dict = {}
-    for key, value in data.items():
-        if key in ("lora", "training") and isinstance(value, dict):
-            flat.update(value)
-        else:
-            flat[key] = value
-    known = {f.name for f in fields(TrainConfig)}
-    unknown = sorted(set(flat) - known)
-    if unknown:
-        raise ConfigError(f"{path}: unknown settings {unknown}")
-    config = TrainConfig(**flat)
-    config.check(str(path))
-    return config
 
 
 def read_conversations(path: str | Path) -> list[list[dict]]:
-    """The ``messages`` of every line of a chat-format JSONL file; InputError names the line."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TrainError(f"{path}: cannot read training data: {exc}") from None
-    conversations = []
-    for line_no, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            conversations.append(_messages(path, line_no, line))
+    """The ``messages`` of every record of a chat-format JSONL file (or JSON list); InputError names the line."""
+    entries = read_json_records(path, "training data", error=TrainError)
+    conversations = [_messages(Path(path), entry) for entry in entries]
     if not conversations:
         raise TrainError(f"{path}: no training conversations in the file")
     return conversations
 
 
-def _messages(path: Path, line_no: int, line: str) -> list[dict]:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise InputError(str(path), line_no, f"invalid JSON: {exc.msg} (column {exc.colno})") from None
+def _messages(path: Path, entry: Entry) -> list[dict]:
+    record, line_no = entry.value, entry.line
     messages = record.get("messages") if isinstance(record, dict) else None
     if not isinstance(messages, list) or not messages:
         raise InputError(str(path), line_no, "expected an object with a non-empty 'messages' list")
@@ -327,8 +245,7 @@ class TrainJob:
 
 def train(job: TrainJob) -> dict:
     """Train the adapter, save it to ``job.output`` and return the summary."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    offline_hf()
     require_ml_stack()
     from transformers import AutoTokenizer, DataCollatorForSeq2Seq, PrinterCallback, Trainer
 
@@ -367,6 +284,8 @@ def train(job: TrainJob) -> dict:
     (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     if summary["history"]:
         plot_loss(summary["history"], out / LOSS_PLOT)
+    log.info("adapter saved", adapter=summary["adapter"], steps=summary["steps"], last_loss=summary["last_loss"],
+             tok_per_s=summary["tokens_per_s"], seconds=summary["wall_seconds"])
     return summary
 
 
@@ -378,7 +297,7 @@ def _summary(job, model_dir, layout, counts, state, targets, resumed) -> dict:
         "data": str(Path(job.data).resolve()),
         "chat_layout": layout,
         "target_modules": targets,
-        "config": asdict(job.config),
+        "config": job.config.model_dump(),
         "data_counts": counts,
         "steps": state.global_step,
         "max_steps": state.max_steps,
@@ -389,34 +308,3 @@ def _summary(job, model_dir, layout, counts, state, targets, resumed) -> dict:
         "losses_finite": all(math.isfinite(x) for x in losses),
         "tokens_seen": state.num_input_tokens_seen,
     }
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``odie train``."""
-    parser.add_argument("--data", required=True, help="chat-format training JSONL (odie generate's train.jsonl)")
-    parser.add_argument("--base-model", default=EMBEDDED,
-                        help="a Hugging Face causal LM folder, or 'embedded' (SmolLM2-135M-Instruct; default)")
-    parser.add_argument("--output", required=True, help="folder for the adapter, checkpoints and summary")
-    parser.add_argument("--config", default=None,
-                        help=f"training config YAML (default configs/{DEFAULT_CONFIG}; configs/train-paper.yaml "
-                             "holds the paper's settings)")
-    parser.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps (overrides)")
-    parser.add_argument("--chat-layout", choices=chat_format.LAYOUTS, default=None,
-                        help="render with the model's chat template or the paper's layout (overrides)")
-    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUTPUT")
-    parser.add_argument("--log-json", action="store_true", help="log JSON lines on stderr")
-
-
-def run(args: argparse.Namespace) -> int:
-    """Entry point of ``odie train``."""
-    configure_logging(json=args.log_json)
-    config = load_config(args.config)
-    if args.chat_layout:
-        config.chat_layout = args.chat_layout
-    if args.max_steps is not None and args.max_steps < 1:
-        raise ConfigError("--max-steps must be at least 1")
-    summary = train(TrainJob(args.data, args.base_model, args.output, config, args.max_steps, args.resume))
-    log.info("adapter saved", adapter=summary["adapter"], steps=summary["steps"], last_loss=summary["last_loss"],
-             tok_per_s=summary["tokens_per_s"], seconds=summary["wall_seconds"])
-    print(summary["adapter"])
-    return 0

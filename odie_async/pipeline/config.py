@@ -1,94 +1,107 @@
-"""Settings of ``odie generate``, read from a YAML file under ``configs/``.
+"""Settings of ``odie generate``: one pydantic model per section of the YAML file.
 
-Every section maps onto a dataclass below; an unknown key or a wrong type is a
-``ConfigError`` naming the file and the key, so a typo never silently falls back
-to a default.
+``load_config`` reads a file (or a packaged preset by name) and reports every
+mistake at once, with its path: an unknown key lists the known ones, a wrong type
+names what was expected. ``odie config-schema generate`` writes the JSON Schema.
+The ``stages`` section has one entry per stage of ``registry.STAGES``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Literal
 
-import yaml
+from pydantic import Field, PrivateAttr, WithJsonSchema, create_model, field_validator, model_validator
 
+from ..endpoints.resolve import api_key_from_env
 from ..exceptions import ConfigError
-from ..paths import config_dir
+from ..paths import config_dir, find_config
+from ..settings import Section, load, validate
+from . import registry
 
-STRUCTURED_MODES = ("auto", "on", "off")
-SCORERS = ("auto", "llm", "offline", "unieval")
-VARIANTS = ("plain", "cot")
+DEFAULT_CONFIG = "generate-default.yaml"
+STAGE_NAMES = registry.NAMES
+VARIANTS = registry.VARIANTS
+Variant = Literal[VARIANTS]  # type: ignore[valid-type]
 
 
-@dataclass
-class EndpointConfig:
-    """Where requests go. No ``base_url``: the embedded model is served for the run."""
+class EndpointConfig(Section):
+    """Where requests go. No ``base_url``: the embedded model is served for the run; ``mock``: a mock teacher."""
 
     base_url: str | None = None
     model: str | None = None
     api_key_env: str | None = None
-    structured: str = "auto"
-    schema_drop: list[str] = field(default_factory=list)
+    structured: Annotated[Literal["auto", "on", "off"], WithJsonSchema(
+        {"enum": ["auto", "on", "off", True, False], "description": "JSON-schema outputs; bare on/off read as booleans"}
+    )] = "auto"
+    schema_drop: list[str] = Field(default_factory=list)
     strict: bool = True
     send_seed: bool = True
 
-
-@dataclass
-class EngineConfig:
-    """Concurrency, rate limits and retries of the engine."""
-
-    concurrency: int = 16
-    rpm: float = 0
-    tpm: float = 0
-    max_attempts: int = 4
-    timeout_s: float = 300.0
-    drain_timeout_s: float = 60.0
+    @field_validator("structured", mode="before")
+    @classmethod
+    def _on_off(cls, value):
+        # YAML 1.1 reads a bare on/off as a boolean
+        return ("on" if value else "off") if isinstance(value, bool) else value
 
 
-@dataclass
-class RunConfig:
+class EngineConfig(Section):
+    """Concurrency, rate limits and retries of the engine: each key is an ``EngineSettings`` field."""
+
+    concurrency: int = Field(16, ge=1)
+    rpm: float = Field(0, ge=0)
+    tpm: float = Field(0, ge=0)
+    max_attempts: int = Field(4, ge=1)
+    timeout_s: float = Field(300.0, gt=0)
+    drain_timeout_s: float = Field(60.0, ge=0)
+
+
+class RunConfig(Section):
     """Sizes of the run: final records attempted, the open-header share, table variants."""
 
-    records: int = 200
-    open_share: float = 0.5
-    variants: list[str] = field(default_factory=lambda: ["plain", "cot"])
+    records: int = Field(200, ge=1)
+    open_share: float = Field(0.5, ge=0, le=0.5, description="within [0, 0.5]: one open record per text")
+    variants: list[Variant] = Field(default_factory=lambda: list(VARIANTS), min_length=1)
     seed: int = 0
-    max_outstanding: int = 256
+    max_outstanding: int = Field(256, ge=1)
 
 
-@dataclass
-class StageConfig:
+class StageConfig(Section):
     """Sampling and size knobs of one stage."""
 
-    temperature: float = 1.0
-    max_tokens: int = 256
-    shots: int = 2
-    per_call: int = 10
-    chunk: int = 10
-    max_tries: int = 3
-    dedup_rouge: float = 0.7
-    max_calls_factor: float = 4.0
-    parallel_calls: int = 4
+    temperature: float = Field(1.0, ge=0)
+    max_tokens: int = Field(256, ge=1)
+    shots: int = Field(2, ge=0)
+    per_call: int = Field(10, ge=1)
+    chunk: int = Field(10, ge=1)
+    max_tries: int = Field(3, ge=1)
+    dedup_rouge: float = Field(0.7, ge=0, le=1)
+    max_calls_factor: float = Field(4.0, gt=0)
+    parallel_calls: int = Field(4, ge=1)
 
 
-@dataclass
-class LimitsConfig:
+StagesConfig = create_model(
+    "StagesConfig", __base__=Section, __doc__="Settings per stage; a stage left out keeps the defaults.",
+    **{name: (StageConfig, Field(default_factory=StageConfig, description=f"the {name} stage"))
+       for name in STAGE_NAMES},
+)
+
+
+class LimitsConfig(Section):
     """Bounds written into the JSON schemas of structured outputs."""
 
-    max_columns: int = 8
-    max_rows: int = 10
-    cell_chars: int = 60
-    instruction_chars: int = 300
-    domain_chars: int = 40
-    explanation_chars: int = 600
+    max_columns: int = Field(8, ge=2)
+    max_rows: int = Field(10, ge=1)
+    cell_chars: int = Field(60, ge=1)
+    instruction_chars: int = Field(300, ge=1)
+    domain_chars: int = Field(40, ge=1)
+    explanation_chars: int = Field(600, ge=1)
 
 
-@dataclass
-class FilterConfig:
-    """The paper's filter thresholds."""
+class FilterConfig(Section):
+    """The paper's filter thresholds (a section other filters may add fields to)."""
 
     max_text_words: int = 768
     min_size: int = 4
@@ -99,36 +112,45 @@ class FilterConfig:
     distinct_rows: bool = False
 
 
-@dataclass
-class ScorerConfig:
+class ScorerConfig(Section):
     """Which scorer judges consistency and faithfulness."""
 
-    kind: str = "auto"
+    kind: Literal["auto", "llm", "offline", "unieval"] = "auto"
     unieval_dir: str | None = None
-    batch_size: int = 16
+    batch_size: int = Field(16, ge=1)
 
 
-STAGE_NAMES = ("instructions", "texts", "open_instructions", "paraphrase", "tables", "tables_cot", "judge")
-
-
-@dataclass
-class PipelineConfig:
+class PipelineConfig(Section):
     """The whole ``odie generate`` configuration."""
 
-    endpoint: EndpointConfig = field(default_factory=EndpointConfig)
-    engine: EngineConfig = field(default_factory=EngineConfig)
-    run: RunConfig = field(default_factory=RunConfig)
-    stages: dict[str, StageConfig] = field(default_factory=dict)
-    limits: LimitsConfig = field(default_factory=LimitsConfig)
-    filter: FilterConfig = field(default_factory=FilterConfig)
-    scorer: ScorerConfig = field(default_factory=ScorerConfig)
-    seeds: str = "seeds/seed_tasks.jsonl"
-    prompts: str = "prompts"
-    source: str = "<defaults>"
+    endpoint: EndpointConfig = Field(default_factory=EndpointConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+    stages: StagesConfig = Field(default_factory=StagesConfig)  # type: ignore[valid-type]
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    filter: FilterConfig = Field(default_factory=FilterConfig)
+    scorer: ScorerConfig = Field(default_factory=ScorerConfig)
+    seeds: str = Field("seeds/seed_tasks.jsonl", description="seed tasks: absolute, or under the configs folder")
+    prompts: str = Field("prompts", description="prompt templates folder: absolute, or under the configs folder")
+    _source: str = PrivateAttr("<defaults>")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sections_may_be_empty(cls, data):
+        # `engine:` with nothing under it is an empty section, not a null one
+        if isinstance(data, dict):
+            return {k: ({} if v is None and k in cls.model_fields and k not in ("seeds", "prompts") else v)
+                    for k, v in data.items()}
+        return data
+
+    @property
+    def source(self) -> str:
+        """Where the settings came from: the file, or ``<dict>``/``<defaults>``."""
+        return self._source
 
     def stage(self, name: str) -> StageConfig:
         """The settings of stage ``name``."""
-        return self.stages[name]
+        return getattr(self.stages, name)
 
     @property
     def n_open(self) -> int:
@@ -141,106 +163,32 @@ class PipelineConfig:
         return self.run.records - self.n_open
 
     def path(self, relative: str) -> Path:
-        """A path named in the config: absolute, or relative to ``configs/``."""
+        """A path named in the config: absolute, or relative to the configs folder."""
         path = Path(os.path.expanduser(relative))
         return path if path.is_absolute() else config_dir() / path
 
     def api_key(self) -> str | None:
         """The endpoint's key from its environment variable (never from the file)."""
-        name = self.endpoint.api_key_env
-        if not name:
-            return None
-        value = os.environ.get(name)
-        if not value:
-            raise ConfigError(f"{self.source}: endpoint.api_key_env names {name}, which is not set")
-        return value
+        return api_key_from_env(self.endpoint.api_key_env, where=f"{self.source}: endpoint.api_key_env")
+
+    def with_records(self, limit: int) -> PipelineConfig:
+        """This config with ``run.records`` set to ``limit`` (``--limit``)."""
+        if limit < 1:
+            raise ConfigError("--limit must be at least 1")
+        self.run.records = limit
+        return self
 
 
-def _build(cls, data: dict, where: str):
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in fields:
-            raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(fields)})")
-    kwargs = {}
-    for key, value in data.items():
-        kwargs[key] = _coerce(fields[key], value, f"{where}.{key}")
-    return cls(**kwargs)
-
-
-def _coerce(f: dataclasses.Field, value, where: str):
-    kind = str(f.type)
-    if value is None:
-        if "None" in kind:
-            return None
-        raise ConfigError(f"{where}: may not be empty")
-    if kind.startswith(("int", "float")):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return int(value) if kind.startswith("int") else float(value)
-    if kind.startswith("bool") and not isinstance(value, bool):
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
-    if kind.startswith("list") and not isinstance(value, list):
-        raise ConfigError(f"{where}: expected a list, got {value!r}")
-    if kind.startswith("str") and not isinstance(value, str):
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
-    return value
-
-
-def from_dict(data: dict, source: str = "<dict>") -> PipelineConfig:
+def from_dict(data: dict, source: str = "<dict>", limit: int | None = None) -> PipelineConfig:
     """Build and validate a config from parsed YAML."""
-    data = dict(data or {})
-    endpoint = data.get("endpoint")
-    if isinstance(endpoint, dict) and isinstance(endpoint.get("structured"), bool):
-        # YAML 1.1 reads a bare on/off as a boolean
-        data["endpoint"] = endpoint | {"structured": "on" if endpoint["structured"] else "off"}
-    sections = {"endpoint": EndpointConfig, "engine": EngineConfig, "run": RunConfig, "limits": LimitsConfig,
-                "filter": FilterConfig, "scorer": ScorerConfig}
-    kwargs = {name: _build(cls, data.pop(name) or {}, f"{source}: {name}") for name, cls in sections.items() if name in data}
-    stages = data.pop("stages", None) or {}
-    kwargs["stages"] = {name: _build(StageConfig, stages.get(name) or {}, f"{source}: stages.{name}") for name in STAGE_NAMES}
-    for name in stages:
-        if name not in STAGE_NAMES:
-            raise ConfigError(f"{source}: stages: unknown stage {name!r} (known: {', '.join(STAGE_NAMES)})")
-    config = _build(PipelineConfig, data, source)
-    config = dataclasses.replace(config, **kwargs, source=source)
-    validate(config)
-    return config
-
-
-def validate(config: PipelineConfig) -> None:
-    """Reject settings the pipeline cannot run with."""
-    src = config.source
-    if config.endpoint.structured not in STRUCTURED_MODES:
-        raise ConfigError(f"{src}: endpoint.structured must be one of {STRUCTURED_MODES}")
-    if config.scorer.kind not in SCORERS:
-        raise ConfigError(f"{src}: scorer.kind must be one of {SCORERS}")
-    if not config.run.variants or any(v not in VARIANTS for v in config.run.variants):
-        raise ConfigError(f"{src}: run.variants must be a non-empty list of {VARIANTS}")
-    if config.run.records < 1 or not 0 <= config.run.open_share <= 0.5:
-        raise ConfigError(f"{src}: run.records must be ≥ 1 and run.open_share within [0, 0.5] (one open record per text)")
-    if config.engine.concurrency < 1 or config.engine.max_attempts < 1:
-        raise ConfigError(f"{src}: engine.concurrency and engine.max_attempts must be ≥ 1")
-    for name, stage in config.stages.items():
-        if stage.max_tokens < 1 or stage.per_call < 1 or stage.chunk < 1 or stage.max_tries < 1:
-            raise ConfigError(f"{src}: stages.{name}: max_tokens, per_call, chunk and max_tries must be ≥ 1")
+    config = validate(PipelineConfig, data, source)
+    config._source = source
+    return config.with_records(limit) if limit is not None else config
 
 
 def load_config(path: str | Path | None = None, limit: int | None = None) -> PipelineConfig:
-    """Read a config file (default ``configs/generate-default.yaml``); ``limit`` sets run.records."""
-    path = Path(path) if path else config_dir() / "generate-default.yaml"
-    if not path.is_file() and not path.is_absolute() and (config_dir() / path).is_file():
-        path = config_dir() / path
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {path}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    config = from_dict(data or {}, str(path))
-    if limit is not None:
-        if limit < 1:
-            raise ConfigError("--limit must be at least 1")
-        config.run.records = limit
-    return config
+    """Read a config file or packaged preset (default ``generate-default.yaml``); ``limit`` sets run.records."""
+    found = find_config(path or DEFAULT_CONFIG, prefix="generate-")
+    config = load(PipelineConfig, found)
+    config._source = str(found)
+    return config.with_records(limit) if limit is not None else config

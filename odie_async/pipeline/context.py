@@ -18,10 +18,8 @@ import orjson
 from ..engine.core import Engine
 from .config import PipelineConfig
 from .prompts import Prompts, Seed
+from .registry import STRUCTURED
 from .schemas import response_format
-
-STRUCTURED_STAGES = ("instructions", "paraphrase", "tables", "tables_cot", "judge")
-
 
 class Dropped(Exception):
     """A record leaves the pipeline; ``reason`` goes to the filter histogram."""
@@ -66,7 +64,7 @@ class Context:
 
     def mode(self, stage: str) -> str:
         """How ``stage`` asks for its structure: ``json_schema``, ``prompt`` or ``free_text``."""
-        if stage not in STRUCTURED_STAGES:
+        if stage not in STRUCTURED:
             return "free_text"
         return "json_schema" if self.structured else "prompt"
 

@@ -28,6 +28,7 @@ from . import filter as rules
 from .context import Context, Dropped
 from .dedup import Deduper
 from .prompts import FIXED, OPEN
+from .registry import table_stage
 from .stages import Record, instruction_batch, make_table, open_instruction, paraphrase, write_text
 
 
@@ -93,7 +94,7 @@ class Flow:
         expected = {"instructions": self.n_fixed, "texts": self.n_fixed, "open_instructions": self.n_open,
                     "paraphrase": chunks}
         for variant in self.variants:
-            expected["tables_cot" if variant == "cot" else "tables"] = records
+            expected[table_stage(variant).name] = records
         expected["scored"] = records * len(self.variants)
         return expected
 
@@ -210,7 +211,7 @@ class Flow:
         await asyncio.gather(*(self._variant(record, variant) for variant in self.variants))
 
     async def _variant(self, record: Record, variant: str) -> None:
-        stage = "tables_cot" if variant == "cot" else "tables"
+        stage = table_stage(variant).name
         table, explanation, scores = None, "", {}
         try:
             table, explanation = await make_table(self.ctx, record, variant)

@@ -22,6 +22,7 @@ import orjson
 from ..endpoints.schema_fill import instance_for_schema
 from ..evaluation.tables import parse_table, render
 from .prompts import Prompts
+from .registry import STAGES
 
 DOMAINS = ["marine biology", "urban planning", "esports", "beekeeping", "aviation safety", "vintage cars",
            "public health", "amateur astronomy", "coffee trade", "railway history", "wine tasting",
@@ -65,8 +66,7 @@ class PipelineResponder:
     """``responder(body) -> content`` for ``MockServer``."""
 
     def __init__(self, prompts: Prompts) -> None:
-        systems = {stage: prompts.fill(stage, "system") for stage in
-                   ("instructions", "texts", "open_instructions", "paraphrase", "tables", "tables_cot", "judge")}
+        systems = {stage: prompts.fill(stage, "system") for stage in STAGES}
         self._systems = sorted(systems.items(), key=lambda item: -len(item[1]))
 
     def stage_of(self, body: dict) -> str | None:

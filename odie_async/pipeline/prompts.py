@@ -13,23 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
-import yaml
 
 from ..exceptions import ConfigError, InputError
 from ..evaluation.tables import TableError, parse_table
+from ..files import load_yaml
+from .registry import STAGES
 
 FIXED = "fixed header"
 OPEN = "open header"
 CATEGORIES = (FIXED, OPEN)
-REQUIRED_KEYS = {
-    "instructions": ("system", "user", "example", "format_text", "format_json"),
-    "texts": ("system", "user"),
-    "open_instructions": ("system", "user"),
-    "paraphrase": ("system", "styles", "user", "format_text", "format_json", "retry"),
-    "tables": ("system", "user", "format_text", "format_json"),
-    "tables_cot": ("system", "user", "format_text", "format_json"),
-    "judge": ("system", "user_fixed", "user_open", "format_text", "format_json"),
-}
 
 
 class Prompts:
@@ -37,7 +29,7 @@ class Prompts:
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
-        self._stages = {stage: self._load(stage, keys) for stage, keys in REQUIRED_KEYS.items()}
+        self._stages = {name: self._load(name, spec.prompt_keys) for name, spec in STAGES.items()}
         system = self.folder / "system.txt"
         if not system.is_file():
             raise ConfigError(f"{system}: the export's system prompt is missing")
@@ -45,12 +37,7 @@ class Prompts:
 
     def _load(self, stage: str, keys: tuple[str, ...]) -> dict:
         path = self.folder / f"{stage}.yaml"
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"cannot read prompt file {path}: {exc.strerror}") from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        data = load_yaml(path, "prompt file")
         missing = [key for key in keys if not isinstance(data, dict) or key not in data]
         if missing:
             raise ConfigError(f"{path}: missing template keys {missing}")

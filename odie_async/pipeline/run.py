@@ -1,8 +1,4 @@
-"""``odie generate``: the whole InstructIE pipeline as one resumable, streaming run.
-
-::
-
-    odie generate [--config configs/NAME.yaml] [--out DIR] [--limit N]
+"""The whole InstructIE pipeline as one resumable, streaming run (``odie generate``).
 
 The out folder holds the engine's checkpoint (``requests.jsonl``,
 ``errors.jsonl``), the exports (``train.jsonl``, ``train_cot.jsonl``), the
@@ -14,98 +10,46 @@ mock teacher), or nothing, which serves the embedded model for the run.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import json
 import signal
-import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import orjson
 import structlog
 
+from ..endpoints.resolve import MOCK, Endpoint, resolve_endpoint
 from ..engine.core import Engine, EngineSettings
-from ..exceptions import ConfigError, OdieError
-from ..logs import configure_logging
-from ..runtime import run_async
-from .config import PipelineConfig, load_config
-from .context import STRUCTURED_STAGES, Context
-from .display import StageProgress
+from ..exceptions import OdieError
+from ..runtime import StopSignals
+from . import registry
+from .config import PipelineConfig
+from .context import Context
+from .display import progress_for
 from .export import SUMMARY, export, filter_report, stage_report, yields
 from .flow import Flow
 from .live import METRICS, MetricsLog, funnel
+from .mock_responder import PipelineResponder
 from .prompts import Prompts, load_seeds
 from .scorers import make_scorer, scorer_kind
 from .structured import resolve_structured
 
 log = structlog.get_logger(__name__)
 
-MOCK = "mock"
-STAGES = ("instructions", "texts", "open_instructions", "paraphrase", "tables", "tables_cot", "judge")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``odie generate``."""
-    parser.add_argument("--config", default=None, help="pipeline config (default: configs/generate-default.yaml)")
-    parser.add_argument("--out", default="runs/generate", help="run folder: checkpoint, exports, summary")
-    parser.add_argument("--limit", type=int, default=None, help="final records to attempt (overrides run.records)")
-    parser.add_argument("--structured", choices=("auto", "on", "off"), default=None,
-                        help="override endpoint.structured (JSON-schema outputs)")
-    parser.add_argument("--log-json", action="store_true", help="log JSON lines instead of readable text")
-    parser.add_argument("--no-progress", action="store_true", help="no live progress line")
-
-
-class _Endpoint:
-    """Base URL, model and key of the endpoint a run talks to."""
-
-    def __init__(self, base_url: str, model: str | None, api_key: str | None) -> None:
-        self.base_url, self.model, self.api_key = base_url, model, api_key
-
-
-def discover_model(base_url: str, api_key: str | None) -> str | None:
-    """The first model an endpoint lists at ``/models`` (None when it lists none)."""
-    request = urllib.request.Request(base_url.rstrip("/") + "/models")
-    if api_key:
-        request.add_header("Authorization", f"Bearer {api_key}")
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            models = json.load(response).get("data") or []
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise ConfigError(f"endpoint.model is not set and {base_url}/models did not answer ({exc})") from exc
-    return models[0].get("id") if models else None
-
-
 @contextlib.asynccontextmanager
 async def endpoint_scope(config: PipelineConfig, prompts: Prompts):
-    """The run's endpoint: the configured URL, an in-process mock, or the embedded model served for the run."""
+    """The run's endpoint: the configured URL, the loopback mock teacher, or the embedded model served for the run."""
     cfg = config.endpoint
-    if cfg.base_url == MOCK:
-        from ..endpoints.mock_server import MockServer
-        from .mock_responder import PipelineResponder
-
-        async with MockServer(responder=PipelineResponder(prompts)) as server:
-            yield _Endpoint(server.base_url, cfg.model or "mock-model", None)
-    elif cfg.base_url:
-        key = config.api_key()
-        model = cfg.model or await asyncio.to_thread(discover_model, cfg.base_url, key)
-        yield _Endpoint(cfg.base_url, model, key)
-    else:
-        from ..endpoints.serve import embedded_endpoint
-
-        async with embedded_endpoint() as served:
-            yield _Endpoint(served.base_url, cfg.model or served.model, served.api_key)
+    responder = PipelineResponder(prompts) if cfg.base_url == MOCK else None
+    async with resolve_endpoint(cfg.base_url, cfg.model, config.api_key(), discover=True,
+                                mock_responder=responder) as endpoint:
+        yield endpoint
 
 
-def engine_settings(config: PipelineConfig, endpoint: _Endpoint) -> EngineSettings:
-    """Engine settings from the config's engine section."""
-    e = config.engine
-    return EngineSettings(base_url=endpoint.base_url, api_key=endpoint.api_key, concurrency=e.concurrency,
-                          rpm=e.rpm, tpm=e.tpm, max_attempts=e.max_attempts, timeout_s=e.timeout_s,
-                          drain_timeout_s=e.drain_timeout_s)
+def engine_settings(config: PipelineConfig, endpoint: Endpoint) -> EngineSettings:
+    """Engine settings from the config's engine section (its keys are ``EngineSettings`` fields)."""
+    return EngineSettings(base_url=endpoint.base_url, api_key=endpoint.api_key, **config.engine.model_dump())
 
 
 def _leaf(exc: BaseException) -> BaseException:
@@ -116,45 +60,27 @@ def _leaf(exc: BaseException) -> BaseException:
     return exc
 
 
-def _install_signals(engine: Engine, task: asyncio.Task) -> list[int]:
-    """First SIGINT/SIGTERM: stop intake, drain in-flight requests; second: cancel them."""
-    loop = asyncio.get_running_loop()
-    hits = {"n": 0}
-
-    def on_signal() -> None:
-        hits["n"] += 1
-        if hits["n"] == 1:
-            engine.request_stop()
-            task.cancel()
-        else:
-            engine.cancel_in_flight()
-
-    installed = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, on_signal)
-            installed.append(sig)
-    return installed
-
-
-async def _drive(flow: Flow, engine: Engine, show_progress: bool, handle_signals: bool) -> tuple[bool, BaseException | None]:
-    """Run the flow; ``(interrupted, error)``."""
+async def _drive(flow: Flow, engine: Engine, show_progress: bool,
+                 handle_signals: bool) -> tuple[bool, int | None, BaseException | None]:
+    """Run the flow; ``(interrupted, the signal that stopped it, error)``."""
     task = asyncio.create_task(flow.run())
-    installed = _install_signals(engine, task) if handle_signals else []
-    progress = StageProgress(flow, engine.stats) if show_progress else contextlib.nullcontext()
+
+    def stop(_signum: int) -> None:
+        engine.request_stop()
+        task.cancel()
+
+    signals = StopSignals(stop, lambda _signum: engine.cancel_in_flight())
     try:
-        async with progress:
-            await task
-        return False, None
+        with signals if handle_signals else contextlib.nullcontext():
+            async with progress_for(flow, engine.stats, show_progress):
+                await task
+        return False, None, None
     except asyncio.CancelledError:
         if engine.interrupted:
-            return True, None
+            return True, signals.received, None
         raise
     except BaseException as exc:  # noqa: BLE001 - reported in the summary, then raised
-        return engine.interrupted, (None if engine.interrupted else _leaf(exc))
-    finally:
-        for sig in installed:
-            asyncio.get_running_loop().remove_signal_handler(sig)
+        return engine.interrupted, signals.received, (None if engine.interrupted else _leaf(exc))
 
 
 async def generate(config: PipelineConfig, out: Path, show_progress: bool = True, handle_signals: bool = True) -> dict:
@@ -172,10 +98,11 @@ async def generate(config: PipelineConfig, out: Path, show_progress: bool = True
             ctx = Context(config, prompts, seeds, engine, endpoint.model, structured)
             flow = Flow(ctx, scorer)
             async with MetricsLog(engine, out / METRICS, extra=funnel(flow)):
-                interrupted, error = await _drive(flow, engine, show_progress, handle_signals)
+                interrupted, signum, error = await _drive(flow, engine, show_progress, handle_signals)
         await scorer.aclose()
     files = export(out, flow.outcomes, flow.variants, prompts.export_system)
     summary = _summary(config, endpoint, ctx, flow, engine, files, why, interrupted, error, time.monotonic() - started)
+    summary["signal"] = signal.Signals(signum).name if signum else None
     (out / SUMMARY).write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
     if error is not None:
         raise error
@@ -183,8 +110,7 @@ async def generate(config: PipelineConfig, out: Path, show_progress: bool = True
 
 
 def _summary(config, endpoint, ctx: Context, flow: Flow, engine: Engine, files, why, interrupted, error, wall) -> dict:
-    stages = [s for s in STAGES if s != "judge" or scorer_kind(config) == "llm"]
-    stages = [s for s in stages if s not in ("tables", "tables_cot") or ("cot" if s == "tables_cot" else "plain") in flow.variants]
+    stages = registry.active(flow.variants, judge=scorer_kind(config) == "llm")
     modes = {stage: ctx.mode(stage) for stage in stages}
     return {
         "config": config.source,
@@ -194,7 +120,7 @@ def _summary(config, endpoint, ctx: Context, flow: Flow, engine: Engine, files, 
         "error": str(error) if error else None,
         "records": {"planned": flow.n_fixed + flow.n_open, "fixed_header": flow.n_fixed, "open_header": flow.n_open},
         "structured": {"setting": config.endpoint.structured, "enabled": ctx.structured, "why": why,
-                       "stages": {s: m for s, m in modes.items() if s in STRUCTURED_STAGES}},
+                       "stages": {s: m for s, m in modes.items() if registry.STAGES[s].structured}},
         "scorer": scorer_kind(config),
         "stages": stage_report(ctx.counts, modes),
         "filter": filter_report(flow.outcomes, flow.variants),
@@ -242,18 +168,14 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Entry point of ``odie generate``."""
-    configure_logging(json=args.log_json)
-    config = load_config(args.config, args.limit)
-    if args.structured:
-        config.endpoint.structured = args.structured
-    summary = run_async(generate(config, Path(args.out), show_progress=not args.no_progress))
-    print(format_summary(summary), file=sys.stdout)
+def exit_code(summary: dict) -> int:
+    """The command's exit status: 130/143 interrupted by SIGINT/SIGTERM, 4 when a planned record
+    has no fate (kept, dropped or failed), 1 when some requests ended in ``errors.jsonl``, else 0
+    (records the filter dropped are a normal outcome)."""
     if summary["interrupted"]:
-        return 130
+        return 128 + signal.Signals[summary["signal"]].value if summary.get("signal") else 130
     lost = {v: c["unaccounted"] for v, c in summary["ledger"].items() if c["unaccounted"]}
     if lost:
         log.error("planned records without a fate (kept, dropped or failed)", unaccounted=lost)
         return 4
-    return 0
+    return 1 if summary["engine"].get("failed") else 0

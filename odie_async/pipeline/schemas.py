@@ -11,7 +11,10 @@ decoding. ``endpoint.schema_drop`` removes keywords an endpoint rejects.
 
 from __future__ import annotations
 
-from .config import EndpointConfig, LimitsConfig
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .config import EndpointConfig, LimitsConfig
 
 JUDGE_SCALE = [1, 2, 3, 4, 5]
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..exceptions import ConfigError
+from ..runtime import offline_hf
 from ..evaluation.tables import Table, is_na
 from . import schemas
 from .config import PipelineConfig
@@ -200,8 +201,7 @@ class UniEvalScorer:
 
     def _load(self):
         if self._model is None:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+            offline_hf()
             from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
             self._tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=True)

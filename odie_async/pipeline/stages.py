@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import orjson
 
 from ..evaluation.tables import Table, TableError, parse_table
-from . import schemas
 from .context import Context, Dropped, assistant, system, user
-from .parsers import ParseError, free_text, parse_cot_answer, parse_instruction_list, parse_paraphrases, parse_table_answer
+from .parsers import ParseError, free_text
 from .prompts import FIXED, OPEN, Seed
+from .registry import STAGES, table_stage
 
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]?(?=\s|$)")
 
@@ -62,11 +62,12 @@ async def instruction_batch(ctx: Context, call: int) -> list[tuple[str, str]]:
     fmt = ctx.prompts.fill("instructions", ctx.format_key(), count=stage.per_call)
     prompt = ctx.prompts.fill("instructions", "user", examples=_examples(ctx, shots), count=stage.per_call, format=fmt)
     messages = [system(ctx.prompts.fill("instructions", "system")), user(prompt)]
-    answer = await ctx.ask("instructions", key, messages, schemas.instructions_schema(ctx.config.limits, stage.per_call))
+    spec = STAGES["instructions"]
+    answer = await ctx.ask(spec.name, key, messages, spec.schema(ctx.config.limits, stage.per_call))
     if not answer.ok:
         return []
     try:
-        pairs = parse_instruction_list(answer.content)
+        pairs = spec.parser(answer.content)
     except ParseError:
         ctx.parsed("instructions", False)
         return []
@@ -136,12 +137,13 @@ async def paraphrase(ctx: Context, key: str, instructions: list[str]) -> list[st
     fmt = ctx.prompts.fill("paraphrase", ctx.format_key(), count=count)
     messages = [system(ctx.prompts.fill("paraphrase", "system")),
                 user(ctx.prompts.fill("paraphrase", "user", count=count, style=style, format=fmt, items=items))]
-    schema = schemas.paraphrase_schema(ctx.config.limits, count)
+    spec = STAGES["paraphrase"]
+    schema = spec.schema(ctx.config.limits, count)
     for attempt in range(stage.max_tries):
         answer = await ctx.ask("paraphrase", key if not attempt else f"{key}-try{attempt}", messages, schema)
         if not answer.ok:
             return None
-        lines = parse_paraphrases(answer.content)
+        lines = spec.parser(answer.content)
         ctx.parsed("paraphrase", len(lines) == count)
         if len(lines) == count:
             return lines
@@ -162,7 +164,7 @@ def _shot_answer(ctx: Context, seed: Seed, cot: bool) -> str:
 
 
 def _table_shots(ctx: Context, record: Record, stage_name: str, k: int) -> list[Seed]:
-    cot = stage_name == "tables_cot"
+    cot = STAGES[stage_name].variant == "cot"
     same = _seeds(ctx, record.category, cot)
     other = [s for s in _seeds(ctx, None, cot) if s not in same]
     rng = ctx.rng(f"{stage_name}:{record.id}")
@@ -177,24 +179,20 @@ def table_messages(ctx: Context, record: Record, stage_name: str) -> list[dict]:
     messages = [system(sys_text)]
     for seed in _table_shots(ctx, record, stage_name, stage.shots):
         messages += [user(ctx.prompts.fill(stage_name, "user", instruction=seed.instruction, text=seed.text)),
-                     assistant(_shot_answer(ctx, seed, stage_name == "tables_cot"))]
+                     assistant(_shot_answer(ctx, seed, STAGES[stage_name].variant == "cot"))]
     messages.append(user(ctx.prompts.fill(stage_name, "user", instruction=record.instruction, text=record.text)))
     return messages
 
 
 async def make_table(ctx: Context, record: Record, variant: str) -> tuple[Table, str]:
     """``(table, explanation)`` for the record; the explanation is empty for the plain variant."""
-    stage_name = "tables_cot" if variant == "cot" else "tables"
-    limits = ctx.config.limits
-    schema = schemas.cot_schema(limits) if variant == "cot" else schemas.table_schema(limits)
-    answer = await ctx.ask(stage_name, record.id, table_messages(ctx, record, stage_name), schema)
+    spec = table_stage(variant)
+    stage_name = spec.name
+    answer = await ctx.ask(stage_name, record.id, table_messages(ctx, record, stage_name), spec.schema(ctx.config.limits))
     if not answer.ok:
         raise Dropped(f"request_failed:{stage_name}")
     try:
-        if variant == "cot":
-            explanation, table = parse_cot_answer(answer.content)
-        else:
-            explanation, table = "", parse_table_answer(answer.content)
+        explanation, table = spec.parser(answer.content)
         table = parse_table(table.markdown())  # the exported text must parse strictly, as the filter demands
     except TableError as exc:
         ctx.parsed(stage_name, False)

@@ -1,0 +1,41 @@
+"""``odie train``: LoRA fine-tuning of a causal LM on chat-format data (``odie generate``'s exports)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..endpoints.embedded import EMBEDDED
+from ..exceptions import ConfigError
+from ..logs import configure_logging
+from ..model import chat_format
+from ..model.train import TrainJob, train
+from ..model.train_config import DEFAULT_CONFIG, load_config
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``odie train``."""
+    parser.add_argument("--data", required=True, help="chat-format training JSONL (odie generate's train.jsonl)")
+    parser.add_argument("--base-model", default=EMBEDDED,
+                        help="a Hugging Face causal LM folder, or 'embedded' (SmolLM2-135M-Instruct; default)")
+    parser.add_argument("--output", required=True, help="folder for the adapter, checkpoints and summary")
+    parser.add_argument("--config", default=None,
+                        help=f"training config YAML (default configs/{DEFAULT_CONFIG}; configs/train-paper.yaml "
+                             "holds the paper's settings)")
+    parser.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps (overrides)")
+    parser.add_argument("--chat-layout", choices=chat_format.LAYOUTS, default=None,
+                        help="render with the model's chat template or the paper's layout (overrides)")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUTPUT")
+    parser.add_argument("--log-json", action="store_true", help="log JSON lines on stderr")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train, print the adapter's folder."""
+    configure_logging(json=args.log_json)
+    config = load_config(args.config)
+    if args.chat_layout:
+        config.chat_layout = args.chat_layout
+    if args.max_steps is not None and args.max_steps < 1:
+        raise ConfigError("--max-steps must be at least 1")
+    summary = train(TrainJob(args.data, args.base_model, args.output, config, args.max_steps, args.resume))
+    print(summary["adapter"])
+    return 0

@@ -1,0 +1,106 @@
+"""The Python API: sync and async forms, the sync form inside a running event loop (a notebook cell)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import threading
+
+import numpy as np
+import pytest
+
+import odie_async
+from odie_async.evaluation import evaluate as evaluate_module
+from odie_async.runtime import called_from_loop, run_sync
+
+from .pipeline_support import config_data
+
+RECORD = {"instruction": "List the venues.", "text": "Harbor Hall opened in 1998.",
+          "gold": "| Name | Year |\n| --- | --- |\n| Harbor Hall | 1998 |",
+          "output": "| Name | Year |\n| --- | --- |\n| Harbor Hall | 1998 |",
+          "category": "fixed header", "difficulty": "easy", "source_type": "retrieve", "domain": "news"}
+
+
+class HashEncoder:
+    """A stand-in for the sentence encoder: equal texts give equal unit vectors."""
+
+    def encode(self, texts):
+        rows = [np.frombuffer(hashlib.sha256(t.lower().encode()).digest(), dtype=np.uint8).astype(np.float32) - 127.5
+                for t in texts]
+        rows = np.array(rows, dtype=np.float32).reshape(len(texts), 32)
+        return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-9)
+
+
+@pytest.fixture
+def fake_encoder(monkeypatch):
+    monkeypatch.setattr(evaluate_module, "get_embedder", lambda **_kw: HashEncoder())
+
+
+def test_public_names():
+    for name in ("generate", "agenerate", "evaluate", "aevaluate", "OdieError", "__version__"):
+        assert name in odie_async.__all__ and hasattr(odie_async, name)
+
+
+def test_run_sync_inside_a_running_loop_uses_a_worker_thread():
+    async def inner():
+        return threading.current_thread().name, called_from_loop()
+
+    async def cell():
+        return run_sync(inner())
+
+    assert run_sync(inner()) == (threading.current_thread().name, False)
+    name, flagged = asyncio.run(cell())
+    assert name == "odie-run-sync" and flagged
+
+
+def test_run_sync_raises_the_coroutines_error_in_the_caller():
+    async def broken():
+        raise odie_async.OdieError("from the worker")
+
+    async def cell():
+        run_sync(broken())
+
+    with pytest.raises(odie_async.OdieError, match="from the worker"):
+        asyncio.run(cell())
+
+
+def test_sync_generate_inside_a_running_loop_runs_the_pipeline_with_a_notebook_bar(tmp_path, capsys):
+    data = config_data(tmp_path, base_url="mock", structured="off", records=6)
+
+    async def notebook_cell():
+        return odie_async.generate(data, tmp_path / "out", progress=True)
+
+    summary = asyncio.run(notebook_cell())
+    assert summary["records"]["planned"] == 6 and not summary["interrupted"]
+    assert summary["engine"]["failed"] == 0 and summary["engine"]["succeeded"] > 0
+    exported = sum(1 for name in ("train.jsonl", "train_cot.jsonl", "dropped.jsonl")
+                   for _ in (tmp_path / "out" / name).open())
+    assert exported == 12  # every record has one fate per variant
+    err = capsys.readouterr().err
+    assert "generate:" in err and "[generate]" not in err  # tqdm's bar, not the terminal line
+    again = asyncio.run(odie_async.agenerate(data, tmp_path / "out", progress=False))
+    assert again["engine"]["attempts"] == 0  # the rerun is answered from the checkpoint
+
+
+def test_sync_evaluate_inside_a_running_loop_scores_files_and_records(tmp_path, fake_encoder):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps([RECORD, {**RECORD, "output": "no table here"}]))
+
+    async def notebook_cell():
+        return odie_async.evaluate(path, json_out=tmp_path / "scores.json", progress=True)
+
+    report = asyncio.run(notebook_cell())
+    assert report["n"] == 2 and report["file"] == str(path)
+    # 2 of 2 predicted header cells match, 2 of 4 gold ones are found: F1 of 1 and 1/2
+    assert report["header"]["overall"] == pytest.approx(100 * 2 / 3)
+    assert json.loads((tmp_path / "scores.json").read_text())["n"] == 2
+    from_records = odie_async.evaluate([RECORD])
+    assert from_records["header"]["overall"] == pytest.approx(100.0)
+    both = asyncio.run(odie_async.aevaluate([path, path], progress=False))
+    assert [r["n"] for r in both] == [2, 2]
+
+
+def test_evaluate_names_a_bad_record(fake_encoder):
+    with pytest.raises(odie_async.OdieError, match="records: item 1: missing field 'output'"):
+        odie_async.evaluate([RECORD, {k: v for k, v in RECORD.items() if k != "output"}])
