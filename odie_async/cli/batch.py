@@ -7,7 +7,6 @@ by the endpoint, 4 a local error, 130/143 interrupted; see the README).
 
 from __future__ import annotations
 
-import argparse
 import os
 import shlex
 import sys
@@ -16,30 +15,15 @@ import structlog
 
 from ..distributed import ray_batch
 from ..engine.batch import BatchReport, run_batch
-from ..engine.client import api_key_from_env
 from ..engine.progress import format_summary
-from ..engine.settings import EngineSettings, check_number
 from ..exceptions import ConfigError
 from ..logs import configure_logging
+from ..options import number, settings_from_args
 from ..providers import add_arguments as add_provider_arguments
 from ..providers import run_provider_batch
 from ..runtime import run_async
 
 log = structlog.get_logger(__name__)
-
-
-def number(kind, minimum: float, inclusive: bool = True):
-    """An argparse type: a finite ``kind`` above (or at) ``minimum``, else a usage error (exit 2)."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-            check_number(value, minimum, inclusive, "the value")
-        except (ValueError, ConfigError) as exc:
-            raise argparse.ArgumentTypeError(str(exc).replace("the value ", "") if isinstance(exc, ConfigError)
-                                             else f"{text!r} is not a valid {kind.__name__}") from None
-        return value
-    parse.__name__ = kind.__name__
-    return parse
 
 
 def add_arguments(parser) -> None:
@@ -69,15 +53,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no live progress line")
     add_provider_arguments(parser)  # --mode provider-batch and its options
     ray_batch.add_arguments(parser)  # --ray, --workers, --merge-only
-
-
-def settings_from_args(args, base_url: str, api_key: str | None = None) -> EngineSettings:
-    """Engine settings from the command line."""
-    return EngineSettings(
-        base_url=base_url, api_key=api_key or api_key_from_env(args.api_key_env), concurrency=args.concurrency,
-        rpm=args.rpm, tpm=args.tpm, max_attempts=args.max_attempts, timeout_s=args.timeout,
-        drain_timeout_s=args.drain_timeout, max_retry_wait_s=args.max_retry_wait, adaptive=not args.no_adaptive,
-    )
 
 
 def _batch(args, base_url: str, model: str | None, api_key: str | None = None) -> BatchReport:

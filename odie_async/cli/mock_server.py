@@ -9,7 +9,7 @@ from ..endpoints.mock_batches import install as install_batches
 from ..endpoints.mock_server import EXTRA_FAULTS, FAULTS, MockServer, MockSettings, serve_forever
 from ..engine.client import clean_api_key
 from ..runtime import run_async
-from .batch import number
+from ..options import number
 
 
 def add_arguments(parser) -> None:

@@ -279,7 +279,7 @@ def _worker_figures(index: int, result: dict, restarts: int) -> dict:
 
 def run(args) -> int:
     """``odie batch --ray`` / ``--merge-only``: the command's exit code (see ``exit_code``)."""
-    from ..cli.batch import settings_from_args
+    from ..options import settings_from_args
     from ..engine.progress import format_summary
     from ..logs import configure_logging
 

