@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("odie_async.model.train", "fine-tune a LoRA adapter on generated data"),
     "predict": ("odie_async.model.predict", "predict tables for a test set, batched through vLLM"),
     "eval": ("odie_async.evaluation.evaluate", "score predictions with the paper's metrics"),
+    "filter": ("odie_async.cli.filter", "keep or drop (instruction, text, table) records by the quality gate"),
+    "export": ("odie_async.cli.export", "write a run's training files as one datasets split (Parquet, disk)"),
 }
 
 

@@ -17,6 +17,7 @@ import yaml
 
 from ..exceptions import ConfigError
 from ..paths import config_dir
+from ..quality.config import GateConfig, from_section, load_gate_config
 
 STRUCTURED_MODES = ("auto", "on", "off")
 SCORERS = ("auto", "llm", "offline", "unieval")
@@ -87,19 +88,6 @@ class LimitsConfig:
 
 
 @dataclass
-class FilterConfig:
-    """The paper's filter thresholds."""
-
-    max_text_words: int = 768
-    min_size: int = 4
-    min_columns: int = 2
-    max_na: int = 3
-    min_consistency: float = 0.5
-    min_faithfulness: float = 0.5
-    distinct_rows: bool = False
-
-
-@dataclass
 class ScorerConfig:
     """Which scorer judges consistency and faithfulness."""
 
@@ -120,7 +108,7 @@ class PipelineConfig:
     run: RunConfig = field(default_factory=RunConfig)
     stages: dict[str, StageConfig] = field(default_factory=dict)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
-    filter: FilterConfig = field(default_factory=FilterConfig)
+    filter: GateConfig = field(default_factory=load_gate_config)  # the quality gate, configs/filter-*.yaml
     scorer: ScorerConfig = field(default_factory=ScorerConfig)
     seeds: str = "seeds/seed_tasks.jsonl"
     prompts: str = "prompts"
@@ -196,8 +184,10 @@ def from_dict(data: dict, source: str = "<dict>") -> PipelineConfig:
         # YAML 1.1 reads a bare on/off as a boolean
         data["endpoint"] = endpoint | {"structured": "on" if endpoint["structured"] else "off"}
     sections = {"endpoint": EndpointConfig, "engine": EngineConfig, "run": RunConfig, "limits": LimitsConfig,
-                "filter": FilterConfig, "scorer": ScorerConfig}
+                "scorer": ScorerConfig}
     kwargs = {name: _build(cls, data.pop(name) or {}, f"{source}: {name}") for name, cls in sections.items() if name in data}
+    if "filter" in data:
+        kwargs["filter"] = from_section(data.pop("filter"), f"{source}: filter")
     stages = data.pop("stages", None) or {}
     kwargs["stages"] = {name: _build(StageConfig, stages.get(name) or {}, f"{source}: stages.{name}") for name in STAGE_NAMES}
     for name in stages:

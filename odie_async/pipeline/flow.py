@@ -43,6 +43,7 @@ class Outcome:
     explanation: str = ""
     scores: dict = field(default_factory=dict)
     stage: str = ""
+    reasons: list[str] = field(default_factory=list)
 
 
 def fixed_id(i: int) -> str:
@@ -215,20 +216,18 @@ class Flow:
         try:
             table, explanation = await make_table(self.ctx, record, variant)
             self.progress[stage] += 1
-            reason = rules.check_table(table, self.ctx.config.filter)
-            if reason:
-                raise Dropped(reason)
-            stage = "score"
-            scores = await self.scorer.score(self.ctx, record, variant, table)
+            stage = "filter"
+            verdict = await self.scorer.judge_table(self.ctx, record, variant, table)
+            scores = verdict.scores
             self.progress["scored"] += 1
-            reason = rules.check_scores(scores, record.category, self.ctx.config.filter)
-            if reason:
-                raise Dropped(reason)
+            if not verdict.kept:
+                raise Dropped(verdict.reason, reasons=verdict.reasons)
         except Dropped as drop:
-            self.outcomes.append(Outcome(record, variant, False, drop.reason, table, explanation, scores, stage))
+            reasons = drop.details.get("reasons") or [drop.reason]
+            self.outcomes.append(Outcome(record, variant, False, drop.reason, table, explanation, scores, stage, reasons))
         else:
             self.outcomes.append(Outcome(record, variant, True, None, table, explanation, scores, "kept"))
 
     def _drop_all(self, record: Record, drop: Dropped, stage: str) -> None:
         for variant in self.variants:
-            self.outcomes.append(Outcome(record, variant, False, drop.reason, stage=stage))
+            self.outcomes.append(Outcome(record, variant, False, drop.reason, stage=stage, reasons=[drop.reason]))

@@ -35,7 +35,7 @@ from ..runtime import run_async
 from .config import PipelineConfig, load_config
 from .context import STRUCTURED_STAGES, Context
 from .display import StageProgress
-from .export import SUMMARY, export, filter_report, stage_report, yields
+from .export import SUMMARY, export, filter_report, plain_words, stage_report, write_card, yields
 from .flow import Flow
 from .prompts import Prompts, load_seeds
 from .scorers import make_scorer, scorer_kind
@@ -175,6 +175,7 @@ async def generate(config: PipelineConfig, out: Path, show_progress: bool = True
     files = export(out, flow.outcomes, flow.variants, prompts.export_system)
     summary = _summary(config, endpoint, ctx, flow, engine, files, why, interrupted, error, time.monotonic() - started)
     (out / SUMMARY).write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
+    write_card(out, summary, config.filter)
     if error is not None:
         raise error
     return summary
@@ -217,6 +218,7 @@ def format_summary(summary: dict) -> str:
     for variant, report in summary["filter"].items():
         lines.append(f"{variant}: kept {report['kept']}/{report['records']} {report['kept_by_category']} "
                      f"dropped {report['reasons']}")
+    lines += plain_words(summary)
     lines.append(f"files: {', '.join(summary['files'].values())}")
     if summary["interrupted"]:
         lines.append("interrupted: run the same command again to resume")
