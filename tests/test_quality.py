@@ -384,6 +384,38 @@ def test_the_garbage_the_default_run_kept_survives_no_part_of_the_real_gate(tmp_
                                   handle_signals=False))
     dropped = lines(tmp_path / "d.jsonl")
     assert stats.kept == 0 and len(dropped) == 3 and not (tmp_path / "k.jsonl").read_bytes()
-    for line in dropped:  # the encoder's checks fail them too, each with a score
-        assert {"consistency.low", "relevance.low"} <= set(line["reasons"])
+    for line in dropped:  # an encoder check fails each of them too, and every score is there
+        assert {r.split(".")[0] for r in line["reasons"]} & {"faithfulness", "consistency", "relevance"}
         assert all(value is not None for value in line["scores"].values())
+
+
+# -- odie export -----------------------------------------------------------------------------------------
+
+
+def test_odie_export_writes_one_split_as_parquet_and_to_disk(tmp_path, capsys):
+    import datasets
+
+    from odie_async.pipeline.export import FILES
+
+    def line(rid, variant):
+        return {"id": f"{rid}-{variant}", "record_id": rid, "variant": variant, "messages": [{"role": "user", "content": "x"}],
+                "instruction": "i", "original_instruction": "o", "domain": "d", "category": "open header",
+                "source_text": "t", "table": "| a | b |", "explanation": "why" if variant == "cot" else "",
+                "scores": {"faithfulness": 1.0, "consistency": None, "relevance": 0.5}}
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for variant, name in FILES.items():
+        (run / name).write_bytes(b"".join(orjson.dumps(line(r, variant)) + b"\n" for r in ("f1", "o1")))
+    assert odie(["export", str(run), "--parquet", "--save-to-disk"]) == 0
+    assert "4 records" in capsys.readouterr().out
+    from_parquet = datasets.load_dataset("parquet", data_files=str(run / "dataset.parquet"), split="train",
+                                         cache_dir=str(tmp_path / "cache"))
+    from_disk = datasets.load_from_disk(str(run / "dataset"))
+    for split in (from_parquet, from_disk):
+        assert sorted(split["id"]) == ["f1-cot", "f1-plain", "o1-cot", "o1-plain"]
+        assert sorted(set(split["variant"])) == ["cot", "plain"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert odie(["export", str(empty), "--parquet"]) == 2
+    assert "no records to export" in capsys.readouterr().err

@@ -17,6 +17,7 @@ the training text), ``table``, ``explanation`` (empty for plain) and ``scores``
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -195,7 +196,7 @@ reason, are in `dropped.jsonl`. `odie export {out.name} --parquet` writes the sa
     return path
 
 
-def load_split(run: Path):
+def load_split(run: Path, cache_dir: str):
     """Both training files of a run folder as one ``datasets`` split (``variant`` tells them apart)."""
     import datasets
 
@@ -203,18 +204,19 @@ def load_split(run: Path):
     if not files:
         raise InputError(run, 0, f"no records to export: {' and '.join(FILES.values())} are missing or empty")
     datasets.disable_progress_bars()
-    return datasets.load_dataset("json", data_files=files, split="train", cache_dir=str(run / ".datasets_cache"))
+    return datasets.load_dataset("json", data_files=files, split="train", cache_dir=cache_dir)
 
 
 def export_dataset(run: Path, parquet: Path | None = None, disk: Path | None = None) -> dict[str, str]:
     """Write a run's records as Parquet and/or a ``save_to_disk`` folder; return what was written."""
-    split = load_split(run)
-    written = {"records": str(len(split))}
-    if parquet is not None:
-        parquet.parent.mkdir(parents=True, exist_ok=True)
-        split.to_parquet(str(parquet))
-        written["parquet"] = str(parquet)
-    if disk is not None:
-        split.save_to_disk(str(disk))
-        written["save_to_disk"] = str(disk)
+    with tempfile.TemporaryDirectory(prefix="odie-export-") as cache:  # datasets' arrow cache, not left behind
+        split = load_split(run, cache)
+        written = {"records": str(len(split))}
+        if parquet is not None:
+            parquet.parent.mkdir(parents=True, exist_ok=True)
+            split.to_parquet(str(parquet))
+            written["parquet"] = str(parquet)
+        if disk is not None:
+            split.save_to_disk(str(disk))
+            written["save_to_disk"] = str(disk)
     return written

@@ -49,7 +49,7 @@ class StructureChecks(_Section):
     min_columns: int = 2
     min_size: int = 4  # rows + columns > 3
     max_na: int | None = None  # the paper's "fewer than 4 N/A" is max_na: 3
-    max_na_share: float = 0.5
+    max_na_share: float = 0.6
 
 
 class DegenerateChecks(_Section):
@@ -59,7 +59,7 @@ class DegenerateChecks(_Section):
     max_header_in_body_share: float = 0.2
     max_repeating_row_share: float = 0.5
     max_constant_column_share: float = 0.5
-    min_distinct_share: float = 0.5
+    min_distinct_share: float = 0.4
     min_cells: int = 4  # tables with fewer informative cells are judged by the other checks
 
 
@@ -72,7 +72,7 @@ class TruncationChecks(_Section):
 class FaithfulnessCheck(_Section):
     """Share of informative body cells the text supports (strings and numbers, then the encoder)."""
 
-    min_score: float = 0.7
+    min_score: float = 0.4
     paraphrase_similarity: float = 0.7
     min_judge: float = 0.5  # with the llm or unieval scorer: its table-level score (the paper's 0.5)
 
@@ -80,15 +80,15 @@ class FaithfulnessCheck(_Section):
 class ConsistencyCheck(_Section):
     """The header answers the instruction."""
 
-    min_fixed: float = 0.6
-    min_open: float = 0.3
+    min_fixed: float = 0.45
+    min_open: float = 0.1
     min_judge: float = 0.5  # with the llm or unieval scorer (fixed-header records, as in the paper)
 
 
 class RelevanceCheck(_Section):
     """The instruction belongs to the text."""
 
-    min_score: float = 0.3
+    min_score: float = 0.05
 
 
 class GateConfig(BaseModel):

@@ -99,7 +99,7 @@ class Gate:
         """Run the encoder checks; ``external`` holds another scorer's scores per record (or None)."""
         external = external or [None] * len(prepared)
         for p, e in zip(prepared, external):
-            p.item.judged = bool(e) and not e.get("error")
+            p.item.judged = frozenset(k for k in ("faithfulness", "consistency") if e and not e.get("error") and k in e)
         scores = self.judge.score([p.item for p in prepared]) if self.needs_encoder() else [{} for _ in prepared]
         return [self._verdict(p.reasons, s, e, p.item.fixed) for p, s, e in zip(prepared, scores, external)]
 
@@ -113,15 +113,15 @@ class Gate:
         if external and external.get("error"):
             reasons.append(str(external["error"]))  # the judge failed: no score stands in for it
             external = None
-        if external:
+        if external:  # the judge's scores stand in for the encoder's (it scores consistency for fixed headers only)
             scores = scores | {k: v for k, v in external.items() if k in ("faithfulness", "consistency")}
+        external = external or {}
         limits = {
-            "faithfulness": cfg.faithfulness.min_judge if external else cfg.faithfulness.min_score,
-            "consistency": cfg.consistency.min_judge if external else (cfg.consistency.min_fixed if fixed else cfg.consistency.min_open),
+            "faithfulness": cfg.faithfulness.min_judge if "faithfulness" in external else cfg.faithfulness.min_score,
+            "consistency": cfg.consistency.min_judge if "consistency" in external
+            else (cfg.consistency.min_fixed if fixed else cfg.consistency.min_open),
             "relevance": cfg.relevance.min_score,
         }
-        if external and not fixed and "consistency" not in external:
-            limits["consistency"] = cfg.consistency.min_open  # the judge scores consistency for fixed headers only
         kept_scores = {}
         for name in SCORES:
             if not getattr(cfg, name).enabled:

@@ -37,7 +37,7 @@ class Item:
     text: str
     table: Table | None
     fixed: bool
-    judged: bool = False  # another scorer gave faithfulness and consistency: the encoder skips them
+    judged: frozenset[str] = frozenset()  # scores another scorer gave: the encoder skips them
 
 
 class _Pool:
@@ -101,11 +101,12 @@ class OfflineJudge:
         if cfg.relevance.enabled and item.instruction.strip() and item.text.strip():
             plan["relevance"] = (pool.add(item.instruction), [pool.add(p) for p in sentences(item.text) or [item.text]])
         table = item.table
-        if table is None or item.judged:
+        if table is None:
             return plan
-        if cfg.faithfulness.enabled:
+        if cfg.faithfulness.enabled and "faithfulness" not in item.judged:
             plan["faithfulness"] = self._plan_cells(item, table, pool)
-        if cfg.consistency.enabled and item.instruction.strip() and any(h.strip() for h in table.header):
+        if (cfg.consistency.enabled and "consistency" not in item.judged and item.instruction.strip()
+                and any(h.strip() for h in table.header)):
             plan["consistency"] = self._plan_header(item, table, pool)
         return plan
 
