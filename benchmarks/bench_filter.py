@@ -3,8 +3,8 @@
     python benchmarks/bench_filter.py [--config configs/filter-default.yaml] [--out benchmarks/results/filter]
 
 Runs ``odie filter``'s code (offline scorer) over benchmarks/calibration/calibration.jsonl
-from scratch, writes the kept/dropped files and the report (report.png,
-summary.json) into --out, and prints each figure next to its target.
+from scratch (kept/dropped files in a temporary folder), writes the report
+(report.png, summary.json) into --out, and prints each figure next to its target.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,14 +40,13 @@ def main() -> None:
     parser.add_argument("--config", default=None, help="filter config (default: configs/filter-default.yaml)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "filter")
     args = parser.parse_args()
-    for name in ("kept.jsonl", "dropped.jsonl"):
-        (args.out / name).unlink(missing_ok=True)
-    args.out.mkdir(parents=True, exist_ok=True)
     gate = Gate(load_gate_config(args.config))
-    started = time.monotonic()
-    stats = run_async(filter_file(args.data, args.out / "kept.jsonl", args.out / "dropped.jsonl", gate, progress=False))
-    wall = time.monotonic() - started
-    write_report(args.out, args.out / "kept.jsonl", args.out / "dropped.jsonl", gate.cfg)
+    with tempfile.TemporaryDirectory(prefix="bench-filter-") as tmp:
+        kept, dropped = Path(tmp) / "kept.jsonl", Path(tmp) / "dropped.jsonl"
+        started = time.monotonic()
+        stats = run_async(filter_file(args.data, kept, dropped, gate, progress=False))
+        wall = time.monotonic() - started
+        write_report(args.out, kept, dropped, gate.cfg)
     summary = json.loads((args.out / "summary.json").read_text())
     shares = summary["labels"]["dropped_share_by_label"]
     print(f"{stats.done} records in {wall:.1f} s ({stats.done / wall:.1f} records/s) on {platform.processor() or platform.machine()}, "

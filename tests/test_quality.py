@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zlib
 
 import numpy as np
 import orjson
@@ -32,11 +33,13 @@ GOOD = {"instruction": INSTRUCTION, "text": TEXT, "table": TABLE, "category": "f
 
 
 class BagEmbedder:
-    """Unit bag-of-words vectors: cosine 1 for the same words, 0 for disjoint ones."""
+    """Unit bag-of-words vectors (hashed words): cosine 1 for the same words, 0 for disjoint ones."""
 
     def encode(self, texts):
-        vocab = sorted({w for t in texts for w in t.lower().split()})
-        rows = np.array([[t.lower().split().count(w) for w in vocab] for t in texts], dtype=np.float32)
+        rows = np.zeros((len(texts), 4096), dtype=np.float32)
+        for i, text in enumerate(texts):
+            for word in text.lower().split():
+                rows[i, zlib.crc32(word.encode()) % 4096] += 1
         return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-9)
 
 
@@ -190,7 +193,7 @@ def test_consistency_for_fixed_and_open_headers():
 
 
 def test_relevance_drops_an_instruction_about_something_else():
-    other = "List the planets of the solar system with their moons and rings."
+    other = "Count planets having moons or rings?"
     verdict = gate().evaluate([GOOD | {"instruction": other}])[0]
     assert verdict.scores["relevance"] < CFG.relevance.min_score and "relevance.low" in verdict.reasons
 

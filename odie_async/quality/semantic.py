@@ -49,8 +49,14 @@ class _Pool:
     def add(self, text: str) -> int:
         return self.index.setdefault(text, len(self.index))
 
-    def encode(self, embedder) -> np.ndarray:
-        return embedder.encode(list(self.index)) if self.index else np.zeros((0, 1), dtype=np.float32)
+    def encode(self, embedder, cache: dict[str, np.ndarray]) -> np.ndarray:
+        """Vectors of the pool's strings; those in ``cache`` are not encoded again."""
+        missing = [text for text in self.index if text not in cache]
+        if missing:
+            if len(cache) + len(missing) > CACHE_SIZE:
+                cache.clear()
+            cache.update(zip(missing, embedder.encode(missing)))
+        return np.stack([cache[text] for text in self.index])
 
 
 def lexical_support(cell: str, text_norm: str, text_numbers: set[str], text_stems: set[str]) -> bool | None:
@@ -73,12 +79,16 @@ def header_in_instruction(cell: str, instruction_stems: set[str]) -> bool:
     return bool(stems) and sum(s in instruction_stems for s in stems) / len(stems) >= 0.5
 
 
+CACHE_SIZE = 50_000  # vectors kept across batches (the plain and CoT tables of a record share text and instruction)
+
+
 class OfflineJudge:
     """Scores faithfulness, consistency and relevance for a batch of items."""
 
     def __init__(self, cfg: GateConfig, embedder=None) -> None:
         self.cfg = cfg
         self._embedder = embedder
+        self._cache: dict[str, np.ndarray] = {}
 
     def embedder(self):
         """The sentence encoder, loaded on first use."""
@@ -92,7 +102,7 @@ class OfflineJudge:
         """``{"faithfulness", "consistency", "relevance"}`` per item; None where a score cannot be computed."""
         pool = _Pool()
         plans = [self._plan(item, pool) for item in items]
-        vectors = pool.encode(self.embedder()) if pool.index else None
+        vectors = pool.encode(self.embedder(), self._cache) if pool.index else None
         return [self._finish(plan, vectors) for plan in plans]
 
     def _plan(self, item: Item, pool: _Pool) -> dict:
