@@ -422,3 +422,22 @@ def test_odie_export_writes_one_split_as_parquet_and_to_disk(tmp_path, capsys):
     empty.mkdir()
     assert odie(["export", str(empty), "--parquet"]) == 2
     assert "no records to export" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # loads the sentence encoder for the record the judge is not asked about
+def test_odie_filter_with_the_llm_judge_of_a_pipeline_config(tmp_path, capsys):
+    """The judge (here the in-process mock teacher of generate-mock.yaml) scores what the cheap checks pass."""
+    src = tmp_path / "in.jsonl"
+    refusal = GOOD | {"id": "r", "instruction": "I'm not ready to talk about that."}
+    src.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in (GOOD | {"id": "g"}, refusal)))
+    config = tmp_path / "no-encoder.yaml"
+    config.write_text("relevance: {enabled: false}\n")
+    args = ["filter", str(src), "--kept", str(tmp_path / "k.jsonl"), "--dropped", str(tmp_path / "d.jsonl"),
+            "--config", str(config), "--scorer", "llm", "--pipeline-config", "generate-mock.yaml", "--no-progress"]
+    assert odie(args) == 0
+    dropped = {x["id"]: x for x in lines(tmp_path / "d.jsonl")}
+    # the mock judge knows none of these columns: consistency 2 of 5 -> 0.25; every cell is in the text: 5 -> 1.0
+    assert dropped["g"]["scores"] == {"faithfulness": 1.0, "consistency": 0.25} and dropped["g"]["reasons"] == ["consistency.low"]
+    assert "instruction.refusal" in dropped["r"]["reasons"]  # scored by the encoder instead
+    judged = [x for x in lines(tmp_path / "k.jsonl.judge.jsonl") if x["custom_id"].startswith("judge:")]
+    assert len(judged) == 1  # only the record the cheap checks passed was sent to the judge
