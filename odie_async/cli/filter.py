@@ -8,7 +8,8 @@
 Every record of IN (a JSON array or JSONL) ends in exactly one of the two files:
 kept with its ``scores``, or dropped with its ``reasons`` (all that failed) and
 scores. Rerunning the same command resumes. Exit codes: 0 finished, 2 bad input
-or settings (nothing written), 130/143 interrupted (rerun to resume).
+or settings (nothing written), 3 the judge's endpoint stopped the run, 130/143
+interrupted (rerun to resume).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..exceptions import ConfigError, InputError
+from ..exceptions import ConfigError, InputError, RunAborted, ServeError
 from ..logs import configure_logging
 from ..quality import Gate, load_gate_config
 from ..quality.records import validate
@@ -38,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="who scores faithfulness and consistency (default: offline, the sentence encoder)")
     parser.add_argument("--pipeline-config", default=None,
                         help="with --scorer llm or unieval: the generate config naming the endpoint or checkpoint")
-    parser.add_argument("--report", default=None, help="folder for reasons.png, scores.png and summary.json")
+    parser.add_argument("--report", default=None, help="folder for report.png (reasons, score histograms) and summary.json")
     parser.add_argument("--label-field", default="expected",
                         help="field holding keep/drop labels, for precision and recall in the report")
     parser.add_argument("--batch-size", type=int, default=32, help="records judged together")
@@ -75,6 +76,9 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, InputError) as exc:
         print(f"odie filter: error: {exc}", file=sys.stderr)
         return 2
+    except (RunAborted, ServeError) as exc:  # the judge's endpoint stopped the run: rerun to resume
+        print(f"odie filter: stopped by the endpoint: {exc}", file=sys.stderr)
+        return 3
     counts = tally(args.kept, args.dropped)
     print(format_summary(counts, stats, gate))
     if args.report:
@@ -86,11 +90,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _filter(args: argparse.Namespace, gate: Gate):
-    run = lambda external: filter_file(args.input, args.kept, args.dropped, gate, external,  # noqa: E731
-                                       args.batch_size, progress=not args.no_progress)
+    def judge(external):
+        return filter_file(args.input, args.kept, args.dropped, gate, external, args.batch_size,
+                           progress=not args.no_progress)
+
     if args.scorer == "offline":
-        return await run(None)
+        return await judge(None)
     from ..pipeline.scorers import external_scope
 
     async with external_scope(args.scorer, args.pipeline_config, Path(args.kept + ".judge.jsonl")) as external:
-        return await run(external)
+        return await judge(external)
