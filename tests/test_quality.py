@@ -441,3 +441,30 @@ def test_odie_filter_with_the_llm_judge_of_a_pipeline_config(tmp_path, capsys):
     assert "instruction.refusal" in dropped["r"]["reasons"]  # scored by the encoder instead
     judged = [x for x in lines(tmp_path / "k.jsonl.judge.jsonl") if x["custom_id"].startswith("judge:")]
     assert len(judged) == 1  # only the record the cheap checks passed was sent to the judge
+
+
+# -- the pipeline: paraphrases the gate rejects fall back to the original -----------------------------
+
+
+def test_the_pipeline_keeps_the_original_where_a_paraphrase_is_a_refusal(tmp_path):
+    from odie_async.endpoints.mock_server import MockServer
+    from odie_async.pipeline.run import generate
+
+    from .pipeline_support import make_config, responder
+
+    teacher = responder()
+    teacher._paraphrase = lambda body, rng, as_json, schema: (
+        json.dumps({"paraphrases": ["I'm not ready to talk about that."] * schema["properties"]["paraphrases"]["maxItems"]})
+        if as_json else "\n".join(f"{n}. I'm not ready to talk about that." for n in range(1, 11)))
+
+    async def go():
+        async with MockServer(responder=teacher) as server:
+            config = make_config(tmp_path, structured="on", records=6)
+            config.endpoint.base_url = server.base_url
+            return await generate(config, tmp_path / "out", show_progress=False, handle_signals=False)
+
+    summary = run_async(go())
+    assert summary["stages"]["paraphrase"]["rejected_kept_original"] == 6
+    exported = [orjson.loads(raw) for name in ("train.jsonl", "train_cot.jsonl", "dropped.jsonl")
+                for raw in (tmp_path / "out" / name).read_bytes().splitlines()]
+    assert exported and not any("ready to talk" in x["instruction"] for x in exported)

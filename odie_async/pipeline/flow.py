@@ -24,6 +24,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from ..evaluation.tables import Table
+from ..quality.checks import instruction_reasons
 from . import filter as rules
 from .context import Context, Dropped
 from .dedup import Deduper
@@ -148,8 +149,16 @@ class Flow:
             if rewritten is None:
                 self.ctx.counts["paraphrase"]["kept_original"] += len(members)
             for n, (rid, original) in enumerate(members):
-                self.paraphrased[rid].set_result(rewritten[n] if rewritten else original)
+                self.paraphrased[rid].set_result(self._paraphrased(rewritten[n], original) if rewritten else original)
         self.progress["paraphrase"] += 1
+
+    def _paraphrased(self, rewritten: str, original: str) -> str:
+        """The paraphrase, or the original where the gate's instruction checks reject only the paraphrase."""
+        cfg = self.ctx.config.filter.instruction
+        if instruction_reasons(rewritten, "", cfg) and not instruction_reasons(original, "", cfg):
+            self.ctx.counts["paraphrase"]["rejected_kept_original"] += 1
+            return original
+        return rewritten
 
     # -- per text ----------------------------------------------------------------------------
 
