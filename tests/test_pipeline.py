@@ -47,23 +47,26 @@ def test_export_is_chat_format_with_valid_tables_of_both_categories(text_mode_ru
             system, user, assistant = line["messages"]
             assert [m["role"] for m in line["messages"]] == ["system", "user", "assistant"]
             assert system["content"] == SYSTEM
-            assert user["content"] == f"{line['instruction']}\n\n{line['text']}"
+            assert user["content"] == f"{line['instruction']}\n\n{line['source_text']}"
+            assert line["variant"] == ("cot" if cot else "plain") and line["id"] == f"{line['record_id']}-{line['variant']}"
             table = parse_table(line["table"])
             assert table.markdown() == line["table"] and table.n_columns >= 2 and table.n_rows + table.n_columns > 3
             assert table.na_count() < 4
             expected = f"{line['explanation']}\n\n{line['table']}" if cot else line["table"]
             assert assistant["content"] == expected
-            assert line["domain"] and line["text"] and line["instruction"] != line["original_instruction"]
+            assert line["domain"] and line["source_text"] and line["instruction"] != line["original_instruction"]
+            assert "text" not in line and set(line["scores"]) == {"faithfulness", "consistency", "relevance"}
 
 
 def test_exports_load_with_datasets(text_mode_run):
     from datasets import load_dataset
 
     out = text_mode_run[0]
-    for name in ("train.jsonl", "train_cot.jsonl"):
-        data = load_dataset("json", data_files=str(out / name), split="train")
-        assert len(data) == len(_lines(out / name))
-        assert data[0]["messages"][0]["role"] == "system"
+    files = [str(out / name) for name in ("train.jsonl", "train_cot.jsonl")]
+    data = load_dataset("json", data_files=files, split="train")  # one schema: one split
+    assert len(data) == sum(len(_lines(out / name)) for name in ("train.jsonl", "train_cot.jsonl"))
+    assert data[0]["messages"][0]["role"] == "system" and set(data["variant"]) == {"plain", "cot"}
+    assert len(set(data["id"])) == len(data)
 
 
 def test_per_stage_counts_match_the_requests_sent(text_mode_run):
@@ -91,8 +94,11 @@ def test_filter_report_matches_the_files(text_mode_run):
         mine = Counter(d["reason"] for d in dropped if d["variant"] == variant)
         assert report["reasons"] == dict(mine) and report["records"] == report["kept"] + sum(mine.values())
     assert all(d["reason"] for d in dropped)
-    reasons = Counter(d["reason"] for d in dropped)
-    assert reasons["table:no_table"] > 0 and reasons["too_many_na"] > 0  # the mock's bad answers were caught
+    assert all(d["reason"] == d["reasons"][0] for d in dropped)
+    reasons = Counter(r for d in dropped for r in d["reasons"])
+    assert reasons["table:no_table"] > 0 and reasons["table.too_many_na"] > 0  # the mock's bad answers were caught
+    card = (out / "README.md").read_text()
+    assert f"| plain | train.jsonl | {summary['filter']['plain']['records']} | {summary['filter']['plain']['kept']} |" in card
     assert json.loads((out / "summary.json").read_text())["filter"] == summary["filter"]
 
 

@@ -35,6 +35,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("odie_async.cli.evaluate", "score predictions with the paper's metrics"),
     "view": ("odie_async.cli.view", "watch runs live and read their records in the browser"),
     "config-schema": ("odie_async.cli.config_schema", "print the JSON Schema of a generate or train config file"),
+    "filter": ("odie_async.cli.filter", "keep or drop (instruction, text, table) records by the quality gate"),
+    "export": ("odie_async.cli.export", "write a run's training files as one datasets split (Parquet, disk)"),
 }
 
 

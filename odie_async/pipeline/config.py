@@ -18,6 +18,7 @@ from pydantic import Field, PrivateAttr, WithJsonSchema, create_model, field_val
 from ..endpoints.resolve import api_key_from_env
 from ..exceptions import ConfigError
 from ..paths import config_dir, find_config
+from ..quality.config import GateConfig, from_section, load_gate_config
 from ..settings import Section, load, validate
 from . import registry
 
@@ -100,18 +101,6 @@ class LimitsConfig(Section):
     explanation_chars: int = Field(600, ge=1)
 
 
-class FilterConfig(Section):
-    """The paper's filter thresholds (a section other filters may add fields to)."""
-
-    max_text_words: int = 768
-    min_size: int = 4
-    min_columns: int = 2
-    max_na: int = 3
-    min_consistency: float = 0.5
-    min_faithfulness: float = 0.5
-    distinct_rows: bool = False
-
-
 class ScorerConfig(Section):
     """Which scorer judges consistency and faithfulness."""
 
@@ -128,11 +117,17 @@ class PipelineConfig(Section):
     run: RunConfig = Field(default_factory=RunConfig)
     stages: StagesConfig = Field(default_factory=StagesConfig)  # type: ignore[valid-type]
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
-    filter: FilterConfig = Field(default_factory=FilterConfig)
+    filter: GateConfig = Field(default_factory=load_gate_config,
+                               description="the quality gate: `config:` a filter config file, plus overrides")
     scorer: ScorerConfig = Field(default_factory=ScorerConfig)
     seeds: str = Field("seeds/seed_tasks.jsonl", description="seed tasks: absolute, or under the configs folder")
     prompts: str = Field("prompts", description="prompt templates folder: absolute, or under the configs folder")
     _source: str = PrivateAttr("<defaults>")
+
+    @field_validator("filter", mode="before")
+    @classmethod
+    def _gate(cls, value):
+        return value if isinstance(value, GateConfig) else from_section(value, "filter")
 
     @model_validator(mode="before")
     @classmethod

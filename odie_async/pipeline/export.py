@@ -1,26 +1,40 @@
-"""Write the kept records as chat-format JSONL, the dropped ones with their reasons, and the summary.
+"""Write the kept records as chat-format JSONL, the dropped ones with their reasons, and the dataset card.
 
 ``train.jsonl`` (plain tables) and ``train_cot.jsonl`` (explanation, blank line,
-table) hold one object a line: ``messages`` (system, user = instruction + blank
-line + text, assistant) plus ``id``, ``instruction``, ``original_instruction``,
-``domain``, ``text``, ``category``, ``table`` and ``scores`` (and
-``explanation`` in the CoT file). Both load with
-``datasets.load_dataset("json", data_files=...)``.
+table) share one schema, so both load as one ``datasets`` split::
+
+    datasets.load_dataset("json", data_files=["train.jsonl", "train_cot.jsonl"], split="train")
+
+Each line: ``id`` (the record id and the variant, unique across both files),
+``record_id``, ``variant`` (``plain`` or ``cot``), ``messages`` (system, user =
+instruction + blank line + text, assistant), ``instruction``,
+``original_instruction``, ``domain``, ``category``, ``source_text`` (the
+document the table was extracted from; not named ``text``, which tools read as
+the training text), ``table``, ``explanation`` (empty for plain) and ``scores``
+(faithfulness, consistency, relevance). ``README.md`` is the dataset card.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 
 import orjson
+
+from ..exceptions import InputError
 
 from .flow import Outcome
 
 FILES = {"plain": "train.jsonl", "cot": "train_cot.jsonl"}
 DROPPED = "dropped.jsonl"
 SUMMARY = "summary.json"
+CARD = "README.md"
+SCORE_NAMES = ("faithfulness", "consistency", "relevance")
+STRONGER_TEACHER = ("a stronger teacher is configured through configs/generate-openai.yaml, "
+                    "or any OpenAI-compatible endpoint in endpoint.base_url")
 
 
 def _order(variants: list[str]):
@@ -29,15 +43,17 @@ def _order(variants: list[str]):
 
 
 def _scores(outcome: Outcome) -> dict:
-    return {"consistency": outcome.scores.get("consistency"), "faithfulness": outcome.scores.get("faithfulness")}
+    return {name: outcome.scores.get(name) for name in SCORE_NAMES}
 
 
 def training_line(outcome: Outcome, system_prompt: str) -> dict:
-    """One exported record."""
+    """One exported record (the same columns in both variants)."""
     record, table = outcome.record, outcome.table.markdown()
     answer = f"{outcome.explanation}\n\n{table}" if outcome.variant == "cot" else table
-    line = {
-        "id": record.id,
+    return {
+        "id": f"{record.id}-{outcome.variant}",
+        "record_id": record.id,
+        "variant": outcome.variant,
         "messages": [
             {"role": "system", "content": system_prompt},
             {"role": "user", "content": f"{record.instruction}\n\n{record.text}"},
@@ -46,28 +62,28 @@ def training_line(outcome: Outcome, system_prompt: str) -> dict:
         "instruction": record.instruction,
         "original_instruction": record.original_instruction,
         "domain": record.domain,
-        "text": record.text,
         "category": record.category,
+        "source_text": record.text,
         "table": table,
+        "explanation": outcome.explanation if outcome.variant == "cot" else "",
         "scores": _scores(outcome),
     }
-    if outcome.variant == "cot":
-        line["explanation"] = outcome.explanation
-    return line
 
 
 def dropped_line(outcome: Outcome) -> dict:
-    """One dropped record with the reason and the stage it left at."""
+    """One dropped record with every reason and the stage it left at."""
     record = outcome.record
     return {
-        "id": record.id,
+        "id": f"{record.id}-{outcome.variant}",
+        "record_id": record.id,
         "variant": outcome.variant,
         "category": record.category,
         "reason": outcome.reason,
+        "reasons": outcome.reasons or [outcome.reason],
         "stage": outcome.stage,
         "domain": record.domain,
         "instruction": record.instruction or record.original_instruction,
-        "text": record.text,
+        "source_text": record.text,
         "table": outcome.table.markdown() if outcome.table is not None else None,
         "scores": _scores(outcome),
     }
@@ -105,6 +121,7 @@ def filter_report(outcomes: list[Outcome], variants: list[str]) -> dict:
             "yield": round(kept / len(mine), 4) if mine else None,
             "kept_by_category": dict(sorted(by_category.items())),
             "reasons": dict(Counter(o.reason for o in mine if not o.kept).most_common()),
+            "all_reasons": dict(Counter(r for o in mine if not o.kept for r in o.reasons or [o.reason]).most_common()),
         }
     return report
 
@@ -136,3 +153,70 @@ def yields(counts: dict[str, Counter], filter_summary: dict, planned: int) -> di
         out[f"{variant}_kept_of_records"] = report["yield"]
         out[f"{variant}_kept_of_planned"] = round(report["kept"] / planned, 3) if planned else None
     return out
+
+
+def plain_words(summary: dict) -> list[str]:
+    """What the filter did, said plainly: kept counts, the main reasons, and what to do when little was kept."""
+    lines = []
+    for variant, report in summary["filter"].items():
+        top = ", ".join(f"{reason} {count}" for reason, count in list(report.get("all_reasons", {}).items())[:5])
+        lines.append(f"{variant}: the quality gate kept {report['kept']} of {report['records']} records"
+                     + (f"; dropped for {top}" if top else ""))
+    if any(report["kept"] < max(1, report["records"]) / 2 for report in summary["filter"].values()):
+        lines.append(f"few records passed: the teacher ({summary.get('model')}) wrote mostly what the gate rejects "
+                     f"(see dropped.jsonl); {STRONGER_TEACHER}")
+    return lines
+
+
+def write_card(out: Path, summary: dict, gate) -> Path:
+    """The dataset card, ``README.md``: counts, filter settings, reasons, teacher, date."""
+    rows = "\n".join(f"| {variant} | {FILES[variant]} | {r['records']} | {r['kept']} | "
+                     f"{', '.join(f'{k} {v}' for k, v in r.get('all_reasons', {}).items()) or '-'} |"
+                     for variant, r in summary["filter"].items())
+    thresholds = ", ".join(f"{k} {v}" for k, v in gate.thresholds().items())
+    text = f"""# Generated ODIE instruction data
+
+- teacher: `{summary.get('model')}` at `{summary.get('endpoint')}`
+- generated: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, config `{summary.get('config')}`
+- filter: the quality gate of `{gate.source}` (scorer `{summary.get('scorer')}`); thresholds {thresholds}; checks off: {', '.join(gate.switched_off()) or 'none'}
+
+| variant | file | records judged | kept | reasons records were dropped for (a record may have several) |
+|---|---|---|---|---|
+{rows}
+
+Both files share one schema (`variant` tells them apart) and load as one split:
+`datasets.load_dataset("json", data_files=["train.jsonl", "train_cot.jsonl"], split="train")`.
+The document each table was extracted from is in `source_text`; the dropped records, with every
+reason, are in `dropped.jsonl`. `odie export {out.name} --parquet` writes the same data as Parquet.
+
+{chr(10).join('- ' + line for line in plain_words(summary))}
+"""
+    path = out / CARD
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def load_split(run: Path, cache_dir: str):
+    """Both training files of a run folder as one ``datasets`` split (``variant`` tells them apart)."""
+    import datasets
+
+    files = [str(run / name) for name in FILES.values() if (run / name).is_file() and (run / name).stat().st_size]
+    if not files:
+        raise InputError(run, 0, f"no records to export: {' and '.join(FILES.values())} are missing or empty")
+    datasets.disable_progress_bars()
+    return datasets.load_dataset("json", data_files=files, split="train", cache_dir=cache_dir)
+
+
+def export_dataset(run: Path, parquet: Path | None = None, disk: Path | None = None) -> dict[str, str]:
+    """Write a run's records as Parquet and/or a ``save_to_disk`` folder; return what was written."""
+    with tempfile.TemporaryDirectory(prefix="odie-export-") as cache:  # datasets' arrow cache, not left behind
+        split = load_split(run, cache)
+        written = {"records": str(len(split))}
+        if parquet is not None:
+            parquet.parent.mkdir(parents=True, exist_ok=True)
+            split.to_parquet(str(parquet))
+            written["parquet"] = str(parquet)
+        if disk is not None:
+            split.save_to_disk(str(disk))
+            written["save_to_disk"] = str(disk)
+    return written

@@ -24,6 +24,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from ..evaluation.tables import Table
+from ..quality.checks import instruction_reasons
 from . import filter as rules
 from .context import Context, Dropped
 from .dedup import Deduper
@@ -44,6 +45,7 @@ class Outcome:
     explanation: str = ""
     scores: dict = field(default_factory=dict)
     stage: str = ""
+    reasons: list[str] = field(default_factory=list)
 
 
 def fixed_id(i: int) -> str:
@@ -148,8 +150,16 @@ class Flow:
             if rewritten is None:
                 self.ctx.counts["paraphrase"]["kept_original"] += len(members)
             for n, (rid, original) in enumerate(members):
-                self.paraphrased[rid].set_result(rewritten[n] if rewritten else original)
+                self.paraphrased[rid].set_result(self._paraphrased(rewritten[n], original) if rewritten else original)
         self.progress["paraphrase"] += 1
+
+    def _paraphrased(self, rewritten: str, original: str) -> str:
+        """The paraphrase, or the original where the gate's instruction checks reject only the paraphrase."""
+        cfg = self.ctx.config.filter.instruction
+        if instruction_reasons(rewritten, "", cfg) and not instruction_reasons(original, "", cfg):
+            self.ctx.counts["paraphrase"]["rejected_kept_original"] += 1
+            return original
+        return rewritten
 
     # -- per text ----------------------------------------------------------------------------
 
@@ -216,20 +226,18 @@ class Flow:
         try:
             table, explanation = await make_table(self.ctx, record, variant)
             self.progress[stage] += 1
-            reason = rules.check_table(table, self.ctx.config.filter)
-            if reason:
-                raise Dropped(reason)
-            stage = "score"
-            scores = await self.scorer.score(self.ctx, record, variant, table)
+            stage = "filter"
+            verdict = await self.scorer.judge_table(self.ctx, record, variant, table)
+            scores = verdict.scores
             self.progress["scored"] += 1
-            reason = rules.check_scores(scores, record.category, self.ctx.config.filter)
-            if reason:
-                raise Dropped(reason)
+            if not verdict.kept:
+                raise Dropped(verdict.reason, reasons=verdict.reasons)
         except Dropped as drop:
-            self.outcomes.append(Outcome(record, variant, False, drop.reason, table, explanation, scores, stage))
+            reasons = drop.details.get("reasons") or [drop.reason]
+            self.outcomes.append(Outcome(record, variant, False, drop.reason, table, explanation, scores, stage, reasons))
         else:
             self.outcomes.append(Outcome(record, variant, True, None, table, explanation, scores, "kept"))
 
     def _drop_all(self, record: Record, drop: Dropped, stage: str) -> None:
         for variant in self.variants:
-            self.outcomes.append(Outcome(record, variant, False, drop.reason, stage=stage))
+            self.outcomes.append(Outcome(record, variant, False, drop.reason, stage=stage, reasons=[drop.reason]))

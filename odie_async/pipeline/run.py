@@ -27,7 +27,7 @@ from . import registry
 from .config import PipelineConfig
 from .context import Context
 from .display import progress_for
-from .export import SUMMARY, export, filter_report, stage_report, yields
+from .export import SUMMARY, export, filter_report, plain_words, stage_report, write_card, yields
 from .flow import Flow
 from .live import METRICS, MetricsLog, funnel
 from .mock_responder import PipelineResponder
@@ -104,6 +104,7 @@ async def generate(config: PipelineConfig, out: Path, show_progress: bool = True
     summary = _summary(config, endpoint, ctx, flow, engine, files, why, interrupted, error, time.monotonic() - started)
     summary["signal"] = signal.Signals(signum).name if signum else None
     (out / SUMMARY).write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
+    write_card(out, summary, config.filter)
     if error is not None:
         raise error
     return summary
@@ -162,6 +163,7 @@ def format_summary(summary: dict) -> str:
     for variant, report in summary["filter"].items():
         lines.append(f"{variant}: kept {report['kept']}/{report['records']} {report['kept_by_category']} "
                      f"dropped {report['reasons']}")
+    lines += plain_words(summary)
     lines.append(f"files: {', '.join(summary['files'].values())}")
     if summary["interrupted"]:
         lines.append("interrupted: run the same command again to resume")

@@ -1,72 +1,43 @@
-"""Consistency and faithfulness scorers of the filter, pluggable by ``scorer.kind``.
+"""The filter stage's scorers: the quality gate, with the LLM judge or UniEval when configured.
 
+``FilterStage.judge_table`` runs the same ``quality.Gate`` as ``odie filter``:
+every check that needs no model first, then (only for records those checks
+pass) the configured judge, then the encoder checks with the judge's scores in
+place of the encoder's faithfulness and consistency.
+
+- ``offline``: the gate's own encoder checks (all-MiniLM-L6-v2), no requests.
 - ``llm``: a judge prompt through the same engine (checkpointed like any stage).
-- ``offline``: header–instruction similarity with all-MiniLM-L6-v2 (each header
-  cell's best cosine against the instruction's 1–4-word phrases, averaged) and
-  the share of each non-N/A cell's words found in the text (averaged).
 - ``unieval``: the paper's UniEval "fact" evaluator from a local checkpoint
   folder: one claim per header ("Extract the X from the given text.") against
   the instruction, one per cell ("The X of R is V.") against the text, each
   scored P(Yes) / (P(Yes) + P(No)) and averaged.
 
 ``auto`` is the LLM judge when the config names an endpoint, else ``offline``.
-The CPU scorers batch the records that wait at the same moment into one call
-in a worker thread, so the event loop keeps streaming requests meanwhile.
+The CPU work is batched over the records that wait at the same moment, in a
+worker thread, so the event loop keeps streaming requests meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import os
-import re
 from pathlib import Path
 
 import numpy as np
 
+from ..evaluation.tables import Table
 from ..exceptions import ConfigError
 from ..runtime import offline_hf
-from ..evaluation.tables import Table, is_na
+from ..quality import Gate, Verdict
+from ..quality.gate import Prepared
 from . import schemas
-from .config import PipelineConfig
+from .config import PipelineConfig, load_config
 from .context import Context, Dropped, system, user
 from .parsers import ParseError, parse_scores
-from .prompts import FIXED
+from .prompts import FIXED, OPEN
 from .stages import Record
-
-_WORD = re.compile(r"[a-z0-9]+(?:['.][a-z0-9]+)*")
-STOPWORDS = frozenset(
-    "a an the of and or in on at to for from by with about as is are was were be this that these those "
-    "each every all any its their his her our your it they them which what who whom whose how when where "
-    "please can could would you me my i we us extract list give provide create make table given text".split()
-)
-
-
-def words(text: str) -> list[str]:
-    """Lower-cased word tokens (``3.5`` and ``o'neil`` stay whole)."""
-    return _WORD.findall(text.lower())
-
-
-def phrases(instruction: str, longest: int = 4) -> list[str]:
-    """The instruction's 1–``longest``-word phrases that hold at least one content word."""
-    tokens = words(instruction)
-    found = dict.fromkeys(
-        " ".join(tokens[i : i + n])
-        for n in range(1, longest + 1)
-        for i in range(len(tokens) - n + 1)
-        if any(t not in STOPWORDS for t in tokens[i : i + n])
-    )
-    return list(found) or [instruction.lower()]
-
-
-def support(text: str, table: Table) -> float:
-    """Mean share of each informative cell's content words that occur in ``text``."""
-    vocabulary = set(words(text))
-    shares = []
-    for cell in table.cells():
-        content = [w for w in words(cell) if w not in STOPWORDS] if not is_na(cell) else []
-        if content:
-            shares.append(sum(w in vocabulary for w in content) / len(content))
-    return float(np.mean(shares)) if shares else 0.0
 
 
 class _Batcher:
@@ -125,50 +96,6 @@ class LLMJudge:
             raise Dropped("unparsable:judge") from exc
         ctx.parsed("judge", True)
         return scores
-
-    async def aclose(self) -> None:
-        """Nothing to release."""
-
-
-class OfflineScorer:
-    """Sentence-embedding consistency and word-support faithfulness, no requests."""
-
-    name = "offline"
-
-    def __init__(self, batch_size: int = 16, embedder=None) -> None:
-        self._embedder = embedder
-        self._batcher = _Batcher(self._score_batch, batch_size)
-
-    def _encoder(self):
-        if self._embedder is None:
-            from ..evaluation.embedder import get_embedder
-
-            self._embedder = get_embedder()
-        return self._embedder
-
-    def _score_batch(self, items: list[tuple[str, str, Table, bool]]) -> list[dict[str, float]]:
-        texts: list[str] = []
-        spans = []
-        for instruction, _text, table, fixed in items:
-            if fixed:
-                start = len(texts)
-                texts += [cell.lower() for cell in table.header] + phrases(instruction)
-                spans.append((start, start + len(table.header), len(texts)))
-            else:
-                spans.append(None)
-        vectors = self._encoder().encode(texts) if texts else None
-        results = []
-        for (instruction, text, table, fixed), span in zip(items, spans):
-            scores = {"faithfulness": support(text, table)}
-            if span is not None:
-                start, split, end = span
-                similarity = vectors[start:split] @ vectors[split:end].T
-                scores["consistency"] = float(np.clip(similarity.max(axis=1).mean(), 0.0, 1.0))
-            results.append(scores)
-        return results
-
-    async def score(self, ctx: Context, record: Record, variant: str, table: Table) -> dict[str, float]:
-        return await self._batcher.run((record.instruction, record.text, table, record.category == FIXED))
 
     async def aclose(self) -> None:
         """Nothing to release."""
@@ -248,13 +175,99 @@ def scorer_kind(config: PipelineConfig) -> str:
     return kind
 
 
-def make_scorer(config: PipelineConfig):
-    """The scorer the config asks for."""
+def make_judge(config: PipelineConfig):
+    """The judge the config asks for besides the gate's encoder (None for ``offline``)."""
     kind = scorer_kind(config)
     if kind == "llm":
         return LLMJudge()
     if kind == "offline":
-        return OfflineScorer(config.scorer.batch_size)
+        return None
     if not config.scorer.unieval_dir:
         raise ConfigError(f"{config.source}: scorer.kind is unieval but scorer.unieval_dir is not set")
     return UniEvalScorer(config.scorer.unieval_dir, config.scorer.batch_size)
+
+
+class FilterStage:
+    """The pipeline's filter: ``judge_table`` gives one record's ``Verdict``."""
+
+    def __init__(self, gate: Gate, judge=None, batch_size: int = 16) -> None:
+        self.gate = gate
+        self.judge = judge
+        self._batcher = _Batcher(self._finish, batch_size)
+
+    def _finish(self, items: list[tuple[Prepared, dict | None]]) -> list[Verdict]:
+        return self.gate.finish([p for p, _ in items], [e for _, e in items])
+
+    async def judge_table(self, ctx: Context, record: Record, variant: str, table: Table) -> Verdict:
+        """Every check of the gate on one table; the judge is asked only when the cheap checks pass."""
+        prepared = self.gate.prepare([{"instruction": record.instruction, "text": record.text, "table": table,
+                                       "category": record.category}])[0]
+        external = None
+        if self.judge is not None and not prepared.reasons:
+            external = await self.judge.score(ctx, record, variant, table)
+        return await self._batcher.run((prepared, external))
+
+    async def aclose(self) -> None:
+        """Release the judge."""
+        if self.judge is not None:
+            await self.judge.aclose()
+
+
+def make_scorer(config: PipelineConfig) -> FilterStage:
+    """The filter stage the config asks for."""
+    return FilterStage(Gate(config.filter), make_judge(config), config.scorer.batch_size)
+
+
+def _content_key(prepared: Prepared) -> str:
+    item = prepared.item
+    body = "\x1f".join((item.instruction, item.text, item.table.markdown() if item.table else ""))
+    return hashlib.blake2b(body.encode(), digest_size=8).hexdigest()
+
+
+async def _judge_one(judge: LLMJudge, ctx: Context, prepared: Prepared) -> dict | None:
+    if prepared.table is None or prepared.reasons:
+        return None  # the gate drops it anyway: no request is spent on it
+    item = prepared.item
+    record = Record(_content_key(prepared), FIXED if item.fixed else OPEN, "", item.instruction, item.text, item.instruction)
+    try:
+        return await judge.score(ctx, record, "plain", prepared.table)
+    except Dropped as drop:
+        return {"error": drop.reason}
+
+
+@contextlib.asynccontextmanager
+async def external_scope(kind: str, config_path: str | None, checkpoint: Path):
+    """``odie filter``'s other scorers: yields ``score(prepared) -> scores per record`` for ``llm`` or ``unieval``.
+
+    The LLM judge talks to the endpoint of the generate config (the embedded model
+    without one) through the engine, whose checkpoint is ``checkpoint``: a rerun
+    asks nothing twice. UniEval reads ``scorer.unieval_dir`` of that config.
+    """
+    config = load_config(config_path)
+    config.scorer.kind = kind
+    judge = make_judge(config)
+    if isinstance(judge, UniEvalScorer):
+        async def score_unieval(prepared: list[Prepared]) -> list[dict | None]:
+            todo = [i for i, p in enumerate(prepared) if p.table is not None and not p.reasons]
+            items = [(p.item.instruction, p.item.text, p.table, p.item.fixed) for p in (prepared[i] for i in todo)]
+            found = dict(zip(todo, await asyncio.to_thread(judge._score_batch, items))) if items else {}
+            return [found.get(i) for i in range(len(prepared))]
+
+        yield score_unieval
+        return
+    from ..engine.core import Engine
+    from .prompts import Prompts
+    from .run import endpoint_scope, engine_settings
+    from .structured import resolve_structured
+
+    prompts = Prompts(config.path(config.prompts))
+    async with endpoint_scope(config, prompts) as endpoint:
+        errors = checkpoint.with_name(checkpoint.stem + ".errors.jsonl")
+        async with Engine(engine_settings(config, endpoint), checkpoint, errors, keep_bodies=True) as engine:
+            structured, _why = await resolve_structured(engine, config, endpoint.model)
+            ctx = Context(config, prompts, [], engine, endpoint.model, structured)
+
+            async def score_llm(prepared: list[Prepared]) -> list[dict | None]:
+                return list(await asyncio.gather(*(_judge_one(judge, ctx, p) for p in prepared)))
+
+            yield score_llm

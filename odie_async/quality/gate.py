@@ -1,0 +1,135 @@
+"""The quality gate: every check on a batch of records, and each record's verdict.
+
+A record is a mapping with ``instruction``, ``text``, ``table`` (markdown, or a
+parsed ``Table``) and optionally ``category`` (``fixed header`` / ``open
+header``; without it the header is judged as open). ``Gate.evaluate`` returns one
+``Verdict`` per record: kept or not, every reason that failed (not just the
+first), and the scores. A check that is on but cannot run (no table, no
+informative cell) is a reason of its own, ``<check>.not_run``; a check that is off
+has no score and is listed by ``GateConfig.switched_off``.
+
+Scores from another scorer (the LLM judge or UniEval, per record) replace the
+encoder's faithfulness and consistency and are held to ``min_judge``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from ..evaluation.tables import Table
+from .checks import degenerate_reasons, instruction_reasons, parse, structure_reasons, text_reasons, truncation_reasons
+from .config import GateConfig
+from .semantic import Item, OfflineJudge
+
+FIXED_CATEGORIES = frozenset({"fixed header", "fixed headers", "fixed"})
+SCORES = ("faithfulness", "consistency", "relevance")
+
+
+@dataclass
+class Verdict:
+    """The fate of one record."""
+
+    kept: bool
+    reasons: list[str] = field(default_factory=list)
+    scores: dict[str, float | None] = field(default_factory=dict)
+
+    @property
+    def reason(self) -> str | None:
+        """The first reason (None when kept)."""
+        return self.reasons[0] if self.reasons else None
+
+
+@dataclass
+class Prepared:
+    """A record after the checks that need no model: what the encoder will look at, and the reasons so far."""
+
+    item: Item
+    reasons: list[str]
+
+    @property
+    def table(self) -> Table | None:
+        """The parsed table (None when there is none)."""
+        return self.item.table
+
+
+def is_fixed(category: object) -> bool:
+    """Whether a record's category says the instruction names the columns."""
+    return str(category or "").strip().lower() in FIXED_CATEGORIES
+
+
+def lexical(record: Mapping, cfg: GateConfig) -> tuple[Table | None, list[str]]:
+    """The parsed table and the reasons of every check that needs no model."""
+    instruction, text, raw = str(record.get("instruction") or ""), str(record.get("text") or ""), record.get("table")
+    reasons = instruction_reasons(instruction, text, cfg.instruction) + text_reasons(text, cfg.text)
+    table, found = (raw, []) if isinstance(raw, Table) else parse(raw)
+    if not cfg.structure.enabled:
+        found = [r for r in found if r.startswith("truncation.")]
+    if not cfg.truncation.enabled:
+        found = [r for r in found if not r.startswith("truncation.")]
+    reasons += found
+    if table is not None:
+        reasons += structure_reasons(table, cfg.structure) + degenerate_reasons(table, cfg.degenerate)
+        reasons += [r for r in truncation_reasons(table, cfg.truncation) if r not in reasons]
+    return table, reasons
+
+
+class Gate:
+    """All checks of a ``GateConfig``; ``evaluate`` judges a batch of records."""
+
+    def __init__(self, cfg: GateConfig, embedder=None) -> None:
+        self.cfg = cfg
+        self.judge = OfflineJudge(cfg, embedder)
+
+    def needs_encoder(self) -> bool:
+        """Whether any check on uses the sentence encoder."""
+        return any(getattr(self.cfg, name).enabled for name in SCORES)
+
+    def prepare(self, records: list[Mapping]) -> list[Prepared]:
+        """Parse each record's table and run every check that needs no model."""
+        out = []
+        for record in records:
+            table, reasons = lexical(record, self.cfg)
+            item = Item(str(record.get("instruction") or ""), str(record.get("text") or ""), table,
+                        is_fixed(record.get("category")))
+            out.append(Prepared(item, reasons))
+        return out
+
+    def finish(self, prepared: list[Prepared], external: list[dict | None] | None = None) -> list[Verdict]:
+        """Run the encoder checks; ``external`` holds another scorer's scores per record (or None)."""
+        external = external or [None] * len(prepared)
+        for p, e in zip(prepared, external):
+            p.item.judged = frozenset(k for k in ("faithfulness", "consistency") if e and not e.get("error") and k in e)
+        scores = self.judge.score([p.item for p in prepared]) if self.needs_encoder() else [{} for _ in prepared]
+        return [self._verdict(p.reasons, s, e, p.item.fixed) for p, s, e in zip(prepared, scores, external)]
+
+    def evaluate(self, records: list[Mapping], external: list[dict | None] | None = None) -> list[Verdict]:
+        """One verdict per record (``prepare`` then ``finish``)."""
+        return self.finish(self.prepare(records), external)
+
+    def _verdict(self, reasons: list[str], scores: dict, external: dict | None, fixed: bool) -> Verdict:
+        reasons = list(reasons)
+        cfg = self.cfg
+        if external and external.get("error"):
+            reasons.append(str(external["error"]))  # the judge failed: no score stands in for it
+            external = None
+        if external:  # the judge's scores stand in for the encoder's (it scores consistency for fixed headers only)
+            scores = scores | {k: v for k, v in external.items() if k in ("faithfulness", "consistency")}
+        external = external or {}
+        limits = {
+            "faithfulness": cfg.faithfulness.min_judge if "faithfulness" in external else cfg.faithfulness.min_score,
+            "consistency": cfg.consistency.min_judge if "consistency" in external
+            else (cfg.consistency.min_fixed if fixed else cfg.consistency.min_open),
+            "relevance": cfg.relevance.min_score,
+        }
+        kept_scores = {}
+        for name in SCORES:
+            if not getattr(cfg, name).enabled:
+                continue
+            value = scores.get(name)
+            kept_scores[name] = None if value is None else round(float(value), 4)
+            if value is None:
+                reasons.append(f"{name}.not_run")
+            elif value < limits[name]:
+                reasons.append(f"{name}.low")
+        return Verdict(not reasons, reasons, kept_scores)

@@ -1,0 +1,181 @@
+"""``filter_file``: stream records through the gate into a kept and a dropped file, resumably.
+
+The two files are the checkpoint, as in the engine: a record is done once its
+line is in either; a rerun cuts a torn last line, skips every key already
+written and judges the rest. Lines are appended one batch at a time with one
+``write`` per file on ``O_APPEND`` descriptors, so a stop at any moment loses at
+most the batch being judged, and no record is ever written to both files.
+SIGINT/SIGTERM finish the current batch and stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+from ..engine.checkpoint import _write_all
+from ..engine.progress import ProgressLine, _eta
+from .gate import Gate, Prepared, Verdict
+from .records import read_input, validate, written_keys
+
+# Another scorer: (prepared records) -> scores per record (None: not scored).
+External = Callable[[list[Prepared]], Awaitable[list[dict | None]]]
+
+
+@dataclass
+class FilterStats:
+    """Counts of one ``filter_file`` run."""
+
+    total: int = 0
+    resumed: int = 0
+    kept: int = 0
+    dropped: int = 0
+    started: float = field(default_factory=time.monotonic)
+    interrupted: str | None = None
+
+    @property
+    def done(self) -> int:
+        """Records judged in this run."""
+        return self.kept + self.dropped
+
+
+class FilterProgress(ProgressLine):
+    """``[filter] done/total (x%) kept K dropped D | r rec/s | ETA``."""
+
+    def __init__(self, stats: FilterStats, stream=None) -> None:
+        super().__init__(stats, "filter", stream)
+
+    def line(self) -> str:
+        s = self.stats
+        elapsed = max(time.monotonic() - s.started, 1e-9)
+        rate = s.done / elapsed
+        left = max(0, s.total - s.resumed - s.done)
+        finished = s.resumed + s.done
+        share = 100.0 * finished / s.total if s.total else 100.0
+        return (f"[filter] {finished:,}/{s.total:,} ({share:.1f}%) kept {s.kept:,} dropped {s.dropped:,} "
+                f"| {rate:,.1f} rec/s | ETA {_eta(left / rate) if rate > 0 else _eta(None)}")
+
+
+def kept_line(record: dict, line_no: int, verdict: Verdict) -> dict:
+    """The kept file's line: the record, its scores (and ``source_line`` without an id)."""
+    line = dict(record) | {"scores": verdict.scores}
+    if record.get("id") is None:
+        line["source_line"] = line_no
+    return line
+
+
+def dropped_line(record: dict, line_no: int, verdict: Verdict) -> dict:
+    """The dropped file's line: the record with every reason and the scores."""
+    return kept_line(record, line_no, verdict) | {"reasons": verdict.reasons}
+
+
+class _Files:
+    """The kept and dropped files opened for appending."""
+
+    def __init__(self, kept: Path, dropped: Path) -> None:
+        self.fds = {}
+        for name, path in (("kept", kept), ("dropped", dropped)):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.fds[name] = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def append(self, name: str, lines: list[dict]) -> None:
+        if lines:
+            _write_all(self.fds[name], b"".join(orjson.dumps(line) + b"\n" for line in lines))
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.fsync(fd)
+            os.close(fd)
+
+
+def done_keys(kept: Path, dropped: Path) -> set[str]:
+    """Keys already written to either file."""
+    return {key for path in (kept, dropped) for key, _ in written_keys(path)}
+
+
+def _batches(source: Path, done: set[str], size: int):
+    batch = []
+    for key, line_no, record in read_input(source):
+        if key not in done:
+            batch.append((line_no, record))
+            if len(batch) == size:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stats: FilterStats):
+    loop = asyncio.get_running_loop()
+    installed = []
+
+    def stop(sig: signal.Signals) -> None:
+        stats.interrupted = sig.name
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop, sig)
+            installed.append(sig)
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+async def filter_file(source: str | Path, kept: str | Path, dropped: str | Path, gate: Gate,
+                      external: External | None = None, batch_size: int = 32, progress: bool = True,
+                      handle_signals: bool = True) -> FilterStats:
+    """Judge every record of ``source`` not yet in ``kept`` or ``dropped`` and append it to one of them."""
+    source, kept, dropped = Path(source), Path(kept), Path(dropped)
+    stats = FilterStats(total=validate(source))
+    done = done_keys(kept, dropped)
+    stats.resumed = len(done)
+    files = _Files(kept, dropped)
+    shown = FilterProgress(stats) if progress else contextlib.nullcontext()
+    signals = _stop_on_signals(stats) if handle_signals else contextlib.nullcontext()
+    try:
+        with signals:
+            async with shown:
+                for batch in _batches(source, done, batch_size):
+                    if stats.interrupted:
+                        break
+                    await _judge(batch, gate, external, files, stats)
+    finally:
+        files.close()
+    return stats
+
+
+async def _judge(batch: list[tuple[int, dict]], gate: Gate, external: External | None, files: _Files,
+                 stats: FilterStats) -> None:
+    records = [record for _, record in batch]
+    prepared = await asyncio.to_thread(gate.prepare, records)
+    scores = await external(prepared) if external else None
+    verdicts = await asyncio.to_thread(gate.finish, prepared, scores)
+    kept = [kept_line(r, n, v) for (n, r), v in zip(batch, verdicts) if v.kept]
+    dropped = [dropped_line(r, n, v) for (n, r), v in zip(batch, verdicts) if not v.kept]
+    files.append("kept", kept)
+    files.append("dropped", dropped)
+    stats.kept += len(kept)
+    stats.dropped += len(dropped)
+
+
+def tally(kept: str | Path, dropped: str | Path) -> dict:
+    """Counts over both files (this run and earlier ones): kept, dropped, and every reason."""
+    reasons: Counter = Counter()
+    counts = Counter()
+    for name, path in (("kept", Path(kept)), ("dropped", Path(dropped))):
+        for _key, line in written_keys(path):
+            counts[name] += 1
+            reasons.update(line.get("reasons") or [])
+    return {"kept": counts["kept"], "dropped": counts["dropped"], "reasons": dict(reasons.most_common())}
