@@ -109,6 +109,12 @@ class ScorerConfig(Section):
     batch_size: int = Field(16, ge=1)
 
 
+# The `filter:` section names a filter config file and overrides its settings (see configs/filter-default.yaml).
+_GATE_SECTION = {"type": "object", "properties": {"config": {"type": "string", "description": "a filter config file"}},
+                 "additionalProperties": True,
+                 "description": "the quality gate: `config:` a filter config file, plus overrides of its checks"}
+
+
 class PipelineConfig(Section):
     """The whole ``odie generate`` configuration."""
 
@@ -117,7 +123,7 @@ class PipelineConfig(Section):
     run: RunConfig = Field(default_factory=RunConfig)
     stages: StagesConfig = Field(default_factory=StagesConfig)  # type: ignore[valid-type]
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
-    filter: GateConfig = Field(default_factory=load_gate_config,
+    filter: Annotated[GateConfig, WithJsonSchema(_GATE_SECTION)] = Field(default_factory=load_gate_config,
                                description="the quality gate: `config:` a filter config file, plus overrides")
     scorer: ScorerConfig = Field(default_factory=ScorerConfig)
     seeds: str = Field("seeds/seed_tasks.jsonl", description="seed tasks: absolute, or under the configs folder")
