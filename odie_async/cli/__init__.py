@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("odie_async.model.train", "fine-tune a LoRA adapter on generated data"),
     "predict": ("odie_async.model.predict", "predict tables for a test set, batched through vLLM"),
     "eval": ("odie_async.evaluation.evaluate", "score predictions with the paper's metrics"),
+    "bench": ("odie_async.cli.bench", "measure an endpoint's capacity and recommend settings"),
 }
 
 

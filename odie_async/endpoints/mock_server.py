@@ -25,6 +25,7 @@ from typing import IO, Callable
 
 import orjson
 
+from . import mock_stream
 from .schema_fill import instance_for_schema
 
 _WORD = re.compile(r"\w+|[^\w\s]")
@@ -115,6 +116,10 @@ class MockSettings:
     stall_s: float = 30.0
     api_key: str | None = field(default=None, repr=False)
     model: str = "mock-model"
+    stream: bool = False
+    ttft_ms: float = 0.0
+    itl_ms: float = 0.0
+    max_concurrency: int = 0
 
 
 class MockState:
@@ -133,6 +138,7 @@ class MockState:
         # Extra APIs (provider batches, ...) plug in here: each route gets
         # (protocol, method, path, headers, body) and returns True when it answered.
         self.routes: list[Callable[..., bool]] = []
+        self.slots = mock_stream.Slots(settings.max_concurrency)
 
     def delay(self) -> float:
         """One latency draw, in seconds."""
@@ -265,6 +271,8 @@ class MockProtocol(asyncio.Protocol):
         if fault is not None:
             return self._inject(fault)
         state.requests["200"] += 1
+        if mock_stream.takes(state, body):
+            return mock_stream.answer(self, path, body, prompt_tokens)
         self._later(state.delay(), self._completion(path, body, prompt_tokens))
 
     def _completion(self, path: str, body: dict, prompt_tokens: int) -> bytes:
@@ -364,6 +372,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--api-key-env", default=None, help="require the key in this environment variable")
     parser.add_argument("--log-requests", metavar="FILE", help="append one line per completion request: "
                         "monotonic seconds, prompt digest, outcome (200, 429, fault_*); flushed every 0.1 s")
+    mock_stream.add_arguments(parser)
 
 
 async def serve_forever(server: MockServer) -> None:
@@ -393,6 +402,6 @@ def run(args) -> int:
         print("odie mock-server: binding beyond loopback needs --api-key-env", flush=True)
         return 2
     settings = MockSettings(args.latency_ms, args.latency_jitter_ms, args.rpm, args.tpm,
-                            args.fault_rate, args.seed, args.stall_s, key)
+                            args.fault_rate, args.seed, args.stall_s, key, **mock_stream.options(args))
     run_async(serve_forever(MockServer(args.host, args.port, settings, log_requests=args.log_requests)))
     return 0
