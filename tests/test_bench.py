@@ -9,7 +9,7 @@ import orjson
 import pytest
 import yaml
 
-from odie_async.bench.load import Load
+from odie_async.bench.load import Load, drive
 from odie_async.bench.report import recommended_config
 from odie_async.bench.run import BenchSettings, run_bench
 from odie_async.bench.sweep import parse_slo, recommend
@@ -124,8 +124,10 @@ def test_rates_constant_and_poisson(tmp_path):
     assert results["recommended"]["concurrency"] >= 1
 
 
-def test_client_starved_of_cpu_is_flagged(tmp_path):
-    """Threads spinning on the GIL starve the client's event loop: the result must say so."""
+def test_client_starved_of_cpu_is_flagged(tmp_path, monkeypatch):
+    """Threads spinning on the GIL while the load runs starve the client's event loop: the result must say so."""
+    import odie_async.bench.run as bench_run
+
     mock = Mock("--latency-ms", "5")
     stop = threading.Event()
 
@@ -133,14 +135,23 @@ def test_client_starved_of_cpu_is_flagged(tmp_path):
         while not stop.is_set():
             pass
 
+    async def starved_drive(*args, **kwargs):
+        hogs = [threading.Thread(target=spin, daemon=True) for _ in range(3)]
+        for hog in hogs:
+            hog.start()
+        try:
+            return await drive(*args, **kwargs)
+        finally:
+            stop.set()
+            for hog in hogs:
+                hog.join()
+
+    monkeypatch.setattr(bench_run, "drive", starved_drive)
     switch = sys.getswitchinterval()
     sys.setswitchinterval(0.03)
-    hogs = [threading.Thread(target=spin, daemon=True) for _ in range(3)]
     settings = BenchSettings(base_url=mock.url, workload=synthetic(parse_synthetic("prompt_tokens=8,output_tokens=4")),
                              output=tmp_path, loads=[Load("concurrency", 8)], duration_s=2.0)
     try:
-        for hog in hogs:
-            hog.start()
         results = run_async(run_bench(settings))
     finally:
         stop.set()
