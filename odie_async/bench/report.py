@@ -23,7 +23,10 @@ RATE_MARGIN = 0.95
 def recommended_config(results: dict) -> dict:
     """The ``{endpoint: {...}, engine: {concurrency, rpm, tpm}}`` settings the results call for."""
     knee = results.get("recommended") or {}
-    endpoint = {"base_url": results["base_url"], "model": results.get("model")}
+    if results.get("embedded"):  # served for the bench only: null serves it again for the run
+        endpoint = {"base_url": None, "model": None}
+    else:
+        endpoint = {"base_url": results["base_url"], "model": results.get("model")}
     if results.get("api_key_env"):
         endpoint["api_key_env"] = results["api_key_env"]
     rpm = tpm = 0

@@ -44,6 +44,7 @@ class BenchSettings:
     timeout_s: float = 120.0
     max_in_flight: int = 1024
     seed: int = 0
+    embedded: bool = False  # the endpoint is the embedded model, served for this bench only
 
 
 def _say(text: str) -> None:
@@ -113,7 +114,7 @@ async def run_bench(settings: BenchSettings) -> dict:
             interrupted, stop = True, "interrupted"
     knee = recommend(points, settings.slo)
     results = {
-        "base_url": settings.base_url, "model": model, "api_key_env": settings.api_key_env,
+        "base_url": settings.base_url, "model": model, "api_key_env": settings.api_key_env, "embedded": settings.embedded,
         "workload": settings.workload.description, "source": settings.workload.source,
         "mode": "sweep" if not settings.loads else settings.loads[0].kind,
         "duration_s": settings.duration_s, "slo_ms": settings.slo, "stop_reason": stop, "interrupted": interrupted,

@@ -125,7 +125,7 @@ def run(args) -> int:
         from ..endpoints.serve import embedded_endpoint
 
         with embedded_endpoint() as endpoint:
-            settings.base_url, settings.api_key = endpoint.base_url, endpoint.api_key
+            settings.base_url, settings.api_key, settings.embedded = endpoint.base_url, endpoint.api_key, True
             settings.model = settings.model or endpoint.model
             if not settings.workload.models:
                 settings.workload.with_model(endpoint.model)
