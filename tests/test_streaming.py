@@ -24,7 +24,7 @@ def test_stream_times_first_token_and_the_tokens_after_it():
     assert reply.prompt_tokens == count_tokens(BODY["messages"][0]["content"])  # from the usage chunk
     assert 0.040 <= reply.ttft < 0.060
     assert 0.0045 <= reply.itl < 0.0060
-    assert reply.latency >= reply.ttft + 23 * 0.005
+    assert reply.latency >= 0.040 + 23 * 0.005  # tokens are due at fixed offsets from the start
     assert len(reply.text.split()) == 24
 
 

@@ -11,6 +11,7 @@ first token arrives with the whole answer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass
 
@@ -105,7 +106,7 @@ class StreamingClient(ChatClient):
     async def stream(self, path: str, body: dict) -> StreamReply:
         """Send ``body`` with streaming on; raise a ``RequestError`` subclass on any failure."""
         start = time.perf_counter()
-        try:
+        with _transport_errors():
             async with self._session.post(self.url_for(path), data=stream_body(body)) as resp:
                 if resp.status >= 300:
                     raise status_error(resp.status, await resp.read(), resp.headers)
@@ -120,26 +121,29 @@ class StreamingClient(ChatClient):
                         break
                     reader.event(data, time.perf_counter())
                 return reader.reply(resp.status, time.perf_counter())
-        except asyncio.TimeoutError as exc:
-            raise TransportError("no answer within the timeout") from exc
-        except aiohttp.ClientError as exc:
-            raise TransportError(f"{type(exc).__name__}: {exc}") from exc
 
     async def models(self) -> list[str]:
         """The model ids ``GET /v1/models`` lists."""
-        try:
+        with _transport_errors():
             async with self._session.get(self.url_for("/v1/models")) as resp:
                 raw = await resp.read()
                 if resp.status >= 300:
                     raise status_error(resp.status, raw, resp.headers)
-        except asyncio.TimeoutError as exc:
-            raise TransportError("no answer within the timeout") from exc
-        except aiohttp.ClientError as exc:
-            raise TransportError(f"{type(exc).__name__}: {exc}") from exc
         try:
             return [m["id"] for m in orjson.loads(raw)["data"]]
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             raise MalformedResponseError(f"/v1/models answer is not a model list: {exc}", body=raw[:200]) from exc
+
+
+@contextlib.contextmanager
+def _transport_errors():
+    """aiohttp's timeouts and connection errors as ``TransportError``."""
+    try:
+        yield
+    except asyncio.TimeoutError as exc:
+        raise TransportError("no answer within the timeout") from exc
+    except aiohttp.ClientError as exc:
+        raise TransportError(f"{type(exc).__name__}: {exc}") from exc
 
 
 def _whole(status: int, raw: bytes, start: float) -> StreamReply:
