@@ -76,6 +76,8 @@ def test_rate_limits_seen_become_rpm_and_tpm(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(config))
     assert load_config(path).endpoint.api_key_env == "KEY"
+    embedded = recommended_config(results | {"embedded": True})["endpoint"]
+    assert embedded["base_url"] is None  # the one-off server is gone: the run serves the model again
 
 
 def test_ttft_and_itl_match_the_mock_at_low_load(tmp_path):

@@ -97,6 +97,8 @@ def plot(results: dict, path: Path) -> bool:
     bottom.legend(fontsize=8)
     if points and points[0]["kind"] == "concurrency" and max(xs) / max(min(xs), 1) >= 8:
         bottom.set_xscale("log", base=2)
+        bottom.set_xticks(xs, [f"{x:g}" for x in xs], fontsize=8)
+        bottom.minorticks_off()
     knee = results.get("recommended")
     if knee:
         x = knee["point"]["load"]

@@ -9,6 +9,7 @@ interrupted part-way (``interrupted`` in ``results.json`` says so).
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -104,6 +105,7 @@ async def run_bench(settings: BenchSettings) -> dict:
     """Measure, recommend, write ``results.json``/``bench.png``/``recommended.yaml``; return the results."""
     points: list[dict] = []
     stop, interrupted = "", False
+    machine = {"cpus": os.cpu_count(), "load_average_at_start": round(os.getloadavg()[0], 2)}
     connections = max([int(l.value) for l in settings.loads if l.kind == "concurrency"] + [settings.max_in_flight])
     async with StreamingClient(settings.base_url, settings.api_key, max_connections=connections,
                                timeout_s=settings.timeout_s) as client:
@@ -120,6 +122,7 @@ async def run_bench(settings: BenchSettings) -> dict:
         "duration_s": settings.duration_s, "slo_ms": settings.slo, "stop_reason": stop, "interrupted": interrupted,
         "finished_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "points": points, "recommended": knee, "warnings": _warnings(points, knee),
+        "client_machine": machine | {"load_average_at_end": round(os.getloadavg()[0], 2)},
     }
     results["files"] = {k: str(v) for k, v in report.write(results, settings.output).items()}
     for warning in results["warnings"]:
