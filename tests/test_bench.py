@@ -1,8 +1,10 @@
 """``odie bench`` against ``odie mock-server``, whose knee, TTFT and ITL are known truths."""
 
+import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import orjson
@@ -192,3 +194,21 @@ def test_slo_and_synthetic_parsing():
     with pytest.raises(ConfigError):
         parse_synthetic("output_tokens=-1")
     assert recommend([], {}) is None
+
+
+def test_interrupt_writes_the_points_so_far(tmp_path):
+    mock = Mock("--latency-ms", "20")
+    cmd = ODIE + ["bench", "--base-url", mock.url, "--output", str(tmp_path), "--concurrency", "1,2,4",
+                  "--duration", "1.5s", "--synthetic", "prompt_tokens=8,output_tokens=4"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not proc.stderr.readline().startswith("[bench] concurrency 1:"):
+            pass
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+    finally:
+        mock.stop()
+    results = orjson.loads((tmp_path / "results.json").read_bytes())
+    assert code == 143 and results["interrupted"]
+    assert [p["load"] for p in results["points"]][:1] == [1]

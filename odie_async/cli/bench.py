@@ -90,23 +90,23 @@ def _as_path(path: str, body: dict) -> dict:
     return body | {"prompt": prompt}
 
 
-async def _bench(settings) -> dict:
+async def _bench(settings, stopped_by: list[int]) -> dict:
     from ..bench.run import run_bench
 
     task = asyncio.current_task()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    loop = asyncio.get_running_loop()
+    for sig, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+        loop.add_signal_handler(sig, lambda code=code: (stopped_by.append(code), task.cancel()))
     return await run_bench(settings)
 
 
 def _run(settings) -> int:
+    stopped_by: list[int] = []
     try:
-        results = run_async(_bench(settings))
-    except asyncio.CancelledError:
-        print(f"odie bench: stopped; points so far in {settings.output}", file=sys.stderr)
-        return 143
-    except KeyboardInterrupt:
-        print(f"odie bench: interrupted; points so far in {settings.output}", file=sys.stderr)
-        return 130
+        results = run_async(_bench(settings, stopped_by))
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        print(f"odie bench: interrupted; the points measured so far are in {settings.output}", file=sys.stderr)
+        return stopped_by[0] if stopped_by else 130
     knee = results["recommended"]
     print(f"results: {results['files']['results']}")
     if knee:
