@@ -23,7 +23,7 @@ from ..exceptions import AuthenticationError, RequestError, RunAborted
 from . import report
 from .load import Load, drive
 from .points import render, summarise
-from .sweep import knee_sweep, plan, recommend
+from .sweep import MAX_SWEEP_CONCURRENCY, knee_sweep, recommend
 from .workload import Workload
 
 log = structlog.get_logger(__name__)
@@ -106,7 +106,8 @@ async def run_bench(settings: BenchSettings) -> dict:
     points: list[dict] = []
     stop, interrupted = "", False
     machine = {"cpus": os.cpu_count(), "load_average_at_start": round(os.getloadavg()[0], 2)}
-    connections = max([int(l.value) for l in settings.loads if l.kind == "concurrency"] + [settings.max_in_flight])
+    in_flight = [int(l.value) for l in settings.loads if l.kind == "concurrency"] if settings.loads else [MAX_SWEEP_CONCURRENCY]
+    connections = max(in_flight + [settings.max_in_flight])
     async with StreamingClient(settings.base_url, settings.api_key, max_connections=connections,
                                timeout_s=settings.timeout_s) as client:
         model = await _prepare(client, settings)
