@@ -25,6 +25,7 @@ import argparse
 import bisect
 import os
 import platform
+import shutil
 import sys
 import threading
 import time
@@ -120,7 +121,8 @@ def own_figures(tool: str, out: Path) -> dict:
 
 
 def run_one(tool: str, spec: dict, work: Path, seconds: int) -> dict:
-    work.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(work, ignore_errors=True)  # the mock appends to its log: start from none
+    work.mkdir(parents=True)
     mock = Mock(spec["mock"], work / "requests.log")
     build = odie_command if tool == "odie bench" else guidellm_command
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", HF_HOME=str(work / "hf"), DO_NOT_TRACK="1",
