@@ -194,6 +194,8 @@ def test_slo_and_synthetic_parsing():
     with pytest.raises(ConfigError):
         parse_synthetic("output_tokens=-1")
     assert recommend([], {}) is None
+    path, body = synthetic(parse_synthetic("prompt_tokens=3,count=1"), "m", "/v1/completions").requests[0]
+    assert path == "/v1/completions" and body == {"prompt": "r0 alpha bravo", "max_tokens": 128, "model": "m"}
 
 
 def test_interrupt_writes_the_points_so_far(tmp_path):

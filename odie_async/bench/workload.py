@@ -64,17 +64,21 @@ def parse_synthetic(text: str) -> dict[str, int]:
     return spec
 
 
-def synthetic(spec: dict[str, int], model: str | None = None) -> Workload:
-    """``count`` distinct chat requests of about ``prompt_tokens`` words asking for ``output_tokens``."""
+def synthetic(spec: dict[str, int], model: str | None = None, path: str = "/v1/chat/completions") -> Workload:
+    """``count`` distinct requests to ``path`` of about ``prompt_tokens`` words asking for ``output_tokens``."""
+    if path not in STREAMABLE:
+        raise ConfigError(f"synthetic requests go to {' or '.join(STREAMABLE)}, not {path}")
     requests = []
     for i in range(spec["count"]):
         words = [f"r{i}"] + [_FILLER[(i + j) % len(_FILLER)] for j in range(spec["prompt_tokens"] - 1)]
-        body = {"messages": [{"role": "user", "content": " ".join(words)}], "max_tokens": spec["output_tokens"]}
+        prompt = " ".join(words)
+        body = {"messages": [{"role": "user", "content": prompt}]} if path.endswith("chat/completions") else {"prompt": prompt}
+        body["max_tokens"] = spec["output_tokens"]
         if model:
             body["model"] = model
-        requests.append(("/v1/chat/completions", body))
+        requests.append((path, body))
     label = f"synthetic: {spec['prompt_tokens']} prompt words, {spec['output_tokens']} output tokens"
-    return Workload(requests, label, {"synthetic": spec})
+    return Workload(requests, label, {"synthetic": spec, "path": path})
 
 
 def from_file(path: str | Path, model: str | None = None) -> Workload:

@@ -72,22 +72,13 @@ def settings_from_args(args, base_url: str):
     if args.input:
         workload = from_file(args.input, model)
     else:
-        workload = synthetic(parse_synthetic(args.synthetic or DEFAULT_SYNTHETIC), model)
-        workload.requests = [(args.endpoint, _as_path(args.endpoint, body)) for _path, body in workload.requests]
+        workload = synthetic(parse_synthetic(args.synthetic or DEFAULT_SYNTHETIC), model, args.endpoint)
     return BenchSettings(
         base_url=base_url, workload=workload, output=Path(args.output),
         api_key=api_key_from_env(args.api_key_env), api_key_env=args.api_key_env, model=model,
         loads=plan(concurrency, rates, args.rate_type), slo=parse_slo(args.slo), duration_s=duration,
         timeout_s=args.timeout, max_in_flight=args.max_in_flight, seed=args.seed,
     )
-
-
-def _as_path(path: str, body: dict) -> dict:
-    """A chat body as a plain completion when ``path`` is ``/v1/completions``."""
-    if path.endswith("chat/completions"):
-        return body
-    prompt = "\n".join(m["content"] for m in body.pop("messages"))
-    return body | {"prompt": prompt}
 
 
 async def _bench(settings, stopped_by: list[int]) -> dict:
