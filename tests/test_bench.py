@@ -1,5 +1,6 @@
 """``odie bench`` against ``odie mock-server``, whose knee, TTFT and ITL are known truths."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -214,3 +215,21 @@ def test_interrupt_writes_the_points_so_far(tmp_path):
     results = orjson.loads((tmp_path / "results.json").read_bytes())
     assert code == 143 and results["interrupted"]
     assert [p["load"] for p in results["points"]][:1] == [1]
+
+
+def test_key_is_used_and_never_written(tmp_path):
+    secret = "sk-bench-secret-4242"
+    env = dict(os.environ, BENCH_KEY=secret)
+    mock = Mock("--api-key-env", "BENCH_KEY", "--latency-ms", "5", env=env)
+    try:
+        refused, _, err = _bench(tmp_path / "no", mock.url, "--synchronous", "--duration", "0.5s")
+        cmd = ODIE + ["bench", "--base-url", mock.url, "--output", str(tmp_path / "yes"), "--api-key-env", "BENCH_KEY",
+                      "--synchronous", "--duration", "0.5s", "--synthetic", "prompt_tokens=8,output_tokens=4"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    finally:
+        mock.stop()
+    assert refused == 3 and "refused the key" in err
+    assert proc.returncode == 0, proc.stderr
+    assert load_config(tmp_path / "yes" / "recommended.yaml").endpoint.api_key_env == "BENCH_KEY"
+    written = [p.read_bytes() for p in (tmp_path / "yes").iterdir() if p.suffix != ".png"]
+    assert all(secret.encode() not in blob for blob in written) and secret not in proc.stdout + proc.stderr
