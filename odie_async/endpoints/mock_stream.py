@@ -44,8 +44,7 @@ class Slots:
 
     def __init__(self, limit: int) -> None:
         self.gate = asyncio.Semaphore(limit) if limit > 0 else contextlib.nullcontext()
-        self.tasks: set[asyncio.Task] = set()
-        self.queued = 0  # waiting for a slot now
+        self.tasks: set[asyncio.Task] = set()  # held until done: the loop keeps only weak references
 
 
 def takes(state, body: dict) -> bool:
@@ -64,9 +63,7 @@ def answer(protocol, path: str, body: dict, prompt_tokens: int) -> None:
 
 async def _serve(protocol, path: str, body: dict, prompt_tokens: int) -> None:
     state = protocol.state
-    state.slots.queued += 1
     async with state.slots.gate:
-        state.slots.queued -= 1
         if state.settings.stream and body.get("stream"):
             await _stream(protocol, path, body, prompt_tokens)
         else:
