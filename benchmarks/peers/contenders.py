@@ -67,11 +67,11 @@ def venv_root() -> Path:
     return cache_dir() / "bench-venvs"
 
 
-def python_for(contender: Contender) -> Path:
-    """The interpreter that runs ``contender``, creating or updating its venv first."""
+def python_for(contender: Contender, root: Path | None = None) -> Path:
+    """The interpreter that runs ``contender``, creating or updating its venv (in ``root``, else the cache) first."""
     if contender.venv is None:
         return Path(sys.executable)
-    root = venv_root() / contender.venv
+    root = root or venv_root() / contender.venv
     requirements = HERE / f"requirements-{contender.venv}.txt"
     wanted = requirements.read_text()
     stamp = root / STAMP

@@ -37,6 +37,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "config-schema": ("odie_async.cli.config_schema", "print the JSON Schema of a generate or train config file"),
     "filter": ("odie_async.cli.filter", "keep or drop (instruction, text, table) records by the quality gate"),
     "export": ("odie_async.cli.export", "write a run's training files as one datasets split (Parquet, disk)"),
+    "bench": ("odie_async.cli.bench", "measure an endpoint's capacity and recommend settings"),
 }
 
 

@@ -6,6 +6,7 @@ import os
 
 from ..endpoints.mock_batches import add_arguments as add_batch_arguments
 from ..endpoints.mock_batches import install as install_batches
+from ..endpoints import mock_stream
 from ..endpoints.mock_server import EXTRA_FAULTS, FAULTS, MockServer, MockSettings, serve_forever
 from ..engine.client import clean_api_key
 from ..runtime import run_async
@@ -30,6 +31,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--api-key-env", default=None, help="require the key in this environment variable")
     parser.add_argument("--log-requests", metavar="FILE", help="append one line per completion request: "
                         "monotonic seconds, prompt digest, outcome (200, 429, fault_*); flushed every 0.1 s")
+    mock_stream.add_arguments(parser)  # streaming (--stream, --ttft-ms, --itl-ms) and --max-concurrency
     add_batch_arguments(parser)  # provider batch APIs: processing time, failures, expiry, faults, log
 
 
@@ -49,7 +51,7 @@ def run(args) -> int:
         return 2
     settings = MockSettings(args.latency_ms, args.latency_jitter_ms, args.rpm, args.tpm,
                             args.fault_rate, args.seed, args.stall_s, key,
-                            limit_headers=not args.no_limit_headers, faults=faults)
+                            limit_headers=not args.no_limit_headers, faults=faults, **mock_stream.options(args))
     server = MockServer(args.host, args.port, settings, log_requests=args.log_requests)
     install_batches(server.state, args)
     run_async(serve_forever(server))

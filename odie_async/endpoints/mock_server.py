@@ -25,6 +25,7 @@ from typing import IO, Callable
 
 import orjson
 
+from . import mock_stream
 from .schema_fill import instance_for_schema
 
 _WORD = re.compile(r"\w+|[^\w\s]")
@@ -119,6 +120,10 @@ class MockSettings:
     model: str = "mock-model"
     limit_headers: bool = True
     faults: tuple[str, ...] = FAULTS
+    stream: bool = False
+    ttft_ms: float = 0.0
+    itl_ms: float = 0.0
+    max_concurrency: int = 0
 
 
 class MockState:
@@ -137,6 +142,7 @@ class MockState:
         # Extra APIs (provider batches, ...) plug in here: each route gets
         # (protocol, method, path, headers, body) and returns True when it answered.
         self.routes: list[Callable[..., bool]] = []
+        self.slots = mock_stream.Slots(settings.max_concurrency)
 
     def delay(self) -> float:
         """One latency draw, in seconds."""
@@ -271,6 +277,8 @@ class MockProtocol(asyncio.Protocol):
         if fault is not None:
             return self._inject(fault, headers)
         state.requests["200"] += 1
+        if mock_stream.takes(state, body):
+            return mock_stream.answer(self, path, body, prompt_tokens)
         self._later(state.delay(), self._completion(path, body, prompt_tokens))
 
     def _completion(self, path: str, body: dict, prompt_tokens: int) -> bytes:

@@ -1,0 +1,133 @@
+"""The library API of ``odie bench``: measure, find the knee, write the results.
+
+``run_bench(settings)`` is what the command calls; tests and scripts call it
+too. It checks the workload before sending anything, probes the endpoint with
+one request, measures every load level, and writes the report even when it is
+interrupted part-way (``interrupted`` in ``results.json`` says so).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import structlog
+
+from ..engine.streaming import StreamingClient
+from ..exceptions import AuthenticationError, RequestError, RunAborted
+from . import report
+from .load import Load, drive
+from .points import render, summarise
+from .sweep import MAX_SWEEP_CONCURRENCY, knee_sweep, recommend
+from .workload import Workload
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class BenchSettings:
+    """Where to send, what, at which loads, for how long, and where the report goes."""
+
+    base_url: str
+    workload: Workload
+    output: Path
+    api_key: str | None = field(default=None, repr=False)
+    api_key_env: str | None = None
+    model: str | None = None
+    loads: list[Load] = field(default_factory=list)  # empty: the knee sweep
+    slo: dict[str, float] = field(default_factory=dict)
+    duration_s: float = 30.0
+    timeout_s: float = 120.0
+    max_in_flight: int = 1024
+    seed: int = 0
+    embedded: bool = False  # the endpoint is the embedded model, served for this bench only
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+async def _prepare(client: StreamingClient, settings: BenchSettings) -> str | None:
+    """Find the model when no body names one, and send one request to see that the endpoint answers."""
+    model = settings.model or next(iter(sorted(settings.workload.models)), None)
+    try:
+        if model is None:
+            served = await client.models()
+            model = served[0] if served else None
+            settings.workload.with_model(model)
+        path, body = settings.workload.next()
+        await client.stream(path, body)
+    except AuthenticationError as exc:
+        raise RunAborted(f"the endpoint refused the key: {exc.message}") from exc
+    except RequestError as exc:
+        raise RunAborted(f"the endpoint at {settings.base_url} did not answer a first request: {exc.message}") from exc
+    return model
+
+
+async def _measure_all(client: StreamingClient, settings: BenchSettings, points: list[dict]) -> str:
+    started = time.monotonic()
+
+    async def measure(load: Load) -> dict:
+        left = len(settings.loads) - len(points)
+        eta = f", about {left * settings.duration_s:.0f} s left" if settings.loads else ""
+        _say(f"[bench] measuring {load.label} for {settings.duration_s:g} s (point {len(points) + 1}{eta})")
+        point = summarise(await drive(client, settings.workload, load, settings.duration_s,
+                                      settings.max_in_flight, settings.seed + len(points)))
+        point["at_s"] = round(time.monotonic() - started, 1)
+        points.append(point)
+        _say(render(point))
+        return point
+
+    if not settings.loads:
+        measured, reason = await knee_sweep(measure, settings.slo)
+        points[:] = measured
+        return reason
+    for load in settings.loads:
+        await measure(load)
+    return "every listed load measured"
+
+
+def _warnings(points: list[dict], knee: dict | None) -> list[str]:
+    warnings = [f"at {p['label']} the client, not the endpoint, set the pace: {p['client_bound']}; "
+                "its figures understate the endpoint (give the client a free core)"
+                for p in points if p["client_bound"]]
+    if knee is None:
+        warnings.append("no load level met the SLO without errors; recommended.yaml holds concurrency 1")
+    return warnings
+
+
+async def run_bench(settings: BenchSettings) -> dict:
+    """Measure, recommend, write ``results.json``/``bench.png``/``recommended.yaml``; return the results."""
+    points: list[dict] = []
+    stop, interrupted = "", False
+    machine = {"cpus": os.cpu_count(), "load_average_at_start": round(os.getloadavg()[0], 2)}
+    in_flight = [int(l.value) for l in settings.loads if l.kind == "concurrency"] if settings.loads else [MAX_SWEEP_CONCURRENCY]
+    connections = max(in_flight + [settings.max_in_flight])
+    async with StreamingClient(settings.base_url, settings.api_key, max_connections=connections,
+                               timeout_s=settings.timeout_s) as client:
+        model = await _prepare(client, settings)
+        try:
+            stop = await _measure_all(client, settings, points)
+        except asyncio.CancelledError:
+            interrupted, stop = True, "interrupted"
+    knee = recommend(points, settings.slo)
+    results = {
+        "base_url": settings.base_url, "model": model, "api_key_env": settings.api_key_env, "embedded": settings.embedded,
+        "workload": settings.workload.description, "source": settings.workload.source,
+        "mode": "sweep" if not settings.loads else settings.loads[0].kind,
+        "duration_s": settings.duration_s, "slo_ms": settings.slo, "stop_reason": stop, "interrupted": interrupted,
+        "finished_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "points": points, "recommended": knee, "warnings": _warnings(points, knee),
+        "client_machine": machine | {"load_average_at_end": round(os.getloadavg()[0], 2)},
+    }
+    results["files"] = {k: str(v) for k, v in report.write(results, settings.output).items()}
+    for warning in results["warnings"]:
+        log.warning(warning)
+    if interrupted:
+        raise asyncio.CancelledError
+    return results

@@ -1,0 +1,129 @@
+"""``odie bench``: measure an endpoint's capacity with your own workload, then run at it.
+
+Exit codes: 0 every request answered; 1 finished, some requests failed (counted
+in ``results.json``); 2 a usage or input error, before anything was sent; 3 the
+endpoint did not answer a first request or refused the key; 130/143 interrupted
+(the points measured so far are written).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+from ..engine.batch import api_key_from_env
+from ..engine.limits import parse_duration
+from ..exceptions import ConfigError, InputError, RunAborted
+from ..logs import configure_logging
+from ..runtime import run_async
+
+DEFAULT_SYNTHETIC = "prompt_tokens=256,output_tokens=128"
+
+
+def add_arguments(parser) -> None:
+    """Options of ``odie bench``."""
+    parser.add_argument("--base-url", help="endpoint, e.g. http://127.0.0.1:8000/v1 (default: the embedded model)")
+    parser.add_argument("--endpoint", default="/v1/chat/completions", choices=("/v1/chat/completions", "/v1/completions"),
+                        help="API path of synthetic requests (an input file's lines name their own)")
+    parser.add_argument("--model", help="model for every request (default: the bodies', else the endpoint's first)")
+    parser.add_argument("--api-key-env", default=None, help="environment variable holding the API key")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--input", help="OpenAI Batch API input file (.jsonl) whose requests to send")
+    source.add_argument("--synthetic", help=f"synthetic prompts, e.g. {DEFAULT_SYNTHETIC} (the default)[,count=1000]")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--sweep", action="store_true", help="find the knee: grow concurrency until throughput stops rising or the SLO fails (the default)")
+    mode.add_argument("--synchronous", action="store_true", help="one request at a time")
+    mode.add_argument("--concurrency", help="comma-separated concurrencies, e.g. 1,8,32")
+    mode.add_argument("--rate", help="comma-separated request rates per second, e.g. 5,10,20")
+    parser.add_argument("--rate-type", choices=("constant", "poisson"), default="constant", help="arrivals of --rate")
+    parser.add_argument("--slo", help="limits a usable load meets, e.g. ttft_p95=2s,latency_p95=20s")
+    parser.add_argument("--duration", default="30s", help="time per load level (30s, 2m, 500ms)")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    parser.add_argument("--max-in-flight", type=int, default=1024, help="--rate: requests outstanding at most")
+    parser.add_argument("--seed", type=int, default=0, help="seed of Poisson arrivals")
+    parser.add_argument("--output", default="bench-results", help="folder for results.json, bench.png, recommended.yaml")
+    parser.add_argument("--log-json", action="store_true", help="log JSON lines instead of readable text")
+
+
+def _numbers(text: str, what: str, kind=float) -> list:
+    try:
+        values = [kind(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"{what}: expected comma-separated numbers, got {text!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise ConfigError(f"{what}: expected positive numbers, got {text!r}")
+    return values
+
+
+def settings_from_args(args, base_url: str):
+    """Everything ``run_bench`` needs, checked before anything is sent."""
+    from ..bench.run import BenchSettings
+    from ..bench.sweep import parse_slo, plan
+    from ..bench.workload import from_file, parse_synthetic, synthetic
+
+    duration = parse_duration(args.duration)
+    if not duration:
+        raise ConfigError(f"--duration: expected a duration such as 30s, got {args.duration!r}")
+    concurrency = [1] if args.synchronous else _numbers(args.concurrency, "--concurrency", int) if args.concurrency else None
+    rates = _numbers(args.rate, "--rate") if args.rate else None
+    model = args.model
+    if args.input:
+        workload = from_file(args.input, model)
+    else:
+        workload = synthetic(parse_synthetic(args.synthetic or DEFAULT_SYNTHETIC), model, args.endpoint)
+    return BenchSettings(
+        base_url=base_url, workload=workload, output=Path(args.output),
+        api_key=api_key_from_env(args.api_key_env), api_key_env=args.api_key_env, model=model,
+        loads=plan(concurrency, rates, args.rate_type), slo=parse_slo(args.slo), duration_s=duration,
+        timeout_s=args.timeout, max_in_flight=args.max_in_flight, seed=args.seed,
+    )
+
+
+async def _bench(settings, stopped_by: list[int]) -> dict:
+    from ..bench.run import run_bench
+
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    for sig, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
+        loop.add_signal_handler(sig, lambda code=code: (stopped_by.append(code), task.cancel()))
+    return await run_bench(settings)
+
+
+def _run(settings) -> int:
+    stopped_by: list[int] = []
+    try:
+        results = run_async(_bench(settings, stopped_by))
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        print(f"odie bench: interrupted; the points measured so far are in {settings.output}", file=sys.stderr)
+        return stopped_by[0] if stopped_by else 130
+    knee = results["recommended"]
+    print(f"results: {results['files']['results']}")
+    if knee:
+        print(f"knee: {knee['point']['label']}, {knee['point']['requests_per_s']:,.1f} req/s "
+              f"(best {knee['max_requests_per_s']:,.1f}); settings in {results['files']['recommended']}")
+    return 1 if any(p["failed"] for p in results["points"]) else 0
+
+
+def run(args) -> int:
+    """Entry point of ``odie bench``."""
+    configure_logging(json=args.log_json)
+    try:
+        settings = settings_from_args(args, args.base_url or "")
+        if args.base_url:
+            return _run(settings)
+        from ..endpoints.serve import embedded_endpoint
+
+        with embedded_endpoint() as endpoint:
+            settings.base_url, settings.api_key, settings.embedded = endpoint.base_url, endpoint.api_key, True
+            settings.model = settings.model or endpoint.model
+            if not settings.workload.models:
+                settings.workload.with_model(endpoint.model)
+            return _run(settings)
+    except (ConfigError, InputError) as exc:
+        print(f"odie bench: error: {exc}", file=sys.stderr)
+        return 2
+    except RunAborted as exc:
+        print(f"odie bench: stopped: {exc}", file=sys.stderr)
+        return 3
