@@ -9,9 +9,74 @@ from __future__ import annotations
 
 import argparse
 
+from pydantic import ConfigDict, Field
+
 from .engine.client import api_key_from_env
+from .engine.lanes import EndpointSpec
 from .engine.settings import EngineSettings, check_number
 from .exceptions import ConfigError
+from .pipeline.config import EndpointConfig, EngineConfig
+from .settings import Section, load
+
+# With no --concurrency: this many workers, the gate starting at AUTO_START and growing on success
+# (or, for a server that publishes its load, steered by it).
+AUTO_WORKERS, AUTO_START = 256, 64
+# engine-section keys and the option each one stands for
+ENGINE_KEYS = {"concurrency": "concurrency", "rpm": "rpm", "tpm": "tpm", "max_attempts": "max_attempts",
+                "timeout_s": "timeout", "drain_timeout_s": "drain_timeout"}
+ENGINE_OPTIONS = tuple(ENGINE_KEYS.values())
+
+
+class PoolEndpoint(Section):
+    """One endpoint of a pool in a config file's ``endpoints:`` list."""
+
+    base_url: str
+    api_key_env: str | None = None
+    model: str | None = Field(None, description="the model name this endpoint serves (rewritten per request)")
+    rpm: float = Field(0, ge=0)
+    tpm: float = Field(0, ge=0)
+    max_concurrency: int | None = Field(None, ge=1)
+    weight: float = Field(1.0, gt=0)
+    name: str | None = None
+
+
+class BatchConfig(Section):
+    """What ``odie batch --config`` reads: generate's ``endpoint`` and ``engine`` sections, and a pool.
+    Other sections of a generate config are left to ``odie generate``."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+    endpoint: EndpointConfig = Field(default_factory=EndpointConfig)
+    endpoints: list[PoolEndpoint] = Field(default_factory=list)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+
+
+def apply_config(args, defaults: dict) -> None:
+    """Fill options still at their defaults from ``args.config``; build ``args.pool`` from it and --endpoint."""
+    if args.config:
+        config = load(BatchConfig, args.config, "batch config")
+        for key in config.engine.model_fields_set:
+            if getattr(args, ENGINE_KEYS[key]) == defaults.get(ENGINE_KEYS[key]):
+                setattr(args, ENGINE_KEYS[key], getattr(config.engine, key))
+        for key in ("base_url", "model", "api_key_env"):
+            if getattr(args, key) is None and getattr(config.endpoint, key):
+                setattr(args, key, getattr(config.endpoint, key))
+    # Endpoints named on the command line (--base-url among them, when there are others) take --rpm/--tpm each.
+    urls = ([args.base_url] if args.base_url and args.endpoint else []) + list(args.endpoint or ())
+    key = api_key_from_env(args.api_key_env) if urls else None
+    pool = [EndpointSpec(url, key, None, args.rpm, args.tpm) for url in urls]
+    pool += [_spec(e, args.config) for e in config.endpoints] if args.config else []
+    args.pool = pool
+    if pool and not args.base_url:
+        args.base_url = pool[0].base_url
+
+
+def _spec(endpoint: PoolEndpoint, source: str) -> EndpointSpec:
+    try:
+        key = api_key_from_env(endpoint.api_key_env) if endpoint.api_key_env else None
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: endpoints: {exc}") from None
+    return EndpointSpec(endpoint.base_url, key, endpoint.model, endpoint.rpm, endpoint.tpm,
+                        endpoint.max_concurrency, endpoint.weight, endpoint.name)
 
 
 def number(kind, minimum: float, inclusive: bool = True):
@@ -29,9 +94,15 @@ def number(kind, minimum: float, inclusive: bool = True):
 
 
 def settings_from_args(args, base_url: str, api_key: str | None = None) -> EngineSettings:
-    """Engine settings from the command line."""
+    """Engine settings from the command line (a pool from ``args.pool`` when there is one)."""
+    auto = getattr(args, "concurrency", None) is None
+    pool = list(getattr(args, "pool", None) or [])
+    if len(pool) == 1 and not (pool[0].rpm or pool[0].tpm):
+        pool = []  # one endpoint is the simple case: --rpm/--tpm apply to it
     return EngineSettings(
-        base_url=base_url, api_key=api_key or api_key_from_env(args.api_key_env), concurrency=args.concurrency,
+        base_url=base_url, api_key=api_key or api_key_from_env(args.api_key_env),
+        concurrency=AUTO_WORKERS if auto else args.concurrency, initial_concurrency=AUTO_START if auto else None,
         rpm=args.rpm, tpm=args.tpm, max_attempts=args.max_attempts, timeout_s=args.timeout,
         drain_timeout_s=args.drain_timeout, max_retry_wait_s=args.max_retry_wait, adaptive=not args.no_adaptive,
+        endpoints=pool, max_outage_s=getattr(args, "max_outage", 300.0), hedge_share=getattr(args, "hedge_share", 0.02),
     )

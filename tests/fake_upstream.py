@@ -31,12 +31,16 @@ class FakeServer:
         self.answered = 0
         self.cancelled = 0
         self.max_running = 0
+        self.max_in_server = 0  # running + waiting, at its highest
         self.slow_next: list[float] = []  # extra seconds for the next requests, one each
 
-    def metrics(self) -> str:
+    def metrics_text(self) -> str:
         """vLLM's gauges for this server's current state."""
         return (f"vllm:num_requests_running {self.running}\n"
                 f"vllm:num_requests_waiting {len(self.waiting)}\n")
+
+    async def metrics(self) -> str:
+        return self.metrics_text()
 
     async def post(self, path: str, payload: bytes) -> Reply:
         loop = asyncio.get_running_loop()
@@ -60,6 +64,7 @@ class FakeServer:
         return Reply(200, body, None, loop.time() - start)
 
     async def _admit(self) -> None:
+        self.max_in_server = max(self.max_in_server, self.running + len(self.waiting) + 1)
         if self.slots is None or (self.running < self.slots and not self.waiting):
             self.running += 1
         else:

@@ -1,11 +1,15 @@
 """Lanes of an endpoint pool: breaker transitions, latency model, routing by capacity, server load."""
 
 from odie_async.engine.lanes import CLOSED, HALF_OPEN, OPEN, EndpointSpec, Lane, LaneBreaker, LatencyModel, Router
+from odie_async.engine.flow import FlowControl
 from odie_async.engine.server_load import ServerLoad, parse_metrics
+from odie_async.engine.settings import EngineSettings
+from odie_async.engine.stats import RunStats
 
 
 def _lane(name, concurrency=10, weight=1.0):
-    return Lane(EndpointSpec(f"http://127.0.0.1/{name}", name=name, weight=weight), client=None, concurrency=concurrency)
+    flow = FlowControl(EngineSettings("http://127.0.0.1", concurrency=concurrency, learn_limits=False), RunStats())
+    return Lane(EndpointSpec(f"http://127.0.0.1/{name}", name=name, weight=weight), client=None, flow=flow)
 
 
 def test_breaker_opens_on_a_failure_streak_probes_once_and_closes_on_success():

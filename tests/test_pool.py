@@ -5,6 +5,9 @@ import asyncio
 import pytest
 
 from odie_async.engine.core import Job
+from odie_async.engine.flow import FlowControl
+from odie_async.engine.settings import EngineSettings
+from odie_async.engine.stats import RunStats
 from odie_async.engine.lanes import OPEN, EndpointSpec, Lane
 from odie_async.engine.pool import Pool, PoolSettings
 from odie_async.exceptions import RequestError, RunAborted, TransportError
@@ -12,8 +15,12 @@ from tests.fake_upstream import FakeServer
 from tests.fakeclock import run_fake
 
 
+def _flow(concurrency=8):
+    return FlowControl(EngineSettings("http://127.0.0.1", concurrency=concurrency, learn_limits=False), RunStats())
+
+
 def _lanes(*servers, concurrency=8):
-    return [Lane(EndpointSpec(f"http://127.0.0.1:{i}", name=f"e{i}"), server, concurrency)
+    return [Lane(EndpointSpec(f"http://127.0.0.1:{i}", name=f"e{i}"), server, _flow(concurrency))
             for i, server in enumerate(servers)]
 
 
@@ -41,7 +48,7 @@ def test_traffic_follows_capacity():
     lanes[0].gate.limit = lanes[0].gate.maximum = 24
     lanes[1].gate.limit = lanes[1].gate.maximum = 8
     for lane in lanes:
-        lane.adaptive = False
+        lane.adaptive = lane.flow.settings.adaptive = False
     pool = Pool(lanes)
     labels, _ = run_fake(_send_all(pool, 400))
     share = labels.count("e0") / len(labels)
@@ -156,6 +163,30 @@ def test_per_endpoint_model_rewrites_the_body():
             seen.append(payload)
             return await super().post(path, payload)
 
-    lane = Lane(EndpointSpec("http://127.0.0.1:1", model="served-name"), Recorder(latency_s=0.0), 4)
+    lane = Lane(EndpointSpec("http://127.0.0.1:1", model="served-name"), Recorder(latency_s=0.0), _flow(4))
     run_fake(Pool([lane]).attempt(_job()))
     assert b'"model":"served-name"' in seen[0]
+
+
+def test_a_queueing_server_is_kept_full_behind_a_short_queue_and_nothing_is_sent_twice():
+    server = FakeServer(latency_s=2.0, slots=16)
+    (lane,) = _lanes(server, concurrency=128)
+    pool = Pool([lane], PoolSettings(timeout_ceiling_s=5.0))
+
+    async def go():
+        await pool.probe_servers(lambda lane: lane.client.metrics())
+        watch = asyncio.ensure_future(pool.watch_servers(lambda lane: lane.client.metrics()))
+        workers = asyncio.Semaphore(128)  # the engine's workers: far more than the server runs
+
+        async def one(n):
+            async with workers:
+                return await pool.attempt(_job(n))
+
+        await asyncio.gather(*(one(n) for n in range(400)))
+        watch.cancel()
+
+    _, elapsed = run_fake(go())
+    assert server.received == 400, "no request was sent twice while the server's queue drained"
+    assert server.max_running == 16, "the server's batch was full"
+    assert server.max_in_server <= 16 + 2 + 8, "the queue in front of it stayed short"
+    assert elapsed < 400 / 16 * 2.0 * 1.2, "throughput stayed near the server's capacity"

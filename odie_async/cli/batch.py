@@ -18,7 +18,9 @@ from ..engine.batch import BatchReport, run_batch
 from ..engine.progress import format_summary
 from ..exceptions import ConfigError
 from ..logs import configure_logging
-from ..options import number, settings_from_args
+from ..engine.batchfile import BatchReader
+from ..engine.estimate import Estimate, format_estimate
+from ..options import AUTO_START, AUTO_WORKERS, ENGINE_OPTIONS, apply_config, number, settings_from_args
 from ..providers import add_arguments as add_provider_arguments
 from ..providers import run_provider_batch
 from ..runtime import run_async
@@ -34,7 +36,17 @@ def add_arguments(parser) -> None:
     parser.add_argument("--base-url", help="endpoint, e.g. https://api.openai.com/v1 (default: the embedded model)")
     parser.add_argument("--api-key-env", default=None, help="environment variable holding the API key (default: OPENAI_API_KEY if set)")
     parser.add_argument("--model", help="override every body's model")
-    parser.add_argument("--concurrency", type=number(int, 1), default=64, help="requests in flight at most")
+    parser.add_argument("--endpoint", action="append", metavar="URL",
+                        help="an endpoint of a pool (repeatable; with --base-url or instead of it); each is a lane "
+                             "with its own limits, breaker and concurrency")
+    parser.add_argument("--config", metavar="FILE",
+                        help="a YAML file with generate's endpoint/engine sections and an endpoints: list "
+                             "(base_url, api_key_env, model, rpm, tpm, max_concurrency, weight, name); "
+                             "options given here win")
+    parser.add_argument("--concurrency", type=number(int, 1), default=None,
+                        help=f"requests in flight at most (default: adaptive, starting at {AUTO_START} and growing "
+                             f"to {AUTO_WORKERS} while the endpoint keeps up; a vLLM/SGLang server's own load "
+                             "figures steer it)")
     parser.add_argument("--rpm", type=number(float, 0), default=0,
                         help="requests per minute (0: learned from the endpoint's headers or 429s)")
     parser.add_argument("--tpm", type=number(float, 0), default=0, help="tokens per minute (0: as --rpm)")
@@ -51,6 +63,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-adaptive", action="store_true", help="keep concurrency fixed (no AIMD back-off)")
     parser.add_argument("--log-json", action="store_true", help="log JSON lines instead of readable text")
     parser.add_argument("--no-progress", action="store_true", help="no live progress line")
+    parser.add_argument("--max-outage", type=number(float, 0, False), default=300.0,
+                        help="with a pool: seconds every endpoint may be down before the run stops (exit 3)")
+    parser.add_argument("--hedge-share", type=number(float, 0), default=0.02,
+                        help="at the tail of a run, the share of requests that may be sent twice to beat a straggler")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="count requests, tokens, time at the limits and cost; send nothing")
+    parser.set_defaults(option_defaults={name: parser.get_default(name) for name in ENGINE_OPTIONS})
     add_provider_arguments(parser)  # --mode provider-batch and its options
     ray_batch.add_arguments(parser)  # --ray, --workers, --merge-only
 
@@ -70,6 +89,9 @@ def run(args) -> int:
     configure_logging(json=args.log_json)
     if not os.path.isfile(args.input):
         raise ConfigError(f"input file {args.input} does not exist")
+    apply_config(args, args.option_defaults)
+    if args.dry_run:
+        return _dry_run(args)
     if args.mode == "provider-batch":
         return run_provider_batch(args)
     if args.base_url:
@@ -77,6 +99,9 @@ def run(args) -> int:
     else:
         from ..endpoints.serve import embedded_endpoint
 
+        print("odie batch: no --base-url: starting the embedded model (SmolLM2-135M-Instruct) on 127.0.0.1 for "
+              "this run; point at your own server with --base-url URL (or a pool with --endpoint)",
+              file=sys.stderr, flush=True)
         with embedded_endpoint() as endpoint:
             report = _batch(args, endpoint.base_url, args.model or endpoint.model, endpoint.api_key)
     _print(format_summary(report.summary))
@@ -85,6 +110,18 @@ def run(args) -> int:
     if report.resumable:
         _complain(args, "stopped early; to resume, rerun: " + shlex.join(["odie", *sys.argv[1:]]))
     return report.exit_code
+
+
+def _dry_run(args) -> int:
+    """What the run would send and cost; nothing is sent."""
+    estimate = Estimate()
+    for line in BatchReader(args.input, skip_invalid=args.skip_invalid):
+        if args.model:
+            line.body["model"] = args.model
+        estimate.add(line.body)
+    report = estimate.report(args.rpm, args.tpm)
+    _print(format_estimate(report))
+    return 0
 
 
 def _print(text: str) -> None:

@@ -182,8 +182,9 @@ class MockState:
         return headers
 
 
-def _response(status: int, payload: bytes, extra: list[tuple[str, str]] = ()) -> bytes:
-    head = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}", "content-type: application/json",
+def _response(status: int, payload: bytes, extra: list[tuple[str, str]] = (),
+              content_type: str = "application/json") -> bytes:
+    head = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Status')}", f"content-type: {content_type}",
             f"content-length: {len(payload)}"]
     head += [f"{k}: {v}" for k, v in extra]
     return ("\r\n".join(head) + "\r\n\r\n").encode() + payload
@@ -240,6 +241,10 @@ class MockProtocol(asyncio.Protocol):
         state = self.state
         request_line, _, headers = head.partition("\r\n")
         method, path = (request_line.split(" ") + ["", ""])[:2]
+        if method == "GET" and path == "/metrics":  # load gauges, as vLLM shows them, where a queue is modelled
+            if state.settings.max_concurrency > 0:
+                return self._send(_response(200, state.slots.metrics().encode(), content_type="text/plain"))
+            return self._send(_error(404, "no metrics", "invalid_request_error"))
         state.requests["total"] += 1
         if state.settings.api_key and not _key_matches(headers, state.settings.api_key):
             return self._send(_error(401, "Incorrect API key provided", "invalid_request_error"))

@@ -45,6 +45,13 @@ class Slots:
     def __init__(self, limit: int) -> None:
         self.gate = asyncio.Semaphore(limit) if limit > 0 else contextlib.nullcontext()
         self.tasks: set[asyncio.Task] = set()  # held until done: the loop keeps only weak references
+        self.running = 0
+        self.waiting = 0
+
+    def metrics(self) -> str:
+        """vLLM's load gauges for this queue, as its ``/metrics`` shows them."""
+        return (f"vllm:num_requests_running{{model_name=\"mock\"}} {self.running}\n"
+                f"vllm:num_requests_waiting{{model_name=\"mock\"}} {self.waiting}\n")
 
 
 def takes(state, body: dict) -> bool:
@@ -63,12 +70,19 @@ def answer(protocol, path: str, body: dict, prompt_tokens: int) -> None:
 
 async def _serve(protocol, path: str, body: dict, prompt_tokens: int) -> None:
     state = protocol.state
-    async with state.slots.gate:
-        if state.settings.stream and body.get("stream"):
-            await _stream(protocol, path, body, prompt_tokens)
-        else:
-            await asyncio.sleep(state.delay())
-            protocol._send(protocol._completion(path, body, prompt_tokens))
+    slots = state.slots
+    slots.waiting += 1
+    async with slots.gate:
+        slots.waiting -= 1
+        slots.running += 1
+        try:
+            if state.settings.stream and body.get("stream"):
+                await _stream(protocol, path, body, prompt_tokens)
+            else:
+                await asyncio.sleep(state.delay())
+                protocol._send(protocol._completion(path, body, prompt_tokens))
+        finally:
+            slots.running -= 1
 
 
 async def _stream(protocol, path: str, body: dict, prompt_tokens: int) -> None:

@@ -256,6 +256,7 @@ def _report(engine: Engine, stats: RunStats, scan: _Scan, error, stop: _Stop, ou
         elif ledger["errors"] or ledger["invalid_skipped"] or _failed_before(engine):
             code = EXIT_FAILED_RECORDS
     summary = stats.as_dict() | {"shutdown": engine.shutdown_report if engine.interrupted else None}
+    summary.update(engine.pool_report())
     summary.update(output=str(engine.store.output), errors=str(engine.store.errors), ledger=ledger,
                    exit_code=code, stopped_by=signame or (type(error).__name__ if error else None))
     if error is not None:

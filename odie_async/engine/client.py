@@ -172,6 +172,17 @@ class ChatClient:
             path = path[3:]
         return self.base_url + path
 
+    async def metrics(self) -> str | None:
+        """The server's Prometheus ``/metrics`` text (vLLM, SGLang), or None where it has none."""
+        if self._session is None:  # a transport that is not HTTP (a test's script)
+            return None
+        root = self.base_url[:-3] if self.base_url.endswith("/v1") else self.base_url
+        try:
+            async with self._session.get(root + "/metrics", timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                return await resp.text() if resp.status == 200 else None
+        except (aiohttp.ClientError, asyncio.TimeoutError, UnicodeDecodeError):
+            return None
+
     async def post(self, path: str, payload: bytes) -> Reply:
         """Send one request; raise a ``RequestError`` subclass on any failure."""
         start = time.perf_counter()

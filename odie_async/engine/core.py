@@ -35,10 +35,10 @@ from structlog.contextvars import bound_contextvars
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from .breaker import FailureBreaker  # noqa: F401  (re-exported)
-from .flow import FlowControl
 from .checkpoint import Result, ResultStore, request_digest
 from .client import ChatClient, Reply
-from ..exceptions import EndpointStopped, EngineCrashed, OutputError, RequestError, RunAborted
+from .pool import Pool, PoolSettings, build_lanes
+from ..exceptions import EndpointStopped, EngineCrashed, OutputError, RequestError, RunAborted, TransportError
 from .limits import RateLimits
 from .settings import EngineSettings
 from .stats import RunStats
@@ -60,6 +60,7 @@ class Job:
     digest: str
     future: asyncio.Future | None = None
     attempts: int = 0
+    lane: object = None  # the lane its last attempt failed on: a retry goes elsewhere when it can
 
 
 def estimate_tokens(body: dict, payload_size: int, default_max_tokens: int = 256) -> float:
@@ -101,8 +102,11 @@ class Engine:
         self.settings = settings
         self.store = store or ResultStore(output, errors, keep_bodies=keep_bodies)
         self.stats = stats or RunStats()
-        # A caller may hand in its own limiter with RateLimits' interface (a cluster-wide budget).
-        self.flow = FlowControl(settings, self.stats, limits)
+        # A caller may hand in its own transport (tests) or limiter (a cluster-wide budget).
+        lanes = build_lanes(settings, self.stats, client, limits)
+        self.pool = Pool(lanes, PoolSettings(timeout_ceiling_s=settings.timeout_s, hedge_share=settings.hedge_share,
+                                             max_outage_s=settings.max_outage_s), intake_idle=self._queue_empty)
+        self.flow = lanes[0].flow  # the run's retry policy and final-error streak
         self.limits, self.gate = self.flow.limits, self.flow.gate
         self.shutdown_report: dict | None = None
         self.written_ok = 0
@@ -110,12 +114,12 @@ class Engine:
         self.submitted = 0
         self.skipped_failed = 0
         self._retry_failed = retry_failed
-        self._client = client or ChatClient(settings.base_url, settings.api_key, settings.concurrency, settings.timeout_s)
         self._queue: asyncio.Queue = asyncio.Queue(settings.queue_size or 2 * settings.concurrency)
         self._written: asyncio.Queue = asyncio.Queue()
         self._pending: dict[str, asyncio.Future] = {}
         self._workers: list[asyncio.Task] = []
         self._writer: asyncio.Task | None = None
+        self._server_watch: asyncio.Task | None = None
         self._busy = 0
         self._cancelled = 0
         self._not_started = 0
@@ -129,8 +133,12 @@ class Engine:
     async def __aenter__(self) -> "Engine":
         if not self.store.is_open:
             self.store.open(retry_failed=self._retry_failed)
-        await self._client.__aenter__()
-        self.flow.start(asyncio.get_running_loop().time())
+        now = asyncio.get_running_loop().time()
+        for lane in self.pool.lanes:
+            await lane.client.__aenter__()
+            lane.flow.start(now)
+        await self.pool.probe_servers(_server_metrics)
+        self._server_watch = self._supervised(self.pool.watch_servers(_server_metrics), "odie-server-load")
         self._writer = self._supervised(self._write_loop(), "odie-writer")
         self._workers = [self._supervised(self._work_loop(), f"odie-worker-{i}") for i in range(self.settings.concurrency)]
         return self
@@ -211,7 +219,10 @@ class Engine:
         self._written.put_nowait(_STOP)
         if self._writer is not None:
             await asyncio.gather(self._writer, return_exceptions=True)
-        await self._client.__aexit__(None, None, None)
+        if self._server_watch is not None:
+            self._server_watch.cancel()
+        for lane in self.pool.lanes:
+            await lane.client.__aexit__(None, None, None)
         try:
             self.store.close()
         except OutputError as exc:
@@ -312,11 +323,7 @@ class Engine:
                 continue
             self._busy += 1
             try:
-                await self.gate.acquire()
-                try:
-                    result = await self._process(job)
-                finally:
-                    self.gate.release()
+                result = await self._process(job)
             except asyncio.CancelledError:
                 self._cancelled += 1
                 raise
@@ -385,26 +392,29 @@ class Engine:
         return _retryable(exc) and self._abort is None
 
     async def _attempt(self, job: Job) -> Reply:
-        flow = self.flow
-        probe = flow.probe
-        if probe is not None and not probe.is_set() and self.stats.attempts:
-            await probe.wait()
-        if flow.limits.active:
-            await flow.limits.acquire(job.tokens)
         job.attempts += 1
         self.stats.attempts += 1
         try:
-            reply = await self._client.post(job.path, job.payload)
+            _lane, reply = await self.pool.attempt(job, job.lane)
         except RequestError as exc:
-            reason = flow.on_error(exc)
+            job.lane = getattr(exc, "lane", None)
+            reason = getattr(exc, "stop_reason", None)
             if reason is not None:
                 self._trip(reason)
             raise
-        finally:
-            if probe is not None and not probe.is_set():
-                probe.set()
-        flow.on_reply(job.tokens, reply)
+        except EndpointStopped as exc:  # every endpoint of the pool is out
+            self._trip(str(exc))
+            raise TransportError(str(exc)) from None
         return reply
+
+    def pool_report(self) -> dict:
+        """Per-endpoint figures, hedges, and the concurrency each lane ended at, for the summary."""
+        pool = self.pool
+        return {"endpoints": pool.summary(), "hedges": {"sent": pool.hedges_sent, "won": pool.hedges_won},
+                "concurrency_final": sum(lane.gate.limit for lane in pool.lanes)}
+
+    def _queue_empty(self) -> bool:
+        return self._queue.empty()
 
     def _failure(self, job: Job, exc: RequestError) -> Result:
         if self._abort is not None:
@@ -492,3 +502,8 @@ def _error_body(raw: bytes | None) -> dict | None:
         if isinstance(body, dict):
             return body
     return {"raw": raw[:500].decode("utf-8", "replace")}
+
+
+async def _server_metrics(lane) -> str | None:
+    metrics = getattr(lane.client, "metrics", None)
+    return await metrics() if metrics is not None else None

@@ -125,3 +125,18 @@ def _price_for(table: dict, model: str) -> dict | None:
 def load_prices() -> dict:
     """``configs/prices.yaml``: per-model USD per million tokens, ``[input, output]`` by mode."""
     return load_yaml(config_dir() / "prices.yaml", "price table")
+
+
+def format_estimate(report: dict) -> str:
+    """The dry-run report as a few readable lines."""
+    minutes = report["minutes_at_limits"]
+    cost = report["cost_usd"]
+    money = ", ".join(f"{mode} ${value:,.2f}" if value is not None else f"{mode} unknown (model not priced)"
+                      for mode, value in cost.items())
+    return "\n".join([
+        f"dry run: {report['requests']:,} requests; nothing was sent",
+        f"input tokens: {report['prompt_tokens']:,} (counted with {report['prompt_tokens_counted_with']})",
+        f"output tokens: at most {report['output_tokens_at_most']:,} (each request's max_tokens)",
+        "time at the limits: " + (f"{minutes:,.1f} min" if minutes is not None else "no --rpm/--tpm given"),
+        f"cost at most: {money} (prices as of {report['prices_as_of']}, configs/prices.yaml)",
+    ])

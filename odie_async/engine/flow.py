@@ -29,6 +29,8 @@ class FlowControl:
         self.stats = stats
         self.limits = limits if limits is not None else RateLimits(settings.rpm, settings.tpm)
         self.gate = AdaptiveConcurrency(settings.concurrency, minimum=1)
+        if settings.initial_concurrency:
+            self.gate.resize(settings.initial_concurrency)
         self.latency = LatencyWatch()
         self.breaker = FailureBreaker(settings.breaker_window, settings.breaker_threshold)
         self.streak = FinalStreak()

@@ -13,7 +13,6 @@ import collections
 from dataclasses import dataclass, field
 
 from ..exceptions import RateLimitError, RequestError
-from .limits import AdaptiveConcurrency, LatencyWatch, RateLimits, parse_duration
 from .server_load import ServerLoad
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
@@ -90,6 +89,11 @@ class LaneBreaker:
         elif self.state == CLOSED and not ok and self._tripped():
             self._open(now)
 
+    def force_open(self, now: float) -> None:
+        """Open for good: no probe will ever be let through."""
+        self._reopen_at = float("inf")
+        self._move(OPEN, now)
+
     def reopens_in(self, now: float) -> float:
         """Seconds until an open breaker lets a probe through (0 when it would now)."""
         return max(0.0, self._reopen_at - now) if self.state == OPEN else 0.0
@@ -155,21 +159,23 @@ class LatencyModel:
 
 
 class Lane:
-    """One endpoint with its own flow control. ``client`` is anything with ``post``."""
+    """One endpoint with its own flow control (``FlowControl``: budgets, learned limits, AIMD gate),
+    breaker, latency model and server-load reading. ``client`` is anything with ``post``."""
 
-    def __init__(self, spec: EndpointSpec, client, concurrency: int, adaptive: bool = True,
-                 breaker: LaneBreaker | None = None) -> None:
+    def __init__(self, spec: EndpointSpec, client, flow, breaker: LaneBreaker | None = None) -> None:
         self.spec = spec
         self.client = client
-        self.adaptive = adaptive
-        self.limits = RateLimits(spec.rpm, spec.tpm)
-        self.gate = AdaptiveConcurrency(spec.max_concurrency or concurrency, minimum=1)
-        self.latency = LatencyWatch()
+        self.flow = flow
+        self.limits = flow.limits
+        self.gate = flow.gate
+        self.adaptive = flow.settings.adaptive
         self.model = LatencyModel()
         self.breaker = breaker or LaneBreaker()
         self.server = ServerLoad()
         self.outstanding = 0
+        self.started = 0
         self.last_success = 0.0
+        self.disabled: str | None = None
         self.counts: collections.Counter[str] = collections.Counter()
         self.latencies: list[float] = []
 
@@ -184,37 +190,41 @@ class Lane:
         return (self.outstanding + self.server.waiting_share()) / capacity
 
     def on_reply(self, tokens: float, reply, now: float) -> None:
-        """Flow control after an answer: breaker, token settlement, header hints, AIMD."""
+        """After an answer: the lane's flow control, breaker and latency model."""
         self.breaker.record(True, now)
         self.last_success = now
         self.counts["ok"] += 1
         self.latencies.append(reply.latency)
         self.model.observe(reply.latency, tokens)
-        if self.limits.tpm:
-            self.limits.settle_tokens(tokens, reply.total_tokens)
-        if reply.remaining_requests == "0" or reply.remaining_tokens == "0":
-            reset = reply.reset_requests if reply.remaining_requests == "0" else reply.reset_tokens
-            self.limits.pause_for(parse_duration(reset) or 1.0)
-        if not self.adaptive:
-            return
-        target = self.server.target()
-        if target is not None and self.gate.limit > target:
-            self.gate.limit = max(self.gate.minimum, target)
-        elif self.latency.observe(reply.latency) and not self.server.available:
-            self.gate.on_congestion(now)
-        else:
-            self.gate.on_success()
+        limit = self.gate.limit
+        self.flow.on_reply(tokens, reply)
+        if self.server.available:
+            self.gate.resize(limit)  # the server's own load figures steer this gate (see ``steer``)
 
-    def on_error(self, exc: RequestError, now: float) -> None:
-        """Flow control after a failed attempt: a 429 slows this lane only; others feed the breaker."""
+    def on_error(self, exc: RequestError, now: float) -> str | None:
+        """After a failed attempt: a 429 slows this lane only; others feed its breaker.
+        Returns why the run (or, in a pool, this lane) must stop, if it must."""
         self.counts[exc.code] += 1
-        if isinstance(exc, RateLimitError):
-            if exc.retry_after:
-                self.limits.pause_for(exc.retry_after)
-            if self.adaptive:
-                self.gate.on_congestion(now)
+        if not isinstance(exc, RateLimitError):
+            self.breaker.record(False, now)
+        return self.flow.on_error(exc)
+
+    def steer(self, text: str | None) -> None:
+        """Take one ``/metrics`` reading; keep the running batch full behind a short queue."""
+        self.server.update(text)
+        if not self.server.available or not self.adaptive:
             return
-        self.breaker.record(False, now)
+        gate, server = self.gate, self.server
+        target = server.target()
+        if target is not None:
+            gate.resize(target)
+        elif self.outstanding >= gate.limit * 0.9:
+            gate.resize(gate.limit + max(2, gate.limit // 4))  # the server queues nothing yet: grow
+
+    def disable(self, reason: str, now: float) -> None:
+        """Take this lane out of the pool for good (its key was refused, its quota is spent)."""
+        self.disabled = reason
+        self.breaker.force_open(now)
 
     def progressed_since(self, t: float) -> bool:
         """Whether any answer arrived on this lane after loop time ``t``."""

@@ -175,6 +175,11 @@ class AdaptiveConcurrency:
         self.active -= 1
         self._wake()
 
+    def resize(self, limit: int) -> None:
+        """Set the limit (within ``minimum``..``maximum``) and let waiters in if it grew."""
+        self.limit = max(self.minimum, min(self.maximum, int(limit)))
+        self._wake()
+
     def on_success(self) -> None:
         """Additive increase: one more slot per ``limit`` successes."""
         if self.limit >= self.maximum:

@@ -21,14 +21,18 @@ gives up after ``max_outage_s``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import orjson
 import structlog
 
-from ..exceptions import RequestError, RunAborted, TransportError
-from .lanes import Lane, Router
+from ..exceptions import EndpointStopped, RequestError, TransportError
+from .breaker import FailureBreaker
+from .client import ChatClient
+from .flow import FlowControl
+from .lanes import EndpointSpec, Lane, LaneBreaker, Router
 
 log = structlog.get_logger(__name__)
 
@@ -42,6 +46,36 @@ class PoolSettings:
     timeout_ceiling_s: float = 120.0
     hedge_share: float = 0.02
     max_outage_s: float = 300.0
+
+
+# A request whose lane keeps answering others is let run this many --timeout's before it is cut.
+HARD_CAP_FACTOR = 5
+
+
+def build_lanes(settings, stats, client=None, limits=None) -> list[Lane]:
+    """One lane per endpoint of ``settings`` (``endpoints``, else ``base_url`` alone).
+
+    Alone, an endpoint keeps the run's breaker: a sustained failure stops the run within
+    seconds. In a pool, each lane opens and closes on its own breaker instead, and the run
+    stops only when every lane has been out for ``max_outage_s``. ``client`` and ``limits``
+    (a test's fake transport, a cluster-wide budget) go to the first lane.
+    """
+    specs = list(settings.endpoints) or [EndpointSpec(settings.base_url, settings.api_key, None,
+                                                      settings.rpm, settings.tpm)]
+    pooled = len(specs) > 1
+    lanes = []
+    for i, spec in enumerate(specs):
+        own = dataclasses.replace(settings, base_url=spec.base_url, api_key=spec.api_key, rpm=spec.rpm,
+                                  tpm=spec.tpm, concurrency=spec.max_concurrency or settings.concurrency,
+                                  endpoints=[])
+        flow = FlowControl(own, stats, limits if i == 0 else None)
+        if pooled:
+            flow.breaker = FailureBreaker(threshold=2.0)  # never trips: the lane's own breaker decides
+        transport = client if (client is not None and i == 0) else ChatClient(
+            spec.base_url, spec.api_key, own.concurrency, settings.timeout_s * HARD_CAP_FACTOR)
+        breaker = LaneBreaker() if pooled else LaneBreaker(threshold=2.0, consecutive=10**9)  # never opens
+        lanes.append(Lane(spec, transport, flow, breaker))
+    return lanes
 
 
 class _Watch:
@@ -103,7 +137,11 @@ class Pool:
 
     async def _on_lane(self, lane: Lane, job) -> object:
         lane.outstanding += 1
+        probe = lane.flow.probe  # while learning limits, a lane's first request goes alone
         try:
+            if probe is not None and not probe.is_set() and lane.started:
+                await probe.wait()
+            lane.started += 1
             if lane.limits.active:
                 await lane.limits.acquire(job.tokens)
             await lane.gate.acquire()
@@ -113,6 +151,8 @@ class Pool:
                 lane.gate.release()
         finally:
             lane.outstanding -= 1
+            if probe is not None and not probe.is_set():
+                probe.set()
 
     async def _choose(self, avoid: Lane | None) -> Lane:
         loop = asyncio.get_running_loop()
@@ -124,12 +164,15 @@ class Pool:
 
     async def _wait_outage(self, loop) -> None:
         now = loop.time()
+        if all(lane.disabled for lane in self.lanes):
+            reasons = "; ".join(f"{lane.label}: {lane.disabled}" for lane in self.lanes)
+            raise EndpointStopped(reasons if len(self.lanes) > 1 else self.lanes[0].disabled)
         if self._outage_since is None:
             self._outage_since = now
             log.error("every endpoint is failing; waiting for one to recover",
                       max_outage_s=self.settings.max_outage_s)
         if now - self._outage_since >= self.settings.max_outage_s:
-            raise RunAborted(f"every endpoint failed for {self.settings.max_outage_s:g} s (--max-outage); rerun to resume")
+            raise EndpointStopped(f"every endpoint failed for {self.settings.max_outage_s:g} s (--max-outage); rerun to resume")
         await asyncio.sleep(min(1.0, max(0.01, self.router.next_reopen(now))))
 
     async def _send(self, lane: Lane, job) -> object:
@@ -141,7 +184,7 @@ class Pool:
         try:
             reply = await self._post(lane, job, payload, sent)
         except RequestError as exc:
-            lane.on_error(exc, loop.time())
+            self._failed(lane, exc, loop.time())
             raise
         lane.on_reply(job.tokens, reply, loop.time())
         if self._outage_since is not None:
@@ -152,8 +195,6 @@ class Pool:
     async def _post(self, lane: Lane, job, payload: bytes, sent: float):
         delay = lane.model.timeout(job.tokens, self.settings.timeout_factor,
                                    self.settings.timeout_floor_s, self.settings.timeout_ceiling_s)
-        if delay >= self.settings.timeout_ceiling_s:
-            return await lane.client.post(job.path, payload)
         watch = _Watch(self, lane, job, sent)
         try:
             async with asyncio.timeout(None) as scope:
@@ -162,9 +203,44 @@ class Pool:
         except TimeoutError:
             if watch.hedge_reply is not None:
                 return watch.hedge_reply
-            raise TransportError(f"no answer within {delay:.1f} s while the endpoint answered nothing else") from None
+            raise TransportError(f"no answer within the timeout ({delay:.1f} s, the endpoint answering nothing else)") from None
         finally:
             watch.disarm()
+
+    def _failed(self, lane: Lane, exc: RequestError, now: float) -> None:
+        exc.lane = lane
+        reason = lane.on_error(exc, now)
+        if reason is None:
+            return
+        if len(self.lanes) > 1:
+            if not lane.disabled:
+                log.error("endpoint taken out of the pool", endpoint=lane.label, reason=reason)
+                lane.disable(reason, now)
+        else:
+            exc.stop_reason = reason
+
+    async def probe_servers(self, fetch, timeout_s: float = 3.0) -> None:
+        """Ask each lane's server once for its load figures (``fetch(lane)`` → ``/metrics`` text or
+        None). A server that has them starts slowly: its queue will show how far to go."""
+        async def one(lane: Lane) -> None:
+            try:
+                text = await asyncio.wait_for(fetch(lane), timeout_s)
+            except (OSError, RequestError, TimeoutError):
+                text = None
+            lane.steer(text)
+            if lane.server.available and lane.adaptive:
+                lane.gate.resize(min(lane.gate.limit, 8))
+
+        await asyncio.gather(*(one(lane) for lane in self.lanes))
+
+    async def watch_servers(self, fetch, interval_s: float = 0.5) -> None:
+        """Read the load figures of the lanes that have them every ``interval_s`` and steer their gates."""
+        lanes = [lane for lane in self.lanes if lane.server.available and lane.adaptive]
+        while lanes:
+            await asyncio.sleep(interval_s)
+            texts = await asyncio.gather(*(fetch(lane) for lane in lanes), return_exceptions=True)
+            for lane, text in zip(lanes, texts):
+                lane.steer(None if isinstance(text, BaseException) else text)
 
     @staticmethod
     def _payload(lane: Lane, job) -> bytes:

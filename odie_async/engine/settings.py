@@ -23,6 +23,8 @@ _BOUNDS = {
     "backoff_max_s": (0, True, "backoff_max_s"),
     "breaker_window": (1, True, "breaker_window"),
     "breaker_threshold": (0, False, "breaker_threshold"),
+    "max_outage_s": (0, False, "--max-outage"),
+    "hedge_share": (0, True, "--hedge-share"),
 }
 
 
@@ -64,6 +66,12 @@ class EngineSettings:
     backoff_max_s: float = 30.0
     breaker_window: int = 100
     breaker_threshold: float = 0.8
+    # A pool: more endpoints (``EndpointSpec``) beside, or instead of, ``base_url``.
+    endpoints: list = field(default_factory=list)
+    # Where the adaptive gate starts (None: at ``concurrency``); it grows from there on success.
+    initial_concurrency: int | None = None
+    max_outage_s: float = 300.0
+    hedge_share: float = 0.02
 
     def __post_init__(self) -> None:
         for spec in fields(self):
