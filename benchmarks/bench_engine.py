@@ -33,6 +33,15 @@ PY = sys.executable
 TASKSET = shutil.which("taskset")
 
 
+def emit(results: dict, path: Path | None) -> None:
+    """Print a benchmark's results as indented JSON, and write them to ``path`` when given."""
+    text = orjson.dumps(results, option=orjson.OPT_INDENT_2).decode()
+    print(text)
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")
+
+
 def pinned(cmd: list[str], core: int) -> list[str]:
     """Prefix ``cmd`` with a CPU pin when possible (the machine has 2 cores)."""
     return [TASKSET, "-c", str(core), *cmd] if TASKSET and os.cpu_count() and os.cpu_count() > 1 else cmd
@@ -194,11 +203,7 @@ def main() -> None:
         for name in args.only or list(runners):
             results[name] = runners[name](Path(tmp), sizes[name])
             print(orjson.dumps({name: results[name]}).decode(), file=sys.stderr, flush=True)
-    text = orjson.dumps(results, option=orjson.OPT_INDENT_2).decode()
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+    emit(results, args.json)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
-from bench_engine import PY, MockProcess, free_port, pinned, write_input  # noqa: E402
+from bench_engine import PY, MockProcess, emit, free_port, pinned, write_input  # noqa: E402
 
 LIMITS = (600, 1200, 2400)
 
@@ -98,8 +98,8 @@ def scenario_limits(tmp: Path, n: int) -> dict:
     stats = [m.stop() for m in mocks]
     wall = result["summary"]["wall_time_s"]
     bound = sum(LIMITS) / 60
-    total = sum(s["requests"]["total"] for s in stats)
-    rejected = sum(s["requests"].get("429", 0) for s in stats)
+    total = sum(s["total"] for s in stats)
+    rejected = sum(s.get("429", 0) for s in stats)
     return {"records": n, "records_per_s": result["summary"]["succeeded"] / wall, "bound_per_s": bound,
             "share_of_limits": result["summary"]["succeeded"] / wall / bound,
             "share_429": rejected / max(1, total), "exit_code": result["exit_code"],
@@ -153,7 +153,7 @@ def scenario_stragglers(tmp: Path, n: int) -> dict:
             "bound_per_s": bound, "ratio": summary["succeeded"] / summary["wall_time_s"] / bound,
             "hedges_sent": lanes.get("hedges_sent"), "hedges_won": lanes.get("hedges_won"),
             "extra_requests_share": (lanes.get("hedges_sent") or 0) / max(1, summary["attempts"]),
-            "mock_requests": stats["requests"], "exit_code": result["exit_code"]}
+            "mock_requests": stats, "exit_code": result["exit_code"]}
 
 
 def scenario_litellm(tmp: Path, n: int) -> dict:
@@ -179,9 +179,9 @@ def scenario_litellm(tmp: Path, n: int) -> dict:
         wall = time.perf_counter() - start
         stats = [m.stop() for m in mocks]
         written = {orjson.loads(line)["custom_id"] for line in out.read_bytes().splitlines()} if out.exists() else set()
-        total = sum(s["requests"]["total"] for s in stats)
+        total = sum(s["total"] for s in stats)
         results[strategy] = {"records_per_s": len(written) / wall, "records_lost": n - len(written),
-                             "share_429": sum(s["requests"].get("429", 0) for s in stats) / max(1, total),
+                             "share_429": sum(s.get("429", 0) for s in stats) / max(1, total),
                              "capped_at_300_s": capped, "last_words": "" if capped else done.stdout.strip()[-200:]}
     return results
 
@@ -199,11 +199,7 @@ def main() -> None:
         report["stragglers"] = scenario_stragglers(tmp, 1000)
         if not args.skip_litellm:
             report["litellm_router"] = scenario_litellm(tmp, 3500)
-    text = orjson.dumps(report, option=orjson.OPT_INDENT_2).decode()
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+    emit(report, args.json)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from pathlib import Path
 import orjson
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_engine import free_port, write_input  # noqa: E402
+from bench_engine import emit, free_port, write_input  # noqa: E402
 
 PY = sys.executable
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -196,11 +196,7 @@ def main() -> None:
                 print(orjson.dumps({name: results[name]}).decode(), file=sys.stderr, flush=True)
     finally:
         ray.shutdown()
-    text = orjson.dumps(results, option=orjson.OPT_INDENT_2).decode()
-    print(text)
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(text + "\n")
+    emit(results, args.json)
 
 
 if __name__ == "__main__":

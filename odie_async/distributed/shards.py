@@ -11,7 +11,6 @@ The merge concatenates the shards into ``OUT.jsonl`` and ``OUT.errors.jsonl``.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import os
 import socket
@@ -21,6 +20,7 @@ import orjson
 
 from ..engine.batchfile import count_lines
 from ..engine.checkpoint import iter_records, repair_tail
+from ..engine.lockfile import LockBusy, take_lock
 from ..exceptions import ConfigError, RunAborted
 
 
@@ -43,17 +43,11 @@ class ShardLock:
 
     def acquire(self) -> "ShardLock":
         """Take the lock or raise ``ShardBusy``."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
-            os.close(fd)
-            raise ShardBusy(f"{self.path.with_suffix('.jsonl')} is being written by {holder}; "
+            self._fd = take_lock(self.path, f"pid {os.getpid()} on {socket.gethostname()}")
+        except LockBusy as busy:
+            raise ShardBusy(f"{self.path.with_suffix('.jsonl')} is being written by {busy.holder or 'another process'}; "
                             "wait for that run to stop (or stop it) and run again") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
-        self._fd = fd
         return self
 
     def release(self) -> None:

@@ -11,7 +11,6 @@ rerun sends only what has no line yet.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import itertools
 import os
@@ -24,6 +23,7 @@ import orjson
 import structlog
 
 from ..exceptions import ConfigError, InputError, OutputError
+from .lockfile import LockBusy, take_lock
 
 log = structlog.get_logger(__name__)
 
@@ -213,18 +213,12 @@ class ResultStore:
 
     def _lock(self) -> None:
         _writable(self.lock_path)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-            os.close(fd)
+            self._lock_fd = take_lock(self.lock_path, str(os.getpid()))
+        except LockBusy as busy:
             raise ConfigError(
-                f"{self.output} is in use by another run (PID {holder}, lock {self.lock_path}); "
+                f"{self.output} is in use by another run (PID {busy.holder or 'unknown'}, lock {self.lock_path}); "
                 "wait for it to finish or stop it") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._lock_fd = fd
 
     def _unlock(self) -> None:
         if self._lock_fd is not None:
