@@ -190,3 +190,23 @@ def test_a_queueing_server_is_kept_full_behind_a_short_queue_and_nothing_is_sent
     assert server.max_running == 16, "the server's batch was full"
     assert server.max_in_server <= 16 + 2 + 8, "the queue in front of it stayed short"
     assert elapsed < 400 / 16 * 2.0 * 1.2, "throughput stayed near the server's capacity"
+
+
+def test_a_straggler_is_cut_once_requests_sent_after_it_are_answered():
+    server = FakeServer(latency_s=0.2)
+    (lane,) = _lanes(server, concurrency=8)
+    for _ in range(30):
+        lane.model.observe(0.2, 100)
+    pool = Pool([lane], PoolSettings(timeout_floor_s=1.0))
+
+    async def go():
+        server.slow_next = [30.0]  # the first request stalls; the server answers the others at once
+        straggler = asyncio.ensure_future(pool.attempt(_job(0)))
+        await asyncio.sleep(0.01)
+        await asyncio.gather(*(pool.attempt(_job(n)) for n in range(1, 20)))
+        with pytest.raises(TransportError, match="sent after it"):
+            await straggler
+
+    _, elapsed = run_fake(go())
+    assert elapsed < 5, "cut at its adaptive timeout, not after the 30 s stall"
+    assert server.cancelled == 1

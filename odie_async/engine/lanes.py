@@ -175,6 +175,7 @@ class Lane:
         self.outstanding = 0
         self.started = 0
         self.last_success = 0.0
+        self.latest_sent_answered = 0.0
         self.disabled: str | None = None
         self.counts: collections.Counter[str] = collections.Counter()
         self.latencies: list[float] = []
@@ -189,10 +190,11 @@ class Lane:
         capacity = max(1, self.gate.limit) * max(self.spec.weight, 1e-6)
         return (self.outstanding + self.server.waiting_share()) / capacity
 
-    def on_reply(self, tokens: float, reply, now: float) -> None:
-        """After an answer: the lane's flow control, breaker and latency model."""
+    def on_reply(self, tokens: float, reply, now: float, sent: float = 0.0) -> None:
+        """After an answer to a request sent at ``sent``: the lane's flow control, breaker and latency model."""
         self.breaker.record(True, now)
         self.last_success = now
+        self.latest_sent_answered = max(self.latest_sent_answered, sent)
         self.counts["ok"] += 1
         self.latencies.append(reply.latency)
         self.model.observe(reply.latency, tokens)
@@ -229,6 +231,11 @@ class Lane:
     def progressed_since(self, t: float) -> bool:
         """Whether any answer arrived on this lane after loop time ``t``."""
         return self.last_success > t
+
+    def later_answered(self, t: float) -> bool:
+        """Whether a request sent after loop time ``t`` has been answered: a server working through a
+        queue answers in about the order it was asked, so one sent at ``t`` is then a straggler."""
+        return self.latest_sent_answered > t
 
 
 class Router:

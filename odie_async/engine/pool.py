@@ -100,12 +100,11 @@ class _Watch:
 
     def _check(self, delay: float) -> None:
         loop = asyncio.get_running_loop()
-        if not self.lane.progressed_since(self.sent):
-            self.stuck = True
+        lane = self.lane
+        if not lane.progressed_since(self.sent) or lane.later_answered(self.sent):
+            self.stuck = True  # the lane is stuck, or answered requests sent after this one: a straggler
             self.scope.reschedule(loop.time())
             return
-        if self.lane.adaptive:
-            self.lane.gate.on_congestion(loop.time())
         if self.hedge is None and self.pool.may_hedge():
             self.hedge = asyncio.ensure_future(self.pool.hedge(self))
         self.timer = loop.call_later(delay, self._check, delay)
@@ -142,10 +141,12 @@ class Pool:
             if probe is not None and not probe.is_set() and lane.started:
                 await probe.wait()
             lane.started += 1
-            if lane.limits.active:
-                await lane.limits.acquire(job.tokens)
             await lane.gate.acquire()
             try:
+                # The budget is taken only once a slot is free: taken earlier, it would let a
+                # burst through when slots free up at once.
+                if lane.limits.active:
+                    await lane.limits.acquire(job.tokens)
                 return await self._send(lane, job)
             finally:
                 lane.gate.release()
@@ -186,7 +187,7 @@ class Pool:
         except RequestError as exc:
             self._failed(lane, exc, loop.time())
             raise
-        lane.on_reply(job.tokens, reply, loop.time())
+        lane.on_reply(job.tokens, reply, loop.time(), sent)
         if self._outage_since is not None:
             log.warning("an endpoint answers again; resuming", endpoint=lane.label)
             self._outage_since = None
@@ -203,7 +204,8 @@ class Pool:
         except TimeoutError:
             if watch.hedge_reply is not None:
                 return watch.hedge_reply
-            raise TransportError(f"no answer within the timeout ({delay:.1f} s, the endpoint answering nothing else)") from None
+            raise TransportError(f"no answer within the timeout ({delay:.1f} s) while the endpoint answered "
+                                 "nothing else, or requests sent after it") from None
         finally:
             watch.disarm()
 
