@@ -46,7 +46,7 @@ class LaneBreaker:
     """
 
     def __init__(self, window: int = 20, threshold: float = 0.8, min_samples: int = 10,
-                 consecutive: int = 8, cooldown_s: float = 1.0, max_cooldown_s: float = 30.0) -> None:
+                 consecutive: int = 8, cooldown_s: float = 1.0, max_cooldown_s: float = 5.0) -> None:
         self.state = CLOSED
         self.threshold = threshold
         self.min_samples = min(min_samples, window)
