@@ -23,7 +23,8 @@ def _eta(seconds: float | None) -> str:
 
 
 def render(stats: RunStats, label: str = "batch") -> str:
-    """One status line: done/total, failures, request and token rates, ETA, per-stage counts."""
+    """One status line: done/total, failures, in flight / current concurrency, request and token rates, ETA,
+    per-stage counts."""
     elapsed = max(stats.elapsed, 1e-9)
     done = stats.done
     rate = done / elapsed
@@ -34,7 +35,11 @@ def render(stats: RunStats, label: str = "batch") -> str:
         eta = _eta(remaining / rate) if rate > 0 else _eta(None)
     else:
         head, eta = f"{done:,}", _eta(None)
-    line = (f"[{label}] {head} ok {stats.succeeded:,} failed {stats.failed:,} | {rate:,.0f} req/s "
+    flight = ""
+    if stats.gauges is not None:
+        in_flight, limit = stats.gauges()
+        flight = f" | in flight {in_flight:,}/{limit:,}"
+    line = (f"[{label}] {head} ok {stats.succeeded:,} failed {stats.failed:,}{flight} | {rate:,.0f} req/s "
             f"{tps:,.0f} tok/s | retries {stats.retries:,} 429s {stats.rate_limited:,} | ETA {eta}")
     if stats.stages:
         stages = " ".join(f"{name}:{sum(c.values())}" for name, c in sorted(stats.stages.items()))
@@ -104,5 +109,18 @@ def format_summary(summary: dict) -> str:
         f"wall time: {summary.get('wall_time_s')} s ({summary.get('requests_per_s')} records/s)",
     ]
     if summary.get("shutdown"):
-        lines.append(f"stopped early: {summary['shutdown']}")
+        lines.append(interrupt_sentence(summary))
     return "\n".join(lines)
+
+
+def interrupt_sentence(summary: dict) -> str:
+    """How a stopped run ended, as a sentence: what was done, what in flight, what never started."""
+    stop = summary["shutdown"]
+    cause = summary.get("stopped_by") or "a stop"
+    finished = max(0, stop.get("in_flight_at_stop", 0) - stop.get("cancelled_in_flight", 0))
+    done = summary.get("succeeded", 0) + summary.get("failed", 0)
+    parts = [f"{done:,} done", f"{finished:,} in flight were finished"]
+    if stop.get("cancelled_in_flight"):
+        parts.append(f"{stop['cancelled_in_flight']:,} in flight were cancelled")
+    parts.append(f"{stop.get('not_started', 0):,} not started")
+    return f"stopped by {cause}: {', '.join(parts)}; rerun the same command to resume"
