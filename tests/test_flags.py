@@ -118,3 +118,25 @@ def test_a_hugging_face_id_resolves_from_the_local_cache_only(tmp_path, monkeypa
     assert "some-org/not-here" in str(absent.value) and str(tmp_path) in str(absent.value)
     with pytest.raises(ConfigError, match="does not exist"):
         resolve_model("./no/such/folder")
+
+
+def test_the_progress_line_shows_in_flight_and_concurrency():
+    from odie_async.engine.progress import render
+    from odie_async.engine.stats import RunStats
+
+    stats = RunStats()
+    stats.total, stats.succeeded = 100, 10
+    assert "in flight" not in render(stats)
+    stats.gauges = lambda: (12, 64)
+    assert "| in flight 12/64 |" in render(stats)
+
+
+def test_the_stop_sentence_names_cancelled_requests_and_a_cluster_signal():
+    from odie_async.engine.progress import interrupt_sentence
+
+    one = {"succeeded": 200, "failed": 3, "stopped_by": "SIGINT",
+           "shutdown": {"not_started": 277, "in_flight_at_stop": 16, "cancelled_in_flight": 4}}
+    assert interrupt_sentence(one) == ("stopped by SIGINT: 203 done, 12 in flight were finished, 4 in flight were "
+                                       "cancelled, 277 not started; rerun the same command to resume")
+    cluster = {"succeeded": 5, "failed": 0, "shutdown": {"signals": [15]}}
+    assert interrupt_sentence(cluster) == "stopped by SIGTERM: 5 done; rerun the same command to resume"

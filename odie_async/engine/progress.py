@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 from pathlib import Path
 
@@ -116,11 +117,13 @@ def format_summary(summary: dict) -> str:
 def interrupt_sentence(summary: dict) -> str:
     """How a stopped run ended, as a sentence: what was done, what in flight, what never started."""
     stop = summary["shutdown"]
-    cause = summary.get("stopped_by") or "a stop"
-    finished = max(0, stop.get("in_flight_at_stop", 0) - stop.get("cancelled_in_flight", 0))
-    done = summary.get("succeeded", 0) + summary.get("failed", 0)
-    parts = [f"{done:,} done", f"{finished:,} in flight were finished"]
-    if stop.get("cancelled_in_flight"):
-        parts.append(f"{stop['cancelled_in_flight']:,} in flight were cancelled")
-    parts.append(f"{stop.get('not_started', 0):,} not started")
+    signals = [signal.Signals(n).name for n in stop.get("signals", ()) if n in signal.Signals._value2member_map_]
+    cause = summary.get("stopped_by") or "/".join(signals) or "a stop"
+    parts = [f"{summary.get('succeeded', 0) + summary.get('failed', 0):,} done"]
+    if "in_flight_at_stop" in stop:  # a run of one engine knows its in-flight and unsent records
+        cancelled = stop.get("cancelled_in_flight", 0)
+        parts.append(f"{max(0, stop['in_flight_at_stop'] - cancelled):,} in flight were finished")
+        if cancelled:
+            parts.append(f"{cancelled:,} in flight were cancelled")
+        parts.append(f"{stop.get('not_started', 0):,} not started")
     return f"stopped by {cause}: {', '.join(parts)}; rerun the same command to resume"
