@@ -9,8 +9,8 @@ from ..endpoints.embedded import EMBEDDED, MODEL_HELP
 from ..endpoints.resolve import api_key_from_env
 from ..exceptions import ConfigError
 from ..logs import configure_logging
+from ..options import parse_lora
 from ..model import chat_format
-from .serve import parse_lora
 from ..model.predict import ADAPTER_NAME, CPU_LORA_STEP_TOKENS, PredictSettings, load_items, predict
 
 

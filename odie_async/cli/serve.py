@@ -10,16 +10,7 @@ from ..endpoints.embedded import EMBEDDED, MODEL_HELP
 from ..endpoints.serve import _DEFAULT_MAX_NUM_SEQS, API_KEY_ENV, ServeSettings, serve_until_stopped
 from ..exceptions import ConfigError
 from ..logs import configure_logging
-
-
-def parse_lora(text: str) -> tuple[str, str]:
-    """An argparse type: ``NAME=PATH``, or a bare ``PATH`` named after its folder."""
-    name, sep, path = text.partition("=")
-    if not sep:
-        name, path = Path(text.rstrip("/")).name, text
-    if not name or not path:
-        raise argparse.ArgumentTypeError(f"expected NAME=PATH (or a PATH), got {text!r}")
-    return name, path
+from ..options import parse_lora
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
