@@ -22,7 +22,7 @@ PathLike = str | Path
 
 
 def _pipeline_config(config, limit: int | None, structured: str | None, endpoint: dict | None = None):
-    from .pipeline.config import PipelineConfig, from_dict, load_config
+    from .pipeline.config import PipelineConfig, from_dict, load_config, override_endpoint
 
     if isinstance(config, PipelineConfig):
         config = config.model_copy(deep=True)
@@ -34,9 +34,7 @@ def _pipeline_config(config, limit: int | None, structured: str | None, endpoint
         config = load_config(config, limit)
     if structured:
         config.endpoint.structured = structured
-    for key, value in (endpoint or {}).items():  # base_url, api_key_env, model given apart from the config
-        if value is not None:
-            setattr(config.endpoint, key, value)
+    override_endpoint(config, endpoint)
     return config
 
 

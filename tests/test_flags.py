@@ -140,3 +140,9 @@ def test_the_stop_sentence_names_cancelled_requests_and_a_cluster_signal():
                                        "cancelled, 277 not started; rerun the same command to resume")
     cluster = {"succeeded": 5, "failed": 0, "shutdown": {"signals": [15]}}
     assert interrupt_sentence(cluster) == "stopped by SIGTERM: 5 done; rerun the same command to resume"
+
+
+def test_filter_takes_the_judges_endpoint_like_generate():
+    args = _parse("filter", "in.jsonl", "--kept", "k", "--dropped", "d", "--scorer", "llm",
+                  "--base-url", "http://127.0.0.1:9/v1", "--api-key-env", "JUDGE_KEY", "--model", "judge")
+    assert (args.base_url, args.api_key_env, args.model) == ("http://127.0.0.1:9/v1", "JUDGE_KEY", "judge")
