@@ -146,3 +146,17 @@ def test_filter_takes_the_judges_endpoint_like_generate():
     args = _parse("filter", "in.jsonl", "--kept", "k", "--dropped", "d", "--scorer", "llm",
                   "--base-url", "http://127.0.0.1:9/v1", "--api-key-env", "JUDGE_KEY", "--model", "judge")
     assert (args.base_url, args.api_key_env, args.model) == ("http://127.0.0.1:9/v1", "JUDGE_KEY", "judge")
+
+
+def test_a_summary_written_before_runs_were_kept_becomes_the_first_run(tmp_path):
+    import orjson
+
+    from odie_async.engine.batch import _history
+
+    path = tmp_path / "out.summary.json"
+    assert _history(path, resumed=True) == []
+    path.write_bytes(orjson.dumps({"succeeded": 7}))
+    assert _history(path, resumed=False) == []  # a fresh output starts a fresh history
+    assert _history(path, resumed=True) == [{"succeeded": 7}]
+    path.write_bytes(orjson.dumps({"succeeded": 2, "runs": [{"succeeded": 7}, {"succeeded": 2}]}))
+    assert _history(path, resumed=True) == [{"succeeded": 7}, {"succeeded": 2}]

@@ -13,8 +13,8 @@ import os
 import sys
 
 from .. import __version__
-from ..logs import configure_logging
 from ..exceptions import ConfigError, EndpointStopped, InputError, OdieError, RunAborted
+from ..logs import configure_logging
 
 
 def exit_code(error: OdieError) -> int:

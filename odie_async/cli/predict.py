@@ -9,9 +9,9 @@ from ..endpoints.embedded import EMBEDDED, MODEL_HELP
 from ..endpoints.resolve import api_key_from_env
 from ..exceptions import ConfigError
 from ..logs import configure_logging
-from ..options import parse_lora
 from ..model import chat_format
 from ..model.predict import ADAPTER_NAME, CPU_LORA_STEP_TOKENS, PredictSettings, load_items, predict
+from ..options import parse_lora
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,7 +68,8 @@ def settings_from_args(args: argparse.Namespace) -> PredictSettings:
         raise ConfigError("--base-url needs --served-model-name (the served name of the base model) or "
                           "--lora NAME=PATH (the adapter served under NAME)")
     return PredictSettings(
-        base_model=args.base_model, lora=lora, lora_name=lora_name or ADAPTER_NAME, chat_layout=args.chat_layout, cot=args.cot,
+        base_model=args.base_model, lora=lora, lora_name=lora_name or ADAPTER_NAME, chat_layout=args.chat_layout,
+        cot=args.cot,
         system_prompt=args.system_prompt, max_tokens=args.max_tokens, temperature=args.temperature,
         max_model_len=args.max_model_len, backend=backend, base_url=args.base_url, model_name=model_name,
         api_key=api_key_from_env(args.api_key_env), concurrency=args.concurrency,
