@@ -160,3 +160,13 @@ def test_a_summary_written_before_runs_were_kept_becomes_the_first_run(tmp_path)
     assert _history(path, resumed=True) == [{"succeeded": 7}]
     path.write_bytes(orjson.dumps({"succeeded": 2, "runs": [{"succeeded": 7}, {"succeeded": 2}]}))
     assert _history(path, resumed=True) == [{"succeeded": 7}, {"succeeded": 2}]
+
+
+def test_the_console_summary_names_model_endpoint_concurrency_and_retry_reasons():
+    from odie_async.engine.progress import format_summary
+
+    text = format_summary({"attempts": 90, "retries": 10, "retries_by_reason": {"server_error": 7, "timeout": 3},
+                           "settings": {"base_url": "http://127.0.0.1:9/v1"}, "models": ["m"],
+                           "endpoints": [{"endpoint": "http://127.0.0.1:9/v1"}], "concurrency_final": 48})
+    assert "10 retries (server_error 7, timeout 3)" in text
+    assert "model m at http://127.0.0.1:9/v1; concurrency ended at 48" in text

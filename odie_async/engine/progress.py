@@ -103,15 +103,24 @@ def format_summary(summary: dict) -> str:
     lines = [
         f"records: {summary.get('succeeded', 0):,} ok, {summary.get('failed', 0):,} failed, "
         f"{summary.get('skipped_already_done', 0):,} already done, {summary.get('invalid_skipped', 0):,} invalid skipped",
-        f"requests: {summary.get('attempts', 0):,} sent, {summary.get('retries', 0):,} retries, "
+        f"requests: {summary.get('attempts', 0):,} sent, {summary.get('retries', 0):,} retries{_reasons(summary)}, "
         f"{summary.get('rate_limited_429', 0):,} answered 429",
         f"tokens: {tok.get('prompt', 0):,} prompt + {tok.get('completion', 0):,} completion",
         f"latency ms: p50 {lat.get('p50')} p95 {lat.get('p95')} p99 {lat.get('p99')}",
         f"wall time: {summary.get('wall_time_s')} s ({summary.get('requests_per_s')} records/s)",
     ]
+    if summary.get("settings"):
+        endpoints = ", ".join(e["endpoint"] for e in summary.get("endpoints") or ()) or summary["settings"]["base_url"]
+        lines.append(f"model {', '.join(summary.get('models') or ()) or '(as each body asks)'} at {endpoints}; "
+                     f"concurrency ended at {summary.get('concurrency_final')}")
     if summary.get("shutdown"):
         lines.append(interrupt_sentence(summary))
     return "\n".join(lines)
+
+
+def _reasons(summary: dict) -> str:
+    reasons = summary.get("retries_by_reason") or {}
+    return f" ({', '.join(f'{code} {n:,}' for code, n in sorted(reasons.items()))})" if reasons else ""
 
 
 def interrupt_sentence(summary: dict) -> str:
