@@ -21,8 +21,8 @@ from .runtime import run_sync
 PathLike = str | Path
 
 
-def _pipeline_config(config, limit: int | None, structured: str | None):
-    from .pipeline.config import PipelineConfig, from_dict, load_config
+def _pipeline_config(config, limit: int | None, structured: str | None, endpoint: dict | None = None):
+    from .pipeline.config import PipelineConfig, from_dict, load_config, override_endpoint
 
     if isinstance(config, PipelineConfig):
         config = config.model_copy(deep=True)
@@ -34,21 +34,24 @@ def _pipeline_config(config, limit: int | None, structured: str | None):
         config = load_config(config, limit)
     if structured:
         config.endpoint.structured = structured
+    override_endpoint(config, endpoint)
     return config
 
 
 async def agenerate(config: Any = None, out: PathLike = "runs/generate", *, limit: int | None = None,
-                    structured: str | None = None, progress: bool = True, handle_signals: bool = False) -> dict:
+                    structured: str | None = None, progress: bool = True, handle_signals: bool = False,
+                    endpoint: dict | None = None) -> dict:
     """Run the InstructIE pipeline into ``out`` and return its summary (``odie generate``).
 
     ``config`` is a config file, a packaged preset's name (``"mock"``, ``"default"``,
     ``"openai"``), a mapping shaped like the YAML, a ``PipelineConfig``, or None for
     the default preset. ``limit`` sets ``run.records``; ``structured`` overrides
-    ``endpoint.structured``. A rerun into the same ``out`` resumes.
+    ``endpoint.structured``; ``endpoint`` (keys ``base_url``, ``api_key_env``,
+    ``model``) overrides the config's endpoint section. A rerun into the same ``out`` resumes.
     """
     from .pipeline.run import generate as run_pipeline
 
-    settings = _pipeline_config(config, limit, structured)
+    settings = _pipeline_config(config, limit, structured, endpoint)
     return await run_pipeline(settings, Path(out), show_progress=progress, handle_signals=handle_signals)
 
 

@@ -8,6 +8,7 @@ turns the engine's options into ``EngineSettings`` the same way everywhere.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from pydantic import ConfigDict, Field
 
@@ -91,6 +92,16 @@ def number(kind, minimum: float, inclusive: bool = True):
         return value
     parse.__name__ = kind.__name__
     return parse
+
+
+def parse_lora(text: str) -> tuple[str, str]:
+    """An argparse type: ``NAME=PATH``, or a bare ``PATH`` named after its folder."""
+    name, sep, path = text.partition("=")
+    if not sep:
+        name, path = Path(text.rstrip("/")).name, text
+    if not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH (or a PATH), got {text!r}")
+    return name, path
 
 
 def settings_from_args(args, base_url: str, api_key: str | None = None) -> EngineSettings:

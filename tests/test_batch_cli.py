@@ -2,6 +2,7 @@
 
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -78,20 +79,60 @@ def test_repeated_kill_9_then_rerun_leaves_every_record_exactly_once(tmp_path, m
 
 
 def test_sigint_drains_and_a_rerun_sends_nothing_twice(tmp_path, mock_factory):
-    write_requests(tmp_path / "in.jsonl", 600)
+    write_requests(tmp_path / "in.jsonl", 3000)
     mock = mock_factory("--latency-ms", "100")
     proc = _batch(tmp_path, mock.url, "--concurrency", "16")
     time.sleep(2.0)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stderr[-2000:]
     first = len(ids_in(tmp_path / "out.jsonl"))
-    assert 0 < first < 600
-    assert "stopped early" in stdout
+    assert 0 < first < 3000
+    assert "a second Ctrl-C cancels them" in stderr
+    # the records never read from the input are among those not started
+    sentence = re.search(r"stopped by SIGINT: ([\d,]+) done, ([\d,]+) in flight were finished, ([\d,]+) not started; "
+                         r"rerun the same command to resume", stdout)
+    assert sentence, stdout
+    done, finished, not_started = (int(n.replace(",", "")) for n in sentence.groups())
+    assert done == first and 0 < finished <= 16 and not_started == 3000 - first
     rerun = _batch(tmp_path, mock.url, "--concurrency", "16")
-    rerun.communicate(timeout=60)
+    rerun.communicate(timeout=120)
     counts = ids_in(tmp_path / "out.jsonl")
-    assert len(counts) == 600 and set(counts.values()) == {1}
-    assert mock.stop()["total"] == 600  # not one request sent twice
+    assert len(counts) == 3000 and set(counts.values()) == {1}
+    assert mock.stop()["total"] == 3000  # not one request sent twice
+    summary = orjson.loads((tmp_path / "out.summary.json").read_bytes())
+    runs = summary["runs"]
+    assert [run["succeeded"] for run in runs] == [first, 3000 - first]
+    assert runs[0]["stopped_by"] == "SIGINT" and runs[1]["skipped_already_done"] == first
+    assert summary["succeeded"] == 3000 - first and summary["exit_code"] == 0  # the latest run on top
+    assert runs[0]["started_at"] < runs[1]["started_at"] and runs[1]["ended_at"] >= runs[1]["started_at"]
+    assert summary["settings"]["concurrency"] == 16 and summary["models"] == ["mock-model"]
+
+
+def test_batch_reads_standard_input_and_counts_retries_by_reason(tmp_path, mock_factory):
+    write_requests(tmp_path / "in.jsonl", 300)
+    mock = mock_factory("--fault-rate", "0.1", "--faults", "500,503", "--seed", "5")
+    cmd = ODIE + ["batch", "-", "-o", str(tmp_path / "out.jsonl"), "--base-url", mock.url, "--no-progress",
+                  "--max-attempts", "10"]
+    for _ in range(2):  # the second run, the same input piped again, resumes and sends nothing
+        with open(tmp_path / "in.jsonl", "rb") as stdin:
+            proc = subprocess.run(cmd, stdin=stdin, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    counts = ids_in(tmp_path / "out.jsonl")
+    assert len(counts) == 300 and set(counts.values()) == {1}
+    assert mock.stop()["total"] == 300 + sum(summary_retries(tmp_path).values())
+    summary = orjson.loads((tmp_path / "out.summary.json").read_bytes())
+    assert summary["skipped_already_done"] == 300 and summary["total"] == 300
+    assert [run["succeeded"] for run in summary["runs"]] == [300, 0]
+    assert not list(tmp_path.glob(".odie-stdin-*"))  # the spooled copy is gone
+
+
+def summary_retries(tmp_path) -> dict:
+    first = orjson.loads((tmp_path / "out.summary.json").read_bytes())["runs"][0]
+    assert first["retries"] > 0 and sum(first["retries_by_reason"].values()) == first["retries"]
+    assert set(first["retries_by_reason"]) == {"server_error"}, first["retries_by_reason"]  # 500 and 503
+    assert first["error_codes"] == {}
+    return first["retries_by_reason"]
 
 
 def test_bad_input_line_stops_with_its_location_before_anything_is_sent(tmp_path, mock_factory):

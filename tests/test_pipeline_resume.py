@@ -29,7 +29,7 @@ RECORDS = 40
 
 
 def _command(config, out):
-    return [sys.executable, "-m", "odie_async", "generate", "--config", str(config), "--out", str(out), "--no-progress"]
+    return [sys.executable, "-m", "odie_async", "generate", "--config", str(config), "--output", str(out), "--no-progress"]
 
 
 def _interrupt_after(mock: ThreadedMock, config, out, sig: int, after: int) -> int:

@@ -157,12 +157,12 @@ def _args(**overrides) -> argparse.Namespace:
 def test_predict_options_are_checked(tmp_path):
     assert predict_cli.settings_from_args(_args()).backend == "offline"
     assert predict_cli.settings_from_args(_args(base_url="http://h/v1", model_name="a")).backend == "server"
-    with pytest.raises(ConfigError, match="--model"):
+    with pytest.raises(ConfigError, match="--served-model-name"):
         predict_cli.settings_from_args(_args(base_url="http://h/v1"))
     with pytest.raises(ConfigError, match="server backend"):
         predict_cli.settings_from_args(_args(base_url="http://h/v1", model_name="a", backend="offline"))
     with pytest.raises(ConfigError, match="adapter_config.json"):
-        predict_cli.settings_from_args(_args(lora=str(tmp_path)))
+        predict_cli.settings_from_args(_args(lora=("adapter", str(tmp_path))))
     with pytest.raises(ConfigError, match="--limit"):
         predict_cli.settings_from_args(_args(limit=0))
     with pytest.raises(ConfigError, match="--step-tokens"):
@@ -177,11 +177,11 @@ def test_the_adapter_remembers_its_chat_layout(tmp_path):
 
 def test_merge_lora_needs_an_adapter_and_a_local_server(tmp_path):
     (tmp_path / "adapter_config.json").write_text("{}")
-    assert predict_cli.settings_from_args(_args(lora=str(tmp_path), merge_lora=True)).merge_lora
+    assert predict_cli.settings_from_args(_args(lora=("adapter", str(tmp_path)), merge_lora=True)).merge_lora
     with pytest.raises(ConfigError, match="--merge-lora"):
         predict_cli.settings_from_args(_args(merge_lora=True))
     with pytest.raises(ConfigError, match="--merge-lora"):
-        predict_cli.settings_from_args(_args(lora=str(tmp_path), merge_lora=True, base_url="http://h/v1",
+        predict_cli.settings_from_args(_args(lora=("adapter", str(tmp_path)), merge_lora=True, base_url="http://h/v1",
                                          model_name="a"))
 
 

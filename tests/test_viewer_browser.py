@@ -208,7 +208,7 @@ def test_xss_payloads_stay_inert(tmp_path, page, procs):
 def test_screenshots_of_read_and_compare(tmp_path, page, procs):
     gen = tmp_path / "gen"
     done = subprocess.run(ODIE + ["generate", "--config", str(ROOT / "configs/generate-mock.yaml"), "--limit", "60",
-                                  "--out", str(gen), "--no-progress"], capture_output=True, timeout=120)
+                                  "--output", str(gen), "--no-progress"], capture_output=True, timeout=120)
     assert done.returncode == 0, done.stderr
     evals = ROOT / "benchmarks/results/loop/scores.json"
     url = view(procs, gen, _filter_run(tmp_path), evals)

@@ -66,7 +66,7 @@ def test_the_installed_package_is_the_wheels_and_the_repository_is_not_on_the_pa
 
 def test_odie_generate_runs_the_packaged_mock_preset(venv, tmp_path):
     out = tmp_path / "run"
-    proc = _run([str(venv / "bin" / "odie"), "generate", "--config", "mock", "--limit", "4", "--out", str(out),
+    proc = _run([str(venv / "bin" / "odie"), "generate", "--config", "mock", "--limit", "4", "--output", str(out),
                  "--no-progress"], cwd=tmp_path)
     _checked(proc)
     summary = json.loads((out / "summary.json").read_text())

@@ -12,7 +12,9 @@ import importlib
 import os
 import sys
 
+from .. import __version__
 from ..exceptions import ConfigError, EndpointStopped, InputError, OdieError, RunAborted
+from ..logs import configure_logging
 
 
 def exit_code(error: OdieError) -> int:
@@ -41,11 +43,40 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Help that ends each option's line with its default, unless the text already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "default" in text or default is None or default is False or default == argparse.SUPPRESS or default == []:
+            return text
+        if action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
+            return f"{text} (default: %(default)s)".lstrip()
+        return text
+
+
+def command_parser(name: str, description: str) -> argparse.ArgumentParser:
+    """The parser of ``odie NAME`` with the options every command takes (--log-json, --no-progress)."""
+    module = importlib.import_module(COMMANDS[name][0])
+    parser = argparse.ArgumentParser(prog=f"odie {name}", description=description, formatter_class=DefaultsFormatter)
+    module.add_arguments(parser)
+    taken = parser._option_string_actions  # a command may declare them itself, with its own words
+    if "--log-json" not in taken:
+        parser.add_argument("--log-json", action="store_true", help="log JSON lines on stderr instead of readable text")
+    if "--no-progress" not in taken:
+        parser.add_argument("--no-progress", action="store_true",
+                            help="no live progress line (accepted by every command; some have none)")
+    return parser
+
+
 def _top_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="odie",
         description="Bulk instruction-data generation and on-demand IE, on an asyncio engine.",
+        formatter_class=DefaultsFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"odie {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_module, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
@@ -60,9 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     name, rest = argv[0], argv[1:]
     module = importlib.import_module(COMMANDS[name][0])
-    parser = argparse.ArgumentParser(prog=f"odie {name}", description=COMMANDS[name][1])
-    module.add_arguments(parser)
-    args = parser.parse_args(rest)
+    args = command_parser(name, COMMANDS[name][1]).parse_args(rest)
+    configure_logging(json=args.log_json)  # commands may configure it again with their own stream
     try:
         return int(module.run(args) or 0)
     except OdieError as exc:

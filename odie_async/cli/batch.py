@@ -7,9 +7,13 @@ by the endpoint, 4 a local error, 130/143 interrupted; see the README).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
+import shutil
 import sys
+import tempfile
+from pathlib import Path
 
 import structlog
 
@@ -30,7 +34,7 @@ log = structlog.get_logger(__name__)
 
 def add_arguments(parser) -> None:
     """Options of ``odie batch``."""
-    parser.add_argument("input", help="OpenAI Batch API input file (.jsonl)")
+    parser.add_argument("input", help="OpenAI Batch API input file (.jsonl), or - for standard input")
     parser.add_argument("--output", "-o", required=True, help="results file (.jsonl); also the checkpoint")
     parser.add_argument("--errors", help="failed records (default: OUTPUT with .errors.jsonl)")
     parser.add_argument("--base-url", help="endpoint, e.g. https://api.openai.com/v1 (default: the embedded model)")
@@ -84,6 +88,33 @@ def _batch(args, base_url: str, model: str | None, api_key: str | None = None) -
 
 def run(args) -> int:
     """Entry point of ``odie batch``."""
+    if args.input != "-":
+        return _run(args)
+    with stdin_file(args.output) as path:
+        args.input = path
+        return _run(args)
+
+
+@contextlib.contextmanager
+def stdin_file(output: str):
+    """Standard input read once into a temporary file beside ``output``, removed afterwards.
+
+    A file, not a stream: every line is checked before anything is sent, the progress line knows
+    the total, and a rerun (the same input piped again) compares each answered request with it.
+    """
+    folder = Path(output).resolve().parent
+    folder.mkdir(parents=True, exist_ok=True)
+    spool = Path(tempfile.mkdtemp(prefix=".odie-stdin-", dir=folder))
+    try:
+        path = spool / "stdin.jsonl"
+        with path.open("wb") as out:
+            shutil.copyfileobj(sys.stdin.buffer, out, 1 << 20)
+        yield str(path)
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
+
+
+def _run(args) -> int:
     if ray_batch.wanted(args):
         return ray_batch.run(args)
     configure_logging(json=args.log_json)

@@ -39,6 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="who scores faithfulness and consistency (default: offline, the sentence encoder)")
     parser.add_argument("--pipeline-config", default=None,
                         help="with --scorer llm or unieval: the generate config naming the endpoint or checkpoint")
+    parser.add_argument("--base-url", default=None, help="with --scorer llm: the judge's endpoint (overrides the config's)")
+    parser.add_argument("--api-key-env", default=None,
+                        help="with --scorer llm: environment variable holding the judge's API key")
+    parser.add_argument("--model", default=None, help="with --scorer llm: the judge's served model name")
     parser.add_argument("--report", default=None, help="folder for report.png (reasons, score histograms) and summary.json")
     parser.add_argument("--label-field", default="expected",
                         help="field holding keep/drop labels, for precision and recall in the report")
@@ -98,5 +102,7 @@ async def _filter(args: argparse.Namespace, gate: Gate):
         return await judge(None)
     from ..pipeline.scorers import external_scope
 
-    async with external_scope(args.scorer, args.pipeline_config, Path(args.kept + ".judge.jsonl")) as external:
+    endpoint = {"base_url": args.base_url, "api_key_env": args.api_key_env, "model": args.model}
+    async with external_scope(args.scorer, args.pipeline_config, Path(args.kept + ".judge.jsonl"),
+                              endpoint) as external:
         return await judge(external)

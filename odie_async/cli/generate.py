@@ -15,7 +15,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None,
                         help="pipeline config: a file, or a packaged preset's name (default, mock, openai; "
                              "default: configs/generate-default.yaml)")
-    parser.add_argument("--out", default="runs/generate", help="run folder: checkpoint, exports, summary")
+    parser.add_argument("--output", "--out", dest="output", default="runs/generate",
+                        help="run folder: checkpoint, exports, summary")
+    _hide_alias(parser, "--out")
+    parser.add_argument("--base-url", default=None, help="endpoint (overrides the config's endpoint.base_url)")
+    parser.add_argument("--api-key-env", default=None,
+                        help="environment variable holding the API key (overrides endpoint.api_key_env)")
+    parser.add_argument("--model", default=None, help="the served model's name (overrides endpoint.model)")
     parser.add_argument("--limit", type=int, default=None, help="final records to attempt (overrides run.records)")
     parser.add_argument("--structured", choices=("auto", "on", "off"), default=None,
                         help="override endpoint.structured (JSON-schema outputs)")
@@ -23,10 +29,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no live progress line")
 
 
+def _hide_alias(parser: argparse.ArgumentParser, alias: str) -> None:
+    """Keep ``alias`` working but out of ``--help``: one name per meaning is shown."""
+    action = parser._option_string_actions[alias]
+    action.option_strings = [name for name in action.option_strings if name != alias]
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the pipeline, print the summary; 0 done, 1 some requests failed, 130/143 interrupted."""
     configure_logging(json=args.log_json)
-    summary = generate(args.config, args.out, limit=args.limit, structured=args.structured,
-                       progress=not args.no_progress, handle_signals=True)
+    endpoint = {"base_url": args.base_url, "api_key_env": args.api_key_env, "model": args.model}
+    summary = generate(args.config, args.output, limit=args.limit, structured=args.structured,
+                       progress=not args.no_progress, handle_signals=True, endpoint=endpoint)
     print(format_summary(summary), file=sys.stdout)
     return exit_code(summary)

@@ -16,7 +16,8 @@ from ..options import number
 def add_arguments(parser) -> None:
     """Options of ``odie mock-server``."""
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
-    parser.add_argument("--port", type=number(int, 0), default=8000)
+    parser.add_argument("--port", type=number(int, 0), default=8100,
+                        help="port (0 picks a free one; `odie serve` takes 8000, as vLLM does)")
     parser.add_argument("--latency-ms", type=number(float, 0), default=0.0)
     parser.add_argument("--latency-jitter-ms", type=number(float, 0), default=0.0)
     parser.add_argument("--rpm", type=number(float, 0), default=0, help="enforced requests per minute (0: none)")

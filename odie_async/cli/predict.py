@@ -5,20 +5,22 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..endpoints.embedded import EMBEDDED
+from ..endpoints.embedded import EMBEDDED, MODEL_HELP
 from ..endpoints.resolve import api_key_from_env
 from ..exceptions import ConfigError
 from ..logs import configure_logging
 from ..model import chat_format
-from ..model.predict import CPU_LORA_STEP_TOKENS, PredictSettings, load_items, predict
+from ..model.predict import ADAPTER_NAME, CPU_LORA_STEP_TOKENS, PredictSettings, load_items, predict
+from ..options import parse_lora
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``odie predict``."""
     parser.add_argument("--data", required=True, help="test set: a JSON list (or JSONL) of InstructIE items")
-    parser.add_argument("--base-model", default=EMBEDDED,
-                        help="a Hugging Face model folder, or 'embedded' (SmolLM2-135M-Instruct; default)")
-    parser.add_argument("--lora", default=None, metavar="ADAPTER_DIR", help="a peft LoRA adapter (odie train)")
+    parser.add_argument("--model", "--base-model", dest="base_model", default=EMBEDDED, help=MODEL_HELP)
+    parser.add_argument("--lora", type=parse_lora, default=None, metavar="NAME=PATH",
+                        help="a peft LoRA adapter (odie train) served as NAME, as in `odie serve`; a bare PATH "
+                             "is named after its folder")
     parser.add_argument("--output", required=True, help="predictions file to write (JSON list)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N items")
     parser.add_argument("--cot", action="store_true",
@@ -27,8 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="offline vllm.LLM (default) or the engine against vLLM's server "
                              "(implied by --base-url)")
     parser.add_argument("--base-url", default=None, help="a running `odie serve` (OpenAI base URL)")
-    parser.add_argument("--model", dest="model_name", default=None,
-                        help="served model name to request with --base-url (the adapter's name for LoRA)")
+    parser.add_argument("--served-model-name", dest="model_name", default=None,
+                        help="the model name to request with --base-url (default: the --lora NAME)")
     parser.add_argument("--api-key-env", default=None, help="environment variable holding the server's key")
     parser.add_argument("--chat-layout", choices=chat_format.LAYOUTS, default=None,
                         help="prompt layout (default: the adapter's, else the model's chat template)")
@@ -53,19 +55,23 @@ def settings_from_args(args: argparse.Namespace) -> PredictSettings:
         raise ConfigError("--limit must be at least 1")
     if args.step_tokens is not None and args.step_tokens < 16:
         raise ConfigError("--step-tokens must be at least 16")
-    if args.lora and not Path(args.lora, "adapter_config.json").is_file():
-        raise ConfigError(f"--lora {args.lora}: no adapter_config.json there")
+    lora_name, lora = args.lora or (None, None)
+    if lora and not Path(lora, "adapter_config.json").is_file():
+        raise ConfigError(f"--lora {lora}: no adapter_config.json there")
     backend = args.backend or ("server" if args.base_url else "offline")
     if args.base_url and backend != "server":
         raise ConfigError("--base-url needs the server backend")
-    if args.merge_lora and (args.base_url or not args.lora):
+    if args.merge_lora and (args.base_url or not lora):
         raise ConfigError("--merge-lora needs --lora, and a server this command starts (no --base-url)")
-    if args.base_url and not args.model_name:
-        raise ConfigError("--base-url needs --model: the served name of the base model, or of the adapter")
+    model_name = args.model_name or (lora_name if args.base_url else None)
+    if args.base_url and not model_name:
+        raise ConfigError("--base-url needs --served-model-name (the served name of the base model) or "
+                          "--lora NAME=PATH (the adapter served under NAME)")
     return PredictSettings(
-        base_model=args.base_model, lora=args.lora, chat_layout=args.chat_layout, cot=args.cot,
+        base_model=args.base_model, lora=lora, lora_name=lora_name or ADAPTER_NAME, chat_layout=args.chat_layout,
+        cot=args.cot,
         system_prompt=args.system_prompt, max_tokens=args.max_tokens, temperature=args.temperature,
-        max_model_len=args.max_model_len, backend=backend, base_url=args.base_url, model_name=args.model_name,
+        max_model_len=args.max_model_len, backend=backend, base_url=args.base_url, model_name=model_name,
         api_key=api_key_from_env(args.api_key_env), concurrency=args.concurrency,
         merge_lora=args.merge_lora, step_tokens=args.step_tokens,
     )

@@ -6,24 +6,17 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..endpoints.embedded import EMBEDDED
+from ..endpoints.embedded import EMBEDDED, MODEL_HELP
 from ..endpoints.serve import _DEFAULT_MAX_NUM_SEQS, API_KEY_ENV, ServeSettings, serve_until_stopped
 from ..exceptions import ConfigError
 from ..logs import configure_logging
-
-
-def _parse_lora(text: str) -> tuple[str, str]:
-    name, sep, path = text.partition("=")
-    if not sep or not name or not path:
-        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
-    return name, path
+from ..options import parse_lora
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``odie serve``."""
-    parser.add_argument("--model", default=EMBEDDED,
-                        help="a Hugging Face model folder, or 'embedded' (SmolLM2-135M-Instruct; default)")
-    parser.add_argument("--lora", action="append", type=_parse_lora, default=[], metavar="NAME=PATH",
+    parser.add_argument("--model", default=EMBEDDED, help=MODEL_HELP)
+    parser.add_argument("--lora", action="append", type=parse_lora, default=[], metavar="NAME=PATH",
                         help="serve a peft LoRA adapter under NAME (repeatable)")
     parser.add_argument("--host", default="127.0.0.1",
                         help=f"address to bind (default 127.0.0.1; any other needs {API_KEY_ENV})")
@@ -48,7 +41,7 @@ def _announce(server) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Start vLLM, print its base URL, serve until SIGINT or SIGTERM (a requested stop exits 0)."""
-    configure_logging()
+    configure_logging(json=args.log_json)
     settings = ServeSettings(model=args.model, loras=dict(args.lora), host=args.host, port=args.port,
                              max_model_len=args.max_model_len, served_model_name=args.served_model_name,
                              start_timeout_s=args.start_timeout, log_path=args.log_file,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..endpoints.embedded import EMBEDDED
+from ..endpoints.embedded import EMBEDDED, MODEL_HELP
 from ..exceptions import ConfigError
 from ..logs import configure_logging
 from ..model import chat_format
@@ -15,8 +15,7 @@ from ..model.train_config import DEFAULT_CONFIG, load_config
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``odie train``."""
     parser.add_argument("--data", required=True, help="chat-format training JSONL (odie generate's train.jsonl)")
-    parser.add_argument("--base-model", default=EMBEDDED,
-                        help="a Hugging Face causal LM folder, or 'embedded' (SmolLM2-135M-Instruct; default)")
+    parser.add_argument("--model", "--base-model", dest="model", default=EMBEDDED, help=MODEL_HELP)
     parser.add_argument("--output", required=True, help="folder for the adapter, checkpoints and summary")
     parser.add_argument("--config", default=None,
                         help=f"training config YAML (default configs/{DEFAULT_CONFIG}; configs/train-paper.yaml "
@@ -36,6 +35,6 @@ def run(args: argparse.Namespace) -> int:
         config.chat_layout = args.chat_layout
     if args.max_steps is not None and args.max_steps < 1:
         raise ConfigError("--max-steps must be at least 1")
-    summary = train(TrainJob(args.data, args.base_model, args.output, config, args.max_steps, args.resume))
+    summary = train(TrainJob(args.data, args.model, args.output, config, args.max_steps, args.resume))
     print(summary["adapter"])
     return 0

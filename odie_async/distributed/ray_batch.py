@@ -258,6 +258,7 @@ def _summary(stats: RunStats, results: dict[int, dict], driver: _Driver, merged:
              budget_calls: dict, layout: RunLayout) -> dict:
     stats.latencies = merge_latencies([r.get("latencies", b"") for r in results.values()])
     stats.error_codes = sum((Counter(r.get("error_codes") or {}) for r in results.values()), Counter())
+    stats.retries_by_reason = sum((Counter(r.get("retries_by_reason") or {}) for r in results.values()), Counter())
     summary = stats.as_dict()
     wall = stats.elapsed
     summary["workers"] = [_worker_figures(i, results.get(i, {}), driver.restarts[i]) for i in sorted(results)]

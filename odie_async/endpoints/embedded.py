@@ -9,6 +9,7 @@ GGUF is dequantized once with ``transformers`` and saved as float32 safetensors 
 from __future__ import annotations
 
 import importlib.util
+import re
 import time
 from pathlib import Path
 
@@ -106,11 +107,38 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
+MODEL_HELP = ("the weights to load: a model folder, a Hugging Face model id found in the local cache (nothing "
+              "is downloaded), or 'embedded' (SmolLM2-135M-Instruct)")
+
+
 def resolve_model(spec: str) -> str:
-    """Turn a ``--model`` value into a local folder: ``'embedded'`` or an existing path."""
+    """Turn a ``--model`` value into a local folder: ``'embedded'``, an existing path, or a Hugging Face
+    model id found in the local Hugging Face cache (nothing is downloaded)."""
     if spec == EMBEDDED:
         return str(embedded_model_dir())
     path = Path(spec).expanduser()
-    if not path.exists():
-        raise ConfigError(f"model path {spec!r} does not exist (use 'embedded' for the built-in model)")
-    return str(path.resolve())
+    if path.exists():
+        return str(path.resolve())
+    if _HF_ID.fullmatch(spec):
+        return _cached_hf_model(spec)
+    raise ConfigError(f"model path {spec!r} does not exist (use 'embedded' for the built-in model, or a "
+                      "Hugging Face id such as HuggingFaceTB/SmolLM2-135M-Instruct already in the local cache)")
+
+
+_HF_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def _cached_hf_model(model_id: str) -> str:
+    """The snapshot folder of ``model_id`` in the local Hugging Face cache, or a ConfigError naming both."""
+    try:
+        from huggingface_hub import constants, snapshot_download
+        from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+    except ImportError:  # the ML extra is not installed
+        raise ConfigError(f"model {model_id!r}: a Hugging Face id needs huggingface_hub "
+                          "(pip install 'odie_async[ml]')") from None
+    try:
+        return snapshot_download(model_id, local_files_only=True)
+    except (LocalEntryNotFoundError, HFValidationError, OSError):
+        raise ConfigError(f"model {model_id!r} is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}); "
+                          f"nothing is downloaded here: fetch it first (huggingface-cli download {model_id}) "
+                          "or give a model folder") from None

@@ -37,6 +37,7 @@ from .metrics_log import MetricsLog, metrics_path_for
 from ..exceptions import ConfigError, EndpointStopped, InputError, OdieError, RunAborted
 from .progress import ProgressLine, write_summary
 from .stats import RunStats
+from .. import __version__
 
 log = structlog.get_logger(__name__)
 
@@ -224,6 +225,8 @@ async def _produce(engine: Engine, reader, model: str | None, resend: set[str]) 
                 return
             if model:
                 line.body["model"] = model
+            if line.body.get("model"):
+                engine.stats.models.add(str(line.body["model"]))
             await engine.submit(line.custom_id, line.body, line.url, resend=line.custom_id in resend)
             if not count & 255:
                 await asyncio.sleep(0)  # let signals in, even when every record is skipped as done
@@ -255,16 +258,51 @@ def _report(engine: Engine, stats: RunStats, scan: _Scan, error, stop: _Stop, ou
             code = _SIGNAL_EXIT[stop.signum]
         elif ledger["errors"] or ledger["invalid_skipped"] or _failed_before(engine):
             code = EXIT_FAILED_RECORDS
-    summary = stats.as_dict() | {"shutdown": engine.shutdown_report if engine.interrupted else None}
+    summary = stats.as_dict() | {"shutdown": _shutdown(engine, ledger)}
     summary.update(engine.pool_report())
+    summary.update(models=sorted(stats.models), settings=_run_settings(engine.settings), version=__version__)
     summary.update(output=str(engine.store.output), errors=str(engine.store.errors), ledger=ledger,
                    exit_code=code, stopped_by=signame or (type(error).__name__ if error else None))
     if error is not None:
         summary["error"] = str(error)
     if engine.store.was_opened:  # not for a run refused before it began (the output may be a folder)
+        path = Path(output).with_suffix(".summary.json")
+        summary["runs"] = _history(path, resumed=bool(stats.resumed or engine.skipped_failed)) + [
+            {k: v for k, v in summary.items() if k != "runs"}]
         with contextlib.suppress(OSError):
-            write_summary(summary, Path(output).with_suffix(".summary.json"))
+            write_summary(summary, path)
     return BatchReport(summary, code, error, signame, ledger)
+
+
+def _shutdown(engine: Engine, ledger: dict) -> dict | None:
+    """The stop's counts, with the records never read from the input among those not started."""
+    if not engine.interrupted or engine.shutdown_report is None:
+        return None
+    report = dict(engine.shutdown_report)
+    report["not_started"] = report.get("not_started", 0) + ledger["not_read"]
+    return report
+
+
+def _run_settings(settings: EngineSettings) -> dict:
+    """The settings that shaped a run's pace, for its summary (no key)."""
+    return {"concurrency": settings.concurrency, "initial_concurrency": settings.initial_concurrency,
+            "adaptive": settings.adaptive, "rpm": settings.rpm, "tpm": settings.tpm,
+            "timeout_s": settings.timeout_s, "max_attempts": settings.max_attempts,
+            "base_url": settings.base_url}
+
+
+def _history(path: Path, resumed: bool) -> list[dict]:
+    """The runs recorded in an earlier summary at ``path`` when this run resumed that output, else none."""
+    if not resumed:
+        return []
+    try:
+        earlier = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return []
+    if not isinstance(earlier, dict):
+        return []
+    runs = earlier.get("runs")
+    return list(runs) if isinstance(runs, list) else [earlier]  # a summary written before runs were kept
 
 
 def _failed_before(engine: Engine) -> bool:

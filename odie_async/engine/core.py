@@ -127,6 +127,7 @@ class Engine:
         self._stopping = False
         self._abort: RunAborted | None = None
         self._stopped = asyncio.Event()
+        self.stats.gauges = lambda: (self._busy, sum(lane.gate.limit for lane in self.pool.lanes))
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -191,7 +192,8 @@ class Engine:
     def request_stop(self) -> None:
         """Stop intake (what a first SIGINT/SIGTERM does); ``shutdown`` drains the rest."""
         if not self._stopping:
-            log.warning("stopping: no new records; draining in-flight requests")
+            log.warning(f"stopping: no new records; finishing the {self._busy} in flight "
+                        f"(up to {self.settings.drain_timeout_s:g} s; a second Ctrl-C cancels them)")
         self._stopping = True
         self.interrupted = True
         self._stopped.set()
@@ -385,7 +387,7 @@ class Engine:
                                                                        max=s.backoff_max_s)(_Attempt(attempt)))
 
     def _count_retry(self, exc: BaseException | None, attempt: int) -> None:
-        self.stats.retries += 1
+        self.stats.record_retry(getattr(exc, "code", None) or type(exc).__name__)
         log.debug("retrying", attempt=attempt, error=getattr(exc, "code", "?"), detail=str(exc)[:200])
 
     def _may_retry(self, exc: BaseException) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 from pathlib import Path
 
@@ -23,7 +24,8 @@ def _eta(seconds: float | None) -> str:
 
 
 def render(stats: RunStats, label: str = "batch") -> str:
-    """One status line: done/total, failures, request and token rates, ETA, per-stage counts."""
+    """One status line: done/total, failures, in flight / current concurrency, request and token rates, ETA,
+    per-stage counts."""
     elapsed = max(stats.elapsed, 1e-9)
     done = stats.done
     rate = done / elapsed
@@ -34,7 +36,11 @@ def render(stats: RunStats, label: str = "batch") -> str:
         eta = _eta(remaining / rate) if rate > 0 else _eta(None)
     else:
         head, eta = f"{done:,}", _eta(None)
-    line = (f"[{label}] {head} ok {stats.succeeded:,} failed {stats.failed:,} | {rate:,.0f} req/s "
+    flight = ""
+    if stats.gauges is not None:
+        in_flight, limit = stats.gauges()
+        flight = f" | in flight {in_flight:,}/{limit:,}"
+    line = (f"[{label}] {head} ok {stats.succeeded:,} failed {stats.failed:,}{flight} | {rate:,.0f} req/s "
             f"{tps:,.0f} tok/s | retries {stats.retries:,} 429s {stats.rate_limited:,} | ETA {eta}")
     if stats.stages:
         stages = " ".join(f"{name}:{sum(c.values())}" for name, c in sorted(stats.stages.items()))
@@ -97,12 +103,36 @@ def format_summary(summary: dict) -> str:
     lines = [
         f"records: {summary.get('succeeded', 0):,} ok, {summary.get('failed', 0):,} failed, "
         f"{summary.get('skipped_already_done', 0):,} already done, {summary.get('invalid_skipped', 0):,} invalid skipped",
-        f"requests: {summary.get('attempts', 0):,} sent, {summary.get('retries', 0):,} retries, "
+        f"requests: {summary.get('attempts', 0):,} sent, {summary.get('retries', 0):,} retries{_reasons(summary)}, "
         f"{summary.get('rate_limited_429', 0):,} answered 429",
         f"tokens: {tok.get('prompt', 0):,} prompt + {tok.get('completion', 0):,} completion",
         f"latency ms: p50 {lat.get('p50')} p95 {lat.get('p95')} p99 {lat.get('p99')}",
         f"wall time: {summary.get('wall_time_s')} s ({summary.get('requests_per_s')} records/s)",
     ]
+    if summary.get("settings"):
+        endpoints = ", ".join(e["endpoint"] for e in summary.get("endpoints") or ()) or summary["settings"]["base_url"]
+        lines.append(f"model {', '.join(summary.get('models') or ()) or '(as each body asks)'} at {endpoints}; "
+                     f"concurrency ended at {summary.get('concurrency_final')}")
     if summary.get("shutdown"):
-        lines.append(f"stopped early: {summary['shutdown']}")
+        lines.append(interrupt_sentence(summary))
     return "\n".join(lines)
+
+
+def _reasons(summary: dict) -> str:
+    reasons = summary.get("retries_by_reason") or {}
+    return f" ({', '.join(f'{code} {n:,}' for code, n in sorted(reasons.items()))})" if reasons else ""
+
+
+def interrupt_sentence(summary: dict) -> str:
+    """How a stopped run ended, as a sentence: what was done, what in flight, what never started."""
+    stop = summary["shutdown"]
+    signals = [signal.Signals(n).name for n in stop.get("signals", ()) if n in signal.Signals._value2member_map_]
+    cause = summary.get("stopped_by") or "/".join(signals) or "a stop"
+    parts = [f"{summary.get('succeeded', 0) + summary.get('failed', 0):,} done"]
+    if "in_flight_at_stop" in stop:  # a run of one engine knows its in-flight and unsent records
+        cancelled = stop.get("cancelled_in_flight", 0)
+        parts.append(f"{max(0, stop['in_flight_at_stop'] - cancelled):,} in flight were finished")
+        if cancelled:
+            parts.append(f"{cancelled:,} in flight were cancelled")
+        parts.append(f"{stop.get('not_started', 0):,} not started")
+    return f"stopped by {cause}: {', '.join(parts)}; rerun the same command to resume"

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import time
 from array import array
+from datetime import datetime, timezone
 from collections import Counter, defaultdict
+from typing import Callable
 
 
 def stage_of(custom_id: str) -> str:
     """The stage a record belongs to: its custom_id up to the first ``:`` (or ``batch``)."""
     head, sep, _rest = custom_id.partition(":")
     return head if sep else "batch"
+
+
+def utc_now() -> str:
+    """The current time, UTC, ISO 8601 to the second."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def percentile(sorted_values, q: float) -> float | None:
@@ -26,6 +33,7 @@ class RunStats:
 
     def __init__(self) -> None:
         self.started = time.monotonic()
+        self.started_at = utc_now()
         self.prepare_s = 0.0
         self.total: int | None = None
         self.succeeded = 0
@@ -37,7 +45,11 @@ class RunStats:
         self.rate_limited = 0
         self.prompt_tokens = 0
         self.completion_tokens = 0
-        self.error_codes: Counter[str] = Counter()
+        self.error_codes: Counter[str] = Counter()  # final failures
+        self.retries_by_reason: Counter[str] = Counter()
+        self.models: set[str] = set()  # the model names the run's requests asked for
+        # (requests in flight, current concurrency limit), set by the engine that runs
+        self.gauges: Callable[[], tuple[int, int]] | None = None
         self.stages: dict[str, Counter[str]] = defaultdict(Counter)
         self.latencies = array("d")
 
@@ -75,6 +87,11 @@ class RunStats:
         if ":" in custom_id:
             self.stages[stage_of(custom_id)]["failed"] += 1
 
+    def record_retry(self, reason: str) -> None:
+        """Count one attempt that failed and will be tried again, by its error code."""
+        self.retries += 1
+        self.retries_by_reason[reason] += 1
+
     def record_cached(self, custom_id: str) -> None:
         """Count one record answered from the checkpoint without a request."""
         self.resumed += 1
@@ -93,6 +110,8 @@ class RunStats:
         wall = self.elapsed
         tokens = self.prompt_tokens + self.completion_tokens
         return {
+            "started_at": self.started_at,
+            "ended_at": utc_now(),
             "total": self.total,
             "succeeded": self.succeeded,
             "failed": self.failed,
@@ -100,6 +119,7 @@ class RunStats:
             "invalid_skipped": self.invalid,
             "attempts": self.attempts,
             "retries": self.retries,
+            "retries_by_reason": dict(self.retries_by_reason),
             "rate_limited_429": self.rate_limited,
             "error_codes": dict(self.error_codes),
             "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens, "total": tokens},

@@ -53,6 +53,7 @@ class PredictSettings:
 
     base_model: str = EMBEDDED
     lora: str | None = None
+    lora_name: str = ADAPTER_NAME
     chat_layout: str | None = None
     cot: bool = False
     system_prompt: str | None = None
@@ -191,7 +192,7 @@ def predict_offline(model_dir: str, conversations: list, layout: str,
         extra["max_num_batched_tokens"] = settings.step_tokens
     llm = LLM(model=model_dir, dtype="auto" if on_gpu else "float32", max_model_len=settings.max_model_len,
               seed=0, **extra)
-    request = LoRARequest(ADAPTER_NAME, 1, str(Path(settings.lora).resolve())) if settings.lora else None
+    request = LoRARequest(settings.lora_name, 1, str(Path(settings.lora).resolve())) if settings.lora else None
     sampling = SamplingParams(temperature=settings.temperature, max_tokens=settings.answer_tokens)
     started = time.monotonic()
     outputs = llm.chat(conversations, sampling, lora_request=request,
@@ -256,10 +257,10 @@ def _predict_server(model_dir: str, conversations, prompts, layout, settings,
                     checkpoint) -> tuple[list[Answer], float]:
     from ..endpoints.resolve import resolve_endpoint
 
-    loras = {ADAPTER_NAME: settings.lora} if settings.lora and not settings.base_url else {}
+    loras = {settings.lora_name: settings.lora} if settings.lora and not settings.base_url else {}
     with resolve_endpoint(settings.base_url, settings.model_name, settings.api_key, serve_model=model_dir,
                           loras=loras, max_model_len=settings.max_model_len) as endpoint:
-        model = settings.model_name or (ADAPTER_NAME if loras else endpoint.model)
+        model = settings.model_name or (settings.lora_name if loras else endpoint.model)
         return _timed_engine(endpoint.base_url, model, conversations, prompts, layout,
                              replace(settings, api_key=endpoint.api_key), checkpoint)
 

@@ -193,3 +193,11 @@ def load_config(path: str | Path | None = None, limit: int | None = None) -> Pip
     config = load(PipelineConfig, found)
     config._source = str(found)
     return config.with_records(limit) if limit is not None else config
+
+
+def override_endpoint(config, endpoint: dict | None) -> None:
+    """Set the ``endpoint`` section's keys given apart from the file (``--base-url``, ``--api-key-env``,
+    ``--model``); a None value keeps the file's."""
+    for key, value in (endpoint or {}).items():
+        if value is not None:
+            setattr(config.endpoint, key, value)

@@ -33,7 +33,7 @@ from ..runtime import offline_hf
 from ..quality import Gate, Verdict
 from ..quality.gate import Prepared
 from . import schemas
-from .config import PipelineConfig, load_config
+from .config import PipelineConfig, load_config, override_endpoint
 from .context import Context, Dropped, system, user
 from .parsers import ParseError, parse_scores
 from .prompts import FIXED, OPEN
@@ -236,14 +236,16 @@ async def _judge_one(judge: LLMJudge, ctx: Context, prepared: Prepared) -> dict 
 
 
 @contextlib.asynccontextmanager
-async def external_scope(kind: str, config_path: str | None, checkpoint: Path):
+async def external_scope(kind: str, config_path: str | None, checkpoint: Path, endpoint: dict | None = None):
     """``odie filter``'s other scorers: yields ``score(prepared) -> scores per record`` for ``llm`` or ``unieval``.
 
     The LLM judge talks to the endpoint of the generate config (the embedded model
     without one) through the engine, whose checkpoint is ``checkpoint``: a rerun
-    asks nothing twice. UniEval reads ``scorer.unieval_dir`` of that config.
+    asks nothing twice. UniEval reads ``scorer.unieval_dir`` of that config. ``endpoint``
+    overrides the config's endpoint section (``override_endpoint``).
     """
     config = load_config(config_path)
+    override_endpoint(config, endpoint)
     config.scorer.kind = kind
     judge = make_judge(config)
     if isinstance(judge, UniEvalScorer):
