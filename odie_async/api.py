@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from . import notebook
+from .exceptions import ConfigError
 from .runtime import run_sync
 
 PathLike = str | Path
@@ -105,3 +109,72 @@ async def aevaluate(predictions: PathLike | Sequence[PathLike] | Sequence[dict],
 def evaluate(predictions: PathLike | Sequence[PathLike] | Sequence[dict], **options) -> dict | list[dict]:
     """``aevaluate`` for code without an event loop, or inside one (a notebook cell)."""
     return run_sync(aevaluate(predictions, **options))
+
+
+def _batch_records(requests, order: list[str]) -> Any:
+    """Dicts in the Batch API's line shape, or bare chat bodies (numbered ``"0"``, ``"1"``...);
+    ``order`` collects the custom_ids as they go by."""
+    for i, record in enumerate(requests):
+        if "custom_id" not in record:
+            record = {"custom_id": str(i), "method": "POST", "url": "/v1/chat/completions", "body": record}
+        order.append(record["custom_id"])
+        yield record
+
+
+async def arun_batch(requests: PathLike | Iterable[dict], output: PathLike | None = None, *,
+                     base_url: str | None = None, endpoints: Sequence[str | dict] = (),
+                     api_key_env: str | None = None, model: str | None = None, concurrency: int | None = None,
+                     rpm: float = 0, tpm: float = 0, max_attempts: int = 5, timeout: float = 120.0,
+                     errors: PathLike | None = None, progress: bool = True) -> dict | list[dict]:
+    """Send requests through the engine (``odie batch``), exactly once, resumable.
+
+    ``requests`` is a Batch API input file, or an iterable of its lines as dicts (or of bare
+    chat bodies). With ``output`` the results go to that file (and its ``.errors.jsonl``) and the
+    run's summary is returned; a rerun resumes. Without it, the result lines come back as a list
+    in input order. ``endpoints`` (URLs, or dicts with ``base_url``, ``api_key_env``, ``model``,
+    ``rpm``, ``tpm``, ``max_concurrency``, ``weight``, ``name``) makes a pool.
+    """
+    from .engine import EngineSettings
+    from .engine.batch import run_batch
+    from .engine.client import api_key_from_env
+    from .engine.lanes import EndpointSpec
+    from .options import AUTO_START, AUTO_WORKERS, PoolEndpoint, endpoint_spec
+    from .settings import validate
+
+    key = api_key_from_env(api_key_env)
+    pool = [EndpointSpec(e, key, None, rpm, tpm) if isinstance(e, str)
+            else endpoint_spec(validate(PoolEndpoint, e, f"endpoints[{i}]"), "endpoints") for i, e in enumerate(endpoints)]
+    if not base_url and not pool:
+        raise ConfigError("run_batch needs base_url= or endpoints=")
+    settings = EngineSettings(
+        base_url=base_url or pool[0].base_url, api_key=key, endpoints=pool, concurrency=concurrency or AUTO_WORKERS,
+        initial_concurrency=None if concurrency else AUTO_START, rpm=rpm, tpm=tpm, max_attempts=max_attempts,
+        timeout_s=timeout)
+    order: list[str] = []
+    source = requests if isinstance(requests, (str, Path)) else _batch_records(requests, order)
+    with tempfile.TemporaryDirectory(prefix="odie-batch-") if output is None else contextlib.nullcontext() as tmp:
+        target = Path(tmp) / "results.jsonl" if output is None else Path(output)
+        report = await run_batch(source, target, settings, errors, model=model,
+                                 progress=progress and not notebook.wanted(), handle_signals=False)
+        if report.error is not None:
+            raise report.error
+        if output is not None:
+            return report.summary
+        if not order:  # a file: its own order
+            order = [orjson.loads(raw)["custom_id"] for raw in Path(requests).read_bytes().splitlines() if raw.strip()]
+        return _in_input_order(order, target, Path(report.summary["errors"]))
+
+
+def _in_input_order(order: list[str], output: Path, errors: Path) -> list[dict]:
+    lines = {}
+    for path in (output, errors):
+        if path.exists():
+            for raw in path.read_bytes().splitlines():
+                line = orjson.loads(raw)
+                lines[line["custom_id"]] = line
+    return [lines[custom_id] for custom_id in order if custom_id in lines]
+
+
+def run_batch(requests: PathLike | Iterable[dict], output: PathLike | None = None, **options) -> dict | list[dict]:
+    """``arun_batch`` for code without an event loop, or inside one (a notebook cell)."""
+    return run_sync(arun_batch(requests, output, **options))

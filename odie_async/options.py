@@ -65,13 +65,14 @@ def apply_config(args, defaults: dict) -> None:
     urls = ([args.base_url] if args.base_url and args.endpoint else []) + list(args.endpoint or ())
     key = api_key_from_env(args.api_key_env) if urls else None
     pool = [EndpointSpec(url, key, None, args.rpm, args.tpm) for url in urls]
-    pool += [_spec(e, args.config) for e in config.endpoints] if args.config else []
+    pool += [endpoint_spec(e, args.config) for e in config.endpoints] if args.config else []
     args.pool = pool
     if pool and not args.base_url:
         args.base_url = pool[0].base_url
 
 
-def _spec(endpoint: PoolEndpoint, source: str) -> EndpointSpec:
+def endpoint_spec(endpoint: PoolEndpoint, source: str) -> EndpointSpec:
+    """The engine's ``EndpointSpec`` for a config's endpoint, its key read from the environment."""
     try:
         key = api_key_from_env(endpoint.api_key_env) if endpoint.api_key_env else None
     except ConfigError as exc:
@@ -108,8 +109,6 @@ def settings_from_args(args, base_url: str, api_key: str | None = None) -> Engin
     """Engine settings from the command line (a pool from ``args.pool`` when there is one)."""
     auto = getattr(args, "concurrency", None) is None
     pool = list(getattr(args, "pool", None) or [])
-    if len(pool) == 1 and not (pool[0].rpm or pool[0].tpm):
-        pool = []  # one endpoint is the simple case: --rpm/--tpm apply to it
     return EngineSettings(
         base_url=base_url, api_key=api_key or api_key_from_env(args.api_key_env),
         concurrency=AUTO_WORKERS if auto else args.concurrency, initial_concurrency=AUTO_START if auto else None,

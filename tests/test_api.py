@@ -104,3 +104,51 @@ def test_sync_evaluate_inside_a_running_loop_scores_files_and_records(tmp_path, 
 def test_evaluate_names_a_bad_record(fake_encoder):
     with pytest.raises(odie_async.OdieError, match="records: item 1: missing field 'output'"):
         odie_async.evaluate([RECORD, {k: v for k, v in RECORD.items() if k != "output"}])
+
+
+def test_run_batch_returns_results_in_input_order_even_inside_a_running_loop():
+    from odie_async.endpoints.mock_server import MockServer
+
+    bodies = [{"model": "m", "messages": [{"role": "user", "content": f"item {i}"}], "max_tokens": 8} for i in range(30)]
+    ready, done = threading.Event(), threading.Event()
+    server = {}
+
+    async def serve():  # the endpoint lives on its own loop, as a real server would
+        async with MockServer() as mock:
+            server["mock"] = mock
+            ready.set()
+            await asyncio.to_thread(done.wait)
+
+    thread = threading.Thread(target=lambda: asyncio.run(serve()))
+    thread.start()
+    ready.wait(10)
+
+    async def notebook_cell():  # the sync form, called with an event loop running, as in a notebook
+        return odie_async.run_batch(bodies, base_url=server["mock"].base_url, progress=False)
+
+    try:
+        results = asyncio.run(notebook_cell())
+    finally:
+        done.set()
+        thread.join(10)
+    assert [r["custom_id"] for r in results] == [str(i) for i in range(30)]
+    assert all(r["response"]["status_code"] == 200 for r in results) and server["mock"].request_count == 30
+
+
+def test_run_batch_writes_files_and_resumes(tmp_path):
+    from odie_async.endpoints.mock_server import MockServer
+
+    lines = [{"custom_id": f"q{i}", "method": "POST", "url": "/v1/chat/completions",
+              "body": {"model": "m", "messages": [{"role": "user", "content": f"x{i}"}]}} for i in range(10)]
+
+    async def go():
+        async with MockServer() as server:
+            first = await odie_async.arun_batch(lines[:6], tmp_path / "out.jsonl", base_url=server.base_url,
+                                                progress=False)
+            second = await odie_async.arun_batch(lines, tmp_path / "out.jsonl", base_url=server.base_url,
+                                                 progress=False)
+            return first, second, server.request_count
+
+    first, second, sent = asyncio.run(go())
+    assert first["succeeded"] == 6 and second["succeeded"] == 4 and sent == 10, "the rerun sent only the rest"
+    assert len((tmp_path / "out.jsonl").read_bytes().splitlines()) == 10
