@@ -148,11 +148,11 @@ def scenario_stragglers(tmp: Path, n: int) -> dict:
     stats = mock.stop()
     summary = result["summary"]
     bound = 1200 / 60 * (1 - 0.1)
-    lanes = summary.get("pool") or {}
+    hedges = summary.get("hedges") or {}
     return {"records": n, **exactly_once(out, n), "records_per_s": summary["succeeded"] / summary["wall_time_s"],
             "bound_per_s": bound, "ratio": summary["succeeded"] / summary["wall_time_s"] / bound,
-            "hedges_sent": lanes.get("hedges_sent"), "hedges_won": lanes.get("hedges_won"),
-            "extra_requests_share": (lanes.get("hedges_sent") or 0) / max(1, summary["attempts"]),
+            "hedges_sent": hedges.get("sent"), "hedges_won": hedges.get("won"),
+            "extra_requests_share": (hedges.get("sent") or 0) / max(1, summary["attempts"]),
             "mock_requests": stats, "exit_code": result["exit_code"]}
 
 

@@ -7,8 +7,9 @@ from odie_async.engine.settings import EngineSettings
 from odie_async.engine.stats import RunStats
 
 
-def _lane(name, concurrency=10, weight=1.0):
-    flow = FlowControl(EngineSettings("http://127.0.0.1", concurrency=concurrency, learn_limits=False), RunStats())
+def _lane(name, concurrency=10, weight=1.0, rpm=0):
+    settings = EngineSettings("http://127.0.0.1", concurrency=concurrency, rpm=rpm, learn_limits=False)
+    flow = FlowControl(settings, RunStats())
     return Lane(EndpointSpec(f"http://127.0.0.1/{name}", name=name, weight=weight), client=None, flow=flow)
 
 
@@ -66,6 +67,15 @@ def test_router_picks_least_load_relative_to_capacity_and_weight():
     heavy = _lane("heavy", concurrency=10, weight=4.0)
     heavy.outstanding = 10  # 10 / 40 = 0.25
     assert Router([small, heavy]).pick(0.0) is heavy
+
+
+def test_router_follows_request_budgets():
+    slow, fast = _lane("slow", 100, rpm=600), _lane("fast", 100, rpm=2400)  # 10 and 40 requests/s
+    router = Router([slow, fast])
+    slow.outstanding, fast.outstanding = 5, 15  # 0.5 s vs 0.375 s of work
+    assert router.pick(0.0) is fast
+    fast.outstanding = 25  # 0.625 s
+    assert router.pick(0.0) is slow
 
 
 def test_router_skips_open_lanes_and_reports_all_open():

@@ -2,9 +2,10 @@
 
 A pool is a list of lanes behind one engine. Each lane is throttled, slowed and
 opened on its own, so a 429 or an outage on one endpoint never holds the others
-back. ``Router.pick`` sends each attempt to the lane with the least outstanding
-work relative to its capacity (its current concurrency limit times its weight),
-skipping lanes whose breaker is open.
+back. ``Router.pick`` sends each attempt to the lane that will be through its
+outstanding work soonest (outstanding requests over the rate the lane can take:
+its concurrency over its latency, capped by its RPM, times its weight), skipping
+lanes whose breaker is open.
 """
 
 from __future__ import annotations
@@ -185,10 +186,19 @@ class Lane:
         """The endpoint's name in progress and summary."""
         return self.spec.label
 
+    def rate(self) -> float:
+        """Requests per second this lane can take: its concurrency over its latency, capped by its
+        request budget, times its weight."""
+        seconds = self.flow.latency.ewma or 1.0  # a lane yet unanswered is assumed to take a second
+        rate = max(1, self.gate.limit) / max(seconds, 1e-3)
+        rpm = getattr(self.limits, "rpm", 0)
+        if rpm:
+            rate = min(rate, rpm / 60.0)
+        return rate * max(self.spec.weight, 1e-6)
+
     def load(self) -> float:
-        """Outstanding work relative to capacity: lower is freer."""
-        capacity = max(1, self.gate.limit) * max(self.spec.weight, 1e-6)
-        return (self.outstanding + self.server.waiting_share()) / capacity
+        """Seconds this lane needs for the work it holds (and its server's queue): lower is freer."""
+        return (self.outstanding + self.server.waiting_share()) / self.rate()
 
     def on_reply(self, tokens: float, reply, now: float, sent: float = 0.0) -> None:
         """After an answer to a request sent at ``sent``: the lane's flow control, breaker and latency model."""
