@@ -35,6 +35,12 @@ def run_fake(coro):
     try:
         start = loop.time()
         result = loop.run_until_complete(coro)
-        return result, loop.time() - start
+        elapsed = loop.time() - start
+        return result, elapsed
     finally:
+        pending = asyncio.all_tasks(loop)  # background tasks left (a watchdog), ended as asyncio.run does
+        for task in pending:
+            task.cancel()
+        if pending:
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         loop.close()

@@ -120,6 +120,7 @@ class Engine:
         self._workers: list[asyncio.Task] = []
         self._writer: asyncio.Task | None = None
         self._server_watch: asyncio.Task | None = None
+        self._watchdog: asyncio.Task | None = None
         self._busy = 0
         self._cancelled = 0
         self._not_started = 0
@@ -140,6 +141,7 @@ class Engine:
             lane.flow.start(now)
         await self.pool.probe_servers(_server_metrics)
         self._server_watch = self._supervised(self.pool.watch_servers(_server_metrics), "odie-server-load")
+        self._watchdog = self._supervised(self.pool.sweep(), "odie-watchdog")
         self._writer = self._supervised(self._write_loop(), "odie-writer")
         self._workers = [self._supervised(self._work_loop(), f"odie-worker-{i}") for i in range(self.settings.concurrency)]
         return self
@@ -221,8 +223,9 @@ class Engine:
         self._written.put_nowait(_STOP)
         if self._writer is not None:
             await asyncio.gather(self._writer, return_exceptions=True)
-        if self._server_watch is not None:
-            self._server_watch.cancel()
+        for task in (self._server_watch, self._watchdog):
+            if task is not None:
+                task.cancel()
         for lane in self.pool.lanes:
             await lane.client.__aexit__(None, None, None)
         try:

@@ -11,6 +11,7 @@ lanes whose breaker is open.
 from __future__ import annotations
 
 import collections
+from array import array
 from dataclasses import dataclass, field
 
 from ..exceptions import RateLimitError, RequestError
@@ -129,12 +130,15 @@ class LatencyModel:
         self._per_token: collections.deque[float] = collections.deque(maxlen=size)
         self._floor: collections.deque[float] = collections.deque(maxlen=size)
         self._sorted: list[float] | None = None
+        self._fresh = 0
 
     def observe(self, latency: float, max_tokens: float) -> None:
         """Record one successful attempt's latency for a request of ``max_tokens``."""
         self._per_token.append(latency / max(1.0, max_tokens))
         self._floor.append(latency)
-        self._sorted = None
+        self._fresh -= 1
+        if self._fresh <= 0:  # the quantile is recomputed every few answers, not on every one
+            self._sorted, self._fresh = None, 16
 
     @property
     def ready(self) -> bool:
@@ -147,9 +151,10 @@ class LatencyModel:
             return None
         if self._sorted is None:
             self._sorted = sorted(self._per_token)
+            self._fastest = min(self._floor)
         values = self._sorted
         per_token = values[min(len(values) - 1, int(self.quantile * len(values)))]
-        return max(per_token * max(1.0, max_tokens), min(self._floor))
+        return max(per_token * max(1.0, max_tokens), self._fastest)
 
     def timeout(self, max_tokens: float, factor: float, floor_s: float, ceiling_s: float) -> float:
         """The per-attempt timeout: ``factor`` × the expected latency, within [floor, ceiling]."""
@@ -179,7 +184,7 @@ class Lane:
         self.latest_sent_answered = 0.0
         self.disabled: str | None = None
         self.counts: collections.Counter[str] = collections.Counter()
-        self.latencies: list[float] = []
+        self.latencies = array("d")
 
     @property
     def label(self) -> str:
@@ -258,6 +263,9 @@ class Router:
 
     def pick(self, now: float, avoid: Lane | None = None) -> Lane | None:
         """The freest open lane (``avoid`` only when it is the sole choice), else None."""
+        if len(self.lanes) == 1:
+            lane = self.lanes[0]
+            return lane if lane.breaker.allows(now) else None
         best, best_load = None, float("inf")
         for lane in self.lanes:
             if not lane.breaker.allows(now):
