@@ -16,7 +16,7 @@ from .engine.client import api_key_from_env
 from .engine.lanes import EndpointSpec
 from .engine.settings import EngineSettings, check_number
 from .exceptions import ConfigError
-from .pipeline.config import EndpointConfig, EngineConfig
+from .pipeline.config import EndpointConfig, EngineConfig, PoolEndpoint
 from .settings import Section, load
 
 # With no --concurrency: this many workers, the gate starting at AUTO_START and growing on success
@@ -26,19 +26,6 @@ AUTO_WORKERS, AUTO_START = 256, 64
 ENGINE_KEYS = {"concurrency": "concurrency", "rpm": "rpm", "tpm": "tpm", "max_attempts": "max_attempts",
                 "timeout_s": "timeout", "drain_timeout_s": "drain_timeout"}
 ENGINE_OPTIONS = tuple(ENGINE_KEYS.values())
-
-
-class PoolEndpoint(Section):
-    """One endpoint of a pool in a config file's ``endpoints:`` list."""
-
-    base_url: str
-    api_key_env: str | None = None
-    model: str | None = Field(None, description="the model name this endpoint serves (rewritten per request)")
-    rpm: float = Field(0, ge=0)
-    tpm: float = Field(0, ge=0)
-    max_concurrency: int | None = Field(None, ge=1)
-    weight: float = Field(1.0, gt=0)
-    name: str | None = None
 
 
 class BatchConfig(Section):

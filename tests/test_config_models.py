@@ -80,3 +80,17 @@ def test_config_schema_describes_every_shipped_file(kind, capsys, tmp_path):
         jsonschema.validate({"no_such_key": 1}, schema)
     assert main(["config-schema", kind, "-o", str(tmp_path / "s.json")]) == 0
     assert json.loads((tmp_path / "s.json").read_text()) == schema
+
+
+def test_a_generate_config_may_name_a_pool():
+    from odie_async.endpoints.resolve import Endpoint
+    from odie_async.pipeline.config import PipelineConfig
+    from odie_async.pipeline.run import engine_settings
+
+    config = PipelineConfig.model_validate({"endpoints": [
+        {"base_url": "http://127.0.0.1:9001/v1", "rpm": 600, "model": "a"},
+        {"base_url": "http://127.0.0.1:9002/v1", "weight": 2, "model": "b"}]})
+    assert config.endpoint.base_url == "http://127.0.0.1:9001/v1" and config.endpoint.model == "a"
+    settings = engine_settings(config, Endpoint(config.endpoint.base_url, "a"))
+    assert [(e.base_url, e.rpm, e.weight, e.model) for e in settings.endpoints] == [
+        ("http://127.0.0.1:9001/v1", 600, 1.0, "a"), ("http://127.0.0.1:9002/v1", 0, 2.0, "b")]

@@ -59,6 +59,19 @@ class EngineConfig(Section):
     drain_timeout_s: float = Field(60.0, ge=0)
 
 
+class PoolEndpoint(Section):
+    """One endpoint of a pool in a config file's ``endpoints:`` list."""
+
+    base_url: str
+    api_key_env: str | None = None
+    model: str | None = Field(None, description="the model name this endpoint serves (rewritten per request)")
+    rpm: float = Field(0, ge=0)
+    tpm: float = Field(0, ge=0)
+    max_concurrency: int | None = Field(None, ge=1)
+    weight: float = Field(1.0, gt=0)
+    name: str | None = None
+
+
 class RunConfig(Section):
     """Sizes of the run: final records attempted, the open-header share, table variants."""
 
@@ -119,6 +132,7 @@ class PipelineConfig(Section):
     """The whole ``odie generate`` configuration."""
 
     endpoint: EndpointConfig = Field(default_factory=EndpointConfig)
+    endpoints: list[PoolEndpoint] = Field(default_factory=list, description="a pool: more endpoints, each a lane")
     engine: EngineConfig = Field(default_factory=EngineConfig)
     run: RunConfig = Field(default_factory=RunConfig)
     stages: StagesConfig = Field(default_factory=StagesConfig)  # type: ignore[valid-type]
@@ -140,9 +154,19 @@ class PipelineConfig(Section):
     def _sections_may_be_empty(cls, data):
         # `engine:` with nothing under it is an empty section, not a null one
         if isinstance(data, dict):
-            return {k: ({} if v is None and k in cls.model_fields and k not in ("seeds", "prompts") else v)
+            return {k: ({} if v is None and k in cls.model_fields and k not in ("seeds", "prompts", "endpoints") else v)
                     for k, v in data.items()}
         return data
+
+    @model_validator(mode="after")
+    def _pool_names_the_endpoint(self):
+        # A pool without `endpoint.base_url`: its first endpoint is the one the run talks about
+        if self.endpoints and not self.endpoint.base_url:
+            first = self.endpoints[0]
+            self.endpoint.base_url = first.base_url
+            self.endpoint.api_key_env = self.endpoint.api_key_env or first.api_key_env
+            self.endpoint.model = self.endpoint.model or first.model
+        return self
 
     @property
     def source(self) -> str:

@@ -49,7 +49,11 @@ async def endpoint_scope(config: PipelineConfig, prompts: Prompts):
 
 def engine_settings(config: PipelineConfig, endpoint: Endpoint) -> EngineSettings:
     """Engine settings from the config's engine section (its keys are ``EngineSettings`` fields)."""
-    return EngineSettings(base_url=endpoint.base_url, api_key=endpoint.api_key, **config.engine.model_dump())
+    from ..options import endpoint_spec
+
+    pool = [endpoint_spec(e, f"{config.source}: endpoints") for e in config.endpoints]
+    return EngineSettings(base_url=endpoint.base_url, api_key=endpoint.api_key, endpoints=pool,
+                          **config.engine.model_dump())
 
 
 def _leaf(exc: BaseException) -> BaseException:
