@@ -142,16 +142,17 @@ class Pool:
         self._watched: dict[int, _Watch] = {}
         self._sweeper: asyncio.Future | None = None
 
-    async def attempt(self, job, avoid: Lane | None = None) -> tuple[Lane, object]:
-        """Send ``job`` once on the freest lane; return the lane and its reply."""
-        lane = self.router.pick(asyncio.get_running_loop().time(), avoid)
-        if lane is None:
-            lane = await self._choose(avoid)
-        return lane, await self._on_lane(lane, job)
+    async def attempt(self, job, avoid: Lane | None = None, lane: Lane | None = None) -> tuple[Lane, object]:
+        """Send ``job`` once on ``lane`` (default: the freest); return the lane and its reply.
 
-    async def _on_lane(self, lane: Lane, job) -> object:
+        One coroutine from the lane's slot to its answer: each level more cost ~2 µs an attempt.
+        """
+        loop = asyncio.get_running_loop()
+        if lane is None:
+            lane = self.router.pick(loop.time(), avoid) or await self._choose(avoid)
         lane.outstanding += 1
         probe = lane.flow.probe  # while learning limits, a lane's first request goes alone
+        watch = None
         try:
             if probe is not None and not probe.is_set() and lane.started:
                 await probe.wait()
@@ -162,13 +163,47 @@ class Pool:
                 # burst through when slots free up at once.
                 if lane.limits.active:
                     await lane.limits.acquire(job.tokens)
-                return await self._send(lane, job, self._payload(lane, job))
+                payload = self._payload(lane, job)
+                lane.breaker.on_send()
+                self.attempts += 1
+                sent = loop.time()
+                watch = self._watch(lane, job, sent)
+                reply = await lane.client.post(job.path, payload)
+            except asyncio.CancelledError:
+                if watch is None or not watch.ended():
+                    raise
+                if watch.hedge_reply is not None:
+                    return lane, watch.hedge_reply  # the hedge's own lane was told already
+                exc = TransportError(f"no answer within the timeout ({watch.delay:.1f} s) while the endpoint "
+                                     "answered nothing else, or requests sent after it")
+                self._failed(lane, exc, loop.time())
+                raise exc from None
+            except RequestError as exc:
+                self._failed(lane, exc, loop.time())
+                raise
             finally:
                 lane.gate.release()
+                if watch is not None:
+                    del self._watched[id(watch)]
+                    watch.disarm()
         finally:
             lane.outstanding -= 1
             if probe is not None and not probe.is_set():
                 probe.set()
+        lane.on_reply(job.tokens, reply, loop.time(), sent)
+        if self._outage_since is not None:
+            log.warning("an endpoint answers again; resuming", endpoint=lane.label)
+            self._outage_since = None
+        return lane, reply
+
+    def _watch(self, lane: Lane, job, sent: float) -> _Watch:
+        delay = lane.model.timeout(job.tokens, self.settings.timeout_factor,
+                                   self.settings.timeout_floor_s, self.settings.timeout_ceiling_s)
+        watch = _Watch(self, lane, job, sent, delay)
+        self._watched[id(watch)] = watch
+        if self._sweeper is None:
+            self._sweeper = asyncio.ensure_future(self.sweep(forever=False))
+        return watch
 
     async def _choose(self, avoid: Lane | None) -> Lane:
         loop = asyncio.get_running_loop()
@@ -191,45 +226,9 @@ class Pool:
             raise EndpointStopped(f"every endpoint failed for {self.settings.max_outage_s:g} s (--max-outage); rerun to resume")
         await asyncio.sleep(min(1.0, max(0.01, self.router.next_reopen(now))))
 
-    async def _send(self, lane: Lane, job, payload: bytes) -> object:
-        """One request on ``lane`` under the watchdog (see ``_Watch``), and the lane told how it went."""
-        loop = asyncio.get_running_loop()
-        lane.breaker.on_send()
-        self.attempts += 1
-        sent = loop.time()
-        delay = lane.model.timeout(job.tokens, self.settings.timeout_factor,
-                                   self.settings.timeout_floor_s, self.settings.timeout_ceiling_s)
-        watch = _Watch(self, lane, job, sent, delay)
-        key = id(watch)
-        self._watched[key] = watch
-        if self._sweeper is None:
-            self._sweeper = asyncio.ensure_future(self.sweep(forever=False))
-        try:
-            reply = await lane.client.post(job.path, payload)
-        except asyncio.CancelledError:
-            if not watch.ended():
-                raise
-            if watch.hedge_reply is None:
-                exc = TransportError(f"no answer within the timeout ({delay:.1f} s) while the endpoint "
-                                     "answered nothing else, or requests sent after it")
-                self._failed(lane, exc, loop.time())
-                raise exc from None
-            return watch.hedge_reply  # the hedge's own lane was told already
-        except RequestError as exc:
-            self._failed(lane, exc, loop.time())
-            raise
-        finally:
-            del self._watched[key]
-            watch.disarm()
-        lane.on_reply(job.tokens, reply, loop.time(), sent)
-        if self._outage_since is not None:
-            log.warning("an endpoint answers again; resuming", endpoint=lane.label)
-            self._outage_since = None
-        return reply
-
     async def sweep(self, forever: bool = True) -> None:
         """The watchdog: every ``SWEEP_S``, look at the attempts past their deadline. The engine runs
-        it for the whole run; elsewhere ``_send`` starts one that ends when nothing is in flight."""
+        it for the whole run; elsewhere ``attempt`` starts one that ends when nothing is in flight."""
         if forever:
             self._sweeper = asyncio.current_task()
         loop = asyncio.get_running_loop()
@@ -301,7 +300,7 @@ class Pool:
             return
         try:
             async with asyncio.timeout(self.settings.timeout_ceiling_s):
-                reply = await self._on_lane(lane, watch.job)
+                _, reply = await self.attempt(watch.job, lane=lane)
         except (RequestError, TimeoutError):
             return
         self.hedges_won += 1
