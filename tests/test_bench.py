@@ -233,3 +233,19 @@ def test_key_is_used_and_never_written(tmp_path):
     assert load_config(tmp_path / "yes" / "recommended.yaml").endpoint.api_key_env == "BENCH_KEY"
     written = [p.read_bytes() for p in (tmp_path / "yes").iterdir() if p.suffix != ".png"]
     assert all(secret.encode() not in blob for blob in written) and secret not in proc.stdout + proc.stderr
+
+
+def test_recommended_file_drives_odie_batch(sweep, tmp_path):
+    import argparse
+
+    from odie_async.cli.batch import add_arguments
+    from odie_async.options import apply_config, settings_from_args
+
+    out, results = sweep
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["in.jsonl", "-o", str(tmp_path / "o.jsonl"), "--config", str(out / "recommended.yaml")])
+    apply_config(args, args.option_defaults)
+    settings = settings_from_args(args, args.base_url)
+    assert settings.base_url == results["base_url"]
+    assert settings.concurrency == results["recommended"]["concurrency"] and settings.initial_concurrency is None
