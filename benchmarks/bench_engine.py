@@ -33,6 +33,19 @@ PY = sys.executable
 TASKSET = shutil.which("taskset")
 
 
+def proc_stats() -> dict[int, list[str]]:
+    """The fields of ``/proc/PID/stat`` after the command name, for every live process, by pid
+    (index 1: parent, 2: process group, 11-14: utime, stime, cutime, cstime in clock ticks)."""
+    stats = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stats[int(entry)] = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # gone meanwhile
+    return stats
+
+
 def emit(results: dict, path: Path | None) -> None:
     """Print a benchmark's results as indented JSON, and write them to ``path`` when given."""
     text = orjson.dumps(results, option=orjson.OPT_INDENT_2).decode()

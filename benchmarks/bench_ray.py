@@ -31,7 +31,7 @@ from pathlib import Path
 import orjson
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_engine import emit, free_port, write_input  # noqa: E402
+from bench_engine import emit, free_port, proc_stats, write_input  # noqa: E402
 
 PY = sys.executable
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -76,16 +76,9 @@ def run_batch(inp: Path, url: str, *options: str) -> dict:
 
 def _descendants_cpu(exclude: int) -> dict[int, float]:
     """CPU seconds of every live process below this one but ``exclude`` (the mock), by pid."""
-    parents, cpu = {}, {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents[int(entry)] = int(fields[1])
-        cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / TICKS
+    stats = proc_stats()
+    parents = {pid: int(fields[1]) for pid, fields in stats.items()}
+    cpu = {pid: (int(fields[11]) + int(fields[12])) / TICKS for pid, fields in stats.items()}
     mine, me = {}, os.getpid()
     for pid in cpu:
         p = pid

@@ -37,6 +37,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE / "peers"))
 sys.path.insert(0, str(HERE))
 
+from bench_engine import proc_stats  # noqa: E402
 from bench_peers import Mock  # noqa: E402
 from contenders import Child, Contender, python_for  # noqa: E402
 from harness import read_log  # noqa: E402
@@ -62,16 +63,8 @@ class GroupCpu:
         self._thread.start()
 
     def _cpu(self) -> float:
-        total = 0
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) == self.pgid:  # pgrp
-                total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+        total = sum(sum(int(x) for x in fields[11:15])  # utime stime cutime cstime of the group
+                    for fields in proc_stats().values() if int(fields[2]) == self.pgid)
         return total / os.sysconf("SC_CLK_TCK")
 
     def _run(self) -> None:
