@@ -33,6 +33,7 @@ from .breaker import FailureBreaker
 from .client import ChatClient
 from .flow import FlowControl
 from .lanes import EndpointSpec, Lane, LaneBreaker, Router
+from .stats import percentile
 
 log = structlog.get_logger(__name__)
 
@@ -318,13 +319,14 @@ def _lane_summary(lane: Lane, total_ok: int) -> dict:
     values = sorted(lane.latencies)
 
     def q(p: float):
-        return round(values[min(len(values) - 1, int(p * len(values)))] * 1000, 1) if values else None
+        value = percentile(values, p)
+        return round(value * 1000, 1) if value is not None else None
 
     return {
         "endpoint": lane.label,
         "counts": dict(lane.counts),
         "share": round(lane.counts["ok"] / total_ok, 4),
-        "latency_ms": {"p50": q(0.5), "p95": q(0.95)},
+        "latency_ms": {"p50": q(50), "p95": q(95)},
         "concurrency": lane.gate.limit,
         "breaker": [f"{state}@{t:.1f}" for t, state in lane.breaker.transitions],
     }
