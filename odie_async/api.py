@@ -125,14 +125,16 @@ async def arun_batch(requests: PathLike | Iterable[dict], output: PathLike | Non
                      base_url: str | None = None, endpoints: Sequence[str | dict] = (),
                      api_key_env: str | None = None, model: str | None = None, concurrency: int | None = None,
                      rpm: float = 0, tpm: float = 0, max_attempts: int = 5, timeout: float = 120.0,
-                     errors: PathLike | None = None, progress: bool = True) -> dict | list[dict]:
+                     errors: PathLike | None = None, progress: bool = True, stream: bool = False) -> dict | list[dict]:
     """Send requests through the engine (``odie batch``), exactly once, resumable.
 
     ``requests`` is a Batch API input file, or an iterable of its lines as dicts (or of bare
     chat bodies). With ``output`` the results go to that file (and its ``.errors.jsonl``) and the
     run's summary is returned; a rerun resumes. Without it, the result lines come back as a list
     in input order. ``endpoints`` (URLs, or dicts with ``base_url``, ``api_key_env``, ``model``,
-    ``rpm``, ``tpm``, ``max_concurrency``, ``weight``, ``name``) makes a pool.
+    ``rpm``, ``tpm``, ``max_concurrency``, ``weight``, ``name``) makes a pool. ``stream=True`` sends
+    every request streamed and puts its time to first token and inter-token latency in its
+    result line (``response.timing``).
     """
     from .engine import EngineSettings
     from .engine.batch import run_batch
@@ -149,7 +151,7 @@ async def arun_batch(requests: PathLike | Iterable[dict], output: PathLike | Non
     settings = EngineSettings(
         base_url=base_url or pool[0].base_url, api_key=key, endpoints=pool, concurrency=concurrency or AUTO_WORKERS,
         initial_concurrency=None if concurrency else AUTO_START, rpm=rpm, tpm=tpm, max_attempts=max_attempts,
-        timeout_s=timeout)
+        timeout_s=timeout, stream=stream)
     order: list[str] = []
     source = requests if isinstance(requests, (str, Path)) else _batch_records(requests, order)
     with tempfile.TemporaryDirectory(prefix="odie-batch-") if output is None else contextlib.nullcontext() as tmp:

@@ -24,7 +24,7 @@ from .settings import Section, load
 AUTO_WORKERS, AUTO_START = 256, 64
 # engine-section keys and the option each one stands for
 ENGINE_KEYS = {"concurrency": "concurrency", "rpm": "rpm", "tpm": "tpm", "max_attempts": "max_attempts",
-                "timeout_s": "timeout", "drain_timeout_s": "drain_timeout"}
+                "timeout_s": "timeout", "drain_timeout_s": "drain_timeout", "stream": "stream"}
 ENGINE_OPTIONS = tuple(ENGINE_KEYS.values())
 
 
@@ -102,4 +102,5 @@ def settings_from_args(args, base_url: str, api_key: str | None = None) -> Engin
         rpm=args.rpm, tpm=args.tpm, max_attempts=args.max_attempts, timeout_s=args.timeout,
         drain_timeout_s=args.drain_timeout, max_retry_wait_s=args.max_retry_wait, adaptive=not args.no_adaptive,
         endpoints=pool, max_outage_s=getattr(args, "max_outage", 300.0), hedge_share=getattr(args, "hedge_share", 0.02),
+        stream=getattr(args, "stream", False),
     )

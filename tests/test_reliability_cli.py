@@ -11,12 +11,21 @@ from tests.helpers import ids_in, write_requests
 from tests.test_batch_cli import ODIE, _batch, mock_factory  # noqa: F401  (a fixture)
 
 
+def _started(tmp_path, proc, timeout: float = 30.0) -> None:
+    """Wait until the run holds its output's lock: its signal handlers are in place by then."""
+    deadline = time.monotonic() + timeout
+    while not (tmp_path / "out.jsonl.lock").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "the run did not start"
+        time.sleep(0.05)
+
+
 def test_sigint_and_sigterm_mid_run_exit_130_and_143_with_the_resume_command(tmp_path, mock_factory):
     write_requests(tmp_path / "in.jsonl", 500)
     mock = mock_factory("--latency-ms", "50")
     for sig, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
         proc = _batch(tmp_path, mock.url, "--concurrency", "8")
-        time.sleep(1.5)
+        _started(tmp_path, proc)
+        time.sleep(1.0)
         proc.send_signal(sig)
         _, stderr = proc.communicate(timeout=30)
         assert proc.returncode == code, stderr[-1000:]
@@ -35,7 +44,8 @@ def test_one_sigint_with_hanging_requests_stops_within_the_drain_timeout(tmp_pat
     write_requests(tmp_path / "in.jsonl", 20)  # all queued at once: the producer is done
     mock = mock_factory("--latency-ms", "60000")
     proc = _batch(tmp_path, mock.url, "--drain-timeout", "2")
-    time.sleep(1.0)
+    _started(tmp_path, proc)
+    time.sleep(0.5)
     start = time.monotonic()
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=30)
@@ -47,7 +57,7 @@ def test_a_second_run_on_the_same_output_refuses_and_names_the_holder(tmp_path, 
     write_requests(tmp_path / "in.jsonl", 200)
     mock = mock_factory("--latency-ms", "100")
     first = _batch(tmp_path, mock.url, "--concurrency", "4")
-    time.sleep(1.0)
+    _started(tmp_path, first)
     second = _batch(tmp_path, mock.url)
     _, stderr = second.communicate(timeout=30)
     assert second.returncode == 2 and f"PID {first.pid}" in stderr
@@ -65,7 +75,8 @@ def test_ctrl_c_during_the_scan_of_a_large_input_is_acted_on_at_once(tmp_path, m
             handle.write(b"".join(line.replace(b'"x"', f'"r{block}-{i}"'.encode()) + b"\n" for i in range(10_000)))
     mock = mock_factory()
     proc = _batch(tmp_path, mock.url)
-    time.sleep(1.0)
+    _started(tmp_path, proc)
+    time.sleep(0.3)
     start = time.monotonic()
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=60)

@@ -71,6 +71,9 @@ def add_arguments(parser) -> None:
                         help="with a pool: seconds every endpoint may be down before the run stops (exit 3)")
     parser.add_argument("--hedge-share", type=number(float, 0), default=0.02,
                         help="at the tail of a run, the share of requests that may be sent twice to beat a straggler")
+    parser.add_argument("--stream", action="store_true",
+                        help="send every request streamed and record its time to first token and inter-token "
+                             "latency in its output line (response.timing); the body stored is the whole answer")
     parser.add_argument("--dry-run", action="store_true",
                         help="count requests, tokens, time at the limits and cost; send nothing")
     parser.set_defaults(option_defaults={name: parser.get_default(name) for name in ENGINE_OPTIONS})
@@ -124,6 +127,8 @@ def _run(args) -> int:
     if args.dry_run:
         return _dry_run(args)
     if args.mode == "provider-batch":
+        if args.stream:
+            raise ConfigError("--stream times requests sent online; a provider's Batch API answers without streaming")
         return run_provider_batch(args)
     if args.base_url:
         report = _batch(args, args.base_url, args.model)

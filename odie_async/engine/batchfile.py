@@ -70,6 +70,9 @@ def check_record(path: str, line_no: int, record) -> BatchLine:
         raise InputError(path, line_no, f"url {url!r} is not one of {', '.join(SUPPORTED_URLS)}")
     if not isinstance(body, dict):
         raise InputError(path, line_no, "body must be a JSON object")
+    if body.get("stream"):
+        raise InputError(path, line_no, '"stream": true in the body: each line\'s answer is stored whole; '
+                         "drop it, or run odie batch --stream to stream and record each request's timings")
     return BatchLine(line_no, custom_id, url, body)
 
 

@@ -40,6 +40,7 @@ class Result:
     request_id: str | None = None
     attempts: int = 0
     cached: bool = False
+    timing: dict | None = None  # streamed requests: ttft_ms, itl_ms, latency_ms, output_tokens
 
     @property
     def content(self) -> str | None:
@@ -60,6 +61,8 @@ class Result:
         response = None
         if self.status is not None:
             response = {"status_code": self.status, "request_id": self.request_id, "body": self.body}
+            if self.timing is not None:
+                response["timing"] = self.timing
         record = {"id": line_id, "custom_id": self.custom_id, "response": response, "error": self.error}
         if not self.ok:
             record["attempts"] = self.attempts
@@ -81,6 +84,7 @@ class Result:
             request_id=response.get("request_id"),
             attempts=record.get("attempts", 0),
             cached=True,
+            timing=response.get("timing"),
         )
 
 

@@ -45,6 +45,7 @@ class Reply:
     reset_tokens: str | None = None
     limit_requests: str | None = None
     limit_tokens: str | None = None
+    timing: dict | None = None  # streamed: time to first token, inter-token latency, latency (ms)
 
     @property
     def total_tokens(self) -> int:

@@ -354,8 +354,9 @@ class Engine:
                     return self._failure(job, exc)
         if self.flow.streak.count:
             self.flow.streak.success()
-        self.stats.record_success(job.custom_id, reply.body, reply.latency)
-        return Result(job.custom_id, True, reply.body, None, reply.status, reply.request_id, job.attempts)
+        self.stats.record_success(job.custom_id, reply.body, reply.latency, reply.timing)
+        return Result(job.custom_id, True, reply.body, None, reply.status, reply.request_id, job.attempts,
+                      timing=reply.timing)
 
     async def _retry(self, job: Job, first: RequestError) -> Reply:
         """Attempts 2..N under tenacity, after a first attempt that failed.

@@ -34,6 +34,7 @@ from .client import ChatClient
 from .flow import FlowControl
 from .lanes import EndpointSpec, Lane, LaneBreaker, Router
 from .stats import percentile
+from .streaming import StreamingChatClient
 
 log = structlog.get_logger(__name__)
 
@@ -72,7 +73,8 @@ def build_lanes(settings, stats, client=None, limits=None) -> list[Lane]:
         flow = FlowControl(own, stats, limits if i == 0 else None)
         if pooled:
             flow.breaker = FailureBreaker(threshold=2.0)  # never trips: the lane's own breaker decides
-        transport = client if (client is not None and i == 0) else ChatClient(
+        kind = StreamingChatClient if settings.stream else ChatClient
+        transport = client if (client is not None and i == 0) else kind(
             spec.base_url, spec.api_key, own.concurrency, settings.timeout_s * HARD_CAP_FACTOR)
         breaker = LaneBreaker() if pooled else LaneBreaker(threshold=2.0, consecutive=10**9)  # never opens
         lanes.append(Lane(spec, transport, flow, breaker))

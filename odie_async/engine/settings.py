@@ -72,6 +72,8 @@ class EngineSettings:
     initial_concurrency: int | None = None
     max_outage_s: float = 300.0
     hedge_share: float = 0.02
+    # Send every request streamed and record its time to first token and inter-token latency.
+    stream: bool = False
 
     def __post_init__(self) -> None:
         for spec in fields(self):

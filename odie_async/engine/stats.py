@@ -52,6 +52,8 @@ class RunStats:
         self.gauges: Callable[[], tuple[int, int]] | None = None
         self.stages: dict[str, Counter[str]] = defaultdict(Counter)
         self.latencies = array("d")
+        self.ttfts = array("d")  # streamed requests only (milliseconds), as are the inter-token latencies
+        self.itls = array("d")
 
     def restart_clock(self) -> None:
         """Count rates from now; the time before (checking the input) is kept as ``prepare_s``."""
@@ -69,10 +71,15 @@ class RunStats:
         """Seconds since the run started."""
         return time.monotonic() - self.started
 
-    def record_success(self, custom_id: str, body: dict, latency: float) -> None:
-        """Count one record answered successfully."""
+    def record_success(self, custom_id: str, body: dict, latency: float, timing: dict | None = None) -> None:
+        """Count one record answered successfully (``timing``: a streamed request's, in ms)."""
         self.succeeded += 1
         self.latencies.append(latency)
+        if timing is not None:
+            if timing["ttft_ms"] is not None:
+                self.ttfts.append(timing["ttft_ms"])
+            if timing["itl_ms"] is not None:
+                self.itls.append(timing["itl_ms"])
         usage = body.get("usage")
         if usage:
             self.prompt_tokens += usage.get("prompt_tokens") or 0
@@ -100,10 +107,7 @@ class RunStats:
 
     def latency_summary(self) -> dict:
         """p50/p95/p99/max of successful request latencies, in milliseconds."""
-        values = sorted(self.latencies)
-        out = {f"p{q}": percentile(values, q) for q in (50, 95, 99)}
-        out["max"] = values[-1] if values else None
-        return {k: (round(v * 1000, 2) if v is not None else None) for k, v in out.items()}
+        return _summary(self.latencies, 1000)
 
     def as_dict(self) -> dict:
         """The summary as plain JSON-ready data."""
@@ -124,9 +128,18 @@ class RunStats:
             "error_codes": dict(self.error_codes),
             "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens, "total": tokens},
             "latency_ms": self.latency_summary(),
+            **({"ttft_ms": _summary(self.ttfts), "itl_ms": _summary(self.itls)} if self.ttfts else {}),
             "wall_time_s": round(wall, 3),
             "prepare_s": round(self.prepare_s, 3),
             "requests_per_s": round(self.done / wall, 2) if wall > 0 else None,
             "tokens_per_s": round(tokens / wall, 1) if wall > 0 else None,
             "stages": {name: dict(c) for name, c in sorted(self.stages.items())},
         }
+
+
+def _summary(values, scale: float = 1.0) -> dict:
+    """p50/p95/p99/max of ``values`` times ``scale``, rounded."""
+    ordered = sorted(values)
+    out = {f"p{q}": percentile(ordered, q) for q in (50, 95, 99)}
+    out["max"] = ordered[-1] if ordered else None
+    return {k: (round(v * scale, 2) if v is not None else None) for k, v in out.items()}

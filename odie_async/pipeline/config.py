@@ -57,6 +57,7 @@ class EngineConfig(Section):
     max_attempts: int = Field(4, ge=1)
     timeout_s: float = Field(300.0, gt=0)
     drain_timeout_s: float = Field(60.0, ge=0)
+    stream: bool = Field(False, description="stream every request; its output line records TTFT and inter-token latency")
 
 
 class PoolEndpoint(Section):
