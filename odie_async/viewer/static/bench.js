@@ -42,7 +42,7 @@ const Bench = (() => {
         const sorted = [...e.results.points].sort((a, b) => a.load - b.load);
         if (typeof pick === "function") return [{ name: many ? e.name : title.replace(/ \(.*/, ""), color: e.color, points: sorted.map((p) => [p.load, pick(p)]) }];
         return (quantiles || QUANTILES[pick]).map((q, qi) => ({
-          name: many ? `${e.name} ${q}` : q, color: many ? e.color : undefined, dash: many && qi ? "4 3" : undefined,
+          name: many ? `${e.name} ${q}` : q, color: many ? e.color : undefined, dash: (many && qi) || q === "p99" ? "4 3" : undefined,
           points: sorted.map((p) => [p.load, quantile(p, pick, q)]),
         }));
       });

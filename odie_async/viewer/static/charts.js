@@ -24,6 +24,13 @@ const Charts = (() => {
     return v.toFixed(2).replace(/\.?0+$/, "") || "0";
   }
 
+  function niceStep(raw) {
+    // A round step (1, 2, 2.5, 3, 4 or 5 times a power of ten): the y axis reads 0, 2500, 5000 ... not 0, 2396, 4793 ...
+    if (!(raw > 0) || !isFinite(raw)) return 0.25;
+    const power = 10 ** Math.floor(Math.log10(raw));
+    return power * [1, 2, 2.5, 3, 4, 5, 10].find((m) => m * power >= raw * (1 - 1e-9));
+  }
+
   function thin(points) {
     // Keep every n-th point (and the last) so a long run still draws quickly.
     if (points.length <= MAX_DRAWN) return points;
@@ -73,12 +80,13 @@ const Charts = (() => {
     const limits = (opts.limits || []).filter((l) => isFinite(l.y));
     const shown = limits.filter((l) => l.y <= 4 * top);  // a far-off SLO would flatten the data: named, not drawn
     const x0 = Math.min(...xs), x1 = Math.max(...xs, opts.xLog ? x0 * 2 : x0 + 1);
-    const y1 = Math.max(top, ...shown.map((l) => l.y)) * 1.08 || 1, y0 = 0;
+    const high = Math.max(top, ...shown.map((l) => l.y)) * 1.04;
+    const step = niceStep(high / 4), rungs = Math.max(1, Math.ceil(high / step)), y1 = rungs * step, y0 = 0;
     const fx = opts.xLog ? (x) => Math.log2(Math.max(x, 1e-9)) : (x) => x;
     const sx = (x) => L + ((fx(x) - fx(x0)) / (fx(x1) - fx(x0))) * (W - L - R);
     const sy = (y) => H - B - ((y - y0) / (y1 - y0)) * (H - T - B);
-    for (let i = 0; i <= 4; i++) {
-      const y = y0 + ((y1 - y0) * i) / 4;
+    for (let i = 0; i <= rungs; i++) {
+      const y = y0 + step * i;
       svg.append(el("line", { class: "grid-line", x1: L, x2: W - R, y1: sy(y), y2: sy(y) }));
       svg.append(el("text", { x: L - 4, y: sy(y) + 4, "text-anchor": "end" }, fmt(y)));
     }
