@@ -30,11 +30,12 @@ const Bench = (() => {
   const quantile = (p, key, q) => (p[key] || {})[q] ?? null;
 
   // entries: [{name, results, color?}]; one series per entry and quantile, each entry's knee and SLO marked.
+  // quantiles given (Compare): the runs overlaid, each in its colour and named; else one run's own page.
   function charts(entries, ids, quantiles) {
     const points = entries.flatMap((e) => e.results.points);
     const ax = axis(points);
     const ticks = [...new Set(points.map((p) => p.load))].sort((a, b) => a - b);
-    const many = entries.length > 1;
+    const many = Boolean(quantiles);
     const cards = [];
     for (const [key, title, pick, needsStream] of CHARTS) {
       if (needsStream && !entries.some((e) => streamed(e.results.points))) continue;
