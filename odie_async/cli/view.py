@@ -21,7 +21,8 @@ from ..runtime import run_async
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``odie view``."""
     parser.add_argument("runs", nargs="+", metavar="RUN",
-                        help="run folder (generate, filter, bench), batch output OUT.jsonl, eval JSON, or bench results.json")
+                        help="run folder (generate, filter, bench), batch output OUT.jsonl, eval JSON, "
+                             "or a bench's results.json")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
     parser.add_argument("--port", type=int, default=8765, help="port (0: any free port)")
     parser.add_argument("--log-json", action="store_true", help="log JSON lines instead of readable text")

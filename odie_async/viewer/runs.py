@@ -44,7 +44,8 @@ class Run:
     def describe(self) -> dict:
         """What the page needs to list this run (names only, never paths)."""
         return {"name": self.name, "kind": self.kind, "files": list(self.data), "live": self.metrics is not None,
-                "eval": bool(self.evals), "summary": self.summary is not None, "bench": self.bench is not None}
+                "eval": bool(self.evals), "summary": self.summary is not None,
+                "bench": self.bench is not None}
 
     def facets(self, name: str) -> FacetIndex:
         """The (cached) index of data file ``name``; ``KeyError`` for a file not served."""
