@@ -54,8 +54,8 @@ def page(browser):
 class Proc:
     """A command started for a test, stopped (and waited for) at its end."""
 
-    def __init__(self, *args: str, ready: str) -> None:
-        self.proc = subprocess.Popen(ODIE + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    def __init__(self, *args: str, ready: str, cwd: Path | None = None) -> None:
+        self.proc = subprocess.Popen(ODIE + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd)
         first = self.proc.stdout.readline()
         while ready not in first:
             assert first, f"{args[0]} ended: {self.proc.stderr.read()}"
@@ -72,8 +72,8 @@ class Proc:
 def procs():
     started = []
 
-    def start(*args, ready):
-        started.append(Proc(*args, ready=ready))
+    def start(*args, ready, cwd=None):
+        started.append(Proc(*args, ready=ready, cwd=cwd))
         return started[-1]
 
     yield start
@@ -81,16 +81,16 @@ def procs():
         proc.stop()
 
 
-def view(procs, *runs) -> str:
+def view(procs, *runs, cwd: Path | None = None) -> str:
     """Start ``odie view`` on ``runs``; its URL."""
-    started = procs("view", *map(str, runs), "--port", "0", ready="odie view: serving")
+    started = procs("view", *map(str, runs), "--port", "0", ready="odie view: serving", cwd=cwd)
     line = started.proc.stdout.readline()
     return line.split("open ", 1)[1].strip()
 
 
-def shot(page, tmp_path, name: str, publish: bool = True) -> Path:
+def shot(page, tmp_path, name: str, publish: bool = True, full_page: bool = False) -> Path:
     path = tmp_path / f"{name}.png"
-    page.screenshot(path=str(path), full_page=False)
+    page.screenshot(path=str(path), full_page=full_page)
     target = os.environ.get("ODIE_VIEW_SCREENSHOTS")
     if target and publish:
         Path(target).mkdir(parents=True, exist_ok=True)
@@ -202,7 +202,7 @@ def test_xss_payloads_stay_inert(tmp_path, page, procs):
         page.wait_for_timeout(500)
         assert page.evaluate("() => window.__pwned") is None
         assert page.evaluate("() => document.querySelectorAll('img, [onerror], [onload], main script').length") == 0
-        assert page.evaluate("() => document.scripts.length") == 2  # the page's own two
+        assert page.evaluate("() => document.scripts.length") == 3  # the page's own three
 
 
 def test_screenshots_of_read_and_compare(tmp_path, page, procs):
@@ -228,3 +228,97 @@ def test_screenshots_of_read_and_compare(tmp_path, page, procs):
     page.wait_for_selector("#compare-reasons svg")
     assert int(page.get_attribute("#compare-header svg", "data-bars")) >= 2 * 8
     assert shot(page, tmp_path, "compare").stat().st_size > 10_000
+
+
+# -- odie bench results -----------------------------------------------------------------------------
+
+BENCH_CHARTS = ("rps", "tps", "latency", "ttft", "itl")
+
+
+def _chart(page, chart: str) -> dict:
+    return page.evaluate("""(id) => { const svg = document.querySelector(`#${id} svg`); return {
+        points: Number(svg.dataset.points), dots: svg.querySelectorAll("circle.dot").length,
+        marks: [...svg.querySelectorAll("line.mark")].map((l) => Number(l.dataset.x)),
+        limits: [...svg.querySelectorAll("line.limit")].map((l) => Number(l.dataset.y)),
+        series: document.querySelectorAll(`#${id} .legend span`).length }; }""", chart)
+
+
+def _hostile_bench(tmp_path) -> tuple[Path, dict]:
+    """A copy of a real bench result whose endpoint, model, workload and warnings are markup, with an SLO."""
+    folder = tmp_path / "hostile"
+    shutil.copytree(ROOT / "benchmarks/results/bench/mock", folder)
+    results = orjson.loads((folder / "results.json").read_bytes())
+    results.update(base_url="http://127.0.0.1:1/" + XSS[0], model=XSS[1], workload=XSS[2], warnings=[XSS[1]],
+                   slo_ms={"latency_p95": 300.0}, stop_reason=XSS[0])
+    (folder / "results.json").write_bytes(orjson.dumps(results))
+    with open(folder / "recommended.yaml", "a", encoding="utf-8") as handle:
+        handle.write(f"# {XSS[1]}\n")
+    return folder, results
+
+
+def test_bench_page_charts_each_load_level_marks_the_knee_and_keeps_markup_inert(tmp_path, page, procs):
+    hostile, results = _hostile_bench(tmp_path)
+    embedded = ROOT / "benchmarks/results/bench/embedded"
+    url = view(procs, hostile, embedded)
+    page.goto(url)  # bench runs only: the page opens on them
+    page.wait_for_selector("#bench-charts svg")
+    assert page.evaluate("() => location.hash") == "#bench"
+    levels, knee = len(results["points"]), results["recommended"]["point"]["load"]
+    for chart in BENCH_CHARTS:
+        drawn = _chart(page, f"bench-{chart}")
+        assert drawn["points"] == levels and drawn["dots"] == levels * drawn["series"], chart
+        assert drawn["marks"] == [knee], chart
+    assert _chart(page, "bench-latency")["limits"] == [300.0] and _chart(page, "bench-rps")["limits"] == []
+    assert _chart(page, "bench-latency")["series"] == 3  # p50, p95, p99
+    rows = page.locator("#bench-points tbody tr")
+    assert rows.count() == levels
+    assert page.locator("#bench-points tr.knee").get_attribute("data-load") == f"{knee:g}"
+    head = page.locator("#bench-head").inner_text()
+    for text in XSS:
+        assert text in head
+    assert XSS[1] in page.locator("#bench-yaml").inner_text()
+    assert f"--config {hostile}/recommended.yaml" in page.locator("#bench-command").inner_text()
+    page.select_option("#bench-run", "1")
+    page.wait_for_function("() => document.querySelector('#bench-head h3').textContent.endsWith('embedded')")
+    assert _chart(page, "bench-rps")["points"] == 7
+    page.goto(url + "#compare")
+    page.wait_for_selector("#compare-bench-rps svg")
+    overlay = _chart(page, "compare-bench-rps")
+    assert overlay["series"] == 2 and overlay["dots"] == levels + 7 and sorted(overlay["marks"]) == sorted([knee, 4])
+    assert XSS[0] in page.locator("#compare-bench-table").inner_text()
+    for where in ("#bench", "#compare"):
+        page.goto(url + where)
+        page.wait_for_timeout(500)
+        assert page.evaluate("() => window.__pwned") is None
+        assert page.evaluate("() => document.querySelectorAll('img, [onerror], [onload], main script').length") == 0
+        assert page.evaluate("() => document.scripts.length") == 3
+
+
+def test_screenshot_of_the_embedded_bench(tmp_path, page, procs):
+    url = view(procs, "benchmarks/results/bench/embedded", cwd=ROOT)  # as a user in a checkout types it
+    page.goto(url)
+    page.wait_for_selector("#bench-charts svg")
+    assert page.locator("#bench-run").is_hidden()  # one bench run: nothing to pick
+    assert "--config benchmarks/results/bench/embedded/recommended.yaml" in page.locator("#bench-command").inner_text()
+    assert shot(page, tmp_path, "bench", full_page=True).stat().st_size > 10_000
+
+
+def test_bench_page_waits_for_a_running_bench_then_draws_it(tmp_path, page, procs):
+    from tests.test_viewer_bench import bench_against_mock
+
+    out = tmp_path / "bench"
+    url = view(procs, out / "results.json")
+    page.goto(url)
+    page.wait_for_selector("#bench-waiting")
+    page.evaluate("() => { window.__same_page = true; }")
+    done = bench_against_mock(out)
+    assert done.returncode == 0, done.stderr
+    page.wait_for_selector("#bench-charts svg", timeout=15000)
+    assert page.evaluate("() => window.__same_page") is True  # refreshed by the page's own timer, not reloaded
+    results = orjson.loads((out / "results.json").read_bytes())
+    for chart in BENCH_CHARTS:  # the mock streams: TTFT and ITL are charted too
+        drawn = _chart(page, f"bench-{chart}")
+        assert drawn["points"] == 2 and drawn["marks"] == [results["recommended"]["point"]["load"]], chart
+    (out / "results.json").write_text("{ torn")
+    page.wait_for_selector("#bench-error", timeout=15000)
+    assert page.locator("#bench-error").inner_text().startswith(f"{out / 'results.json'}: not JSON")

@@ -1,7 +1,8 @@
 """``odie view RUN [RUN ...]``: watch runs live and read their records in the browser.
 
-A RUN is an ``odie generate`` or ``odie filter`` folder, an ``odie batch`` output
-(``OUT.jsonl``) or an ``odie eval --json`` file. The page is served on
+A RUN is an ``odie generate``, ``odie filter`` or ``odie bench`` folder, an
+``odie batch`` output (``OUT.jsonl``), an ``odie eval --json`` file or an
+``odie bench`` ``results.json``. The page is served on
 127.0.0.1 unless ``--host`` says otherwise; beyond loopback the printed URL
 carries a random token that every request needs.
 """
@@ -20,7 +21,8 @@ from ..runtime import run_async
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``odie view``."""
     parser.add_argument("runs", nargs="+", metavar="RUN",
-                        help="run folder (generate, filter), batch output OUT.jsonl, or eval JSON")
+                        help="run folder (generate, filter, bench), batch output OUT.jsonl, eval JSON, "
+                             "or a bench's results.json")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
     parser.add_argument("--port", type=int, default=8765, help="port (0: any free port)")
     parser.add_argument("--log-json", action="store_true", help="log JSON lines instead of readable text")

@@ -31,6 +31,7 @@ def add_routes(app: web.Application, runs: list[Run]) -> None:
     app.router.add_get("/api/runs", list_runs)
     app.router.add_get("/api/runs/{run}/metrics", metrics)
     app.router.add_get("/api/runs/{run}/summary", summary)
+    app.router.add_get("/api/runs/{run}/bench", bench)
     app.router.add_get("/api/runs/{run}/files/{file}/facets", file_facets)
     app.router.add_get("/api/runs/{run}/files/{file}/rows", rows)
     app.router.add_get("/api/runs/{run}/files/{file}/record/{n}", record)
@@ -107,6 +108,14 @@ async def summary(request: web.Request) -> web.Response:
     return _json(await asyncio.to_thread(run.read_summary))
 
 
+async def bench(request: web.Request) -> web.Response:
+    """An ``odie bench`` run's results and recommended settings; ``since=VERSION`` answers ``unchanged`` cheaply."""
+    run = _run(request)
+    if run.bench is None:
+        raise web.HTTPNotFound(text="this run is not an odie bench result")
+    return _json(await asyncio.to_thread(run.read_bench, request.query.get("since")))
+
+
 async def file_facets(request: web.Request) -> web.Response:
     """The values each filter can take in one file, with their counts."""
     _, _, index = _file(request)
@@ -177,13 +186,14 @@ async def record(request: web.Request) -> web.Response:
 
 
 async def compare(request: web.Request) -> web.Response:
-    """Per run: eval reports, the generate filter's kept share and reasons, and per-file status counts."""
+    """Per run: eval reports, the generate filter's kept share and reasons, per-file status counts, bench results."""
     runs = request.app[RUNS]
     return _json(await asyncio.to_thread(lambda: [_compare_one(i, run) for i, run in enumerate(runs)]))
 
 
 def _compare_one(number: int, run: Run) -> dict:
-    out = {"id": number, "name": run.name, "kind": run.kind, "evals": run.read_evals(), "filter": None}
+    out = {"id": number, "name": run.name, "kind": run.kind, "evals": run.read_evals(), "filter": None,
+           "bench": run.read_bench()}
     summary = run.read_summary() or {}
     if isinstance(summary.get("filter"), dict):
         out["filter"] = summary["filter"]

@@ -1,13 +1,16 @@
 """The runs a viewer serves: what each RUN argument names, as a fixed list of files.
 
 A RUN is a folder (``odie generate``'s run folder, ``odie filter``'s output
-folder, or any folder of JSONL files), an ``odie batch`` output (``OUT.jsonl``:
-its ``.errors.jsonl``, ``.summary.json`` and ``.metrics.jsonl`` come with it) or
-an ``odie eval --json`` file. Only the files listed here are ever opened.
+folder, ``odie bench``'s output folder, or any folder of JSONL files), an
+``odie batch`` output (``OUT.jsonl``: its ``.errors.jsonl``, ``.summary.json``
+and ``.metrics.jsonl`` come with it), an ``odie eval --json`` file or an
+``odie bench`` ``results.json`` (which may not exist yet: the page waits for it).
+Only the files listed here are ever opened.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +18,7 @@ import orjson
 
 from ..engine.metrics_log import SUFFIX as BATCH_METRICS
 from ..exceptions import ConfigError
+from . import bench as bench_files
 from .facets import FacetIndex
 from .index import LineIndex
 
@@ -27,18 +31,21 @@ class Run:
     """One run: a name, a kind, its JSONL data files, and its summary, metrics and eval files."""
 
     name: str
-    kind: str  # generate, batch, folder, eval
+    kind: str  # generate, batch, folder, eval, bench
     root: Path
     data: dict[str, Path] = field(default_factory=dict)
     summary: Path | None = None
     metrics: Path | None = None
     evals: list[Path] = field(default_factory=list)
+    bench: Path | None = None  # an odie bench results.json
+    shown: str = ""  # the run's folder as the user named it (for the command lines the page suggests)
     _indexes: dict[str, FacetIndex] = field(default_factory=dict, repr=False)
 
     def describe(self) -> dict:
         """What the page needs to list this run (names only, never paths)."""
         return {"name": self.name, "kind": self.kind, "files": list(self.data), "live": self.metrics is not None,
-                "eval": bool(self.evals), "summary": self.summary is not None}
+                "eval": bool(self.evals), "summary": self.summary is not None,
+                "bench": self.bench is not None}
 
     def facets(self, name: str) -> FacetIndex:
         """The (cached) index of data file ``name``; ``KeyError`` for a file not served."""
@@ -51,6 +58,15 @@ class Run:
     def read_summary(self) -> dict | None:
         """The run's summary JSON, or None."""
         return _read_json(self.summary) if self.summary else None
+
+    def read_bench(self, since: str | None = None) -> dict | None:
+        """The bench result as the page draws it (``bench.snapshot``); None for a run that is not a bench."""
+        if self.bench is None:
+            return None
+        snap = bench_files.snapshot(self.bench, os.path.join(self.shown, bench_files.RESULTS), since)
+        if not snap.get("unchanged"):
+            snap["folder"] = self.shown
+        return snap
 
     def read_evals(self) -> list[dict]:
         """Every report in the run's eval files (``odie eval --json`` writes one object or a list)."""
@@ -105,21 +121,33 @@ def _batch(path: Path, name: str) -> Run:
                path.with_suffix(BATCH_METRICS))
 
 
+def _bench(results: Path, name: str, folder: str) -> Run:
+    """A bench run; a ``results.json`` already there must be one (``ConfigError`` naming it otherwise)."""
+    if results.exists():
+        bench_files.read(results, os.path.join(folder, bench_files.RESULTS))
+    return Run(name, "bench", results.parent, bench=results, shown=folder)
+
+
 def load_runs(paths: list[str]) -> list[Run]:
     """A ``Run`` for each argument; ``ConfigError`` naming the first that is not a run."""
     runs, names = [], set()
     for raw in paths:
         path = Path(raw).resolve()
-        name = path.name or raw
+        name = (path.parent.name if path.name == bench_files.RESULTS else path.name) or raw
         while name in names:
             name += "'"
         names.add(name)
-        if path.is_dir():
+        if path.is_dir() and bench_files.is_bench_folder(path):
+            runs.append(_bench(path / bench_files.RESULTS, name, raw))
+        elif path.is_dir():
             runs.append(_folder(path, name))
         elif path.suffix == ".jsonl" and path.parent.is_dir():  # an output a running batch has yet to create
             runs.append(_batch(path, name))
         elif path.is_file() and path.suffix == ".json" and _is_eval_file(path):
             runs.append(Run(name, "eval", path.parent, evals=[path]))
+        elif path.name == bench_files.RESULTS:  # a bench writes its folder when it ends: the page waits for it
+            runs.append(_bench(path, name, os.path.dirname(raw) or "."))
         else:
-            raise ConfigError(f"{raw}: not a run folder, a .jsonl output or an eval .json file")
+            raise ConfigError(f"{raw}: not a run folder, a .jsonl output, an eval .json file or an odie bench "
+                              "results.json (give OUT/results.json to wait for a bench still running)")
     return runs

@@ -24,6 +24,7 @@ STATIC = {  # name -> content type; the only static files served
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
     "charts.js": "text/javascript; charset=utf-8",
+    "bench.js": "text/javascript; charset=utf-8",
     "app.css": "text/css; charset=utf-8",
 }
 COOKIE = "odie_view_token"

@@ -1,4 +1,4 @@
-// odie view: Live, Read and Compare over the runs the server was given.
+// odie view: Live, Bench, Read and Compare over the runs the server was given (the Bench view is bench.js).
 // Model-written text is untrusted: it only ever reaches the page through textContent.
 "use strict";
 
@@ -27,11 +27,12 @@ async function api(path) {
 
 function show() {
   const view = (location.hash || "#live").slice(1);
-  for (const name of ["live", "read", "compare"]) {
+  for (const name of ["live", "bench", "read", "compare"]) {
     $(`view-${name}`).hidden = name !== view;
     $(`tab-${name}`).classList.toggle("active", name === view);
   }
   if (view === "live" && state.drawn) drawLive();
+  if (view === "bench") Bench.draw();
   if (view === "read") openRead();
   if (view === "compare") loadCompare();
 }
@@ -308,7 +309,8 @@ async function loadCompare() {
       { percent: true, legend: true });
     cards.push(kept, why);
   }
-  $("compare-charts").replaceChildren(...(cards.length ? cards : [h("p", { class: "empty", text: "no eval files or filter results among these runs" })]));
+  cards.push(...Bench.compareCards(runs));
+  $("compare-charts").replaceChildren(...(cards.length ? cards : [h("p", { class: "empty", text: "no eval files, filter or bench results among these runs" })]));
 }
 
 function evalLabel(run, report, runs) {
@@ -344,11 +346,20 @@ async function start() {
   $("read-controls").addEventListener("submit", (e) => { e.preventDefault(); state.read.offset = 0; loadRows(); });
   $("read-prev").addEventListener("click", () => { state.read.offset = Math.max(0, state.read.offset - state.read.limit); loadRows(); });
   $("read-next").addEventListener("click", () => { state.read.offset += state.read.limit; loadRows(); });
+  $("bench-run").addEventListener("change", (e) => Bench.select(e.target.value));
+  $("tab-bench").hidden = !Bench.runs().length;
   window.addEventListener("hashchange", show);
-  if (!location.hash) history.replaceState(null, "", state.runs.some((r) => r.live) ? "#live" : state.runs.some((r) => r.files.length) ? "#read" : "#compare");
+  const first = state.runs.some((r) => r.live) ? "#live" : Bench.runs().length ? "#bench" : state.runs.some((r) => r.files.length) ? "#read" : "#compare";
+  if (!location.hash) history.replaceState(null, "", first);
   show();
+  await tick();
+  state.timer = setInterval(tick, 1000);
+}
+
+async function tick() {
+  // One timer for everything that changes under the page: live metrics, and bench results rewritten when a bench ends.
   await pollLive();
-  state.timer = setInterval(pollLive, 1000);
+  if (await Bench.poll() && !$("view-compare").hidden) loadCompare();
 }
 
 start().catch((err) => { document.body.append(h("p", { class: "empty", text: `odie view: ${err.message}` })); });

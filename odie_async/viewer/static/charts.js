@@ -1,4 +1,4 @@
-// Tiny SVG charts for odie view: line charts over time and horizontal grouped bars.
+// Tiny SVG charts for odie view: line charts (over time, or against load) and horizontal grouped bars.
 // Every label is set through textContent, so no data can become markup.
 "use strict";
 
@@ -24,6 +24,13 @@ const Charts = (() => {
     return v.toFixed(2).replace(/\.?0+$/, "") || "0";
   }
 
+  function niceStep(raw) {
+    // A round step (1, 2, 2.5, 3, 4 or 5 times a power of ten): the y axis reads 0, 2500, 5000 ... not 0, 2396, 4793 ...
+    if (!(raw > 0) || !isFinite(raw)) return 0.25;
+    const power = 10 ** Math.floor(Math.log10(raw));
+    return power * [1, 2, 2.5, 3, 4, 5, 10].find((m) => m * power >= raw * (1 - 1e-9));
+  }
+
   function thin(points) {
     // Keep every n-th point (and the last) so a long run still draws quickly.
     if (points.length <= MAX_DRAWN) return points;
@@ -33,13 +40,13 @@ const Charts = (() => {
     return out;
   }
 
-  function legend(card, names) {
+  function legend(card, names, colors) {
     const box = document.createElement("div");
     box.className = "legend";
     names.forEach((name, i) => {
       const item = document.createElement("span");
       const swatch = document.createElement("i");
-      swatch.style.background = COLORS[i % COLORS.length];
+      swatch.style.background = colors ? colors[i] : COLORS[i % COLORS.length];
       item.append(swatch, document.createTextNode(name));
       box.append(item);
     });
@@ -52,7 +59,10 @@ const Charts = (() => {
     card.append(Object.assign(document.createElement("h3"), { textContent: title }));
   }
 
-  // series: [{name, points: [[x, y], ...]}]; x in seconds.
+  // series: [{name, points: [[x, y], ...], color?, dash?}]; x in seconds unless opts.xUnit says otherwise.
+  // opts: minMax (least top of the y axis), xUnit, xLog (log2 x axis), xTicks (x values to label),
+  // dots (a dot per point), marks ([{x, label, color}]: vertical lines, the knee), limits ([{y, label}]:
+  // horizontal lines, the SLO), legendValues (false: names only in the legend).
   function line(card, title, series, opts) {
     opts = opts || {};
     frame(card, title);
@@ -66,22 +76,46 @@ const Charts = (() => {
       return;
     }
     const xs = all.map((p) => p[0]), ys = all.map((p) => p[1]);
-    const x0 = Math.min(...xs), x1 = Math.max(...xs, x0 + 1);
-    const y1 = Math.max(...ys, opts.minMax || 0) * 1.08 || 1, y0 = 0;
-    const sx = (x) => L + ((x - x0) / (x1 - x0)) * (W - L - R);
+    const top = Math.max(...ys, opts.minMax || 0);
+    const limits = (opts.limits || []).filter((l) => isFinite(l.y));
+    const shown = limits.filter((l) => l.y <= 4 * top);  // a far-off SLO would flatten the data: named, not drawn
+    const x0 = Math.min(...xs), x1 = Math.max(...xs, opts.xLog ? x0 * 2 : x0 + 1);
+    const high = Math.max(top, ...shown.map((l) => l.y)) * 1.04;
+    const step = niceStep(high / 4), rungs = Math.max(1, Math.ceil(high / step)), y1 = rungs * step, y0 = 0;
+    const fx = opts.xLog ? (x) => Math.log2(Math.max(x, 1e-9)) : (x) => x;
+    const sx = (x) => L + ((fx(x) - fx(x0)) / (fx(x1) - fx(x0))) * (W - L - R);
     const sy = (y) => H - B - ((y - y0) / (y1 - y0)) * (H - T - B);
-    for (let i = 0; i <= 4; i++) {
-      const y = y0 + ((y1 - y0) * i) / 4;
+    for (let i = 0; i <= rungs; i++) {
+      const y = y0 + step * i;
       svg.append(el("line", { class: "grid-line", x1: L, x2: W - R, y1: sy(y), y2: sy(y) }));
       svg.append(el("text", { x: L - 4, y: sy(y) + 4, "text-anchor": "end" }, fmt(y)));
     }
     svg.append(el("line", { class: "axis", x1: L, x2: W - R, y1: H - B, y2: H - B }));
-    for (let i = 0; i <= 4; i++) {
-      const x = x0 + ((x1 - x0) * i) / 4;
-      svg.append(el("text", { x: sx(x), y: H - 6, "text-anchor": i === 4 ? "end" : "middle" }, fmt(x) + "s"));
+    const unit = opts.xUnit === undefined ? "s" : opts.xUnit;
+    const ticks = opts.xTicks || [0, 1, 2, 3, 4].map((i) => opts.xLog ? 2 ** (fx(x0) + ((fx(x1) - fx(x0)) * i) / 4) : x0 + ((x1 - x0) * i) / 4);
+    let lastTick = -Infinity;
+    ticks.forEach((x, i) => {
+      const at = sx(x);
+      if (at - lastTick < 18) return;  // keep the labels apart
+      lastTick = at;
+      const anchor = i === ticks.length - 1 && at > W - R - 12 ? "end" : "middle";
+      svg.append(el("text", { x: at, y: H - 6, "text-anchor": anchor }, fmt(x) + unit));
+    });
+    for (const l of shown) {
+      svg.append(el("line", { class: "limit", "data-y": l.y, x1: L, x2: W - R, y1: sy(l.y), y2: sy(l.y) }));
+      svg.append(el("text", { class: "limit-label", x: W - R - 2, y: sy(l.y) - 3, "text-anchor": "end" }, l.label));
     }
+    (opts.marks || []).filter((m) => m.x !== null && m.x !== undefined && isFinite(m.x)).forEach((m, i) => {
+      const at = sx(m.x), right = at > W - R - 110;
+      svg.append(el("line", { class: "mark", "data-x": m.x, x1: at, x2: at, y1: T, y2: H - B, stroke: m.color || "#c0392b" }));
+      const label = el("text", { class: "mark-label", x: right ? at - 3 : at + 3, y: T + 10 + 12 * i,
+        "text-anchor": right ? "end" : "start" }, m.label);  // one label under the other: two knees may share a load
+      label.style.fill = m.color || "#c0392b";
+      svg.append(label);
+    });
     series.forEach((s, i) => {
       // A sample with no value (no request finished in that second) breaks the line.
+      const color = s.color || COLORS[i % COLORS.length];
       const pts = thin(s.points);
       const d = pts.map((p, j) => {
         if (p[1] === null || p[1] === undefined) return "";
@@ -90,10 +124,16 @@ const Charts = (() => {
       }).join("");
       const last = lastPoint(pts);
       if (!last) return;
-      svg.append(el("path", { d, fill: "none", stroke: COLORS[i % COLORS.length], "stroke-width": 1.8 }));
-      svg.append(el("circle", { cx: sx(last[0]), cy: sy(last[1]), r: 2.5, fill: COLORS[i % COLORS.length] }));
+      const path = el("path", { d, fill: "none", stroke: color, "stroke-width": 1.8 });
+      if (s.dash) path.setAttribute("stroke-dasharray", s.dash);
+      svg.append(path);
+      const dotted = opts.dots ? pts.filter((p) => p[1] !== null && p[1] !== undefined) : [last];
+      for (const p of dotted) svg.append(el("circle", { class: opts.dots ? "dot" : "last", cx: sx(p[0]), cy: sy(p[1]), r: 2.5, fill: color }));
     });
-    legend(card, series.map((s) => `${s.name}: ${fmt(lastValue(s.points))}`));
+    const names = series.map((s) => opts.legendValues === false ? s.name : `${s.name}: ${fmt(lastValue(s.points))}`);
+    legend(card, names, series.map((s, i) => s.color || COLORS[i % COLORS.length]));
+    const off = limits.filter((l) => !shown.includes(l));
+    if (off.length) card.append(Object.assign(document.createElement("div"), { className: "empty", textContent: off.map((l) => `${l.label}: above the chart`).join(" · ") }));
   }
 
   function lastPoint(points) {
