@@ -1,4 +1,5 @@
-"""Reading the files people write by hand: YAML settings, JSON lists and JSONL records.
+"""Reading the files people write by hand (YAML settings, JSON lists and JSONL records), and
+writing a result file whole.
 
 Every syntax error becomes an ``odie_async.exceptions`` error naming the file and
 the line here, once, so each command only checks what its records mean.
@@ -7,6 +8,7 @@ the line here, once, so each command only checks what its records mean.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -94,3 +96,11 @@ def read_json_records(path: str | Path, what: str, *, error: type[OdieError] = C
             except json.JSONDecodeError as exc:
                 raise line_error(str(path), line_no, f"invalid JSON: {exc.msg} (column {exc.colno})") from None
     return entries
+
+
+def write_atomic(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and a rename: a reader sees the old file or the new."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

@@ -249,3 +249,30 @@ def test_recommended_file_drives_odie_batch(sweep, tmp_path):
     settings = settings_from_args(args, args.base_url)
     assert settings.base_url == results["base_url"]
     assert settings.concurrency == results["recommended"]["concurrency"] and settings.initial_concurrency is None
+
+
+def test_results_are_written_after_every_load_level(tmp_path, monkeypatch):
+    """A viewer (or a person) reading results.json mid-bench sees each level as it is measured."""
+    import odie_async.bench.report as bench_report
+
+    seen: list[dict] = []
+    write_results = bench_report.write_results
+
+    def snapshot(results, out_dir):
+        path = write_results(results, out_dir)
+        seen.append(orjson.loads(path.read_bytes()))
+        return path
+
+    monkeypatch.setattr(bench_report, "write_results", snapshot)
+    mock = Mock("--latency-ms", "5")
+    settings = BenchSettings(base_url=mock.url, workload=synthetic(parse_synthetic("prompt_tokens=8,output_tokens=4")),
+                             output=tmp_path, loads=[Load("concurrency", 1), Load("concurrency", 4)], duration_s=0.5)
+    try:
+        final = run_async(run_bench(settings))
+    finally:
+        mock.stop()
+    running = [s for s in seen if s["running"]]
+    assert [len(s["points"]) for s in running] == [1, 2]
+    assert all(s["recommended"] is None and s["stop_reason"].startswith("running") for s in running)
+    assert seen[-1]["running"] is False and seen[-1]["recommended"] == final["recommended"] is not None
+    assert not list(tmp_path.glob("*.tmp")), "written through a temporary file and a rename"

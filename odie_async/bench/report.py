@@ -15,6 +15,8 @@ import orjson
 import structlog
 import yaml
 
+from ..files import write_atomic
+
 log = structlog.get_logger(__name__)
 
 RATE_MARGIN = 0.95
@@ -55,13 +57,21 @@ def _yaml_header(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_results(results: dict, out_dir: Path) -> Path:
+    """Write ``results.json`` whole (a viewer reading it sees the old points or the new ones)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "results.json"
+    write_atomic(path, orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
+    return path
+
+
 def write(results: dict, out_dir: Path) -> dict[str, Path]:
     """Write the three files into ``out_dir``; return their paths (the plot only when it could be drawn)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"results": out_dir / "results.json", "recommended": out_dir / "recommended.yaml"}
-    paths["results"].write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
+    write_results(results, out_dir)
     config = yaml.safe_dump(recommended_config(results), sort_keys=False)
-    paths["recommended"].write_text(_yaml_header(results) + config, encoding="utf-8")
+    write_atomic(paths["recommended"], (_yaml_header(results) + config).encode("utf-8"))
     plot_path = out_dir / "bench.png"
     if plot(results, plot_path):
         paths["plot"] = plot_path

@@ -9,9 +9,11 @@ interrupted part-way (``interrupted`` in ``results.json`` says so).
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -69,7 +71,8 @@ async def _prepare(client: StreamingClient, settings: BenchSettings) -> str | No
     return model
 
 
-async def _measure_all(client: StreamingClient, settings: BenchSettings, points: list[dict]) -> str:
+async def _measure_all(client: StreamingClient, settings: BenchSettings, points: list[dict],
+                       measured: Callable[[], object]) -> str:
     started = time.monotonic()
 
     async def measure(load: Load) -> dict:
@@ -81,6 +84,7 @@ async def _measure_all(client: StreamingClient, settings: BenchSettings, points:
         point["at_s"] = round(time.monotonic() - started, 1)
         points.append(point)
         _say(render(point))
+        measured()
         return point
 
     if not settings.loads:
@@ -102,7 +106,11 @@ def _warnings(points: list[dict], knee: dict | None) -> list[str]:
 
 
 async def run_bench(settings: BenchSettings) -> dict:
-    """Measure, recommend, write ``results.json``/``bench.png``/``recommended.yaml``; return the results."""
+    """Measure, recommend, write ``results.json``/``bench.png``/``recommended.yaml``; return the results.
+
+    ``results.json`` is rewritten after every load level (``"running": true``, no knee yet), so a
+    viewer shows the points as they come and an interrupted bench keeps what it measured.
+    """
     points: list[dict] = []
     stop, interrupted = "", False
     machine = {"cpus": os.cpu_count(), "load_average_at_start": round(os.getloadavg()[0], 2)}
@@ -111,23 +119,35 @@ async def run_bench(settings: BenchSettings) -> dict:
     async with StreamingClient(settings.base_url, settings.api_key, max_connections=connections,
                                timeout_s=settings.timeout_s) as client:
         model = await _prepare(client, settings)
+        running = functools.partial(_results, settings, model, points, machine)
         try:
-            stop = await _measure_all(client, settings, points)
+            stop = await _measure_all(client, settings, points,
+                                      lambda: report.write_results(running(), settings.output))
         except asyncio.CancelledError:
             interrupted, stop = True, "interrupted"
-    knee = recommend(points, settings.slo)
-    results = {
-        "base_url": settings.base_url, "model": model, "api_key_env": settings.api_key_env, "embedded": settings.embedded,
-        "workload": settings.workload.description, "source": settings.workload.source,
-        "mode": "sweep" if not settings.loads else settings.loads[0].kind,
-        "duration_s": settings.duration_s, "slo_ms": settings.slo, "stop_reason": stop, "interrupted": interrupted,
-        "finished_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "points": points, "recommended": knee, "warnings": _warnings(points, knee),
-        "client_machine": machine | {"load_average_at_end": round(os.getloadavg()[0], 2)},
-    }
+    results = _results(settings, model, points, machine, stop, interrupted)
     results["files"] = {k: str(v) for k, v in report.write(results, settings.output).items()}
     for warning in results["warnings"]:
         log.warning(warning)
     if interrupted:
         raise asyncio.CancelledError
     return results
+
+
+def _results(settings: BenchSettings, model: str | None, points: list[dict], machine: dict,
+             stop: str | None = None, interrupted: bool = False) -> dict:
+    """``results.json``'s content: a finished bench when ``stop`` says why it ended, else one running."""
+    finished = stop is not None
+    knee = recommend(points, settings.slo) if finished else None
+    return {
+        "base_url": settings.base_url, "model": model, "api_key_env": settings.api_key_env, "embedded": settings.embedded,
+        "workload": settings.workload.description, "source": settings.workload.source,
+        "mode": "sweep" if not settings.loads else settings.loads[0].kind,
+        "duration_s": settings.duration_s, "slo_ms": settings.slo, "running": not finished,
+        "stop_reason": stop if finished else f"running: {len(points)} load level(s) measured",
+        "interrupted": interrupted,
+        "finished_at": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if finished else None,
+        "points": sorted(points, key=lambda p: (p["kind"], p["load"])), "recommended": knee,
+        "warnings": _warnings(points, knee) if finished else [],
+        "client_machine": machine | {"load_average_at_end": round(os.getloadavg()[0], 2)},
+    }

@@ -10,6 +10,7 @@ from pathlib import Path
 import orjson
 import structlog
 
+from ..files import write_atomic
 from .stats import RunStats
 
 log = structlog.get_logger(__name__)
@@ -93,7 +94,7 @@ class ProgressLine:
 
 def write_summary(summary: dict, path: Path) -> None:
     """Write the run summary as indented JSON next to the output."""
-    path.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
+    write_atomic(path, orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")  # the viewer reads it live
 
 
 def format_summary(summary: dict) -> str:

@@ -31,7 +31,7 @@ from . import chat_format
 from ..exceptions import ConfigError, InputError, OdieError, RunAborted
 from ..endpoints.embedded import EMBEDDED, require_ml_stack, resolve_model
 from ..evaluation.tables import TableError, split_around_table
-from ..files import Entry, read_json_records
+from ..files import Entry, read_json_records, write_atomic
 from ..runtime import offline_hf
 
 log = structlog.get_logger(__name__)
@@ -128,9 +128,7 @@ def write_predictions(path: str | Path, records: list[dict]) -> None:
     """Write the predictions as one JSON list, atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(records, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, (json.dumps(records, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
 def adapter_layout(lora: str | None) -> str | None:

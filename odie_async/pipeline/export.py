@@ -16,7 +16,6 @@ the training text), ``table``, ``explanation`` (empty for plain) and ``scores``
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from collections import Counter
@@ -25,6 +24,7 @@ from pathlib import Path
 import orjson
 
 from ..exceptions import InputError
+from ..files import write_atomic
 
 from .flow import Outcome
 
@@ -90,9 +90,7 @@ def dropped_line(outcome: Outcome) -> dict:
 
 
 def _write_jsonl(path: Path, lines: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
-    os.replace(tmp, path)
+    write_atomic(path, b"".join(orjson.dumps(line) + b"\n" for line in lines))
 
 
 def export(out: Path, outcomes: list[Outcome], variants: list[str], system_prompt: str) -> dict[str, str]:

@@ -1,8 +1,9 @@
 """An ``odie bench`` result as the viewer reads it: ``results.json`` checked, and ``recommended.yaml`` beside it.
 
-``odie bench`` writes its folder when the sweep ends (or is interrupted), so
-a run given before then waits for the file, and a folder a new bench rewrites
-is read again: ``version`` changes whenever either file does.
+``odie bench`` rewrites ``results.json`` after every load level (``"running": true``
+until the last), so the page shows levels as they are measured; a run given before
+the first waits for the file, and a folder a new bench rewrites is read again:
+``version`` changes whenever either file does.
 """
 
 from __future__ import annotations

@@ -84,7 +84,7 @@ const Bench = (() => {
       ["Knee", knee ? `${knee.point.label}: ${Charts.fmt(knee.point.requests_per_s)} req/s, ${Charts.fmt(knee.point.output_tokens_per_s)} output tok/s, `
         + `latency p95 ${ms(quantile(knee.point, "latency_ms", "p95"))} ms (best seen ${Charts.fmt(knee.max_requests_per_s)} req/s)`
         : "none: no load level met the SLO without errors"],
-      ["Stopped", r.interrupted ? `interrupted: the ${r.points.length} levels measured before it` : r.stop_reason],
+      [r.running ? "Running" : "Stopped", r.interrupted ? `interrupted: the ${r.points.length} levels measured before it` : r.stop_reason],
       ["Finished", r.finished_at || "–"],
     ];
     if (machine.cpus) rows.push(["Client", `${machine.cpus} CPUs, load average ${machine.load_average_at_start} at the start, ${machine.load_average_at_end} at the end`]);
