@@ -145,7 +145,7 @@ def load_runs(paths: list[str]) -> list[Run]:
             runs.append(_batch(path, name))
         elif path.is_file() and path.suffix == ".json" and _is_eval_file(path):
             runs.append(Run(name, "eval", path.parent, evals=[path]))
-        elif path.name == bench_files.RESULTS:  # a bench writes its folder when it ends: the page waits for it
+        elif path.name == bench_files.RESULTS:  # a bench before its first load level ends: the page waits for it
             runs.append(_bench(path, name, os.path.dirname(raw) or "."))
         else:
             raise ConfigError(f"{raw}: not a run folder, a .jsonl output, an eval .json file or an odie bench "
