@@ -114,8 +114,10 @@ def plot(results: dict, path: Path) -> bool:
         x = knee["point"]["load"]
         for axis in (top, bottom):
             axis.axvline(x, color="tab:red", linestyle=":")
+        right = x >= max(xs) / 2 if bottom.get_xscale() == "linear" else x >= (max(xs) * min(xs)) ** 0.5
         top.annotate(f"knee: {knee['point']['label']}", (x, knee["point"]["requests_per_s"]),
-                     textcoords="offset points", xytext=(6, -14), color="tab:red", fontsize=8)
+                     textcoords="offset points", xytext=(-6 if right else 6, -14), color="tab:red", fontsize=8,
+                     ha="right" if right else "left")  # inside the plot, clear of the right-hand axis
     title = f"odie bench: {results['base_url']}\n{results['workload']}".replace("$", r"\$")  # no mathtext
     top.set_title(title, fontsize=9)
     fig.tight_layout()

@@ -70,16 +70,24 @@ class _Choice:
 
     def add(self, choice: dict) -> bool:
         """Take one delta; True when it carried generated text."""
-        self.finish_reason = choice.get("finish_reason") or self.finish_reason
+        finish = choice.get("finish_reason")
+        if finish:
+            self.finish_reason = finish
         delta = choice.get("delta")
         if not isinstance(delta, dict):
-            text = choice.get("text") or ""
-            self.parts.append(text)
+            text = choice.get("text")
+            if text:
+                self.parts.append(text)
             return bool(text)
+        content = delta.get("content")
+        if content:
+            self.parts.append(content)
+        if len(delta) == 1 and content is not None:
+            return bool(content)  # the common event: one piece of content
         self.role = delta.get("role") or self.role
-        content, reasoning = delta.get("content") or "", delta.get("reasoning_content") or ""
-        self.parts.append(content)
-        self.reasoning.append(reasoning)
+        reasoning = delta.get("reasoning_content")
+        if reasoning:
+            self.reasoning.append(reasoning)
         for call in delta.get("tool_calls") or ():
             self._tool(call)
         return bool(content or reasoning or delta.get("tool_calls"))
@@ -99,7 +107,7 @@ class _Choice:
         if not chat:
             return {"index": index, "text": text, "finish_reason": self.finish_reason}
         message: dict = {"role": self.role, "content": text or None}
-        if any(self.reasoning):
+        if self.reasoning:
             message["reasoning_content"] = "".join(self.reasoning)
         if self.tools:
             message["tool_calls"] = [self.tools[i] for i in sorted(self.tools)]
@@ -137,7 +145,11 @@ class _Reader:
         generated = False
         for choice in chunk.get("choices") or ():
             if isinstance(choice, dict):
-                generated |= self.choices.setdefault(choice.get("index") or 0, _Choice()).add(choice)
+                index = choice.get("index") or 0
+                state = self.choices.get(index)
+                if state is None:
+                    state = self.choices[index] = _Choice()
+                generated |= state.add(choice)
         if generated:
             self.first = self.first if self.first is not None else now
             self.last = now
