@@ -4,12 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import threading
 from collections.abc import Callable
 
 OFFLINE_HF = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+# Generation 0 of the cycle collector runs every GC_THRESHOLD allocations instead of 700.
+GC_THRESHOLD = 10_000
+
+
+def tune_gc() -> None:
+    """Collect once, freeze what is alive (the imported modules) and collect young objects less often.
+
+    The engine allocates a few dozen short-lived objects per request, almost none in cycles; at
+    700 allocations a collection ran every few requests and walked a heap of imported modules.
+    Measured with ``odie batch`` against a zero-latency mock (20,000 requests, one core each):
+    +7 to +27 % requests/s in five paired runs. Commands call this once, after their imports.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, 10, 10)
 
 
 def run_async(coro):

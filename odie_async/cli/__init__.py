@@ -15,6 +15,7 @@ import sys
 from .. import __version__
 from ..exceptions import ConfigError, EndpointStopped, InputError, OdieError, RunAborted
 from ..logs import configure_logging
+from ..runtime import tune_gc
 
 
 def exit_code(error: OdieError) -> int:
@@ -93,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[name][0])
     args = command_parser(name, COMMANDS[name][1]).parse_args(rest)
     configure_logging(json=args.log_json)  # commands may configure it again with their own stream
+    tune_gc()
     try:
         return int(module.run(args) or 0)
     except OdieError as exc:
