@@ -20,6 +20,7 @@ from odie_async.bench.workload import parse_synthetic, synthetic
 from odie_async.exceptions import ConfigError
 from odie_async.pipeline.config import load_config
 from odie_async.runtime import run_async
+from tests.helpers import write_requests
 from tests.test_batch_cli import Mock
 
 ODIE = [sys.executable, "-m", "odie_async"]
@@ -276,3 +277,32 @@ def test_results_are_written_after_every_load_level(tmp_path, monkeypatch):
     assert all(s["recommended"] is None and s["stop_reason"].startswith("running") for s in running)
     assert seen[-1]["running"] is False and seen[-1]["recommended"] == final["recommended"] is not None
     assert not list(tmp_path.glob("*.tmp")), "written through a temporary file and a rename"
+
+
+def test_a_pool_is_benched_endpoint_by_endpoint_into_one_config(tmp_path):
+    """Two endpoints of different capacity: each gets its own knee, and odie batch --config runs both at theirs."""
+    from odie_async.options import BatchConfig
+    from odie_async.settings import load
+
+    small, large = Mock("--max-concurrency", "4", "--latency-ms", "100"), Mock("--max-concurrency", "16", "--latency-ms", "100")
+    try:
+        cmd = ODIE + ["bench", "--endpoint", small.url, "--endpoint", large.url, "--concurrency", "2,4,8,16,32",
+                      "--duration", "1s", "--synthetic", "prompt_tokens=8,output_tokens=4", "--output", str(tmp_path)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+        assert proc.returncode == 0, proc.stderr
+        names = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
+        assert len(names) == 2 and all((tmp_path / n / "results.json").is_file() for n in names)
+        config = load(BatchConfig, tmp_path / "recommended.yaml", "batch config")
+        by_url = {e.base_url: e for e in config.endpoints}
+        assert by_url[small.url].max_concurrency == 4 and by_url[large.url].max_concurrency in (16, 32)
+        assert config.engine.concurrency == 4 + by_url[large.url].max_concurrency
+        write_requests(tmp_path / "in.jsonl", 60)
+        run = subprocess.run(ODIE + ["batch", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "out.jsonl"),
+                                     "--config", str(tmp_path / "recommended.yaml"), "--no-progress"],
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+    finally:
+        sent = {small.url: small.stop().get("total", 0), large.url: large.stop().get("total", 0)}
+    lines = (tmp_path / "out.jsonl").read_bytes().splitlines()
+    assert len({orjson.loads(line)["custom_id"] for line in lines}) == len(lines) == 60
+    assert sent[large.url] > sent[small.url] > 0

@@ -42,6 +42,37 @@ def recommended_config(results: dict) -> dict:
     return {"endpoint": endpoint, "engine": {"concurrency": knee.get("concurrency", 1), "rpm": rpm, "tpm": tpm}}
 
 
+def pool_config(benches: list[dict]) -> dict:
+    """One ``endpoints:`` list from the benches of a pool's endpoints: each at its own knee and limits.
+
+    ``odie batch --config`` takes it as it is; ``engine.concurrency`` is the sum of the knees, so
+    the run as a whole may keep every endpoint at its own.
+    """
+    endpoints = []
+    for number, results in enumerate(benches, 1):
+        own = recommended_config(results)
+        entry = {"name": results.get("name") or f"endpoint-{number}", **own["endpoint"],
+                 "max_concurrency": own["engine"]["concurrency"]}
+        entry.update({k: own["engine"][k] for k in ("rpm", "tpm") if own["engine"][k]})
+        endpoints.append(entry)
+    total = sum(e["max_concurrency"] for e in endpoints)
+    return {"endpoints": endpoints, "engine": {"concurrency": total}}
+
+
+def write_pool(benches: list[dict], out_dir: Path) -> Path:
+    """``recommended.yaml`` for a pool: every endpoint's knee, in one file ``--config`` takes."""
+    lines = [f"# odie bench of {len(benches)} endpoints ({benches[0]['workload']})"]
+    for results in benches:
+        knee = results.get("recommended")
+        found = f"knee at {knee['point']['label']}, {knee['point']['requests_per_s']:,.1f} req/s" if knee else "no knee"
+        lines.append(f"# {results.get('name')}: {results['base_url']}: {found}")
+    lines.append("# use with: odie batch --config THIS_FILE ... (each endpoint a lane at its own max_concurrency)")
+    path = out_dir / "recommended.yaml"
+    text = "\n".join(lines) + "\n" + yaml.safe_dump(pool_config(benches), sort_keys=False)
+    write_atomic(path, text.encode("utf-8"))
+    return path
+
+
 def _yaml_header(results: dict) -> str:
     knee = results.get("recommended")
     lines = [f"# odie bench of {results['base_url']} ({results['workload']}), {results['finished_at']}"]

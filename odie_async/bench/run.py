@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import structlog
 
@@ -48,6 +50,7 @@ class BenchSettings:
     max_in_flight: int = 1024
     seed: int = 0
     embedded: bool = False  # the endpoint is the embedded model, served for this bench only
+    name: str | None = None  # the endpoint's name in a pool's results
 
 
 def _say(text: str) -> None:
@@ -140,7 +143,8 @@ def _results(settings: BenchSettings, model: str | None, points: list[dict], mac
     finished = stop is not None
     knee = recommend(points, settings.slo) if finished else None
     return {
-        "base_url": settings.base_url, "model": model, "api_key_env": settings.api_key_env, "embedded": settings.embedded,
+        "base_url": settings.base_url, "name": settings.name, "model": model, "api_key_env": settings.api_key_env,
+        "embedded": settings.embedded,
         "workload": settings.workload.description, "source": settings.workload.source,
         "mode": "sweep" if not settings.loads else settings.loads[0].kind,
         "duration_s": settings.duration_s, "slo_ms": settings.slo, "running": not finished,
@@ -151,3 +155,29 @@ def _results(settings: BenchSettings, model: str | None, points: list[dict], mac
         "warnings": _warnings(points, knee) if finished else [],
         "client_machine": machine | {"load_average_at_end": round(os.getloadavg()[0], 2)},
     }
+
+
+async def run_pool_bench(endpoints: list[BenchSettings], output: Path) -> list[dict]:
+    """Bench each endpoint of a pool in turn (each into its own folder), then write one ``recommended.yaml``
+    whose ``endpoints:`` list runs every endpoint at its own knee."""
+    benches = []
+    for settings in endpoints:
+        _say(f"[bench] endpoint {settings.name}: {settings.base_url}")
+        benches.append(await run_bench(settings))
+    path = report.write_pool(benches, output)
+    _say(f"[bench] pool settings: {path}")
+    return benches
+
+
+def endpoint_names(urls: list[str]) -> list[str]:
+    """A folder-safe, unique name per endpoint URL: ``host-port``."""
+    names: list[str] = []
+    for url in urls:
+        parts = urlsplit(url)
+        base = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{parts.hostname or 'endpoint'}-{parts.port or ''}").strip("-.")
+        name, n = base or "endpoint", 1
+        while name in names:
+            n += 1
+            name = f"{base}-{n}"
+        names.append(name)
+    return names

@@ -85,7 +85,8 @@ def _top_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``odie`` console script."""
+    """Entry point of the ``odie`` console script (``argv`` given: called as a function, by tests)."""
+    process = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS:
         _top_parser().parse_args(argv or ["--help"])
@@ -94,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[name][0])
     args = command_parser(name, COMMANDS[name][1]).parse_args(rest)
     configure_logging(json=args.log_json)  # commands may configure it again with their own stream
-    tune_gc()
+    if process:
+        tune_gc()  # the process is the command's own: its collector settings are ours to choose
     try:
         return int(module.run(args) or 0)
     except OdieError as exc:

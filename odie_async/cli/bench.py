@@ -25,7 +25,10 @@ DEFAULT_SYNTHETIC = "prompt_tokens=256,output_tokens=128"
 def add_arguments(parser) -> None:
     """Options of ``odie bench``."""
     parser.add_argument("--base-url", help="endpoint, e.g. http://127.0.0.1:8000/v1 (default: the embedded model)")
-    parser.add_argument("--endpoint", default="/v1/chat/completions", choices=("/v1/chat/completions", "/v1/completions"),
+    parser.add_argument("--endpoint", action="append", metavar="URL",
+                        help="an endpoint of a pool (repeatable; with --base-url or instead of it): each is benched "
+                             "in turn into OUTPUT/NAME/, and OUTPUT/recommended.yaml lists every one at its own knee")
+    parser.add_argument("--api-path", default="/v1/chat/completions", choices=("/v1/chat/completions", "/v1/completions"),
                         help="API path of synthetic requests (an input file's lines name their own)")
     parser.add_argument("--model", help="model for every request (default: the bodies', else the endpoint's first)")
     parser.add_argument("--api-key-env", default=None, help="environment variable holding the API key")
@@ -72,7 +75,7 @@ def settings_from_args(args, base_url: str):
     if args.input:
         workload = from_file(args.input, model)
     else:
-        workload = synthetic(parse_synthetic(args.synthetic or DEFAULT_SYNTHETIC), model, args.endpoint)
+        workload = synthetic(parse_synthetic(args.synthetic or DEFAULT_SYNTHETIC), model, args.api_path)
     return BenchSettings(
         base_url=base_url, workload=workload, output=Path(args.output),
         api_key=api_key_from_env(args.api_key_env), api_key_env=args.api_key_env, model=model,
@@ -81,13 +84,15 @@ def settings_from_args(args, base_url: str):
     )
 
 
-async def _bench(settings, stopped_by: list[int]) -> dict:
-    from ..bench.run import run_bench
+async def _bench(settings, stopped_by: list[int]):
+    from ..bench.run import run_bench, run_pool_bench
 
     task = asyncio.current_task()
     loop = asyncio.get_running_loop()
     for sig, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
         loop.add_signal_handler(sig, lambda code=code: (stopped_by.append(code), task.cancel()))
+    if isinstance(settings, list):
+        return await run_pool_bench(settings, settings[0].output.parent)
     return await run_bench(settings)
 
 
@@ -96,22 +101,47 @@ def _run(settings) -> int:
     try:
         results = run_async(_bench(settings, stopped_by))
     except (asyncio.CancelledError, KeyboardInterrupt):
-        print(f"odie bench: interrupted; the points measured so far are in {settings.output}", file=sys.stderr)
+        output = settings[0].output.parent if isinstance(settings, list) else settings.output
+        print(f"odie bench: interrupted; the points measured so far are in {output}", file=sys.stderr)
         return stopped_by[0] if stopped_by else 130
+    for one in results if isinstance(results, list) else [results]:
+        _print_knee(one)
+    if isinstance(results, list):
+        print(f"pool settings: {settings[0].output.parent / 'recommended.yaml'}")
+    failed = any(p["failed"] for one in (results if isinstance(results, list) else [results]) for p in one["points"])
+    return 1 if failed else 0
+
+
+def _print_knee(results: dict) -> None:
     knee = results["recommended"]
     print(f"results: {results['files']['results']}")
     if knee:
         print(f"knee: {knee['point']['label']}, {knee['point']['requests_per_s']:,.1f} req/s "
               f"(best {knee['max_requests_per_s']:,.1f}); settings in {results['files']['recommended']}")
-    return 1 if any(p["failed"] for p in results["points"]) else 0
+
+
+def pool_settings(args, urls: list[str]) -> list:
+    """One ``BenchSettings`` per endpoint, each with its own workload (models may differ) and folder."""
+    from ..bench.run import endpoint_names
+
+    names = endpoint_names(urls)
+    benches = []
+    for url, name in zip(urls, names):
+        one = settings_from_args(args, url)
+        one.name, one.output = name, Path(args.output) / name
+        benches.append(one)
+    return benches
 
 
 def run(args) -> int:
     """Entry point of ``odie bench``."""
     configure_logging(json=args.log_json)
     try:
-        settings = settings_from_args(args, args.base_url or "")
-        if args.base_url:
+        urls = ([args.base_url] if args.base_url else []) + list(args.endpoint or ())
+        if len(urls) > 1:
+            return _run(pool_settings(args, urls))
+        settings = settings_from_args(args, urls[0] if urls else "")
+        if urls:
             return _run(settings)
         from ..endpoints.serve import embedded_endpoint
 
