@@ -56,6 +56,7 @@ def test_an_endpoint_that_does_not_stream_still_gives_a_timing(tmp_path):
     for line in lines.values():
         timing = line["response"]["timing"]
         assert timing["ttft_ms"] == timing["latency_ms"] >= 30, "the first token came with the whole answer"
+        assert timing["itl_ms"] is None
         assert line["response"]["body"]["choices"][0]["message"]["content"]
 
 

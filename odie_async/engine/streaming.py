@@ -244,7 +244,7 @@ class StreamingChatClient(StreamingClient):
         status, headers, answer = await self._streamed(path, stream_body(orjson.loads(payload)), start)
         if isinstance(answer, bytes):  # the endpoint answered in one piece
             reply = self.reply(path, status, headers, answer, start)
-            reply.timing = _whole(status, answer, start).timing()
+            reply.timing = _whole(status, answer, start).timing() | {"itl_ms": None}  # no tokens apart to time
             return reply
         if not answer.complete:
             raise TransportError("the stream ended before the answer was complete (no [DONE], no finish reason)")
