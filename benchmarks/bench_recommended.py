@@ -29,6 +29,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from odie_async.bench import report  # noqa: E402
 from odie_async.endpoints.serve import embedded_endpoint  # noqa: E402
 
 KEY_ENV = "ODIE_BENCH_ENDPOINT_KEY"
@@ -45,6 +46,10 @@ def sweep(base_url: str, model: str, out: Path, duration: str) -> dict:
                            "--sweep", "--duration", duration, "--synthetic",
                            "prompt_tokens=128,output_tokens=64", "--output", str(out)], check=True)
     results = json.loads((out / "results.json").read_text())
+    # The server was the embedded model, started by this script: say so, so that recommended.yaml
+    # names no one-off URL (null serves the model again for the run), as `odie bench` alone writes it.
+    results.update(embedded=True, api_key_env=None)
+    report.write(results, out)
     return {"wall_s": round(time.perf_counter() - start, 1), "stop_reason": results["stop_reason"],
             "recommended_concurrency": results["recommended"]["concurrency"],
             "points": [(p["load"], p["requests_per_s"], p["output_tokens_per_s"]) for p in results["points"]]}
