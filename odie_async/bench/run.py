@@ -9,7 +9,6 @@ interrupted part-way (``interrupted`` in ``results.json`` says so).
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 import re
 import sys
@@ -122,10 +121,9 @@ async def run_bench(settings: BenchSettings) -> dict:
     async with StreamingClient(settings.base_url, settings.api_key, max_connections=connections,
                                timeout_s=settings.timeout_s) as client:
         model = await _prepare(client, settings)
-        running = functools.partial(_results, settings, model, points, machine)
         try:
-            stop = await _measure_all(client, settings, points,
-                                      lambda: report.write_results(running(), settings.output))
+            stop = await _measure_all(client, settings, points, lambda: report.write_results(
+                _results(settings, model, points, machine), settings.output))
         except asyncio.CancelledError:
             interrupted, stop = True, "interrupted"
     results = _results(settings, model, points, machine, stop, interrupted)

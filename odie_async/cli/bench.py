@@ -84,32 +84,31 @@ def settings_from_args(args, base_url: str):
     )
 
 
-async def _bench(settings, stopped_by: list[int]):
+async def _bench(benches: list, output: Path, stopped_by: list[int]) -> list[dict]:
     from ..bench.run import run_bench, run_pool_bench
 
     task = asyncio.current_task()
     loop = asyncio.get_running_loop()
     for sig, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
         loop.add_signal_handler(sig, lambda code=code: (stopped_by.append(code), task.cancel()))
-    if isinstance(settings, list):
-        return await run_pool_bench(settings, settings[0].output.parent)
-    return await run_bench(settings)
+    if len(benches) > 1:
+        return await run_pool_bench(benches, output)
+    return [await run_bench(benches[0])]
 
 
-def _run(settings) -> int:
+def _run(benches: list, output: Path) -> int:
+    """Bench one endpoint into ``output``, or a pool's endpoints each into a folder of ``output``."""
     stopped_by: list[int] = []
     try:
-        results = run_async(_bench(settings, stopped_by))
+        results = run_async(_bench(benches, output, stopped_by))
     except (asyncio.CancelledError, KeyboardInterrupt):
-        output = settings[0].output.parent if isinstance(settings, list) else settings.output
         print(f"odie bench: interrupted; the points measured so far are in {output}", file=sys.stderr)
         return stopped_by[0] if stopped_by else 130
-    for one in results if isinstance(results, list) else [results]:
+    for one in results:
         _print_knee(one)
-    if isinstance(results, list):
-        print(f"pool settings: {settings[0].output.parent / 'recommended.yaml'}")
-    failed = any(p["failed"] for one in (results if isinstance(results, list) else [results]) for p in one["points"])
-    return 1 if failed else 0
+    if len(results) > 1:
+        print(f"pool settings: {output / 'recommended.yaml'}")
+    return 1 if any(p["failed"] for one in results for p in one["points"]) else 0
 
 
 def _print_knee(results: dict) -> None:
@@ -138,11 +137,12 @@ def run(args) -> int:
     configure_logging(json=args.log_json)
     try:
         urls = ([args.base_url] if args.base_url else []) + list(args.endpoint or ())
+        output = Path(args.output)
         if len(urls) > 1:
-            return _run(pool_settings(args, urls))
+            return _run(pool_settings(args, urls), output)
         settings = settings_from_args(args, urls[0] if urls else "")
         if urls:
-            return _run(settings)
+            return _run([settings], output)
         from ..endpoints.serve import embedded_endpoint
 
         with embedded_endpoint() as endpoint:
@@ -150,7 +150,7 @@ def run(args) -> int:
             settings.model = settings.model or endpoint.model
             if not settings.workload.models:
                 settings.workload.with_model(endpoint.model)
-            return _run(settings)
+            return _run([settings], output)
     except (ConfigError, InputError) as exc:
         print(f"odie bench: error: {exc}", file=sys.stderr)
         return 2
