@@ -306,3 +306,46 @@ def test_a_pool_is_benched_endpoint_by_endpoint_into_one_config(tmp_path):
     lines = (tmp_path / "out.jsonl").read_bytes().splitlines()
     assert len({orjson.loads(line)["custom_id"] for line in lines}) == len(lines) == 60
     assert sent[large.url] > sent[small.url] > 0
+
+
+def test_a_full_disk_stops_the_bench_naming_the_file_with_exit_4(tmp_path, monkeypatch, capsys):
+    """The second level's results.json cannot be written: exit 4 naming it, the first level's file kept whole."""
+    import errno
+
+    import odie_async.bench.report as bench_report
+    from odie_async.cli import COMMANDS, command_parser
+    from odie_async.cli.bench import run
+    from odie_async.files import write_atomic
+
+    writes = []
+
+    def full_after_one(path, data):
+        writes.append(path)
+        if len(writes) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write_atomic(path, data)
+
+    monkeypatch.setattr(bench_report, "write_atomic", full_after_one)
+    mock = Mock("--latency-ms", "5")
+    args = command_parser("bench", COMMANDS["bench"][1]).parse_args(
+        ["--base-url", mock.url, "--concurrency", "1,4", "--duration", "0.5s", "--synthetic",
+         "prompt_tokens=8,output_tokens=4", "--output", str(tmp_path)])
+    try:
+        code = run(args)
+    finally:
+        mock.stop()
+    assert code == 4
+    assert f"cannot write {tmp_path / 'results.json'}: No space left on device" in capsys.readouterr().err
+    kept = orjson.loads((tmp_path / "results.json").read_bytes())
+    assert kept["running"] and len(kept["points"]) == 1
+
+
+def test_write_atomic_leaves_the_old_file_and_no_temporary_when_it_fails(tmp_path):
+    from odie_async.files import write_atomic
+
+    target = tmp_path / "results.json"
+    write_atomic(target, b"old")
+    (tmp_path / "in-the-way").mkdir()
+    with pytest.raises(OSError):
+        write_atomic(tmp_path / "in-the-way", b"new")  # the rename onto a folder fails after the temporary is written
+    assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["in-the-way", "results.json"]

@@ -15,6 +15,7 @@ import orjson
 import structlog
 import yaml
 
+from ..exceptions import OutputError
 from ..files import write_atomic
 
 log = structlog.get_logger(__name__)
@@ -69,7 +70,7 @@ def write_pool(benches: list[dict], out_dir: Path) -> Path:
     lines.append("# use with: odie batch --config THIS_FILE ... (each endpoint a lane at its own max_concurrency)")
     path = out_dir / "recommended.yaml"
     text = "\n".join(lines) + "\n" + yaml.safe_dump(pool_config(benches), sort_keys=False)
-    write_atomic(path, text.encode("utf-8"))
+    _write(path, text.encode("utf-8"))
     return path
 
 
@@ -90,19 +91,26 @@ def _yaml_header(results: dict) -> str:
 
 def write_results(results: dict, out_dir: Path) -> Path:
     """Write ``results.json`` whole (a viewer reading it sees the old points or the new ones)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "results.json"
-    write_atomic(path, orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
+    _write(path, orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
     return path
+
+
+def _write(path: Path, data: bytes) -> None:
+    """One file of the report, whole; ``OutputError`` naming it when it cannot be written (disk full)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, data)
+    except OSError as exc:
+        raise OutputError(str(path), exc) from exc
 
 
 def write(results: dict, out_dir: Path) -> dict[str, Path]:
     """Write the three files into ``out_dir``; return their paths (the plot only when it could be drawn)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"results": out_dir / "results.json", "recommended": out_dir / "recommended.yaml"}
     write_results(results, out_dir)
     config = yaml.safe_dump(recommended_config(results), sort_keys=False)
-    write_atomic(paths["recommended"], (_yaml_header(results) + config).encode("utf-8"))
+    _write(paths["recommended"], (_yaml_header(results) + config).encode("utf-8"))
     plot_path = out_dir / "bench.png"
     if plot(results, plot_path):
         paths["plot"] = plot_path
@@ -152,6 +160,10 @@ def plot(results: dict, path: Path) -> bool:
     title = f"odie bench: {results['base_url']}\n{results['workload']}".replace("$", r"\$")  # no mathtext
     top.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=110)
+    except OSError as exc:
+        raise OutputError(str(path), exc) from exc
+    finally:
+        plt.close(fig)
     return True

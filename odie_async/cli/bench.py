@@ -2,7 +2,8 @@
 
 Exit codes: 0 every request answered; 1 finished, some requests failed (counted
 in ``results.json``); 2 a usage or input error, before anything was sent; 3 the
-endpoint did not answer a first request or refused the key; 130/143 interrupted
+endpoint did not answer a first request or refused the key; 4 a result file could
+not be written (disk full: the levels written before stay); 130/143 interrupted
 (the points measured so far are written).
 """
 
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from ..engine.batch import api_key_from_env
 from ..engine.limits import parse_duration
-from ..exceptions import ConfigError, InputError, RunAborted
+from ..exceptions import ConfigError, InputError, OutputError, RunAborted
 from ..logs import configure_logging
 from ..runtime import run_async
 
@@ -154,6 +155,9 @@ def run(args) -> int:
     except (ConfigError, InputError) as exc:
         print(f"odie bench: error: {exc}", file=sys.stderr)
         return 2
+    except OutputError as exc:  # a result file (disk full): a local failure
+        print(f"odie bench: stopped: {exc}", file=sys.stderr)
+        return 4
     except RunAborted as exc:
         print(f"odie bench: stopped: {exc}", file=sys.stderr)
         return 3
