@@ -148,6 +148,27 @@ def test_shutdown_drops_queued_records_and_reports_counts(tmp_path):
     assert len(ids_in(out)) == sent == 4  # drained, not cancelled: every sent request was kept
 
 
+def test_a_stop_tells_callers_of_records_never_sent_at_once(tmp_path):
+    """``call`` awaiters of queued records learn at the stop, not at shutdown: a caller that outlives its
+    cancellation (the pipeline's tasks, under a swallowed cancel) must not wait forever on a dropped record."""
+    async def go():
+        async with MockServer(settings=MockSettings(latency_ms=300)) as server:
+            engine = Engine(_settings(server.base_url, concurrency=2, adaptive=False), tmp_path / "out.jsonl",
+                            keep_bodies=True)
+            async with engine:
+                calls = [asyncio.ensure_future(engine.call(f"r{i}", BODY | {"n": i})) for i in range(6)]
+                await asyncio.sleep(0.1)
+                engine.request_stop()
+                done, pending = await asyncio.wait(calls[2:], timeout=0.2)  # long before the 300 ms answers
+                outcomes = [type(task.exception()).__name__ for task in done]
+                sent = await asyncio.gather(*calls[:2])
+            return outcomes, len(pending), [r.ok for r in sent]
+
+    outcomes, pending, sent = run(go())
+    assert outcomes == ["RunAborted"] * 4 and pending == 0
+    assert sent == [True, True]  # the two in flight were drained, as before
+
+
 def test_rpm_limit_is_held_against_an_enforcing_server(tmp_path):
     async def go():
         async with MockServer(settings=MockSettings(rpm=1200)) as server:

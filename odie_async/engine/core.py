@@ -255,10 +255,17 @@ class Engine:
     def _drop_queued(self) -> int:
         dropped = 0
         while not self._queue.empty():
-            self._queue.get_nowait()
+            self._not_sent(self._queue.get_nowait())
             self._queue.task_done()
             dropped += 1
         return dropped
+
+    def _not_sent(self, job: Job) -> None:
+        """A record dropped before it was sent: a caller awaiting it (``call``) learns so now, not at shutdown."""
+        if job.future is not None and not job.future.done():
+            self._pending.pop(job.custom_id, None)
+            job.future.set_exception(self._abort or RunAborted("the engine stopped before this record was sent"))
+            job.future.exception()  # mark retrieved: its caller may be gone already
 
     def _fail_pending(self, exc: Exception) -> None:
         for future in self._pending.values():
@@ -324,6 +331,7 @@ class Engine:
             job = await queue.get()
             if self._stopping:
                 self._not_started += 1
+                self._not_sent(job)
                 queue.task_done()
                 continue
             self._busy += 1
