@@ -44,10 +44,11 @@ def test_streamed_answers_are_stored_whole_with_their_timings(tmp_path):
         assert body["object"] == "chat.completion" and body["choices"][0]["finish_reason"] == "stop"
         assert body["choices"][0]["message"] == same["choices"][0]["message"], "the same answer, put together"
         assert body["usage"] == same["usage"]
-        assert 40 <= timing["ttft_ms"] < 80 and 4.5 <= timing["itl_ms"] < 8
+        assert timing["ttft_ms"] >= 40 and timing["itl_ms"] > 0  # no token before it was due
         assert timing["output_tokens"] == body["usage"]["completion_tokens"]
         assert timing["latency_ms"] >= 40 + (timing["output_tokens"] - 1) * 5  # tokens due at fixed offsets
         assert "timing" not in plain[custom_id]["response"], "plain runs keep the Batch API's lines"
+    # One late token moves one request's figures; the medians must match the mock's truth (40 ms, 5 ms).
     assert 40 <= summary["ttft_ms"]["p50"] < 80 and 4.5 <= summary["itl_ms"]["p50"] < 8
 
 
