@@ -122,3 +122,21 @@ def test_server_load_caps_in_flight_at_running_plus_a_short_queue():
     assert load.target() is None, "no queue: the gate may grow"
     load.update(None)
     assert not load.available and load.target() is None
+
+
+def _vllm(running: float, waiting: float) -> str:
+    return (f'vllm:num_requests_running{{model_name="m"}} {running}\n'
+            f'vllm:num_requests_waiting{{model_name="m"}} {waiting}\nvllm:kv_cache_usage_perc{{model_name="m"}} 0.5\n')
+
+
+def test_a_server_that_has_queued_is_not_grown_past_what_it_runs():
+    """At capacity a reading may show no queue for a moment: that is no room for a quarter more."""
+    load = ServerLoad(queue_margin=0.1, min_margin=2)
+    load.update(_vllm(32, 0))
+    assert load.ceiling() is None, "never queued: its capacity is unknown, the gate may grow"
+    load.update(_vllm(32, 9))
+    assert load.target() == 32 + 3 and load.ceiling() == 35
+    load.update(_vllm(32, 0))
+    assert load.target() is None and load.ceiling() == 35
+    load.update(_vllm(40, 0))
+    assert load.ceiling() == 40 + 4, "it ran more: the ceiling rises with it"

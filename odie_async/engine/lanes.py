@@ -236,7 +236,9 @@ class Lane:
         if target is not None:
             gate.resize(target)
         elif self.outstanding >= gate.limit * 0.9:
-            gate.resize(gate.limit + max(2, gate.limit // 4))  # the server queues nothing yet: grow
+            grown = gate.limit + max(2, gate.limit // 4)  # the server queues nothing now: grow
+            ceiling = server.ceiling()
+            gate.resize(grown if ceiling is None else max(gate.limit, min(grown, ceiling)))
 
     def disable(self, reason: str, now: float) -> None:
         """Take this lane out of the pool for good (its key was refused, its quota is spent)."""

@@ -46,6 +46,7 @@ class ServerLoad:
         self.waiting = 0.0
         self.cache = 0.0
         self.max_running = 0.0
+        self.queued = False  # the server once held a queue: it runs no more than max_running then
         self.queue_margin = queue_margin
         self.min_margin = min_margin
 
@@ -59,6 +60,7 @@ class ServerLoad:
         self.running, self.waiting = values["running"], values["waiting"]
         self.cache = values.get("cache", 0.0)
         self.max_running = max(self.max_running, self.running)
+        self.queued = self.queued or self.waiting > self._margin() or self.cache >= 0.95
 
     def waiting_share(self) -> float:
         """The server's queue depth, for routing (0 where unknown)."""
@@ -73,7 +75,16 @@ class ServerLoad:
         """
         if not self.available:
             return None
-        margin = max(self.min_margin, int(self.max_running * self.queue_margin))
+        margin = self._margin()
         if self.waiting > margin or self.cache >= 0.95:
             return max(1, int(self.running) + margin)
         return None
+
+    def ceiling(self) -> int | None:
+        """How far the gate may grow while no queue shows: the most the server was seen running, plus
+        the margin, once it has queued (a moment without a queue at its capacity is not room for more);
+        None before. Keeping the margin in flight lets the server show it can run more, if it can."""
+        return int(self.max_running) + self._margin() if self.available and self.queued else None
+
+    def _margin(self) -> int:
+        return max(self.min_margin, int(self.max_running * self.queue_margin))
