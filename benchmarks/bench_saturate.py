@@ -1,6 +1,14 @@
 """A self-hosted server kept saturated: ``vllm run-batch`` against ``odie serve`` + ``odie batch``.
 
     python benchmarks/bench_saturate.py [--requests 256] [--max-tokens 128] [--json OUT.json]
+    python benchmarks/bench_saturate.py --defaults [--run-batch-kv-gib GIB] [--json OUT.json]
+
+``--defaults`` is what a user gets with no options on either side: ``odie serve`` (its own sizing)
+then ``odie batch`` with no options, against ``vllm run-batch`` with no options but the model and
+float32. Only generation is timed (run-batch from its first progress line, odie from the start of
+``odie batch`` against the started server). vLLM's CPU backend reserves 92 % of the machine's memory
+for run-batch unless told otherwise and refuses to start beside other programs; ``--run-batch-kv-gib``
+gives it a cache size (``VLLM_CPU_KVCACHE_SPACE``) in that case, and the report says so.
 
 The same file of chat requests (``ignore_eos``, so every answer is ``--max-tokens`` long) on the
 embedded model (SmolLM2-135M, float32), both engines running up to 128 sequences at once:
@@ -52,15 +60,20 @@ def lines_in(path: Path) -> int:
     return len(path.read_bytes().splitlines()) if path.exists() else 0
 
 
-def run_batch(tmp: Path, model_dir: Path, n: int, max_tokens: int, interrupt_at: int | None = None) -> dict:
+def run_batch(tmp: Path, model_dir: Path, n: int, max_tokens: int, interrupt_at: int | None = None,
+              defaults: bool = False, kv_gib: float | None = None) -> dict:
     """vLLM's own run-batch; the generation phase starts at its first progress line."""
     inp = write_requests(tmp / "rb-in.jsonl", str(model_dir), n, max_tokens)
     out = tmp / f"rb-out-{time.monotonic_ns()}.jsonl"
-    kv_gib = VLLMServer(SETTINGS).kv_cache_bytes() / 2**30  # the same cache as odie serve gets
-    env = os.environ | {"VLLM_CPU_KVCACHE_SPACE": str(max(1, round(kv_gib))), "HF_HUB_OFFLINE": "1",
-                        "VLLM_NO_USAGE_STATS": "1"}
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1"}
+    env.pop("VLLM_CPU_KVCACHE_SPACE", None)
     cmd = [PY, "-m", "vllm.entrypoints.openai.run_batch", "-i", str(inp), "-o", str(out), "--model", str(model_dir),
-           "--dtype", "float32", "--max-num-seqs", str(SEQS), "--max-model-len", "1024"]
+           "--dtype", "float32"]
+    if not defaults:
+        kv_gib = VLLMServer(SETTINGS).kv_cache_bytes() / 2**30  # the same cache as odie serve gets
+        cmd += ["--max-num-seqs", str(SEQS), "--max-model-len", "1024"]
+    if kv_gib:
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, round(kv_gib)))
     start = time.monotonic()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)
@@ -83,7 +96,8 @@ def run_batch(tmp: Path, model_dir: Path, n: int, max_tokens: int, interrupt_at:
     end = time.monotonic()
     gen_start = first_progress[0] if first_progress else start
     return {"exit_code": proc.returncode, "answers": lines_in(out), "wall_s": end - start,
-            "generation_s": end - gen_start, "tokens_per_s": lines_in(out) * max_tokens / max(1e-9, end - gen_start)}
+            "generation_s": end - gen_start, "tokens_per_s": lines_in(out) * max_tokens / max(1e-9, end - gen_start),
+            "argv": cmd[1:], "kv_cache_space_gib": env.get("VLLM_CPU_KVCACHE_SPACE")}
 
 
 def odie_batch(tmp: Path, base_url: str, model: str, n: int, max_tokens: int, interrupt_at: int | None = None,
@@ -106,14 +120,54 @@ def odie_batch(tmp: Path, base_url: str, model: str, n: int, max_tokens: int, in
             summary.get("concurrency_final"), "out": str(out), "stderr_tail": err.strip().splitlines()[-2:]}
 
 
+class OdieServe:
+    """``odie serve`` with no options, as a user starts it; the base URL is its first line of output."""
+
+    def __enter__(self) -> "OdieServe":
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen([PY, "-m", "odie_async", "serve", "--port", "0"], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, start_new_session=True)
+        self.base_url = self.proc.stdout.readline().strip()
+        self.start_s = time.monotonic() - self.started
+        if not self.base_url:
+            raise SystemExit(f"odie serve did not start:\n{self.proc.stderr.read()[-3000:]}")
+        threading.Thread(target=self.proc.stderr.read, daemon=True).start()  # keep its pipe drained
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=120)
+
+
+def with_defaults(n: int, tokens: int, kv_gib: float | None) -> dict:
+    """Both sides as a user runs them with no options (see the module's docstring)."""
+    from odie_async.endpoints.embedded import EMBEDDED_NAME
+
+    report: dict = {"requests": n, "max_tokens": tokens, "mode": "defaults"}
+    with tempfile.TemporaryDirectory(prefix="odie-bench-saturate-") as tmp:
+        tmp = Path(tmp)
+        report["run_batch"] = run_batch(tmp, embedded_model_dir(), n, tokens, defaults=True, kv_gib=kv_gib)
+        with OdieServe() as served:
+            report["odie_serve_start_s"] = served.start_s
+            report["odie"] = odie_batch(tmp, served.base_url, EMBEDDED_NAME, n, tokens)
+    report["odie_vs_run_batch"] = report["odie"]["tokens_per_s"] / report["run_batch"]["tokens_per_s"]
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=256)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--skip-interrupt", action="store_true")
+    parser.add_argument("--defaults", action="store_true", help="both sides with no options (see above)")
+    parser.add_argument("--run-batch-kv-gib", type=float, default=None,
+                        help="with --defaults: a KV cache for run-batch where its default reservation cannot start")
     args = parser.parse_args()
     n, tokens = args.requests, args.max_tokens
+    if args.defaults:
+        emit(with_defaults(n, tokens, args.run_batch_kv_gib), args.json)
+        return
     model_dir = embedded_model_dir()
     report: dict = {"requests": n, "max_tokens": tokens, "max_num_seqs": SEQS}
     with tempfile.TemporaryDirectory(prefix="odie-bench-saturate-") as tmp:

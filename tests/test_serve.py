@@ -339,11 +339,11 @@ def served(tmp_path_factory):
         proc.wait()
 
 
-async def _ask(base_url: str, model: str, tmp_path: Path):
+async def _ask(base_url: str, model: str, tmp_path: Path, question: str = "What is the capital of France?"):
     from odie_async.engine.core import Engine, EngineSettings
 
     body = {"model": model, "temperature": 0, "max_tokens": 24,
-            "messages": [{"role": "user", "content": "What is the capital of France?"}]}
+            "messages": [{"role": "user", "content": question}]}
     async with Engine(EngineSettings(base_url=base_url, concurrency=2), output=tmp_path / f"{model}.jsonl") as engine:
         return await engine.call(f"{model}-1", body)
 
@@ -358,6 +358,18 @@ def test_served_base_model_and_adapter_answer_through_the_engine(served, tmp_pat
     assert tuned.body["model"] == "probe"
     # A random adapter changes the greedy answer: the request really went through it.
     assert tuned.content and tuned.content != base.content
+
+
+@pytest.mark.slow
+def test_a_request_longer_than_the_default_context_is_refused_with_a_clear_error(served, tmp_path):
+    from odie_async.endpoints.sizing import DEFAULT_CONTEXT
+
+    _, base_url = served
+    words = " ".join(f"w{i}" for i in range(DEFAULT_CONTEXT * 2))
+    result = asyncio.run(_ask(base_url, serve.EMBEDDED_NAME, tmp_path, words))
+    assert not result.ok
+    assert result.attempts == 1  # refused, not retried until a timeout
+    assert str(DEFAULT_CONTEXT) in str(result.error) and "context" in str(result.error).lower()
 
 
 @pytest.mark.slow

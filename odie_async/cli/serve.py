@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..endpoints.embedded import EMBEDDED, MODEL_HELP
-from ..endpoints.serve import _DEFAULT_MAX_NUM_SEQS, API_KEY_ENV, ServeSettings, serve_until_stopped
+from ..endpoints.serve import API_KEY_ENV, ServeSettings, serve_until_stopped
 from ..exceptions import ConfigError
 from ..logs import configure_logging
 from ..options import parse_lora
@@ -21,13 +21,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1",
                         help=f"address to bind (default 127.0.0.1; any other needs {API_KEY_ENV})")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
-    parser.add_argument("--max-model-len", type=int, default=None, help="context length limit")
+    parser.add_argument("--max-model-len", type=int, default=None,
+                        help="context length limit (default on a CPU: 4,096 tokens or the model's, if shorter; "
+                             "a longer request is refused with an error)")
     parser.add_argument("--served-model-name", default=None, help="name clients use for the base model")
     parser.add_argument("--max-num-seqs", type=int, default=None,
-                        help=f"sequences served at once (default {_DEFAULT_MAX_NUM_SEQS} on a CPU, where it sizes "
-                             "the KV cache; vLLM's own on a GPU)")
+                        help="sequences served at once (default on a CPU: as many 512-token requests as the KV "
+                             "cache holds, 16 to 256; vLLM's own on a GPU)")
     parser.add_argument("--kv-cache-gib", type=float, default=None,
-                        help="KV-cache memory in GiB (default: sized from the model, context and --max-num-seqs)")
+                        help="KV-cache memory in GiB (default on a CPU: a quarter of the memory free at start, "
+                             "1 to 4 GiB, never more than is free beside the model)")
+    parser.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=None,
+                        help="run without compiling (default: compiled; its graphs are cached, so only the first "
+                             "start on a machine compiles)")
     parser.add_argument("--start-timeout", type=float, default=900.0,
                         help="seconds to wait for vLLM to answer (default 900)")
     parser.add_argument("--log-file", type=Path, default=None,
@@ -45,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
     settings = ServeSettings(model=args.model, loras=dict(args.lora), host=args.host, port=args.port,
                              max_model_len=args.max_model_len, served_model_name=args.served_model_name,
                              start_timeout_s=args.start_timeout, log_path=args.log_file,
-                             max_num_seqs=args.max_num_seqs, kv_cache_gib=args.kv_cache_gib)
+                             max_num_seqs=args.max_num_seqs, kv_cache_gib=args.kv_cache_gib,
+                             enforce_eager=args.enforce_eager)
     if (settings.max_num_seqs is not None and settings.max_num_seqs < 1) or (
             settings.kv_cache_gib is not None and not settings.kv_cache_gib > 0):
         raise ConfigError("--max-num-seqs must be at least 1 and --kv-cache-gib more than 0")

@@ -121,6 +121,7 @@ def resolve_endpoint(
     serve_model: str = EMBEDDED,
     loras: dict[str, str] | None = None,
     max_model_len: int | None = None,
+    expected_output_tokens: int | None = None,
 ) -> EndpointScope:
     """An endpoint to call: the configured URL, the loopback mock, or a vLLM server started for the scope.
 
@@ -130,6 +131,7 @@ def resolve_endpoint(
     - no ``base_url``: ``serve_model`` (the embedded model by default) and ``loras`` are served
       on a free loopback port; the yielded ``model`` is the served base model's name unless
       ``model`` names another, and each adapter is requested by its name in ``adapters``.
+      ``expected_output_tokens`` (the job's size) lets a short job start vLLM in eager mode.
     """
     if base_url == MOCK:
         return EndpointScope(Endpoint(MOCK, model), mock=True, mock_responder=mock_responder)
@@ -137,6 +139,7 @@ def resolve_endpoint(
         return EndpointScope(Endpoint(base_url, model, api_key), discover=discover)
     from .serve import ServeSettings, VLLMServer
 
-    settings = ServeSettings(model=serve_model, loras=dict(loras or {}), max_model_len=max_model_len)
+    settings = ServeSettings(model=serve_model, loras=dict(loras or {}), max_model_len=max_model_len,
+                             expected_output_tokens=expected_output_tokens)
     return EndpointScope(Endpoint("", model), server=VLLMServer(settings))
 

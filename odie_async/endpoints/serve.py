@@ -35,6 +35,8 @@ from ..exceptions import ConfigError, ServeError
 from ..paths import cache_dir
 from ..runtime import OFFLINE_HF, StopSignals
 from .embedded import EMBEDDED, EMBEDDED_NAME, resolve_model
+from .sizing import Sizing, available_memory, model_shape, plan
+from .startup import StartWatch, compiled_before, eager_is_sooner, remember_compiled
 # The older name of ``resolve.resolve_endpoint``; ``engine/batch.py`` still imports it from here.
 from .resolve import resolve_endpoint as embedded_endpoint  # noqa: F401
 
@@ -42,9 +44,7 @@ log = structlog.get_logger(__name__)
 
 API_KEY_ENV = "ODIE_SERVE_API_KEY"
 _LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
-_DEFAULT_MAX_NUM_SEQS = 16
 _FALLBACK_KV_CACHE_GIB = 4
-_TYPICAL_SEQ_TOKENS = 2048
 _MEMORY_ERROR = re.compile(r"memory for kv|out of memory|cannot allocate memory|MemoryError|OutOfMemory", re.I)
 _STOP_GRACE_S = 30.0
 _GROUP_GRACE_S = 5.0
@@ -66,30 +66,11 @@ class ServeSettings:
     served_model_name: str | None = None
     start_timeout_s: float = 900.0
     log_path: Path | None = None
-    max_num_seqs: int | None = None  # None: 16 on a CPU (sizing the KV cache), vLLM's default on a GPU
-    kv_cache_gib: float | None = None  # None: sized from the model, the context and max_num_seqs
-
-
-def kv_cache_bytes(model_dir: str | Path, max_model_len: int | None, max_num_seqs: int, dtype_bytes: int) -> int:
-    """KV-cache memory for ``max_num_seqs`` sequences of the model in ``model_dir``.
-
-    Per token a layer keeps a key and a value of ``kv_heads * head_dim`` numbers.
-    Room is made for one sequence at the full context and for every sequence at
-    a typical length (2,048 tokens), rounded up to 64 MiB: for the embedded
-    135M model at float32 and 16 sequences that is 1.44 GiB, where the CPU
-    backend's default reservation held several times more.
-    """
-    config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
-    text = config.get("text_config") or config
-    layers = int(text["num_hidden_layers"])
-    heads = int(text["num_attention_heads"])
-    kv_heads = int(text.get("num_key_value_heads") or heads)
-    head_dim = int(text.get("head_dim") or text["hidden_size"] // heads)
-    context = int(max_model_len or text.get("max_position_embeddings") or _TYPICAL_SEQ_TOKENS)
-    tokens = max(context, max_num_seqs * min(context, _TYPICAL_SEQ_TOKENS))
-    size = 2 * layers * kv_heads * head_dim * dtype_bytes * tokens
-    step = 64 << 20
-    return -(-size // step) * step
+    max_num_seqs: int | None = None  # None: as many typical requests as the KV cache holds (CPU)
+    kv_cache_gib: float | None = None  # None: a share of the memory free at start, within a floor and a cap
+    # None: compiled, unless the job is short (``expected_output_tokens``) and nothing is compiled yet.
+    enforce_eager: bool | None = None
+    expected_output_tokens: int | None = None
 
 
 def _is_loopback(host: str) -> bool:
@@ -199,6 +180,7 @@ class VLLMServer:
         self.log_path = settings.log_path
         self._proc: subprocess.Popen | None = None
         self._abort = threading.Event()
+        self._sizing: Sizing | None = None
 
     @property
     def base_url(self) -> str:
@@ -222,12 +204,17 @@ class VLLMServer:
         if self.on_cpu:
             # The CPU has AVX-512 without bf16 support: float32 measured faster than bfloat16.
             argv += ["--dtype", "float32"]
-        if s.max_model_len:
-            argv += ["--max-model-len", str(s.max_model_len)]
-        if s.max_num_seqs or self.on_cpu:
-            argv += ["--max-num-seqs", str(s.max_num_seqs or _DEFAULT_MAX_NUM_SEQS)]
+        sizing = self.sizing()
+        max_model_len = sizing.max_model_len if sizing else s.max_model_len
+        max_num_seqs = sizing.max_num_seqs if sizing else s.max_num_seqs
+        if max_model_len:
+            argv += ["--max-model-len", str(max_model_len)]
+        if max_num_seqs:
+            argv += ["--max-num-seqs", str(max_num_seqs)]
         if self.on_cpu and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:  # the user's own setting wins
             argv += ["--kv-cache-memory-bytes", str(self.kv_cache_bytes())]
+        if self.eager():
+            argv += ["--enforce-eager"]
         if s.loras:
             argv += ["--enable-lora", "--max-loras", str(len(s.loras)),
                      "--max-lora-rank", str(_vllm_max_rank(max(self.lora_ranks.values()))),
@@ -235,24 +222,50 @@ class VLLMServer:
             argv += [json.dumps({"name": n, "path": str(Path(p).resolve())}) for n, p in s.loras.items()]
         return argv
 
+    def sizing(self) -> Sizing | None:
+        """On a CPU, the cache, context and sequence limit planned for this machine (once)."""
+        if not self.on_cpu:
+            return None
+        if self._sizing is None:
+            s = self.settings
+            try:
+                shape = model_shape(self.model_dir, 4)
+            except (OSError, KeyError, ValueError, TypeError, ZeroDivisionError):
+                log.warning("model config without the attention shape; reserving the fallback KV cache",
+                            gib=_FALLBACK_KV_CACHE_GIB)
+                return None
+            self._sizing = plan(shape, available_memory(), kv_cache_gib=s.kv_cache_gib,
+                                max_model_len=s.max_model_len, max_num_seqs=s.max_num_seqs)
+        return self._sizing
+
     def kv_cache_bytes(self) -> int:
-        """The KV-cache reservation: ``kv_cache_gib`` when set, else sized from the model."""
+        """The KV-cache reservation: ``kv_cache_gib`` when set, else the planned size."""
+        if self.settings.kv_cache_gib:
+            return int(self.settings.kv_cache_gib * (1 << 30))
+        sizing = self.sizing()
+        return sizing.kv_cache_bytes if sizing else _FALLBACK_KV_CACHE_GIB << 30
+
+    def eager(self) -> bool:
+        """Whether vLLM runs without compiling: as set, else whichever finishes the job sooner."""
         s = self.settings
-        if s.kv_cache_gib:
-            return int(s.kv_cache_gib * (1 << 30))
-        seqs = s.max_num_seqs or _DEFAULT_MAX_NUM_SEQS
-        try:
-            return kv_cache_bytes(self.model_dir, s.max_model_len, seqs, 4 if self.on_cpu else 2)
-        except (OSError, KeyError, ValueError, TypeError, ZeroDivisionError):
-            log.warning("model config without the attention shape; reserving the fallback KV cache",
-                        gib=_FALLBACK_KV_CACHE_GIB)
-            return _FALLBACK_KV_CACHE_GIB << 30
+        if s.enforce_eager is not None:
+            return s.enforce_eager
+        if not self.on_cpu or compiled_before(self._compile_key()):
+            return False
+        return eager_is_sooner(s.expected_output_tokens)
+
+    def _compile_key(self) -> list[str]:
+        s = self.settings
+        return [self.model_dir, s.served_model_name or "", str(s.max_model_len), str(s.max_num_seqs),
+                str(s.kv_cache_gib), *sorted(s.loras)]
 
     def child_env(self) -> dict[str, str]:
         """The child's environment: offline, no usage reports."""
         env = dict(os.environ)
         env.update(OFFLINE_HF, VLLM_NO_USAGE_STATS="1",
                    DO_NOT_TRACK="1", PYTHONUNBUFFERED="1")
+        # The compiled graphs are kept with the project's cache, so only a machine's first start compiles.
+        env.setdefault("VLLM_CACHE_ROOT", str(cache_dir() / "vllm"))
         env.pop("VLLM_API_KEY", None)
         if self._api_key:
             env["VLLM_API_KEY"] = self._api_key
@@ -272,7 +285,11 @@ class VLLMServer:
             self.log_path = cache_dir() / "logs" / f"vllm-{time.strftime('%Y%m%d-%H%M%S')}-{self.port}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         argv = self.command()
-        log.info("starting vLLM", argv=argv[1:], log_file=str(self.log_path))
+        sizing = self.sizing()
+        if sizing:
+            log.info("sizing vLLM", plan=sizing.describe())
+        log.info("starting vLLM", argv=argv[1:], log_file=str(self.log_path),
+                 mode="eager" if "--enforce-eager" in argv else "compiled")
         with open(self.log_path, "ab") as log_file:
             self._proc = subprocess.Popen(argv, env=self.child_env(), stdin=subprocess.DEVNULL,
                                           stdout=log_file, stderr=subprocess.STDOUT,
@@ -283,11 +300,14 @@ class VLLMServer:
         except BaseException:
             self.stop()
             raise
+        if "--enforce-eager" not in argv:
+            remember_compiled(self._compile_key())
 
     def _wait_ready(self) -> None:
         started = time.monotonic()
         next_note = started + 15
         url = self.base_url.removesuffix("/v1") + "/health"
+        watch = StartWatch(self.log_path)
         while True:
             if self._abort.is_set():
                 raise ServeError("the start of vLLM was cancelled")
@@ -301,8 +321,9 @@ class VLLMServer:
             if now - started > self.settings.start_timeout_s:
                 raise ServeError(self._failure(
                     f"vLLM did not answer within {self.settings.start_timeout_s:.0f} s"))
-            if now >= next_note:
-                log.info("waiting for vLLM", seconds=round(now - started), log_file=str(self.log_path))
+            phase = watch.phase()
+            if now >= next_note or watch.changed:
+                log.info(f"vLLM is {phase}", seconds=round(now - started), log_file=str(self.log_path))
                 next_note = now + 15
             self._abort.wait(0.5)
 

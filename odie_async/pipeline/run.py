@@ -36,6 +36,9 @@ from .scorers import make_scorer, scorer_kind
 from .structured import resolve_structured
 
 log = structlog.get_logger(__name__)
+# Output tokens a record costs on the embedded model, measured: 6.2k-11.6k for --limit 20.
+_OUTPUT_TOKENS_PER_RECORD = 600
+
 
 @contextlib.asynccontextmanager
 async def endpoint_scope(config: PipelineConfig, prompts: Prompts):
@@ -43,7 +46,8 @@ async def endpoint_scope(config: PipelineConfig, prompts: Prompts):
     cfg = config.endpoint
     responder = PipelineResponder(prompts) if cfg.base_url == MOCK else None
     async with resolve_endpoint(cfg.base_url, cfg.model, config.api_key(), discover=True,
-                                mock_responder=responder) as endpoint:
+                                mock_responder=responder,
+                                expected_output_tokens=config.run.records * _OUTPUT_TOKENS_PER_RECORD) as endpoint:
         yield endpoint
 
 
