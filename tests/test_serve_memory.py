@@ -131,7 +131,7 @@ def test_the_start_line_names_what_vllm_is_doing(tmp_path):
         f.write("(EngineCore pid=1) INFO [default_loader.py:1] Loading weights took 0.51 seconds\n")
     assert watch.phase() == "loading the model" and watch.changed
     with log.open("a") as f:
-        f.write("(EngineCore pid=1) INFO [backends.py:1] Dynamo bytecode transform time: 9.1 s\n(Engi")
+        f.write("(Worker pid=1) INFO [cpu_model_runner.py:87] Warming up model for the compilation...\n(Engi")
     assert watch.phase() == "compiling"
     assert watch.phase() == "compiling" and not watch.changed
     with log.open("a") as f:

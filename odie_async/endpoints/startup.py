@@ -24,12 +24,13 @@ from ..paths import cache_dir
 COMPILED_START_S, EAGER_START_S = 100.0, 49.0
 COMPILED_TOK_S, EAGER_TOK_S = 186.0, 135.0
 
-# (pattern in vLLM's log, the phase it starts); the last match in the log wins.
+# (pattern in vLLM's log, the phase it starts): a line takes its first match, and the log's last one wins.
 _PHASES = (
     (re.compile(r"non-default args|Resolved architecture"), "reading the model's configuration"),
     (re.compile(r"Initializing a V1 LLM engine"), "starting its engine"),
     (re.compile(r"Starting to load model|Loading weights|Loading model"), "loading the model"),
-    (re.compile(r"Dynamo bytecode transform|torch\.compile|Compiling a graph|compile range", re.I), "compiling"),
+    (re.compile(r"Dynamo bytecode transform|torch\.compile|Compiling a graph|compile range|for the compilation",
+                re.I), "compiling"),
     (re.compile(r"Directly load the compiled graph|load.*compiled graph|from the cache", re.I),
      "loading its compiled graphs"),
     (re.compile(r"[Ww]arming up|warmup|KV cache size|Maximum concurrency"), "warming up"),
@@ -49,9 +50,7 @@ class StartWatch:
         """The latest phase the log shows; ``changed`` says whether it moved since the last call."""
         before = self._phase
         for line in self._new_lines():
-            for pattern, name in _PHASES:
-                if pattern.search(line):
-                    self._phase = name
+            self._phase = next((name for pattern, name in _PHASES if pattern.search(line)), self._phase)
         self.changed = self._phase != before
         return self._phase
 
