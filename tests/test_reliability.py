@@ -21,7 +21,8 @@ from structlog.testing import capture_logs
 from odie_async.cli import main
 from odie_async.endpoints.mock_server import MockServer, MockSettings
 from odie_async.engine.batch import run_batch
-from odie_async.engine.client import api_key_from_env, check_answer
+from odie_async.engine.client import api_key_from_env
+from odie_async.engine.routes import check_shape as check_answer
 from odie_async.engine.core import Engine, EngineSettings
 from odie_async.exceptions import ConfigError, MalformedResponseError
 from tests.helpers import chat_line, ids_in, write_requests

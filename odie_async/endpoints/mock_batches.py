@@ -25,7 +25,7 @@ from urllib.parse import parse_qs
 
 import orjson
 
-from .mock_server import MockState, _error, _prompt_text, _response, completion_data, count_tokens
+from .mock_server import MockState, _error, _prompt_text, _response, answer_data, count_tokens
 
 TERMINAL = ("completed", "failed", "expired", "cancelled")
 
@@ -261,7 +261,8 @@ class BatchMock:
         if int.from_bytes(digest, "big") / 2**64 < self.settings.fail_rate:
             return ("failed", "injected batch request failure")
         tokens = count_tokens(_prompt_text(body))
-        return ("ok", completion_data(self.state, "/v1/chat/completions", body, tokens, f"{batch.id}-{index}"))
+        path = batch.meta.get("endpoint") or "/v1/chat/completions"  # Anthropic's batches answer as chat
+        return ("ok", answer_data(self.state, path, body, tokens, f"{batch.id}-{index}"))
 
     def _openai_files(self, batch: _Batch) -> None:
         ok, bad = [], []

@@ -3,7 +3,8 @@
 A bare asyncio ``Protocol`` (uvloop when installed) with a minimal HTTP/1.1
 keep-alive parser, so one core answers thousands of requests per second and the
 mock is never the bottleneck of a benchmark. It serves ``POST
-/v1/chat/completions``, ``POST /v1/completions`` and ``GET /v1/models`` with
+/v1/chat/completions``, ``/v1/completions``, ``/v1/responses``, ``/v1/embeddings``,
+``/v1/moderations`` (every route of OpenAI's Batch API) and ``GET /v1/models`` with
 content derived deterministically from the request (``responder`` overrides
 it), real ``usage`` counts, latency drawn from a normal distribution, RPM/TPM
 limits enforced with 429 + ``Retry-After`` and ``x-ratelimit-*`` headers, and
@@ -25,7 +26,8 @@ from typing import IO, Callable
 
 import orjson
 
-from . import mock_stream
+from ..engine.routes import input_texts
+from . import mock_answers, mock_stream
 from .schema_fill import instance_for_schema
 
 _WORD = re.compile(r"\w+|[^\w\s]")
@@ -64,7 +66,13 @@ def prompt_digest(body: dict) -> str:
     return hashlib.blake2b(_prompt_text(body).encode(), digest_size=8).hexdigest()
 
 
+# The POST routes answered (a path ending in one of these, with or without ``/v1``).
+ANSWERED = ("completions", "/responses", "/embeddings", "/moderations")
+
+
 def _prompt_text(body: dict) -> str:
+    if "input" in body:  # responses, embeddings, moderations
+        return "\n".join(input_texts(body["input"]))
     if "messages" in body:
         parts = []
         for message in body["messages"]:
@@ -256,7 +264,7 @@ class MockProtocol(asyncio.Protocol):
         for route in state.routes:
             if route(self, method, path, headers, body):
                 return None
-        if method != "POST" or not path.endswith("completions"):
+        if method != "POST" or not path.endswith(ANSWERED):
             return self._send(_error(404, f"no route {method} {path}", "invalid_request_error"))
         self._complete(path, body, headers)
 
@@ -268,7 +276,8 @@ class MockProtocol(asyncio.Protocol):
         except (orjson.JSONDecodeError, AssertionError):
             return self._send(_error(400, "body is not a JSON object", "invalid_request_error"))
         prompt_tokens = count_tokens(_prompt_text(body))
-        max_tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or 256)
+        max_tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or body.get("max_output_tokens")
+                         or (0 if path.endswith(("/embeddings", "/moderations")) else 256))
         wait = state.admit(prompt_tokens + max_tokens)
         if wait > 0:
             state.requests["429"] += 1
@@ -288,7 +297,7 @@ class MockProtocol(asyncio.Protocol):
 
     def _completion(self, path: str, body: dict, prompt_tokens: int) -> bytes:
         state = self.state
-        data = completion_data(state, path, body, prompt_tokens, f"cmpl-{state.requests['200']:x}")
+        data = answer_data(state, path, body, prompt_tokens, f"cmpl-{state.requests['200']:x}")
         extra = [("x-request-id", f"req-{state.requests['total']:x}")] + state.limit_headers()
         return _response(200, orjson.dumps(data), extra)
 
@@ -311,6 +320,18 @@ class MockProtocol(asyncio.Protocol):
             self.closed = True  # answer nothing more on this connection
         else:
             self._later(state.delay(), _response(200, b'{"id": "cmpl-broken", "choices": [{"mess'))
+
+
+def answer_data(state: MockState, path: str, body: dict, prompt_tokens: int, answer_id: str) -> dict:
+    """The body of a successful answer to ``body`` on API ``path``, as OpenAI's API shapes it."""
+    if path.endswith("/embeddings"):
+        return mock_answers.embeddings_data(body, prompt_tokens)
+    if path.endswith("/moderations"):
+        return mock_answers.moderations_data(body, answer_id)
+    if path.endswith("/responses"):
+        content = state.responder(body)
+        return mock_answers.responses_data(body, content, prompt_tokens, count_tokens(content), answer_id)
+    return completion_data(state, path, body, prompt_tokens, answer_id)
 
 
 def completion_data(state: MockState, path: str, body: dict, prompt_tokens: int, answer_id: str) -> dict:

@@ -16,11 +16,11 @@ from typing import Iterable, Iterator
 import orjson
 import structlog
 
+from .routes import SUPPORTED_URLS
 from ..exceptions import DuplicateIdError, InputError
 
 log = structlog.get_logger(__name__)
 
-SUPPORTED_URLS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
 
 
 @dataclass(slots=True)

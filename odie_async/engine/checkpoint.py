@@ -24,6 +24,7 @@ import structlog
 
 from ..exceptions import ConfigError, InputError, OutputError
 from .lockfile import LockBusy, take_lock
+from .routes import answer_text
 
 log = structlog.get_logger(__name__)
 
@@ -44,13 +45,8 @@ class Result:
 
     @property
     def content(self) -> str | None:
-        """The first choice's text (chat ``message.content`` or completions ``text``)."""
-        try:
-            choice = self.body["choices"][0]
-        except (TypeError, KeyError, IndexError):
-            return None
-        message = choice.get("message")
-        return message.get("content") if message else choice.get("text")
+        """The answer's text: the first choice's (chat or completions), or a response's output text."""
+        return answer_text(self.body)
 
     def to_line(self, line_id: str, digest: str | None = None) -> bytes:
         """One line of the OpenAI Batch API output (or errors) file format.

@@ -29,6 +29,7 @@ from ..exceptions import (
     TransportError,
 )
 from .limits import parse_duration
+from .routes import check_shape, usage_tokens
 
 
 @dataclass(slots=True)
@@ -53,28 +54,9 @@ class Reply:
         usage = self.body.get("usage") or {}
         total = usage.get("total_tokens")
         if total is None:
-            total = (usage.get("prompt_tokens") or 0) + (usage.get("completion_tokens") or 0)
+            total = sum(usage_tokens(usage))
             return total or -1
         return total
-
-
-_USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens")
-
-
-def check_answer(path: str, body: dict) -> None:
-    """Raise ``MalformedResponseError`` when a 2xx body lacks what the engine reads from it."""
-    usage = body.get("usage")
-    if usage is not None:
-        if not isinstance(usage, dict):
-            raise MalformedResponseError(f"'usage' is a {type(usage).__name__}, not an object")
-        for name in _USAGE_FIELDS:
-            value = usage.get(name)
-            if value is not None and (type(value) is not int or value < 0):
-                raise MalformedResponseError(f"'usage.{name}' is {value!r}, not a count")
-    if path.endswith("completions"):
-        choices = body.get("choices")
-        if not isinstance(choices, list) or not choices:
-            raise MalformedResponseError("response has no 'choices'")
 
 
 def clean_api_key(value: str | None, source: str) -> str | None:
@@ -213,7 +195,7 @@ class ChatClient:
         if not isinstance(body, dict):
             raise MalformedResponseError(f"HTTP {status} body is not a JSON object", status=status, body=raw)
         try:
-            check_answer(path, body)
+            check_shape(path, body)
         except MalformedResponseError as exc:
             exc.status, exc.body = status, raw
             raise

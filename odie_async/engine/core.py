@@ -40,6 +40,7 @@ from .client import ChatClient, Reply
 from .pool import Pool, PoolSettings, build_lanes
 from ..exceptions import EndpointStopped, EngineCrashed, OutputError, RequestError, RunAborted, TransportError
 from .limits import RateLimits
+from .routes import requested_output_tokens
 from .settings import EngineSettings
 from .stats import RunStats
 
@@ -65,8 +66,7 @@ class Job:
 
 def estimate_tokens(body: dict, payload_size: int, default_max_tokens: int = 256) -> float:
     """Prompt tokens (≈ payload bytes / 4, an overestimate) plus the completion budget."""
-    completion = body.get("max_completion_tokens") or body.get("max_tokens") or default_max_tokens
-    return payload_size / 4.0 + completion
+    return payload_size / 4.0 + requested_output_tokens(body, default_max_tokens)
 
 
 class _Attempt:

