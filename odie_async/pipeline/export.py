@@ -23,7 +23,7 @@ from pathlib import Path
 
 import orjson
 
-from ..exceptions import InputError
+from ..exceptions import ConfigError, InputError
 from ..files import write_atomic
 
 from .flow import Outcome
@@ -205,8 +205,42 @@ def load_split(run: Path, cache_dir: str):
     return datasets.load_dataset("json", data_files=files, split="train", cache_dir=cache_dir)
 
 
+# The files of a run folder that are its data: no export may write over one of them.
+RUN_FILES = (*FILES.values(), DROPPED, SUMMARY, CARD, "requests.jsonl", "errors.jsonl", "metrics.jsonl")
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _inode(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def check_targets(run: Path, parquet: Path | None, disk: Path | None) -> None:
+    """Refuse (``ConfigError``) a target that is one of the run's data files or holds them (links
+    resolved, hard links too): an export never writes over its own input."""
+    data = [(run / name).resolve() for name in RUN_FILES]
+    inodes = {_inode(path) for path in data} - {None}
+    if parquet is not None:
+        real = parquet.resolve()
+        if real in data or _inode(real) in inodes or real.is_dir():
+            raise ConfigError(f"--parquet {parquet} would write over the run's own files; name another file")
+    if disk is not None:
+        real = disk.resolve()
+        if _is_within(run.resolve(), real) or _inode(real) in inodes or any(_is_within(f, real) for f in data):
+            raise ConfigError(f"--save-to-disk {disk} would write over the run's own files; name another folder")
+        if parquet is not None and _is_within(parquet.resolve(), real):
+            raise ConfigError(f"--parquet {parquet} is inside --save-to-disk {disk}; name another file")
+
+
 def export_dataset(run: Path, parquet: Path | None = None, disk: Path | None = None) -> dict[str, str]:
     """Write a run's records as Parquet and/or a ``save_to_disk`` folder; return what was written."""
+    check_targets(run, parquet, disk)
     with tempfile.TemporaryDirectory(prefix="odie-export-") as cache:  # datasets' arrow cache, not left behind
         split = load_split(run, cache)
         written = {"records": str(len(split))}
