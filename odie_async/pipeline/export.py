@@ -16,6 +16,7 @@ the training text), ``table``, ``explanation`` (empty for plain) and ``scores``
 
 from __future__ import annotations
 
+import shlex
 import tempfile
 import time
 from collections import Counter
@@ -166,6 +167,18 @@ def plain_words(summary: dict) -> list[str]:
     return lines
 
 
+def _inputs_and_history(summary: dict) -> str:
+    """The card's lines naming the prompts and seeds used and the folder's history of runs."""
+    inputs = summary.get("inputs") or {}
+    lines = [f"\nPrompts from `{inputs['prompts']}`, seeds from `{inputs['seeds']}`.\n"] if inputs else []
+    history = summary.get("history") or []
+    if history:
+        lines.append("History of this folder (`history.jsonl`; a change is taken only with `--update`):\n")
+        lines += [f"- {entry['time']}: {'; '.join(entry['changes'])} (teacher `{entry['teacher'].get('model')}`)"
+                  for entry in history]
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
 def write_card(out: Path, summary: dict, gate) -> Path:
     """The dataset card, ``README.md``: counts, filter settings, reasons, teacher, date."""
     rows = "\n".join(f"| {variant} | {FILES[variant]} | {r['records']} | {r['kept']} | "
@@ -185,10 +198,11 @@ def write_card(out: Path, summary: dict, gate) -> Path:
 Both files share one schema (`variant` tells them apart) and load as one split:
 `datasets.load_dataset("json", data_files=["train.jsonl", "train_cot.jsonl"], split="train")`.
 The document each table was extracted from is in `source_text`; the dropped records, with every
-reason, are in `dropped.jsonl`. `odie export {out.name} --parquet` writes the same data as Parquet.
+reason, are in `dropped.jsonl`. `odie export {shlex.quote(str(out))} --parquet` (from the folder the run was
+started in) writes the same data as Parquet.
 
 {chr(10).join('- ' + line for line in plain_words(summary))}
-"""
+{_inputs_and_history(summary)}"""
     path = out / CARD
     path.write_text(text, encoding="utf-8")
     return path
