@@ -178,3 +178,21 @@ def test_a_misspelled_top_level_key_is_refused_by_every_other_config_reader(tmp_
     load = {"generate": load_generate, "train": load_train, "filter": load_gate_config}[loader]
     with pytest.raises(ConfigError, match=r"typo.yaml.*endpoits"):
         load(str(config))
+
+
+# -- a filter's files hold one gate's verdicts ---------------------------------------------------------------
+
+def test_a_rerun_with_another_gate_into_the_same_files_is_refused(tmp_path, source, lexical, capsys):
+    kept, dropped = tmp_path / "kept.jsonl", tmp_path / "dropped.jsonl"
+    half = tmp_path / "half.jsonl"
+    half.write_bytes(b"".join(source.read_bytes().splitlines(keepends=True)[:3]))
+    assert filter_cmd(half, kept, dropped, lexical) == 0
+    before = kept.read_bytes(), dropped.read_bytes()
+    lenient = tmp_path / "lenient.yaml"
+    lenient.write_text(LEXICAL + "instruction: {enabled: false}\n")
+    capsys.readouterr()
+    assert filter_cmd(source, kept, dropped, lenient) == 2
+    assert "instruction.enabled True → False" in capsys.readouterr().err
+    assert (kept.read_bytes(), dropped.read_bytes()) == before
+    assert filter_cmd(source, kept, dropped, lexical) == 0  # the same gate resumes
+    assert sorted(line["id"] for line in lines(kept) + lines(dropped)) == [f"r{i}" for i in range(6)]

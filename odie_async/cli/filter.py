@@ -9,7 +9,8 @@ Every record of IN (a JSON array or JSONL) ends in exactly one of the two files:
 kept with its ``scores``, or dropped with its ``reasons`` (all that failed) and
 scores. Rerunning the same command resumes. The input is never written: a
 ``--kept`` or ``--dropped`` that is the input (through a link too) is refused, and
-a second run on the same ``--kept`` is refused while the first runs. Exit codes: 0
+a second run on the same ``--kept`` is refused while the first runs, and so is a
+rerun with another gate, scorer or judge (``KEPT.run.json``). Exit codes: 0
 finished, 2 bad input or settings (nothing written), 3 the judge's endpoint
 stopped the run, 130/143 interrupted (rerun to resume).
 """
@@ -17,6 +18,7 @@ stopped the run, 130/143 interrupted (rerun to resume).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from pathlib import Path
 
@@ -24,7 +26,7 @@ from ..exceptions import ConfigError, InputError, RunAborted, ServeError
 from ..logs import configure_logging
 from ..quality import Gate, load_gate_config
 from ..quality.records import validate
-from ..quality.runner import check_outputs, filter_file, tally
+from ..quality.runner import check_outputs, filter_file, judge_identity, tally
 from ..runtime import run_async
 
 SCORERS = ("offline", "llm", "unieval")
@@ -91,15 +93,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _filter(args: argparse.Namespace, gate: Gate):
+    endpoint = {"base_url": args.base_url, "api_key_env": args.api_key_env, "model": args.model}
+    identity = await asyncio.to_thread(judge_identity, args.scorer, args.pipeline_config, endpoint)
+
     def judge(external):
         return filter_file(args.input, args.kept, args.dropped, gate, external, args.batch_size,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, judge=identity)
 
     if args.scorer == "offline":
         return await judge(None)
     from ..pipeline.scorers import external_scope
 
-    endpoint = {"base_url": args.base_url, "api_key_env": args.api_key_env, "model": args.model}
     async with external_scope(args.scorer, args.pipeline_config, Path(args.kept + ".judge.jsonl"),
                               endpoint) as external:
         return await judge(external)

@@ -79,6 +79,28 @@ def _flat(value, prefix: str = "") -> dict:
     return {prefix: value}
 
 
+def differences(old: dict, new: dict) -> list[str]:
+    """Every setting that differs, by its dotted key: ``key old → new``."""
+    was, now = _flat(old), _flat(new)
+    return [f"{key} {was.get(key)} → {now.get(key)}" for key in sorted(set(was) | set(now)) if was.get(key) != now.get(key)]
+
+
+def _refusal(where: Path, said: list[str], way_on: str) -> ConfigError:
+    shown = "; ".join(said[:SHOWN]) + (f"; and {len(said) - SHOWN} more" if len(said) > SHOWN else "")
+    return ConfigError(f"{where} holds another run ({shown}): {way_on}")
+
+
+def keep_one(path: Path, new: dict, way_on: str) -> None:
+    """Store ``new`` at ``path`` (the fingerprint of files made beside it), or refuse with a
+    ``ConfigError`` naming every difference when another is stored there."""
+    old = _read(path)
+    if old is None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, orjson.dumps(new, option=orjson.OPT_INDENT_2) + b"\n")
+    elif said := differences(old, new):
+        raise _refusal(path, said, way_on)
+
+
 def _kind(endpoint: str | None) -> str | None:
     return endpoint if endpoint in ("embedded", MOCK, None) else "url"
 
@@ -106,8 +128,7 @@ def changes(old: dict, new: dict) -> list[str]:
              for name in sorted(set(before) | set(after)) if before.get(name) != after.get(name)]
     if old.get("seeds") != new["seeds"]:
         said.append("seeds changed")
-    was, now = _flat(old.get("config", {})), _flat(new["config"])
-    said += [f"{key} {was.get(key)} → {now.get(key)}" for key in sorted(set(was) | set(now)) if was.get(key) != now.get(key)]
+    said += differences(old.get("config", {}), new["config"])
     if old.get("version") != new["version"]:
         said.append(f"odie_async {old.get('version')} → {new['version']}")
     return said
@@ -115,7 +136,10 @@ def changes(old: dict, new: dict) -> list[str]:
 
 def read(out: Path) -> dict | None:
     """The fingerprint stored in ``out`` (None when there is none)."""
-    path = out / FINGERPRINT
+    return _read(out / FINGERPRINT)
+
+
+def _read(path: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
@@ -134,9 +158,8 @@ def claim(out: Path, new: dict, update: bool = False) -> list[str]:
     old = read(out)
     said = changes(old, new) if old is not None else []
     if said and not update:
-        shown = "; ".join(said[:SHOWN]) + (f"; and {len(said) - SHOWN} more" if len(said) > SHOWN else "")
-        raise ConfigError(f"{out} holds another run ({shown}): rerun with --update to re-send only the "
-                          "requests whose content changed and keep the rest, or name a new output folder")
+        raise _refusal(out, said, "rerun with --update to re-send only the requests whose content changed and "
+                                  "keep the rest, or name a new output folder")
     if old is None and any((out / name).exists() for name in RUN_DATA):
         said = ["fingerprint first recorded on a folder made before fingerprints"]
     elif old is not None and not said and moved(old, new):

@@ -2,7 +2,9 @@
 
 The two files are the checkpoint, as in the engine: a record is done once its
 line is in either; a rerun cuts a torn last line, skips every key already
-written and judges the rest. The kept file is locked for the run (``KEPT.lock``,
+written and judges the rest. ``KEPT.run.json`` holds what judged them (the gate's
+settings, the scorer and its judge, the package version): a rerun judged otherwise
+is refused, so two verdicts never share the files. The kept file is locked for the run (``KEPT.lock``,
 named after the real file, symlinks resolved), so a second run on the same
 output is refused; an output that is the input (a symlink or hard link
 included) is refused before anything is read or cut. Lines are appended one batch at a time with one
@@ -25,10 +27,12 @@ from pathlib import Path
 
 import orjson
 
+from .. import __version__
 from ..engine.checkpoint import ResultStore, _write_all
 from ..engine.lockfile import LockBusy, take_lock
 from ..engine.progress import ProgressLine, _eta
 from ..exceptions import ConfigError
+from ..pipeline.fingerprint import keep_one
 from ..runtime import StopSignals
 from .gate import Gate, Prepared, Verdict
 from .records import read_input, validate, written_keys
@@ -132,6 +136,26 @@ def check_outputs(source: Path, kept: Path, dropped: Path) -> None:
     ResultStore(kept, dropped).check_paths(source)
 
 
+def filter_fingerprint(gate: Gate, judge: dict | None) -> dict:
+    """What a verdict depends on: the gate's settings, the scorer (and its judge), the package version."""
+    settings = gate.cfg.model_dump(mode="json", exclude={"source"})
+    return {"gate": settings, "scorer": judge or {"kind": "offline"}, "version": __version__}
+
+
+def judge_identity(kind: str, config_path: str | None, endpoint: dict | None) -> dict:
+    """The scorer ``kind`` and, for ``llm``, its judge's endpoint and model (for ``unieval``, its checkpoint)."""
+    if kind == "offline":
+        return {"kind": kind}
+    from ..pipeline.config import load_config, override_endpoint
+    from ..pipeline.fingerprint import teacher
+
+    config = load_config(config_path)
+    override_endpoint(config, endpoint)
+    if kind == "unieval":
+        return {"kind": kind, "unieval_dir": config.scorer.unieval_dir}
+    return {"kind": kind} | teacher(config, config.api_key())
+
+
 @contextlib.contextmanager
 def claim(kept: Path):
     """Hold the lock of the kept file (named after the real file) while the block runs."""
@@ -153,11 +177,15 @@ def claim(kept: Path):
 
 async def filter_file(source: str | Path, kept: str | Path, dropped: str | Path, gate: Gate,
                       external: External | None = None, batch_size: int = 32, progress: bool = True,
-                      handle_signals: bool = True) -> FilterStats:
-    """Judge every record of ``source`` not yet in ``kept`` or ``dropped`` and append it to one of them."""
+                      handle_signals: bool = True, judge: dict | None = None) -> FilterStats:
+    """Judge every record of ``source`` not yet in ``kept`` or ``dropped`` and append it to one of them.
+
+    ``judge`` names the scorer behind ``external`` (``judge_identity``); the files refuse another."""
     source, kept, dropped = Path(source), Path(kept), Path(dropped)
     check_outputs(source, kept, dropped)
     with claim(kept):
+        keep_one(kept.with_name(kept.name + ".run.json"), filter_fingerprint(gate, judge),
+                 "name new --kept and --dropped files for this gate")
         return await _filter_locked(source, kept, dropped, gate, external, batch_size, progress, handle_signals)
 
 
