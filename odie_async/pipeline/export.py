@@ -27,6 +27,7 @@ import orjson
 from ..exceptions import ConfigError, InputError
 from ..files import write_atomic
 
+from .fingerprint import FINGERPRINT, HISTORY
 from .flow import Outcome
 
 FILES = {"plain": "train.jsonl", "cot": "train_cot.jsonl"}
@@ -220,7 +221,8 @@ def load_split(run: Path, cache_dir: str):
 
 
 # The files of a run folder that are its data: no export may write over one of them.
-RUN_FILES = (*FILES.values(), DROPPED, SUMMARY, CARD, "requests.jsonl", "errors.jsonl", "metrics.jsonl")
+RUN_FILES = (*FILES.values(), DROPPED, SUMMARY, CARD, "requests.jsonl", "errors.jsonl", "metrics.jsonl",
+             FINGERPRINT, HISTORY)
 
 
 def _is_within(path: Path, folder: Path) -> bool:
