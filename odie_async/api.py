@@ -44,19 +44,22 @@ def _pipeline_config(config, limit: int | None, structured: str | None, endpoint
 
 async def agenerate(config: Any = None, out: PathLike = "runs/generate", *, limit: int | None = None,
                     structured: str | None = None, progress: bool = True, handle_signals: bool = False,
-                    endpoint: dict | None = None) -> dict:
+                    endpoint: dict | None = None, update: bool = False) -> dict:
     """Run the InstructIE pipeline into ``out`` and return its summary (``odie generate``).
 
     ``config`` is a config file, a packaged preset's name (``"mock"``, ``"default"``,
     ``"openai"``), a mapping shaped like the YAML, a ``PipelineConfig``, or None for
     the default preset. ``limit`` sets ``run.records``; ``structured`` overrides
     ``endpoint.structured``; ``endpoint`` (keys ``base_url``, ``api_key_env``,
-    ``model``) overrides the config's endpoint section. A rerun into the same ``out`` resumes.
+    ``model``) overrides the config's endpoint section. A rerun into the same ``out`` resumes;
+    ``out`` holding another run (teacher, config, prompts or seeds changed) raises ``ConfigError``
+    naming the change, nothing sent, unless ``update=True`` (only changed requests are re-sent).
     """
     from .pipeline.run import generate as run_pipeline
 
     settings = _pipeline_config(config, limit, structured, endpoint)
-    return await run_pipeline(settings, Path(out), show_progress=progress, handle_signals=handle_signals)
+    return await run_pipeline(settings, Path(out), show_progress=progress, handle_signals=handle_signals,
+                              update=update)
 
 
 def generate(config: Any = None, out: PathLike = "runs/generate", **options) -> dict:

@@ -10,13 +10,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
 from .engine.client import api_key_from_env
 from .engine.lanes import EndpointSpec
 from .engine.settings import EngineSettings, check_number
 from .exceptions import ConfigError
-from .pipeline.config import EndpointConfig, EngineConfig, PoolEndpoint
+from .pipeline.config import EndpointConfig, EngineConfig, PipelineConfig, PoolEndpoint
 from .settings import Section, load
 
 # With no --concurrency: this many workers, the gate starting at AUTO_START and growing on success
@@ -36,6 +36,15 @@ class BatchConfig(Section):
     endpoint: EndpointConfig = Field(default_factory=EndpointConfig)
     endpoints: list[PoolEndpoint] = Field(default_factory=list)
     engine: EngineConfig = Field(default_factory=EngineConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_sections(cls, data):
+        # other sections are generate's, but a key no config knows (`endpoits:`) is a mistake
+        unknown = [key for key in (data if isinstance(data, dict) else ()) if key not in PipelineConfig.model_fields]
+        if unknown:
+            raise ValueError(f"unknown key {unknown[0]!r} (known: {', '.join(PipelineConfig.model_fields)})")
+        return data
 
 
 def apply_config(args, defaults: dict) -> None:

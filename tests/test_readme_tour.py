@@ -1,10 +1,12 @@
-"""The README's 30-second tour, run literally from its code blocks.
+"""The README's 30-second tour and its Python API example, run literally from their code blocks.
 
 Every ```bash block under the README's "## 30-second tour" heading runs, in order,
 with bash in a fresh folder that holds the set-up's ``.venv`` (a link to the
 environment running this test), as a user runs them from the repository's folder.
 Each block must exit 0, and the files the tour points at must be there with the
-records it promises.
+records it promises. The first ```python block under "## Python API" runs the same
+way against the mock teacher; the others call real endpoints, so they are only
+read: each run writes to a folder of its own and each generate call has a limit.
 """
 
 import json
@@ -19,16 +21,45 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 HEADING = "## 30-second tour"
+API_HEADING = "## Python API"
 
 pytestmark = pytest.mark.slow
 
 
-def tour_blocks(readme: str) -> list[str]:
-    """The ```bash blocks between the tour's heading and the next second-level heading."""
-    start = readme.index(HEADING + "\n")
-    end = readme.find("\n## ", start + len(HEADING))
+def tour_blocks(readme: str, heading: str = HEADING, language: str = "bash") -> list[str]:
+    """The ```bash (or other ``language``) blocks between ``heading`` and the next second-level heading."""
+    start = readme.index(heading + "\n")
+    end = readme.find("\n## ", start + len(heading))
     section = readme[start:end if end != -1 else None]
-    return re.findall(r"^```bash\n(.*?)^```$", section, flags=re.S | re.M)
+    return re.findall(rf"^```{language}\n(.*?)^```$", section, flags=re.S | re.M)
+
+
+def test_the_api_examples_write_to_their_own_folders_and_bound_paid_calls():
+    blocks = tour_blocks((REPO / "README.md").read_text(encoding="utf-8"), API_HEADING, "python")
+    assert len(blocks) == 2
+    code = "\n".join(blocks)
+    folders = re.findall(r'"(runs/[^"/]+)', code)
+    assert len(folders) == len(set(folders)) and not {"runs/demo", "runs/tour", "runs/generate"} & set(folders)
+    calls = re.findall(r"generate\((.*?)\)\s*(?:#|$)", code, flags=re.M)
+    assert calls and all("limit=" in call for call in calls)
+    assert all(f'"{field}"' in blocks[0] for field in ("category", "difficulty", "source_type"))
+
+
+def test_the_tours_files_outside_runs_are_ignored_by_git():
+    names = ["requests.jsonl", "results.jsonl", "results.errors.jsonl", "results.summary.json", "results.metrics.jsonl"]
+    ignored = subprocess.run(["git", "check-ignore", *names], cwd=REPO, capture_output=True, text=True)
+    assert sorted(ignored.stdout.split()) == sorted(names)
+
+
+def test_readme_python_api_block_runs_against_the_mock(tmp_path):
+    block = tour_blocks((REPO / "README.md").read_text(encoding="utf-8"), API_HEADING, "python")[0]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    result = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, f"{block}\n{result.stdout}\n{result.stderr}"
+    assert "plain records kept" in result.stdout
+    summary = json.loads((tmp_path / "runs" / "api-mock" / "summary.json").read_text())
+    assert summary["model"] == "mock-model" and summary["records"]["planned"] == 10
 
 
 def test_tour_blocks_are_found():

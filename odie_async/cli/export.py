@@ -7,6 +7,8 @@
 ``train.jsonl`` and ``train_cot.jsonl`` share one schema (a ``variant`` column), so
 they load as one split; ``--parquet`` writes it as ``RUN/dataset.parquet`` (or FILE),
 ``--save-to-disk`` as ``RUN/dataset/`` (or DIR) for ``datasets.load_from_disk``.
+A target that is one of the run's own files (``train.jsonl``, ``requests.jsonl``...,
+through a link too) is refused: an export never writes over its input.
 Exit codes: 0 written, 2 nothing to export or bad options.
 """
 
@@ -37,12 +39,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     parquet = None if args.parquet is None else Path(args.parquet or folder / "dataset.parquet")
     disk = None if args.save_to_disk is None else Path(args.save_to_disk or folder / "dataset")
-    try:
-        if not folder.is_dir():
-            raise InputError(folder, 0, "no such run folder")
-        written = export_dataset(folder, parquet, disk)
-    except InputError as exc:
-        print(f"odie export: error: {exc}", file=sys.stderr)
-        return 2
+    if not folder.is_dir():
+        raise InputError(folder, 0, "no such run folder")
+    written = export_dataset(folder, parquet, disk)  # a ConfigError or InputError: `odie` says it, exit 2
     print(f"{written.pop('records')} records -> {', '.join(written.values())}")
     return 0

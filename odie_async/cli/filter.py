@@ -7,14 +7,18 @@
 
 Every record of IN (a JSON array or JSONL) ends in exactly one of the two files:
 kept with its ``scores``, or dropped with its ``reasons`` (all that failed) and
-scores. Rerunning the same command resumes. Exit codes: 0 finished, 2 bad input
-or settings (nothing written), 3 the judge's endpoint stopped the run, 130/143
-interrupted (rerun to resume).
+scores. Rerunning the same command resumes. The input is never written: a
+``--kept`` or ``--dropped`` that is the input (through a link too) is refused, and
+a second run on the same ``--kept`` is refused while the first runs, and so is a
+rerun with another gate, scorer or judge (``KEPT.run.json``). Exit codes: 0
+finished, 2 bad input or settings (nothing written), 3 the judge's endpoint
+stopped the run, 130/143 interrupted (rerun to resume).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from pathlib import Path
 
@@ -22,11 +26,10 @@ from ..exceptions import ConfigError, InputError, RunAborted, ServeError
 from ..logs import configure_logging
 from ..quality import Gate, load_gate_config
 from ..quality.records import validate
-from ..quality.runner import filter_file, tally
+from ..quality.runner import check_outputs, filter_file, judge_identity, tally
 from ..runtime import run_async
 
 SCORERS = ("offline", "llm", "unieval")
-EXIT_SIGNAL = {"SIGINT": 130, "SIGTERM": 143}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,15 +74,11 @@ def run(args: argparse.Namespace) -> int:
         gate = Gate(load_gate_config(args.config))
         if args.batch_size < 1:
             raise ConfigError("--batch-size must be at least 1")
-        if Path(args.kept).resolve() == Path(args.dropped).resolve():
-            raise ConfigError("--kept and --dropped must be two different files")
         if not Path(args.input).is_file():
             raise InputError(args.input, 0, "no such file")
+        check_outputs(Path(args.input), Path(args.kept), Path(args.dropped))
         validate(args.input)  # every line checked before a model is loaded or a request sent
         stats = run_async(_filter(args, gate))
-    except (ConfigError, InputError) as exc:
-        print(f"odie filter: error: {exc}", file=sys.stderr)
-        return 2
     except (RunAborted, ServeError) as exc:  # the judge's endpoint stopped the run: rerun to resume
         print(f"odie filter: stopped by the endpoint: {exc}", file=sys.stderr)
         return 3
@@ -90,19 +89,21 @@ def run(args: argparse.Namespace) -> int:
 
         paths = write_report(Path(args.report), args.kept, args.dropped, gate.cfg, args.label_field)
         print(f"report: {', '.join(str(p) for p in paths)}")
-    return EXIT_SIGNAL.get(stats.interrupted, 0) if stats.interrupted else 0
+    return stats.exit_code or 0
 
 
 async def _filter(args: argparse.Namespace, gate: Gate):
+    endpoint = {"base_url": args.base_url, "api_key_env": args.api_key_env, "model": args.model}
+    identity = await asyncio.to_thread(judge_identity, args.scorer, args.pipeline_config, endpoint)
+
     def judge(external):
         return filter_file(args.input, args.kept, args.dropped, gate, external, args.batch_size,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, judge=identity)
 
     if args.scorer == "offline":
         return await judge(None)
     from ..pipeline.scorers import external_scope
 
-    endpoint = {"base_url": args.base_url, "api_key_env": args.api_key_env, "model": args.model}
     async with external_scope(args.scorer, args.pipeline_config, Path(args.kept + ".judge.jsonl"),
                               endpoint) as external:
         return await judge(external)

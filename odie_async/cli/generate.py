@@ -23,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="environment variable holding the API key (overrides endpoint.api_key_env)")
     parser.add_argument("--model", default=None, help="the served model's name (overrides endpoint.model)")
     parser.add_argument("--limit", type=int, default=None, help="final records to attempt (overrides run.records)")
+    parser.add_argument("--update", action="store_true",
+                        help="take a changed teacher, config or prompts in an existing run folder: re-send only the "
+                             "requests whose content changed, keep the rest, record the change in its history")
     parser.add_argument("--structured", choices=("auto", "on", "off"), default=None,
                         help="override endpoint.structured (JSON-schema outputs)")
     parser.add_argument("--log-json", action="store_true", help="log JSON lines instead of readable text")
@@ -36,10 +39,11 @@ def _hide_alias(parser: argparse.ArgumentParser, alias: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the pipeline, print the summary; 0 done, 1 some requests failed, 130/143 interrupted."""
+    """Run the pipeline, print the summary; 0 done, 1 some requests failed, 2 bad config or a run folder
+    that holds another run (nothing sent), 130/143 interrupted."""
     configure_logging(json=args.log_json)
     endpoint = {"base_url": args.base_url, "api_key_env": args.api_key_env, "model": args.model}
     summary = generate(args.config, args.output, limit=args.limit, structured=args.structured,
-                       progress=not args.no_progress, handle_signals=True, endpoint=endpoint)
+                       progress=not args.no_progress, handle_signals=True, endpoint=endpoint, update=args.update)
     print(format_summary(summary), file=sys.stdout)
     return exit_code(summary)

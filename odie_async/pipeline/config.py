@@ -141,8 +141,10 @@ class PipelineConfig(Section):
     filter: Annotated[GateConfig, WithJsonSchema(_GATE_SECTION)] = Field(default_factory=load_gate_config,
                                description="the quality gate: `config:` a filter config file, plus overrides")
     scorer: ScorerConfig = Field(default_factory=ScorerConfig)
-    seeds: str = Field("seeds/seed_tasks.jsonl", description="seed tasks: absolute, or under the configs folder")
-    prompts: str = Field("prompts", description="prompt templates folder: absolute, or under the configs folder")
+    seeds: str = Field("seeds/seed_tasks.jsonl",
+                       description="seed tasks: absolute, or under the config file's folder, else the packaged configs")
+    prompts: str = Field("prompts", description="prompt templates folder: absolute, or under the config file's "
+                         "folder, else the packaged configs")
     _source: str = PrivateAttr("<defaults>")
 
     @field_validator("filter", mode="before")
@@ -189,9 +191,13 @@ class PipelineConfig(Section):
         return self.run.records - self.n_open
 
     def path(self, relative: str) -> Path:
-        """A path named in the config: absolute, or relative to the configs folder."""
+        """A path named in the config: absolute, else under the config file's own folder when it is
+        there (a copied config uses its copied prompts), else under the packaged configs folder."""
         path = Path(os.path.expanduser(relative))
-        return path if path.is_absolute() else config_dir() / path
+        if path.is_absolute():
+            return path
+        own = Path(self._source).parent / path if Path(self._source).is_file() else None
+        return own if own is not None and own.exists() else config_dir() / path
 
     def api_key(self) -> str | None:
         """The endpoint's key from its environment variable (never from the file)."""

@@ -16,6 +16,7 @@ the training text), ``table``, ``explanation`` (empty for plain) and ``scores``
 
 from __future__ import annotations
 
+import shlex
 import tempfile
 import time
 from collections import Counter
@@ -23,9 +24,10 @@ from pathlib import Path
 
 import orjson
 
-from ..exceptions import InputError
+from ..exceptions import ConfigError, InputError
 from ..files import write_atomic
 
+from .fingerprint import FINGERPRINT, HISTORY
 from .flow import Outcome
 
 FILES = {"plain": "train.jsonl", "cot": "train_cot.jsonl"}
@@ -166,6 +168,18 @@ def plain_words(summary: dict) -> list[str]:
     return lines
 
 
+def _inputs_and_history(summary: dict) -> str:
+    """The card's lines naming the prompts and seeds used and the folder's history of runs."""
+    inputs = summary.get("inputs") or {}
+    lines = [f"\nPrompts from `{inputs['prompts']}`, seeds from `{inputs['seeds']}`.\n"] if inputs else []
+    history = summary.get("history") or []
+    if history:
+        lines.append("History of this folder (`history.jsonl`; a change is taken only with `--update`):\n")
+        lines += [f"- {entry['time']}: {'; '.join(entry['changes'])} (teacher `{entry['teacher'].get('model')}`)"
+                  for entry in history]
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
 def write_card(out: Path, summary: dict, gate) -> Path:
     """The dataset card, ``README.md``: counts, filter settings, reasons, teacher, date."""
     rows = "\n".join(f"| {variant} | {FILES[variant]} | {r['records']} | {r['kept']} | "
@@ -185,10 +199,11 @@ def write_card(out: Path, summary: dict, gate) -> Path:
 Both files share one schema (`variant` tells them apart) and load as one split:
 `datasets.load_dataset("json", data_files=["train.jsonl", "train_cot.jsonl"], split="train")`.
 The document each table was extracted from is in `source_text`; the dropped records, with every
-reason, are in `dropped.jsonl`. `odie export {out.name} --parquet` writes the same data as Parquet.
+reason, are in `dropped.jsonl`. `odie export {shlex.quote(str(out))} --parquet` (from the folder the run was
+started in) writes the same data as Parquet.
 
 {chr(10).join('- ' + line for line in plain_words(summary))}
-"""
+{_inputs_and_history(summary)}"""
     path = out / CARD
     path.write_text(text, encoding="utf-8")
     return path
@@ -205,8 +220,43 @@ def load_split(run: Path, cache_dir: str):
     return datasets.load_dataset("json", data_files=files, split="train", cache_dir=cache_dir)
 
 
+# The files of a run folder that are its data: no export may write over one of them.
+RUN_FILES = (*FILES.values(), DROPPED, SUMMARY, CARD, "requests.jsonl", "errors.jsonl", "metrics.jsonl",
+             FINGERPRINT, HISTORY)
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _inode(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def check_targets(run: Path, parquet: Path | None, disk: Path | None) -> None:
+    """Refuse (``ConfigError``) a target that is one of the run's data files or holds them (links
+    resolved, hard links too): an export never writes over its own input."""
+    data = [(run / name).resolve() for name in RUN_FILES]
+    inodes = {_inode(path) for path in data} - {None}
+    if parquet is not None:
+        real = parquet.resolve()
+        if real in data or _inode(real) in inodes or real.is_dir():
+            raise ConfigError(f"--parquet {parquet} would write over the run's own files; name another file")
+    if disk is not None:
+        real = disk.resolve()
+        if _is_within(run.resolve(), real) or _inode(real) in inodes or any(_is_within(f, real) for f in data):
+            raise ConfigError(f"--save-to-disk {disk} would write over the run's own files; name another folder")
+        if parquet is not None and _is_within(parquet.resolve(), real):
+            raise ConfigError(f"--parquet {parquet} is inside --save-to-disk {disk}; name another file")
+
+
 def export_dataset(run: Path, parquet: Path | None = None, disk: Path | None = None) -> dict[str, str]:
     """Write a run's records as Parquet and/or a ``save_to_disk`` folder; return what was written."""
+    check_targets(run, parquet, disk)
     with tempfile.TemporaryDirectory(prefix="odie-export-") as cache:  # datasets' arrow cache, not left behind
         split = load_split(run, cache)
         written = {"records": str(len(split))}

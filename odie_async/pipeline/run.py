@@ -23,7 +23,7 @@ from ..endpoints.resolve import MOCK, Endpoint, resolve_endpoint
 from ..engine.core import Engine, EngineSettings
 from ..exceptions import OdieError
 from ..runtime import StopSignals
-from . import registry
+from . import fingerprint, registry
 from .config import PipelineConfig
 from .context import Context
 from .display import progress_for
@@ -91,12 +91,19 @@ async def _drive(flow: Flow, engine: Engine, show_progress: bool,
         return engine.interrupted, signals.received, (None if engine.interrupted else _leaf(exc))
 
 
-async def generate(config: PipelineConfig, out: Path, show_progress: bool = True, handle_signals: bool = True) -> dict:
-    """Run the pipeline into ``out``; return the summary (also written to ``out/summary.json``)."""
+async def generate(config: PipelineConfig, out: Path, show_progress: bool = True, handle_signals: bool = True,
+                   update: bool = False) -> dict:
+    """Run the pipeline into ``out``; return the summary (also written to ``out/summary.json``).
+
+    ``out`` belongs to one run (``fingerprint.claim``): another teacher, config or prompts stop
+    with a ``ConfigError`` before anything is sent, unless ``update``."""
     started = time.monotonic()
-    prompts = Prompts(config.path(config.prompts))
-    seeds = load_seeds(config.path(config.seeds))
-    out.mkdir(parents=True, exist_ok=True)
+    prompts_dir, seeds_path = config.path(config.prompts), config.path(config.seeds)
+    prompts = Prompts(prompts_dir)
+    seeds = load_seeds(seeds_path)
+    api_key = config.api_key()
+    new = await asyncio.to_thread(fingerprint.fingerprint, config, prompts_dir, seeds_path, api_key)
+    fingerprint.claim(out, new, update)
     scorer = make_scorer(config)
     async with endpoint_scope(config, prompts) as endpoint:
         engine = Engine(engine_settings(config, endpoint), out / "requests.jsonl", out / "errors.jsonl", keep_bodies=True)
@@ -111,6 +118,8 @@ async def generate(config: PipelineConfig, out: Path, show_progress: bool = True
     files = export(out, flow.outcomes, flow.variants, prompts.export_system)
     summary = _summary(config, endpoint, ctx, flow, engine, files, why, interrupted, error, time.monotonic() - started)
     summary["signal"] = signal.Signals(signum).name if signum else None
+    summary["inputs"] = {"prompts": str(prompts_dir), "seeds": str(seeds_path)}
+    summary["history"] = fingerprint.history(out)
     (out / SUMMARY).write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
     write_card(out, summary, config.filter)
     if error is not None:

@@ -2,7 +2,12 @@
 
 The two files are the checkpoint, as in the engine: a record is done once its
 line is in either; a rerun cuts a torn last line, skips every key already
-written and judges the rest. Lines are appended one batch at a time with one
+written and judges the rest. ``KEPT.run.json`` holds what judged them (the gate's
+settings, the scorer and its judge, the package version): a rerun judged otherwise
+is refused, so two verdicts never share the files. The kept file is locked for the run (``KEPT.lock``,
+named after the real file, symlinks resolved), so a second run on the same
+output is refused; an output that is the input (a symlink or hard link
+included) is refused before anything is read or cut. Lines are appended one batch at a time with one
 ``write`` per file on ``O_APPEND`` descriptors, so a stop at any moment loses at
 most the batch being judged, and no record is ever written to both files.
 SIGINT/SIGTERM finish the current batch and stop.
@@ -22,10 +27,19 @@ from pathlib import Path
 
 import orjson
 
-from ..engine.checkpoint import _write_all
+from .. import __version__
+from ..engine.checkpoint import ResultStore, _write_all
+from ..engine.lockfile import LockBusy, take_lock
 from ..engine.progress import ProgressLine, _eta
+from ..exceptions import ConfigError
+from ..pipeline.fingerprint import keep_one
+from ..runtime import StopSignals
 from .gate import Gate, Prepared, Verdict
 from .records import read_input, validate, written_keys
+
+# Fields a verdict writes: an input record that carries them (a dropped file filtered again) loses
+# them, so a line holds only the verdict of this gate.
+VERDICT_FIELDS = ("scores", "reasons")
 
 # Another scorer: (prepared records) -> scores per record (None: not scored).
 External = Callable[[list[Prepared]], Awaitable[list[dict | None]]]
@@ -41,6 +55,7 @@ class FilterStats:
     dropped: int = 0
     started: float = field(default_factory=time.monotonic)
     interrupted: str | None = None
+    exit_code: int | None = None  # the shell's code for the signal that stopped the run (130, 143)
 
     @property
     def done(self) -> int:
@@ -66,8 +81,10 @@ class FilterProgress(ProgressLine):
 
 
 def kept_line(record: dict, line_no: int, verdict: Verdict) -> dict:
-    """The kept file's line: the record, its scores (and ``source_line`` without an id)."""
-    line = dict(record) | {"scores": verdict.scores}
+    """The kept file's line: the record, its scores (and ``source_line`` without an id).
+
+    A verdict an input record carried from an earlier run is left out: only this one is written."""
+    line = {k: v for k, v in record.items() if k not in VERDICT_FIELDS} | {"scores": verdict.scores}
     if record.get("id") is None:
         line["source_line"] = line_no
     return line
@@ -114,36 +131,75 @@ def _batches(source: Path, done: set[str], size: int):
         yield batch
 
 
+def check_outputs(source: Path, kept: Path, dropped: Path) -> None:
+    """Refuse (``ConfigError``) a kept or dropped file that is the input or the other one, links resolved."""
+    ResultStore(kept, dropped).check_paths(source)
+
+
+def filter_fingerprint(gate: Gate, judge: dict | None) -> dict:
+    """What a verdict depends on: the gate's settings, the scorer (and its judge), the package version."""
+    settings = gate.cfg.model_dump(mode="json", exclude={"source"})
+    return {"gate": settings, "scorer": judge or {"kind": "offline"}, "version": __version__}
+
+
+def judge_identity(kind: str, config_path: str | None, endpoint: dict | None) -> dict:
+    """The scorer ``kind`` and, for ``llm``, its judge's endpoint and model (for ``unieval``, its checkpoint)."""
+    if kind == "offline":
+        return {"kind": kind}
+    from ..pipeline.config import load_config, override_endpoint
+    from ..pipeline.fingerprint import teacher
+
+    config = load_config(config_path)
+    override_endpoint(config, endpoint)
+    if kind == "unieval":
+        return {"kind": kind, "unieval_dir": config.scorer.unieval_dir}
+    return {"kind": kind} | teacher(config, config.api_key())
+
+
 @contextlib.contextmanager
-def _stop_on_signals(stats: FilterStats):
-    loop = asyncio.get_running_loop()
-    installed = []
-
-    def stop(sig: signal.Signals) -> None:
-        stats.interrupted = sig.name
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, stop, sig)
-            installed.append(sig)
+def claim(kept: Path):
+    """Hold the lock of the kept file (named after the real file) while the block runs."""
+    real = kept.resolve()
+    lock = real.with_name(real.name + ".lock")
+    real.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = take_lock(lock, str(os.getpid()))
+    except LockBusy as busy:
+        raise ConfigError(f"{kept} is in use by another run (PID {busy.holder or 'unknown'}, lock {lock}); "
+                          "wait for it to finish or stop it") from None
     try:
         yield
     finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
+        os.close(fd)
 
 
 async def filter_file(source: str | Path, kept: str | Path, dropped: str | Path, gate: Gate,
                       external: External | None = None, batch_size: int = 32, progress: bool = True,
-                      handle_signals: bool = True) -> FilterStats:
-    """Judge every record of ``source`` not yet in ``kept`` or ``dropped`` and append it to one of them."""
+                      handle_signals: bool = True, judge: dict | None = None) -> FilterStats:
+    """Judge every record of ``source`` not yet in ``kept`` or ``dropped`` and append it to one of them.
+
+    ``judge`` names the scorer behind ``external`` (``judge_identity``); the files refuse another."""
     source, kept, dropped = Path(source), Path(kept), Path(dropped)
+    check_outputs(source, kept, dropped)
+    with claim(kept):
+        keep_one(kept.with_name(kept.name + ".run.json"), filter_fingerprint(gate, judge),
+                 "name new --kept and --dropped files for this gate")
+        return await _filter_locked(source, kept, dropped, gate, external, batch_size, progress, handle_signals)
+
+
+async def _filter_locked(source: Path, kept: Path, dropped: Path, gate: Gate, external: External | None,
+                         batch_size: int, progress: bool, handle_signals: bool) -> FilterStats:
     stats = FilterStats(total=validate(source))
     done = done_keys(kept, dropped)
     stats.resumed = len(done)
     files = _Files(kept, dropped)
     shown = FilterProgress(stats) if progress else contextlib.nullcontext()
-    signals = _stop_on_signals(stats) if handle_signals else contextlib.nullcontext()
+    def stop(signum: int) -> None:
+        stats.interrupted = signal.Signals(signum).name
+
+    signals = StopSignals(stop) if handle_signals else contextlib.nullcontext()
     try:
         with signals:
             async with shown:
@@ -153,6 +209,7 @@ async def filter_file(source: str | Path, kept: str | Path, dropped: str | Path,
                     await _judge(batch, gate, external, files, stats)
     finally:
         files.close()
+    stats.exit_code = signals.exit_code if handle_signals else None
     return stats
 
 
@@ -177,5 +234,6 @@ def tally(kept: str | Path, dropped: str | Path) -> dict:
     for name, path in (("kept", Path(kept)), ("dropped", Path(dropped))):
         for _key, line in written_keys(path):
             counts[name] += 1
-            reasons.update(line.get("reasons") or [])
+            if name == "dropped":
+                reasons.update(line.get("reasons") or [])
     return {"kept": counts["kept"], "dropped": counts["dropped"], "reasons": dict(reasons.most_common())}
