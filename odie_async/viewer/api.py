@@ -125,7 +125,7 @@ async def _thread(work, *args):
         return await asyncio.to_thread(work, *args)
     except FileChanged as exc:
         raise web.HTTPConflict(text=str(exc)) from None
-    except OutsideScope:
+    except (OutsideScope, FileNotFoundError):
         raise web.HTTPNotFound(text="no such file in this run") from None
 
 

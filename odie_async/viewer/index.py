@@ -215,6 +215,8 @@ class LineIndex:
 
     def pick(self, numbers, cap: int | None = None) -> list[bytes]:
         """The raw lines with the given numbers (each below ``count``), each cut at ``cap`` bytes."""
+        if not len(numbers):
+            return []
         with self.open() as handle:
             return [self._capped(handle, i, cap) for i in numbers]
 

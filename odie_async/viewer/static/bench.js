@@ -23,7 +23,7 @@ const Bench = (() => {
   function axis(points) {
     const rate = points.length && points[0].kind !== "concurrency";
     const loads = points.map((p) => p.load);
-    const lo = Math.min(...loads), hi = Math.max(...loads);
+    const lo = loads.reduce((a, b) => Math.min(a, b), Infinity), hi = loads.reduce((a, b) => Math.max(a, b), -Infinity);
     return { name: rate ? "requests/s sent" : "concurrency", unit: rate ? "/s" : "", log: !rate && hi / Math.max(lo, 1) >= 8 };
   }
 
