@@ -7,9 +7,12 @@ the line here, once, so each command only checks what its records mean.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import stat
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,13 +101,61 @@ def read_json_records(path: str | Path, what: str, *, error: type[OdieError] = C
     return entries
 
 
-def write_atomic(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename: a reader sees the old file or the new."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+def _umask() -> int:
+    """The process's umask, read without changing it (``os.umask`` would race other threads)."""
     try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
-        tmp.unlink(missing_ok=True)  # a full disk leaves no half-written temporary behind
+        return  # a folder that cannot be opened for reading still took the rename
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems refuse fsync on a folder; the rename stands
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: str | Path, data: bytes, mode: int | None = None) -> None:
+    """Write ``data`` to ``path`` whole: a reader sees the old file or the new, never a mix.
+
+    The temporary is created exclusively (``mkstemp``: ``O_CREAT|O_EXCL``, mode 0600) in
+    the target's folder, so no link planted under a guessable name is ever written
+    through; it is fsynced, given its final mode (``mode``, else the old file's, else
+    0666 less the umask), renamed over ``path`` (a link there is replaced, not
+    followed) and the folder fsynced. A failed write leaves no temporary behind.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+            os.fchmod(handle.fileno(), _final_mode(path, mode))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)  # a full disk leaves no half-written temporary behind
         raise
+    _fsync_folder(path.parent)
+
+
+def _final_mode(path: Path, mode: int | None) -> int:
+    if mode is not None:
+        return mode
+    try:
+        old = os.lstat(path)
+    except OSError:
+        return 0o666 & ~_umask()
+    return stat.S_IMODE(old.st_mode) if stat.S_ISREG(old.st_mode) else 0o666 & ~_umask()

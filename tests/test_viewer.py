@@ -20,6 +20,12 @@ from tests.helpers import chat_line
 from tests.pipeline_support import make_config, responder
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    """The viewer's per-user cache folder, private to each test."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
 def _jsonl(path, rows):
     path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
     return path
@@ -46,8 +52,8 @@ def test_index_pages_extends_and_persists(tmp_path):
     with pytest.raises(IndexError):
         index.line(1001)
     reopened = LineIndex(path)
-    reopened._load()
-    assert reopened.count >= 1000  # read back from the file beside it, not rebuilt
+    assert reopened.refresh() == 1001
+    assert reopened._saved_count >= 1000  # read back from the per-user cache, not rebuilt
 
 
 def test_index_rebuilds_when_the_file_is_replaced(tmp_path):
@@ -83,8 +89,10 @@ def test_facets_select_by_reason_and_category_and_persist(tmp_path):
     assert facets.select({}) is None
     _append(path, [{"id": 30, "reasons": ["no table"]}])
     again = FacetIndex(LineIndex(path), "dropped")  # loads what was saved, then indexes the one new line
-    assert again.lines == 30
+    added, add = [], again._add
+    again._add = lambda number, raw: (added.append(number), add(number, raw))
     again.refresh()
+    assert added == [30]
     assert again.select({"reason": "no table"})[-1] == 30
 
 

@@ -32,11 +32,12 @@ def run(args: argparse.Namespace) -> int:
     """Entry point of ``odie view``: serve until Ctrl-C."""
     configure_logging(json=args.log_json)
     from ..viewer.runs import load_runs
-    from ..viewer.server import serve_forever
+    from ..viewer.server import check_address, serve_forever
 
     try:
+        check_address(args.host, args.port)
         runs = load_runs(args.runs)
-    except ConfigError as exc:
+    except (ConfigError, ValueError) as exc:
         print(f"odie view: error: {exc}", file=sys.stderr)
         return 2
 

@@ -20,6 +20,7 @@ import orjson
 from ..engine.batchfile import BatchLine, BatchReader
 from ..engine.checkpoint import ResultStore
 from ..exceptions import InputError
+from ..files import write_atomic
 from .base import BatchProvider, Chunk, Limits
 from .journal import Journal
 
@@ -42,12 +43,7 @@ def write_chunk(workdir: Path, run_id: str, key: str, lines: list[bytes], url: s
     """Write a chunk file durably (temporary name, fsync, rename) and describe it."""
     data = b"".join(lines)
     path = workdir / f"{run_id}-{key}.jsonl"
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    tmp.replace(path)
+    write_atomic(path, data)
     return Chunk(key, path, hashlib.sha256(data).hexdigest(), len(lines), url, model, attempt)
 
 

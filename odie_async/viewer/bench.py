@@ -8,23 +8,30 @@ the first waits for the file, and a folder a new bench rewrites is read again:
 
 from __future__ import annotations
 
+import re
+import shlex
 from pathlib import Path
 
 import orjson
 
-from ..exceptions import ConfigError
+from ..exceptions import ConfigError, OdieError
+from .access import Scope, everything
 
 RESULTS = "results.json"
 RECOMMENDED = "recommended.yaml"
 PLOT = "bench.png"
 MAX_RECOMMENDED = 64 * 1024
+MAX_RESULTS = 1 << 22
+MAX_CONCURRENCY = 100_000
+_PRINTABLE = re.compile(r"[^\x00-\x1f\x7f]+")
+_URL = re.compile(r"https?://[^\s\x00-\x1f\x7f]+")
 REQUIRED = {"base_url": str, "workload": str, "points": list, "stop_reason": str}
 POINT_REQUIRED = {"kind": str, "load": (int, float), "label": str, "requests_per_s": (int, float),
                   "output_tokens_per_s": (int, float)}
 DISTRIBUTIONS = ("latency_ms", "ttft_ms", "itl_ms")
 
 
-def is_bench_folder(path: Path) -> bool:
+def is_bench_folder(path: Path, scope: Scope | None = None) -> bool:
     """A folder ``odie bench`` wrote: ``results.json`` with its plot or settings beside it, or bench-shaped."""
     results = path / RESULTS
     if not results.is_file():
@@ -32,8 +39,8 @@ def is_bench_folder(path: Path) -> bool:
     if (path / RECOMMENDED).is_file() or (path / PLOT).is_file():
         return True
     try:
-        data = orjson.loads(results.read_bytes())
-    except (OSError, orjson.JSONDecodeError):
+        data = orjson.loads((scope or everything()).read_bytes(results, MAX_RESULTS))
+    except (OSError, OdieError, orjson.JSONDecodeError):
         return False
     return isinstance(data, dict) and "points" in data and "stop_reason" in data
 
@@ -51,12 +58,14 @@ def version(results: Path) -> str:
     return "" if parts == ["-", "-"] else "/".join(parts)
 
 
-def read(results: Path, shown: str) -> dict:
+def read(results: Path, shown: str, scope: Scope | None = None) -> dict:
     """The checked results; ``ConfigError`` naming ``shown`` (the file as the user named it) when damaged."""
     try:
-        raw = results.read_bytes()
+        raw = (scope or everything()).read_bytes(results, MAX_RESULTS)
     except OSError as exc:
         raise ConfigError(f"{shown}: cannot be read: {exc.strerror or exc}") from None
+    except OdieError as exc:
+        raise ConfigError(str(exc)) from None
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -96,16 +105,43 @@ def _wrong(key: str, data: dict, types) -> str | None:
     return None
 
 
-def recommended_text(results: Path) -> str | None:
-    """``recommended.yaml`` as written (not parsed: the page shows it as text), or None."""
+def recommended_text(results: Path, scope: Scope | None = None) -> str | None:
+    """``recommended.yaml`` as written (not parsed: the page shows it as text), or None (also for a link out)."""
     try:
-        with open(results.with_name(RECOMMENDED), "rb") as handle:
-            return handle.read(MAX_RECOMMENDED).decode("utf-8", "replace")
-    except OSError:
+        return (scope or everything()).read_bytes(results.with_name(RECOMMENDED), MAX_RECOMMENDED).decode("utf-8", "replace")
+    except (OSError, OdieError):
         return None
 
 
-def snapshot(results: Path, shown: str, since: str | None = None) -> dict:
+def _text(value, fallback: str) -> str:
+    """``value`` shell-quoted when it is a string of printable characters, else the placeholder ``fallback``."""
+    return shlex.quote(value) if isinstance(value, str) and _PRINTABLE.fullmatch(value) else fallback
+
+
+def command(results: dict, folder: str, has_recommended: bool) -> str:
+    """The command lines the page suggests: every value checked against its type and shell-quoted."""
+    source = results.get("source") if isinstance(results.get("source"), dict) else {}
+    given = source.get("input")
+    given = given if isinstance(given, str) and _PRINTABLE.fullmatch(given) else None
+    input_ = shlex.quote(given) if given else "REQUESTS.jsonl"
+    if has_recommended:
+        config = _text(f"{folder.rstrip('/') or '.'}/{RECOMMENDED}", "DIR/recommended.yaml")
+        lines = [f"odie batch {input_} -o OUT.jsonl --config {config}",
+                 f"odie generate --config {config}   # or in a generate config: its endpoint and engine sections"]
+        if results.get("embedded") is True:
+            lines.append("# base_url null: the command serves the embedded model again for the run")
+        return "\n".join(lines)
+    knee = results.get("recommended") if isinstance(results.get("recommended"), dict) else {}
+    concurrency = knee.get("concurrency", 1) if knee else 1
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or not 0 < concurrency <= MAX_CONCURRENCY:
+        concurrency = "N"  # not an integer: nothing of it reaches the line
+    url = results.get("base_url")
+    url = shlex.quote(url) if isinstance(url, str) and _URL.fullmatch(url) else "URL"
+    flag = "" if results.get("embedded") is True else f" --base-url {url}"
+    return f"odie batch {input_} -o OUT.jsonl{flag} --concurrency {concurrency}"
+
+
+def snapshot(results: Path, shown: str, since: str | None = None, scope: Scope | None = None) -> dict:
     """What the page draws: ``{"version", "results", "recommended", "error", "waiting"}``.
 
     With ``since`` equal to the current version only ``{"version", "unchanged": True}``:
@@ -119,9 +155,9 @@ def snapshot(results: Path, shown: str, since: str | None = None) -> dict:
         out["waiting"] = True
         return out
     try:
-        out["results"] = read(results, shown)
+        out["results"] = read(results, shown, scope)
     except ConfigError as exc:
         out["error"] = str(exc)
         return out
-    out["recommended"] = recommended_text(results)
+    out["recommended"] = recommended_text(results, scope)
     return out

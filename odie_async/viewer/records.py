@@ -13,6 +13,8 @@ from ..evaluation.tables import TableError, split_around_table
 
 FACETS = ("status", "reason", "category", "domain", "stage", "variant")
 PREVIEW = 160
+LIMIT = 4 << 20  # a record above this many bytes is not parsed: it is shown in raw pages
+RAW_PAGE = 1 << 20
 
 
 def _content(record: dict) -> str | None:

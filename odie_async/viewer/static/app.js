@@ -48,7 +48,31 @@ const LIVE_CHARTS = [
 function liveSeries(run, label, pick) {
   const lines = state.live[run.id].lines;
   const t0 = lines.length ? lines[0].t : 0;
-  return { name: label, points: lines.map((l) => [l.t - t0, pick(l)]) };
+  return { name: label, points: lines.map((l, i) => [l.t - t0, pick(l, i)]) };
+}
+
+const WINDOW_S = 10;
+
+function windowed(lines, key, fallback) {
+  // The rate of a cumulative count over the last WINDOW_S seconds (since the start while the run is younger):
+  // one sample taken a fraction of a second after the one before says nothing about the rate.
+  const out = new Array(lines.length);
+  let j = 0;
+  for (let i = 0; i < lines.length; i++) {
+    while (j + 1 < i && lines[i].t - lines[j + 1].t >= WINDOW_S) j++;
+    const span = lines[i].t - lines[j].t, a = lines[j][key], b = lines[i][key];
+    out[i] = typeof a === "number" && typeof b === "number" ? (span > 0 ? (b - a) / span : null) : lines[i][fallback];
+  }
+  return out;
+}
+
+function rates(run) {
+  const live = state.live[run.id];
+  if (live.ratesFor !== live.lines.length) {
+    live.rates = { rps: windowed(live.lines, "done", "rps"), tps: windowed(live.lines, "tokens", "tps") };
+    live.ratesFor = live.lines.length;
+  }
+  return live.rates;
 }
 
 function tag(run, name) {
@@ -71,8 +95,8 @@ function drawLive() {
   const each = (fn) => runs.flatMap(fn);
   Charts.line(cards.records, "Records done and failed", each((r) => [
     liveSeries(r, tag(r, "done"), (l) => l.done), liveSeries(r, tag(r, "failed"), (l) => l.failed)]));
-  Charts.line(cards.rps, "Requests/s", each((r) => [liveSeries(r, tag(r, "req/s"), (l) => l.rps)]));
-  Charts.line(cards.tps, "Tokens/s", each((r) => [liveSeries(r, tag(r, "tok/s"), (l) => l.tps)]));
+  Charts.line(cards.rps, `Requests/s (over ${WINDOW_S} s)`, each((r) => [liveSeries(r, tag(r, "req/s"), (l, i) => rates(r).rps[i])]));
+  Charts.line(cards.tps, `Tokens/s (over ${WINDOW_S} s)`, each((r) => [liveSeries(r, tag(r, "tok/s"), (l, i) => rates(r).tps[i])]));
   Charts.line(cards.latency, "Latency p50 / p95 (ms)", each((r) => [
     liveSeries(r, tag(r, "p50"), (l) => l.p50_ms), liveSeries(r, tag(r, "p95"), (l) => l.p95_ms)]));
   Charts.line(cards.errors, "429s and errors by reason", each((r) => {
@@ -114,9 +138,13 @@ function liveStat(run) {
     h("div", { text: run.name }));
   if (!last) { box.append(h("div", { class: "empty", text: "waiting for the first sample" })); return box; }
   const total = last.total ? ` of ${last.total}` : "";
-  const rate = last.done && last.elapsed ? last.done / last.elapsed : 0;
-  const eta = last.total && rate > 0 && !finished ? Math.max(0, (last.total - last.done - last.cached) / rate) : null;
-  box.append(h("b", { text: `${last.done}${total}` }), ` done · ${last.failed} failed · ${Charts.fmt(last.rps)} req/s`,
+  const whole = last.done && last.elapsed ? last.done / last.elapsed : 0;
+  const recent = rates(run).rps[live.lines.length - 1];
+  const shown = finished ? whole : recent;  // a finished run: its whole length; a running one: the last WINDOW_S seconds
+  const rate = recent > 0 ? recent : whole;
+  const eta = last.total && rate > 0 && !finished ? Math.max(0, (last.total - last.done - (last.cached || 0)) / rate) : null;
+  box.append(h("b", { text: `${last.done}${total}` }), ` done · ${last.failed} failed · `,
+    h("span", { class: "rate", text: `${Charts.fmt(shown)} req/s` }), finished ? " over the run" : ` over ${WINDOW_S} s`,
     h("div", { text: eta === null ? "" : `ETA ${Math.floor(eta / 60)}m${String(Math.round(eta % 60)).padStart(2, "0")}s` }));
   return box;
 }
@@ -130,7 +158,7 @@ async function pollLive() {
       for (;;) {  // a long run's file comes in chunks
         const got = await api(`/api/runs/${run.id}/metrics?from=${live.next}`);
         if (got.next < live.next) { live.lines = []; }  // the file was replaced
-        live.lines.push(...got.lines);
+        for (const line of got.lines) live.lines.push(line);
         changed = changed || got.lines.length > 0;
         const moved = got.next !== live.next;
         live.next = got.next;
@@ -173,7 +201,8 @@ function selectRun(id) {
   const run = state.runs.find((r) => r.id === Number(id));
   state.read.run = run.id;
   $("read-run").value = String(run.id);
-  $("read-file").replaceChildren(...run.files.map((f) => h("option", { value: f, text: f })));
+  $("read-file").replaceChildren(...run.files.map((f) => h("option", { value: f, text: f })),
+    ...(run.links || []).map((f) => h("option", { value: "", disabled: "", class: "link", text: `${f} (a link out of the run: not served)` })));
   const preferred = ["dropped.jsonl", "train.jsonl"].find((f) => run.files.includes(f)) || run.files[0];
   selectFile(preferred);
 }
@@ -229,6 +258,7 @@ async function openRecord(n) {
   const { run, file } = state.read;
   const rec = await api(`/api/runs/${run}/files/${encodeURIComponent(file)}/record/${n}`);
   for (const tr of document.querySelectorAll("#read-table tbody tr")) tr.classList.toggle("selected", Number(tr.dataset.n) === n);
+  if (rec.too_large) return openLarge(run, file, rec, 0);
   const cells = rec.table ? rec.table.rows.flat() : [];
   const box = $("read-detail");
   box.hidden = false;
@@ -243,6 +273,21 @@ async function openRecord(n) {
     section("Error", rec.error && h("div", { class: "text", text: `${rec.error.code}: ${rec.error.message || ""}` })),
     h("details", {}, h("summary", { text: "record JSON" }), h("pre", { text: JSON.stringify(rec.record, null, 2) })),
   ].filter(Boolean));
+}
+
+async function openLarge(run, file, rec, page) {
+  // A record too large to open whole: its raw text, one page at a time.
+  const response = await fetch(`/api/runs/${run}/files/${encodeURIComponent(file)}/record/${rec.n}/raw?page=${page}`, { credentials: "same-origin" });
+  if (!response.ok) throw new Error(`record ${rec.n}: ${response.status}`);
+  const text = await response.text();
+  const nav = h("div", { class: "pager" },
+    h("button", { type: "button", onclick: () => openLarge(run, file, rec, page - 1), ...(page === 0 ? { disabled: "" } : {}) }, "previous"),
+    ` page ${page + 1} of ${rec.pages} `,
+    h("button", { type: "button", onclick: () => openLarge(run, file, rec, page + 1), ...(page + 1 >= rec.pages ? { disabled: "" } : {}) }, "next"));
+  const box = $("read-detail");
+  box.hidden = false;
+  box.replaceChildren(h("h3", { text: `line ${rec.n + 1}: ${rec.bytes.toLocaleString("en-US")} bytes, shown raw in pages` }), nav,
+    h("pre", { id: "read-raw", class: "text", text }));
 }
 
 function section(title, body) {

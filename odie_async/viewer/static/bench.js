@@ -1,7 +1,8 @@
 // odie view: an odie bench result (results.json and recommended.yaml) as charts against load, a table
 // of the points and the settings to use; in Compare, several bench results on the same axes.
 // Everything in results.json is untrusted (the endpoint's URL, the model, the workload, the warnings):
-// it only ever reaches the page through textContent (h() with text or children, Charts).
+// it only ever reaches the page through textContent (h() with text or children, Charts). The command lines
+// it suggests are built by the server, every value checked against its type and shell-quoted.
 "use strict";
 
 const Bench = (() => {
@@ -22,7 +23,7 @@ const Bench = (() => {
   function axis(points) {
     const rate = points.length && points[0].kind !== "concurrency";
     const loads = points.map((p) => p.load);
-    const lo = Math.min(...loads), hi = Math.max(...loads);
+    const lo = loads.reduce((a, b) => Math.min(a, b), Infinity), hi = loads.reduce((a, b) => Math.max(a, b), -Infinity);
     return { name: rate ? "requests/s sent" : "concurrency", unit: rate ? "/s" : "", log: !rate && hi / Math.max(lo, 1) >= 8 };
   }
 
@@ -124,29 +125,10 @@ const Bench = (() => {
       h("table", { class: "points" }, h("thead", {}, h("tr", {}, ...cols.map(([name]) => h("th", { text: name })))), h("tbody", {}, ...body)));
   }
 
-  function quote(arg) {
-    return /^[\w@%+=:,./-]+$/.test(arg) ? arg : `'${arg.replace(/'/g, "'\\''")}'`;
-  }
-
-  function commands(snap) {
-    const r = snap.results;
-    const source = r.source || {};
-    const input = typeof source.input === "string" ? quote(source.input) : "REQUESTS.jsonl";
-    if (snap.recommended !== null) {
-      const config = quote(`${snap.folder.replace(/\/+$/, "") || "."}/recommended.yaml`);
-      const lines = [`odie batch ${input} -o OUT.jsonl --config ${config}`, `odie generate --config ${config}   # or in a generate config: its endpoint and engine sections`];
-      if (r.embedded) lines.push("# base_url null: the command serves the embedded model again for the run");
-      return lines.join("\n");
-    }
-    const concurrency = r.recommended ? r.recommended.concurrency : 1;
-    const url = r.embedded ? "" : ` --base-url ${quote(r.base_url)}`;
-    return `odie batch ${input} -o OUT.jsonl${url} --concurrency ${concurrency}`;
-  }
-
   function recommended(snap) {
     const yaml = snap.recommended === null ? "no recommended.yaml beside results.json: the settings below come from results.json" : snap.recommended;
     return h("div", { class: "card", id: "bench-recommended" }, h("h3", { text: "Recommended settings (recommended.yaml)" }),
-      h("pre", { id: "bench-yaml", text: yaml }), h("h3", { text: "Use them" }), h("pre", { id: "bench-command", text: commands(snap) }));
+      h("pre", { id: "bench-yaml", text: yaml }), h("h3", { text: "Use them" }), h("pre", { id: "bench-command", text: snap.command || "" }));
   }
 
   function page(run, snap) {

@@ -32,12 +32,27 @@ const Charts = (() => {
   }
 
   function thin(points) {
-    // Keep every n-th point (and the last) so a long run still draws quickly.
+    // At most MAX_DRAWN points: the highest of each run of `step` (a spike stays visible), and the last.
+    // A run of any length draws in the same time, and no array is ever spread into a call.
     if (points.length <= MAX_DRAWN) return points;
     const step = Math.ceil(points.length / MAX_DRAWN);
-    const out = points.filter((_, i) => i % step === 0);
+    const out = [];
+    for (let i = 0; i < points.length; i += step) {
+      let best = points[i];
+      for (let j = i + 1; j < Math.min(i + step, points.length); j++) {
+        const y = points[j][1];
+        if (y !== null && y !== undefined && (best[1] === null || best[1] === undefined || y > best[1])) best = points[j];
+      }
+      out.push(best);
+    }
     if (out[out.length - 1] !== points[points.length - 1]) out.push(points[points.length - 1]);
     return out;
+  }
+
+  function extent(values, lo, hi) {
+    // [min, max] by a loop: Math.min(...values) overflows the stack on a long run.
+    for (const v of values) { if (v < lo) lo = v; if (v > hi) hi = v; }
+    return [lo, hi];
   }
 
   function legend(card, names, colors) {
@@ -67,19 +82,21 @@ const Charts = (() => {
     opts = opts || {};
     frame(card, title);
     const W = 440, H = 190, L = 46, R = 10, T = 8, B = 24;
-    const all = series.flatMap((s) => s.points.filter((p) => p[1] !== null && p[1] !== undefined));
     const svg = el("svg", { viewBox: `0 0 ${W} ${H}`, role: "img" });
-    svg.dataset.points = String(series.length ? Math.max(...series.map((s) => s.points.length)) : 0);
+    svg.dataset.points = String(extent(series.map((s) => s.points.length), 0, 0)[1]);
+    series = series.map((s) => Object.assign({}, s, { points: thin(s.points) }));
+    const all = series.flatMap((s) => s.points.filter((p) => p[1] !== null && p[1] !== undefined));
+    svg.dataset.drawn = String(extent(series.map((s) => s.points.length), 0, 0)[1]);
     card.append(svg);
     if (!all.length) {
       card.append(Object.assign(document.createElement("div"), { className: "empty", textContent: "no data yet" }));
       return;
     }
-    const xs = all.map((p) => p[0]), ys = all.map((p) => p[1]);
-    const top = Math.max(...ys, opts.minMax || 0);
+    const [x0, xMax] = extent(all.map((p) => p[0]), Infinity, -Infinity);
+    const top = extent(all.map((p) => p[1]), Infinity, opts.minMax || 0)[1];
     const limits = (opts.limits || []).filter((l) => isFinite(l.y));
     const shown = limits.filter((l) => l.y <= 4 * top);  // a far-off SLO would flatten the data: named, not drawn
-    const x0 = Math.min(...xs), x1 = Math.max(...xs, opts.xLog ? x0 * 2 : x0 + 1);
+    const x1 = Math.max(xMax, opts.xLog ? x0 * 2 : x0 + 1);
     const high = Math.max(top, ...shown.map((l) => l.y)) * 1.04;
     const step = niceStep(high / 4), rungs = Math.max(1, Math.ceil(high / step)), y1 = rungs * step, y0 = 0;
     const fx = opts.xLog ? (x) => Math.log2(Math.max(x, 1e-9)) : (x) => x;
@@ -116,7 +133,7 @@ const Charts = (() => {
     series.forEach((s, i) => {
       // A sample with no value (no request finished in that second) breaks the line.
       const color = s.color || COLORS[i % COLORS.length];
-      const pts = thin(s.points);
+      const pts = s.points;
       const d = pts.map((p, j) => {
         if (p[1] === null || p[1] === undefined) return "";
         const gap = j === 0 || pts[j - 1][1] === null || pts[j - 1][1] === undefined;
@@ -157,7 +174,7 @@ const Charts = (() => {
     const W = 440, L = 150, R = 48, bar = 14, gap = 10;
     const rowH = series.length * bar + gap;
     const H = groups.length * rowH + 8;
-    const max = opts.max || Math.max(1e-9, ...series.flatMap((s) => s.values.filter((v) => v !== null && isFinite(v))));
+    const max = opts.max || extent(series.flatMap((s) => s.values.filter((v) => v !== null && isFinite(v))), Infinity, 1e-9)[1];
     const svg = el("svg", { viewBox: `0 0 ${W} ${H}`, role: "img" });
     svg.dataset.bars = String(groups.length * series.length);
     groups.forEach((g, gi) => {
