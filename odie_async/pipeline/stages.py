@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import orjson
 
-from ..evaluation.tables import Table, TableError, parse_table
+from ..evaluation.tables import parse_table
 from .context import Context, Dropped, assistant, system, user
-from .parsers import ParseError, free_text
+from .parsers import ParseError, align_paraphrases, free_text
 from .prompts import FIXED, OPEN, Seed
-from .registry import STAGES, table_stage
+from .registry import STAGES
 
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]?(?=\s|$)")
 
@@ -128,28 +128,39 @@ async def open_instruction(ctx: Context, record: Record) -> str:
 # -- stage 4: paraphrase -------------------------------------------------------------
 
 
-async def paraphrase(ctx: Context, key: str, instructions: list[str]) -> list[str] | None:
-    """The chunk restyled in one drawn style; asked again while the line count is off; None at last."""
+async def paraphrase(ctx: Context, key: str, instructions: list[str]) -> list[str | None]:
+    """Each instruction restyled in one drawn style, tied to it by its number; None where none came back.
+
+    An answer whose numbers are missing, repeated or unknown is never placed by
+    position: the requests without exactly one rewrite are asked again, alone.
+    """
     stage = ctx.config.stage("paraphrase")
-    count = len(instructions)
     style = ctx.rng(f"paraphrase:{key}").choice(ctx.prompts.raw("paraphrase", "styles"))
-    items = "\n".join(f"{i}. {text}" for i, text in enumerate(instructions, 1))
-    fmt = ctx.prompts.fill("paraphrase", ctx.format_key(), count=count)
-    messages = [system(ctx.prompts.fill("paraphrase", "system")),
-                user(ctx.prompts.fill("paraphrase", "user", count=count, style=style, format=fmt, items=items))]
     spec = STAGES["paraphrase"]
-    schema = spec.schema(ctx.config.limits, count)
+    found: dict[int, str] = {}
+    todo = list(range(1, len(instructions) + 1))
     for attempt in range(stage.max_tries):
-        answer = await ctx.ask("paraphrase", key if not attempt else f"{key}-try{attempt}", messages, schema)
+        messages = _paraphrase_messages(ctx, style, instructions, todo, retry=attempt > 0)
+        answer = await ctx.ask("paraphrase", key if not attempt else f"{key}-try{attempt}", messages,
+                               spec.schema(ctx.config.limits, todo))
         if not answer.ok:
-            return None
-        lines = spec.parser(answer.content)
-        ctx.parsed("paraphrase", len(lines) == count)
-        if len(lines) == count:
-            return lines
+            break
+        got, todo = align_paraphrases(spec.parser(answer.content), todo)
+        found |= got
+        ctx.parsed("paraphrase", not todo)
+        if not todo:
+            break
         ctx.counts["paraphrase"]["asked_again"] += 1
-        messages = messages + [assistant(answer.content), user(ctx.prompts.fill("paraphrase", "retry", got=len(lines), count=count))]
-    return None
+    return [found.get(i) for i in range(1, len(instructions) + 1)]
+
+
+def _paraphrase_messages(ctx: Context, style: str, instructions: list[str], ids: list[int], retry: bool) -> list[dict]:
+    items = "\n".join(f"{i}. {instructions[i - 1]}" for i in ids)
+    fmt = ctx.prompts.fill("paraphrase", ctx.format_key(), count=len(ids))
+    prompt = ctx.prompts.fill("paraphrase", "user", count=len(ids), style=style, format=fmt, items=items)
+    if retry:
+        prompt += "\n\n" + ctx.prompts.fill("paraphrase", "retry")
+    return [system(ctx.prompts.fill("paraphrase", "system")), user(prompt)]
 
 
 # -- stage 5: tables ---------------------------------------------------------------------
@@ -182,20 +193,3 @@ def table_messages(ctx: Context, record: Record, stage_name: str) -> list[dict]:
                      assistant(_shot_answer(ctx, seed, STAGES[stage_name].variant == "cot"))]
     messages.append(user(ctx.prompts.fill(stage_name, "user", instruction=record.instruction, text=record.text)))
     return messages
-
-
-async def make_table(ctx: Context, record: Record, variant: str) -> tuple[Table, str]:
-    """``(table, explanation)`` for the record; the explanation is empty for the plain variant."""
-    spec = table_stage(variant)
-    stage_name = spec.name
-    answer = await ctx.ask(stage_name, record.id, table_messages(ctx, record, stage_name), spec.schema(ctx.config.limits))
-    if not answer.ok:
-        raise Dropped(f"request_failed:{stage_name}")
-    try:
-        explanation, table = spec.parser(answer.content)
-        table = parse_table(table.markdown())  # the exported text must parse strictly, as the filter demands
-    except TableError as exc:
-        ctx.parsed(stage_name, False)
-        raise Dropped(f"table:{exc.reason}", answer=answer.content) from exc
-    ctx.parsed(stage_name, True)
-    return table, explanation
