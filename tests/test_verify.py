@@ -112,6 +112,15 @@ def test_a_repeated_number_is_asked_again_never_guessed(tmp_path):
     assert result == REWRITES and asked == [[1, 2, 3], [2, 3]]
 
 
+def test_a_rewrite_the_gate_rejects_is_asked_again(tmp_path):
+    def answer(call, ids):
+        texts = {i: REWRITES[i - 1] for i in ids} | ({2: "I'm not ready to talk about that."} if call == 1 else {})
+        return "\n".join(f"{i}. {texts[i]}" for i in ids)
+
+    result, asked = _paraphrase_run(tmp_path, answer)
+    assert result == REWRITES and asked == [[1, 2, 3], [2]]
+
+
 def test_requests_never_answered_come_back_as_none(tmp_path):
     result, asked = _paraphrase_run(tmp_path, lambda call, ids: "Here they are, rewritten:\n" + "\n".join(REWRITES))
     assert result == [None, None, None] and len(asked) == 3  # max_tries, each time all three, unnumbered never placed

@@ -139,6 +139,9 @@ class Flow:
         self.ctx.counts["instructions"]["shortfall"] = self.n_fixed - len(kept)
 
     def _keep(self, dedup: Deduper, domain: str, instruction: str, index: int) -> bool:
+        if instruction_reasons(instruction, "", self.ctx.config.filter.instruction):
+            self.ctx.counts["instructions"]["rejected_by_gate"] += 1  # the gate would drop it: another call replaces it
+            return False
         if not dedup.add(instruction):
             self.ctx.counts["instructions"]["near_duplicates"] += 1
             return False

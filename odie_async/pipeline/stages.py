@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import orjson
 
 from ..evaluation.tables import parse_table
+from ..quality.checks import instruction_reasons
 from .context import Context, Dropped, assistant, system, user
 from .parsers import ParseError, align_paraphrases, free_text
 from .prompts import FIXED, OPEN, Seed
@@ -114,15 +115,40 @@ def _free(ctx: Context, stage: str, answer, min_words: int) -> str:
 
 
 async def open_instruction(ctx: Context, record: Record) -> str:
-    """An instruction that asks for information from the record's text without naming columns."""
+    """An instruction that asks for information from the record's text without naming columns.
+
+    An answer the gate's instruction checks reject (a statement, a refusal, a copy of
+    the text) gets a round of candidates from one request, as verified tables do.
+    """
     stage = ctx.config.stage("open_instructions")
     messages = [system(ctx.prompts.fill("open_instructions", "system"))]
     for seed in _sample(ctx, f"open:{record.id}", _seeds(ctx, OPEN), stage.shots):
         messages += [user(ctx.prompts.fill("open_instructions", "user", text=seed.text)), assistant(seed.instruction)]
     messages.append(user(ctx.prompts.fill("open_instructions", "user", text=record.text)))
     answer = await ctx.ask("open_instructions", record.id, messages)
-    text = _free(ctx, "open_instructions", answer, min_words=3)
-    return " ".join(text.split("\n\n")[0].split())
+    first = _one_paragraph(_free(ctx, "open_instructions", answer, min_words=3))
+    cfg, budget = ctx.config.filter.instruction, ctx.config.verify
+    if not instruction_reasons(first, record.text, cfg) or budget.rounds < 1 or budget.candidates < 2:
+        return first
+    more = await ctx.ask("open_instructions", f"{record.id}-cand", messages, n=budget.candidates - 1)
+    ctx.counts["open_instructions"]["verify_requests"] += 1
+    for content in more.contents if more.ok else []:
+        candidate = _one_paragraph(content)
+        if len(candidate.split()) >= 3 and not instruction_reasons(candidate, record.text, cfg):
+            ctx.counts["open_instructions"]["kept_candidate"] += 1
+            return candidate
+    return first
+
+
+def _one_paragraph(text: str) -> str:
+    return " ".join(_free_or_empty(text).split("\n\n")[0].split())
+
+
+def _free_or_empty(content: str) -> str:
+    try:
+        return free_text(content, 0)
+    except ParseError:
+        return ""
 
 
 # -- stage 4: paraphrase -------------------------------------------------------------
@@ -132,12 +158,14 @@ async def paraphrase(ctx: Context, key: str, instructions: list[str]) -> list[st
     """Each instruction restyled in one drawn style, tied to it by its number; None where none came back.
 
     An answer whose numbers are missing, repeated or unknown is never placed by
-    position: the requests without exactly one rewrite are asked again, alone.
+    position: the requests without exactly one rewrite are asked again, alone, and
+    so are those whose rewrite the gate's instruction checks reject.
     """
     stage = ctx.config.stage("paraphrase")
     style = ctx.rng(f"paraphrase:{key}").choice(ctx.prompts.raw("paraphrase", "styles"))
     spec = STAGES["paraphrase"]
     found: dict[int, str] = {}
+    rejected: dict[int, str] = {}  # rewrites the gate would reject: asked again, returned only if nothing better came
     todo = list(range(1, len(instructions) + 1))
     for attempt in range(stage.max_tries):
         messages = _paraphrase_messages(ctx, style, instructions, todo, retry=attempt > 0)
@@ -146,12 +174,21 @@ async def paraphrase(ctx: Context, key: str, instructions: list[str]) -> list[st
         if not answer.ok:
             break
         got, todo = align_paraphrases(spec.parser(answer.content), todo)
-        found |= got
         ctx.parsed("paraphrase", not todo)
+        worse = {i: text for i, text in got.items() if _worse(ctx, text, instructions[i - 1])}
+        rejected |= worse
+        found |= {i: text for i, text in got.items() if i not in worse}
+        todo = sorted(set(todo) | set(worse))
         if not todo:
             break
         ctx.counts["paraphrase"]["asked_again"] += 1
-    return [found.get(i) for i in range(1, len(instructions) + 1)]
+    return [found.get(i, rejected.get(i)) for i in range(1, len(instructions) + 1)]
+
+
+def _worse(ctx: Context, rewritten: str, original: str) -> bool:
+    """Whether the gate's instruction checks reject the rewrite but not its original (it is asked again)."""
+    cfg = ctx.config.filter.instruction
+    return bool(instruction_reasons(rewritten, "", cfg)) and not instruction_reasons(original, "", cfg)
 
 
 def _paraphrase_messages(ctx: Context, style: str, instructions: list[str], ids: list[int], retry: bool) -> list[dict]:
