@@ -81,7 +81,9 @@ def test_per_stage_counts_match_the_requests_sent(text_mode_run):
     assert stages["instructions"]["kept"] == n_fixed and stages["instructions"]["near_duplicates"] > 0
     assert stages["texts"]["sent"] == n_fixed and stages["open_instructions"]["sent"] == n_open
     assert stages["paraphrase"]["sent"] == 2 + 2 + stages["paraphrase"].get("asked_again", 0)  # 15 + 15 in chunks of 10
-    assert stages["tables"]["sent"] == stages["tables_cot"]["sent"] == n_fixed + n_open
+    for stage in ("tables", "tables_cot"):  # one first answer per record, and the verification rounds' tries
+        assert stages[stage]["sent"] == n_fixed + n_open + stages[stage].get("verify_requests", 0)
+    assert stages["tables"]["verify_requests"] > 0  # the mock's refusals and N/A tables get more tries
     assert summary["records"] == {"planned": 30, "fixed_header": 15, "open_header": 15}
 
 
@@ -95,9 +97,13 @@ def test_filter_report_matches_the_files(text_mode_run):
         assert report["reasons"] == dict(mine) and report["records"] == report["kept"] + sum(mine.values())
     assert all(d["reason"] for d in dropped)
     assert all(d["reason"] == d["reasons"][0] for d in dropped)
-    reasons = Counter(r for d in dropped for r in d["reasons"])
-    assert reasons["table:no_table"] > 0 and reasons["table.too_many_na"] > 0  # the mock's bad answers were caught
+    assert summary["stages"]["tables"]["unparsable"] > 0  # the mock's prose answers were caught, then tried again
+    plain = summary["verify"]["plain"]
+    assert plain["kept_after_round"][-1] == summary["filter"]["plain"]["kept"]
+    assert plain["kept_after_round"][0] < plain["kept_after_round"][-1]  # the tries kept records the first answer lost
+    assert summary["verify"]["tokens_per_kept_record"] > 0
     card = (out / "README.md").read_text()
+    assert "kept/planned after each round" in card and "per kept record" in card
     assert f"| plain | train.jsonl | {summary['filter']['plain']['records']} | {summary['filter']['plain']['kept']} |" in card
     assert json.loads((out / "summary.json").read_text())["filter"] == summary["filter"]
 

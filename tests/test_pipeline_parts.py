@@ -13,6 +13,7 @@ from odie_async.pipeline.export import export
 from odie_async.pipeline.flow import Outcome
 from odie_async.pipeline.parsers import (
     ParseError,
+    align_paraphrases,
     free_text,
     parse_cot_answer,
     parse_instruction_list,
@@ -52,10 +53,20 @@ def test_instruction_list_without_labels_and_from_json():
         parse_instruction_list("I am sorry, I cannot help with that.")
 
 
-def test_paraphrases_numbered_json_and_plain():
-    assert parse_paraphrases("Here you go:\n1. \"Could you list X?\"\n2. Give me Y.\n") == ["Could you list X?", "Give me Y."]
-    assert parse_paraphrases('```json\n{"paraphrases": ["a b", "c"]}\n```') == ["a b", "c"]
-    assert parse_paraphrases("first line\nsecond line") == ["first line", "second line"]
+def test_paraphrases_carry_their_request_numbers_in_json_and_text():
+    assert parse_paraphrases("Here you go:\n2. \"Could you list X?\"\n1. Give me Y.\n") == [(2, "Could you list X?"), (1, "Give me Y.")]
+    assert parse_paraphrases('```json\n{"paraphrases": [{"id": 2, "request": "a b"}, {"id": 1, "request": "c"}]}\n```') == [
+        (2, "a b"), (1, "c")]
+    assert parse_paraphrases("first line\nsecond line") == [(None, "first line"), (None, "second line")]
+    assert parse_paraphrases('{"paraphrases": ["bare", {"id": true, "request": "x"}]}') == [(None, "bare"), (None, "x")]
+
+
+def test_alignment_never_guesses_a_missing_repeated_or_unknown_number():
+    items = [(3, "c"), (1, "a"), (1, "a again"), (7, "unknown"), (None, "no number")]
+    found, todo = align_paraphrases(items, [1, 2, 3, 4])
+    assert found == {3: "c"}
+    assert todo == [1, 2, 4]
+    assert align_paraphrases([(2, "b"), (1, "a")], [1, 2]) == ({2: "b", 1: "a"}, [])
 
 
 def test_free_text_strips_labels_quotes_and_fences():

@@ -336,19 +336,18 @@ def answer_data(state: MockState, path: str, body: dict, prompt_tokens: int, ans
 
 def completion_data(state: MockState, path: str, body: dict, prompt_tokens: int, answer_id: str) -> dict:
     """The body of a successful (chat) completion answer to ``body``."""
-    content = state.responder(body)
-    completion_tokens = count_tokens(content)
-    choice = (
-        {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
-        if path.endswith("chat/completions")
-        else {"index": 0, "text": content, "finish_reason": "stop"}
-    )
+    n = body.get("n") if isinstance(body.get("n"), int) and 1 < body["n"] <= 16 else 1
+    contents = [state.responder(body if not i else body | {"choice_index": i}) for i in range(n)]  # n samples
+    completion_tokens = sum(count_tokens(content) for content in contents)
+    chat = path.endswith("chat/completions")
+    choices = [{"index": i, "message": {"role": "assistant", "content": c}, "finish_reason": "stop"} if chat
+               else {"index": i, "text": c, "finish_reason": "stop"} for i, c in enumerate(contents)]
     return {
         "id": answer_id,
         "object": "chat.completion",
         "created": int(time.time()),
         "model": body.get("model") or state.settings.model,
-        "choices": [choice],
+        "choices": choices,
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                   "total_tokens": prompt_tokens + completion_tokens},
     }

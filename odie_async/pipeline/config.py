@@ -40,6 +40,8 @@ class EndpointConfig(Section):
     schema_drop: list[str] = Field(default_factory=list)
     strict: bool = True
     send_seed: bool = True
+    mock_wrong_share: float = Field(0.0, ge=0, le=1, description="mock teacher only: share of its first answers "
+                                    "made wrong in ways the gate catches (deterministic by run seed)")
 
     @field_validator("structured", mode="before")
     @classmethod
@@ -115,6 +117,17 @@ class LimitsConfig(Section):
     explanation_chars: int = Field(600, ge=1)
 
 
+class VerifyConfig(Section):
+    """Verified generation: more tries, within a budget, for a record whose answer the gate drops."""
+
+    candidates: int = Field(4, ge=1, description="answers judged per record: the first, then the rest from one request")
+    rounds: int = Field(2, ge=0, description="rounds after the first answer: one of candidates, then repair turns")
+    max_tokens_per_record: int = Field(6000, ge=0, description="tokens one record's tries of a stage may spend; "
+                                       "no round starts once they are spent")
+    paraphrase_similarity: float = Field(0.45, ge=0, le=1, description="encoder similarity a paraphrase needs "
+                                         "with its own original, else the original is kept")
+
+
 class ScorerConfig(Section):
     """Which scorer judges consistency and faithfulness."""
 
@@ -141,6 +154,7 @@ class PipelineConfig(Section):
     filter: Annotated[GateConfig, WithJsonSchema(_GATE_SECTION)] = Field(default_factory=load_gate_config,
                                description="the quality gate: `config:` a filter config file, plus overrides")
     scorer: ScorerConfig = Field(default_factory=ScorerConfig)
+    verify: VerifyConfig = Field(default_factory=VerifyConfig)
     seeds: str = Field("seeds/seed_tasks.jsonl",
                        description="seed tasks: absolute, or under the config file's folder, else the packaged configs")
     prompts: str = Field("prompts", description="prompt templates folder: absolute, or under the config file's "

@@ -39,6 +39,8 @@ class Answer:
     finish_reason: str | None
     error: str | None
     cached: bool
+    contents: list[str] = field(default_factory=list)  # every choice, when more than one was asked for
+    tokens: int = 0  # prompt and completion tokens the request spent (its usage)
 
 
 def digest(body: dict) -> str:
@@ -72,7 +74,7 @@ class Context:
         """The template key of the answer-format sentence for the current mode."""
         return "format_json" if self.structured else "format_text"
 
-    def body(self, stage: str, key: str, messages: list[dict], schema: dict | None = None) -> dict:
+    def body(self, stage: str, key: str, messages: list[dict], schema: dict | None = None, n: int = 1) -> dict:
         """A chat-completions body with the stage's sampling (and schema when structured).
 
         With ``endpoint.send_seed`` a sampling ``seed`` derived from the run seed and
@@ -86,26 +88,38 @@ class Context:
             body["seed"] = int.from_bytes(seed, "big") >> 1
         if self.model:
             body["model"] = self.model
+        if n > 1:
+            body["n"] = n
         if schema is not None and self.structured:
             body["response_format"] = response_format(f"odie_{stage}", schema, self.config.endpoint)
         return body
 
-    async def ask(self, stage: str, key: str, messages: list[dict], schema: dict | None = None) -> Answer:
-        """Send (or fetch from the checkpoint) one request of ``stage`` for record ``key``."""
-        body = self.body(stage, key, messages, schema)
+    async def ask(self, stage: str, key: str, messages: list[dict], schema: dict | None = None, n: int = 1) -> Answer:
+        """Send (or fetch from the checkpoint) one request of ``stage`` for record ``key``; ``n`` answers to it."""
+        body = self.body(stage, key, messages, schema, n)
         result = await self.engine.call(f"{stage}:{key}:{digest(body)}", body)
         counts = self.counts[stage]
         counts["cached" if result.cached else "sent"] += 1
+        usage = (result.body or {}).get("usage") if result.ok else None
+        tokens = int(usage.get("total_tokens") or 0) if isinstance(usage, dict) else 0
+        counts["tokens"] += tokens
         if not result.ok:
             counts["failed"] += 1
             return Answer(False, None, None, (result.error or {}).get("code", "error"), result.cached)
-        choice = ((result.body or {}).get("choices") or [{}])[0]
+        choices = (result.body or {}).get("choices") or [{}]
         counts["answered"] += 1
-        return Answer(True, result.content or "", choice.get("finish_reason"), None, result.cached)
+        contents = [_choice_text(c) for c in choices if isinstance(c, dict)]
+        return Answer(True, result.content or "", choices[0].get("finish_reason"), None, result.cached,
+                      contents, tokens)
 
     def parsed(self, stage: str, ok: bool) -> None:
         """Count one answer of ``stage`` as parsed or not."""
         self.counts[stage]["parsed" if ok else "unparsable"] += 1
+
+
+def _choice_text(choice: dict) -> str:
+    message = choice.get("message")
+    return str((message.get("content") if isinstance(message, dict) else choice.get("text")) or "")
 
 
 def system(text: str) -> dict:

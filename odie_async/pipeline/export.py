@@ -181,7 +181,9 @@ def _inputs_and_history(summary: dict) -> str:
 
 
 def write_card(out: Path, summary: dict, gate) -> Path:
-    """The dataset card, ``README.md``: counts, filter settings, reasons, teacher, date."""
+    """The dataset card, ``README.md``: counts, filter settings, reasons, yield per round, tokens, teacher, date."""
+    from .verify import verify_words
+
     rows = "\n".join(f"| {variant} | {FILES[variant]} | {r['records']} | {r['kept']} | "
                      f"{', '.join(f'{k} {v}' for k, v in r.get('all_reasons', {}).items()) or '-'} |"
                      for variant, r in summary["filter"].items())
@@ -202,7 +204,7 @@ The document each table was extracted from is in `source_text`; the dropped reco
 reason, are in `dropped.jsonl`. `odie export {shlex.quote(str(out))} --parquet` (from the folder the run was
 started in) writes the same data as Parquet.
 
-{chr(10).join('- ' + line for line in plain_words(summary))}
+{chr(10).join('- ' + line for line in verify_words(summary) + plain_words(summary))}
 {_inputs_and_history(summary)}"""
     path = out / CARD
     path.write_text(text, encoding="utf-8")

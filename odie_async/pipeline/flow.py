@@ -25,12 +25,14 @@ from dataclasses import dataclass, field
 
 from ..evaluation.tables import Table
 from ..quality.checks import instruction_reasons
+from ..quality.text import content_stems
 from . import filter as rules
 from .context import Context, Dropped
 from .dedup import Deduper
 from .prompts import FIXED, OPEN
 from .registry import table_stage
-from .stages import Record, instruction_batch, make_table, open_instruction, paraphrase, write_text
+from .stages import Record, instruction_batch, open_instruction, paraphrase, write_text
+from .verify import Verifier
 
 
 @dataclass
@@ -46,6 +48,14 @@ class Outcome:
     scores: dict = field(default_factory=dict)
     stage: str = ""
     reasons: list[str] = field(default_factory=list)
+    round: int = -1   # the verification round whose answer was kept (0: the first answer); -1 when dropped
+    tokens: int = 0   # tokens this record's table tries spent
+
+
+def _keeps_words(paraphrase: str, original: str) -> bool:
+    """Whether a paraphrase keeps most (70 %) of its original's content words."""
+    wanted = set(content_stems(original))
+    return bool(wanted) and len(wanted & set(content_stems(paraphrase))) / len(wanted) >= 0.7
 
 
 def fixed_id(i: int) -> str:
@@ -129,6 +139,9 @@ class Flow:
         self.ctx.counts["instructions"]["shortfall"] = self.n_fixed - len(kept)
 
     def _keep(self, dedup: Deduper, domain: str, instruction: str, index: int) -> bool:
+        if instruction_reasons(instruction, "", self.ctx.config.filter.instruction):
+            self.ctx.counts["instructions"]["rejected_by_gate"] += 1  # the gate would drop it: another call replaces it
+            return False
         if not dedup.add(instruction):
             self.ctx.counts["instructions"]["near_duplicates"] += 1
             return False
@@ -146,12 +159,31 @@ class Flow:
             if value is not None:
                 members.append((make_id(i), value if isinstance(value, str) else value[1]))
         if members:
-            rewritten = await paraphrase(self.ctx, f"{kind}{start // self.chunk:04d}", [text for _, text in members])
-            if rewritten is None:
-                self.ctx.counts["paraphrase"]["kept_original"] += len(members)
-            for n, (rid, original) in enumerate(members):
-                self.paraphrased[rid].set_result(self._paraphrased(rewritten[n], original) if rewritten else original)
+            originals = [text for _, text in members]
+            rewritten = await paraphrase(self.ctx, f"{kind}{start // self.chunk:04d}", originals)
+            chosen = await self._close_to_original(rewritten, originals)
+            for (rid, _), text in zip(members, chosen):
+                self.paraphrased[rid].set_result(text)
         self.progress["paraphrase"] += 1
+
+    async def _close_to_original(self, rewritten: list[str | None], originals: list[str]) -> list[str]:
+        """Each paraphrase, or its original where none came back, the gate rejects only the paraphrase,
+        or it strayed from its own original (encoder similarity under ``verify.paraphrase_similarity``;
+        a paraphrase keeping most of its original's content words needs no encoder)."""
+        counts = self.ctx.counts["paraphrase"]
+        asked = [i for i, new in enumerate(rewritten) if new is not None and not _keeps_words(new, originals[i])]
+        similar = await self.scorer.similarities([(rewritten[i], originals[i]) for i in asked]) if asked else []
+        if similar is None:
+            counts["similarity_not_run"] += len(asked)
+        far = {i for i, score in zip(asked, similar or []) if score < self.ctx.config.verify.paraphrase_similarity}
+        chosen = []
+        for i, (new, old) in enumerate(zip(rewritten, originals)):
+            if new is None:
+                counts["kept_original"] += 1
+            elif i in far:
+                counts["far_from_original_kept_original"] += 1
+            chosen.append(old if new is None or i in far else self._paraphrased(new, old))
+        return chosen
 
     def _paraphrased(self, rewritten: str, original: str) -> str:
         """The paraphrase, or the original where the gate's instruction checks reject only the paraphrase."""
@@ -222,21 +254,19 @@ class Flow:
 
     async def _variant(self, record: Record, variant: str) -> None:
         stage = table_stage(variant).name
-        table, explanation, scores = None, "", {}
         try:
-            table, explanation = await make_table(self.ctx, record, variant)
-            self.progress[stage] += 1
-            stage = "filter"
-            verdict = await self.scorer.judge_table(self.ctx, record, variant, table)
-            scores = verdict.scores
-            self.progress["scored"] += 1
-            if not verdict.kept:
-                raise Dropped(verdict.reason, reasons=verdict.reasons)
+            done = await Verifier(self.ctx, self.scorer, record, variant).run()
         except Dropped as drop:
-            reasons = drop.details.get("reasons") or [drop.reason]
-            self.outcomes.append(Outcome(record, variant, False, drop.reason, table, explanation, scores, stage, reasons))
-        else:
-            self.outcomes.append(Outcome(record, variant, True, None, table, explanation, scores, "kept"))
+            self.outcomes.append(Outcome(record, variant, False, drop.reason, stage=stage, reasons=[drop.reason]))
+            return
+        best = done.best
+        self.progress[stage] += 1
+        if best.table is not None:
+            self.progress["scored"] += 1
+        outcome = Outcome(record, variant, best.kept, best.reasons[0] if best.reasons else None, best.table,
+                          best.explanation, best.scores, "kept" if best.kept else ("filter" if best.table else stage),
+                          best.reasons, done.round, done.tokens)
+        self.outcomes.append(outcome)
 
     def _drop_all(self, record: Record, drop: Dropped, stage: str) -> None:
         for variant in self.variants:

@@ -8,7 +8,14 @@ tables read back from those texts, paraphrases, and judge scores. A share of
 answers is deliberately imperfect (a list answer one line short, prose instead
 of a table, too many N/A cells, a near-duplicate instruction, tables wrapped in
 fences and chatter) so the re-ask, the parser and the filter get exercised.
-With a ``json_schema`` response format it answers in the stage's JSON shape.
+With a ``json_schema`` response format it answers in the stage's JSON shape, and
+with ``n`` in the body the mock server asks it once per choice.
+
+``wrong_share`` makes that share of its first answers (not a candidate round's, not
+a repair turn's) wrong in the ways the quality gate catches, drawn from the digest
+of the body and ``seed``: a table of values not in the text, another record's
+table, one cell repeated everywhere, a refusal; in a paraphrase chunk, two
+requests' rewrites swapped.
 """
 
 from __future__ import annotations
@@ -65,9 +72,12 @@ def _value(attribute: str, rng: random.Random) -> str:
 class PipelineResponder:
     """``responder(body) -> content`` for ``MockServer``."""
 
-    def __init__(self, prompts: Prompts) -> None:
+    def __init__(self, prompts: Prompts, wrong_share: float = 0.0, seed: int = 0) -> None:
         systems = {stage: prompts.fill(stage, "system") for stage in STAGES}
         self._systems = sorted(systems.items(), key=lambda item: -len(item[1]))
+        self.wrong_share, self.seed = wrong_share, seed
+        self._repair = {s: prompts.fill(s, "repair", problems="", format="")[:20] for s in ("tables", "tables_cot")}
+        self._retry = prompts.fill("paraphrase", "retry")
 
     def stage_of(self, body: dict) -> str | None:
         """The stage a request belongs to, from its system prompt."""
@@ -82,7 +92,38 @@ class PipelineResponder:
         handler = getattr(self, f"_{stage}", None) if stage else None
         if handler is None:
             return orjson.dumps(instance_for_schema(schema, rng.randrange(1 << 30))).decode() if schema else "OK."
+        if stage in ("tables", "tables_cot") and self._wrong(body, stage):
+            return self._wrong_table(body, rng, schema is not None, stage)
         return handler(body, rng, schema is not None, schema)
+
+    def _wrong(self, body: dict, stage: str) -> bool:
+        """Whether this first answer is one of the ``wrong_share`` made wrong."""
+        if not self.wrong_share or body.get("n", 1) != 1 or _last_user(body).startswith(self._repair.get(stage, "\0")):
+            return False
+        if stage == "paraphrase" and self._retry in _last_user(body):
+            return False
+        digest = hashlib.blake2b(orjson.dumps(body, option=orjson.OPT_SORT_KEYS), digest_size=8).hexdigest()
+        return random.Random(f"{self.seed}:wrong:{digest}").random() < self.wrong_share
+
+    def _wrong_table(self, body, rng, as_json, stage) -> str:
+        header, rows = self._table(body, random.Random(rng.random()), faults=False)
+        kind = rng.choice(["not_in_text", "other_table", "repeated", "refusal"])
+        if kind == "refusal" or not rows:
+            return "I am sorry, but I cannot help with that request."
+        if kind == "not_in_text":
+            rows = [[f"Q{rng.randint(100, 999)}"] + [f"{rng.randint(1000, 9999)} units" for _ in row[1:]] for row in rows]
+        elif kind == "other_table":
+            others = [a for a in ATTRIBUTES if a.title() not in header][:len(header) - 1]
+            header = [header[0]] + [a.title() for a in others]
+            rows = [[row[0]] + [_value(a, rng) + " (est.)" for a in others] for row in rows]
+        else:
+            rows = [[rows[0][1]] * len(row) for row in rows]
+        table = {"header": header, "rows": rows}
+        explanation = "The table below lists what the text gives for each entry, one row per entry."
+        if as_json:
+            return orjson.dumps(({"explanation": explanation} if stage == "tables_cot" else {}) | {"table": table}).decode()
+        markdown = render(header, rows)
+        return f"{explanation}\n\n{markdown}" if stage == "tables_cot" else markdown
 
     # -- stages --------------------------------------------------------------------------
 
@@ -126,17 +167,21 @@ class PipelineResponder:
                            f"Pull out the important facts on each {noun} mentioned."])
 
     def _paraphrase(self, body, rng, as_json, schema) -> str:
-        first_user = next(m["content"] for m in body["messages"] if m["role"] == "user")
-        items = re.findall(r"^\d+\.\s+(.+)$", first_user, flags=re.M)
+        prompt = _last_user(body)
+        items = re.findall(r"^(\d+)\.\s+(.+)$", prompt, flags=re.M)
         lead = rng.choice(["Could you", "Please", "Hey, can you", "Kindly"])
-        rewritten = [f"{lead} {item[0].lower()}{item[1:]}" for item in items]
+        rewritten = [(int(n), f"{lead} {item[0].lower()}{item[1:]}") for n, item in items]
+        first = self._retry not in prompt
+        if first and len(rewritten) > 1 and self.wrong_share and self._wrong(body, "paraphrase"):
+            (a, ta), (b, tb) = rewritten[0], rewritten[1]
+            rewritten[0], rewritten[1] = (a, tb), (b, ta)  # two requests' rewrites swapped, numbers kept
         if as_json:
-            return orjson.dumps({"paraphrases": rewritten}).decode()
-        if len(body["messages"]) == 2 and rng.random() < 0.3:
+            return orjson.dumps({"paraphrases": [{"id": n, "request": t} for n, t in rewritten]}).decode()
+        if first and rng.random() < 0.3:
             rewritten = rewritten[:-1]  # one line short: the pipeline must ask again
-        return "\n".join(f"{n}. {text}" for n, text in enumerate(rewritten, 1))
+        return "\n".join(f"{n}. {text}" for n, text in rewritten)
 
-    def _table(self, body, rng) -> tuple[list[str], list[list[str]]]:
+    def _table(self, body, rng, faults: bool = True) -> tuple[list[str], list[list[str]]]:
         instruction, _, text = _last_user(body).partition("\n\n")
         found = re.findall(r"The (\w+) ([A-Z]\w+) has ([^.]+)\.", text)
         wanted = _attributes(instruction) or _attributes(text)
@@ -145,7 +190,7 @@ class PipelineResponder:
         for _entity, name, facts in found:
             values = dict(_split_fact(part) for part in re.split(r", | and ", facts) if _split_fact(part))
             rows.append([name] + [values.get(a, "N/A") for a in wanted])
-        if rng.random() < 0.12 and rows:
+        if faults and rng.random() < 0.12 and rows:
             rows = [[row[0]] + ["N/A"] * (len(row) - 1) for row in rows]
         return header, rows
 

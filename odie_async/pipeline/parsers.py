@@ -121,18 +121,48 @@ def _pair_from_text(item: str) -> tuple[str, str] | None:
     return (domain or "general", instruction)
 
 
-def parse_paraphrases(content: str) -> list[str]:
-    """The rewritten instructions, one per line (JSON list or numbered lines)."""
+def parse_paraphrases(content: str) -> list[tuple[int | None, str]]:
+    """``[(id, rewritten request)]``: each item with the number of the request it rewrites.
+
+    JSON items carry ``id``; text lines carry their list number. An item without one
+    gets ``None``: ``align_paraphrases`` never places it by position.
+    """
     data = load_json(content)
     if isinstance(data, dict):
         data = data.get("paraphrases")
     if isinstance(data, list):
-        lines = [strip_quotes(str(x)) for x in data]
+        items = [_paraphrase_from_json(x) for x in data]
     else:
         raw = [line for line in _FENCE.sub("", content).splitlines() if line.strip()]
-        numbered = [line for line in raw if re.match(r"^\s*\(?\d{1,3}\s*[.):\]-]\s+", line)]
-        lines = [clean_line(line) for line in (numbered or raw)]
-    return [" ".join(line.split()) for line in lines if line.strip()]
+        numbered = [line for line in raw if _ITEM_NUMBER.match(line)]
+        items = [(_number(line), clean_line(line)) for line in (numbered or raw)]
+    return [(i, " ".join(text.split())) for i, text in items if text.strip()]
+
+
+_ITEM_NUMBER = re.compile(r"^\s*\(?(\d{1,3})\s*[.):\]-]\s+")
+
+
+def _number(line: str) -> int | None:
+    found = _ITEM_NUMBER.match(line)
+    return int(found.group(1)) if found else None
+
+
+def _paraphrase_from_json(item) -> tuple[int | None, str]:
+    if isinstance(item, dict):
+        number = item.get("id")
+        number = number if isinstance(number, int) and not isinstance(number, bool) else None
+        return number, strip_quotes(str(item.get("request") or ""))
+    return None, strip_quotes(str(item))
+
+
+def align_paraphrases(items: list[tuple[int | None, str]], ids: list[int]) -> tuple[dict[int, str], list[int]]:
+    """``(rewrite per id, ids still to ask)``: an id given twice, missing or unknown is never guessed."""
+    seen: dict[int, list[str]] = {}
+    for number, text in items:
+        if number in ids:
+            seen.setdefault(number, []).append(text)
+    found = {number: texts[0] for number, texts in seen.items() if len(texts) == 1}
+    return found, [number for number in ids if number not in found]
 
 
 def parse_table_answer(content: str) -> Table:

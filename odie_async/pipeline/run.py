@@ -31,6 +31,7 @@ from .export import SUMMARY, export, filter_report, plain_words, stage_report, w
 from .flow import Flow
 from .live import METRICS, MetricsLog, funnel
 from .mock_responder import PipelineResponder
+from .verify import verify_report, verify_words
 from .prompts import Prompts, load_seeds
 from .scorers import make_scorer, scorer_kind
 from .structured import resolve_structured
@@ -44,7 +45,7 @@ _OUTPUT_TOKENS_PER_RECORD = 600
 async def endpoint_scope(config: PipelineConfig, prompts: Prompts):
     """The run's endpoint: the configured URL, the loopback mock teacher, or the embedded model served for the run."""
     cfg = config.endpoint
-    responder = PipelineResponder(prompts) if cfg.base_url == MOCK else None
+    responder = PipelineResponder(prompts, cfg.mock_wrong_share, config.run.seed) if cfg.base_url == MOCK else None
     async with resolve_endpoint(cfg.base_url, cfg.model, config.api_key(), discover=True,
                                 mock_responder=responder,
                                 expected_output_tokens=config.run.records * _OUTPUT_TOKENS_PER_RECORD) as endpoint:
@@ -143,6 +144,7 @@ def _summary(config, endpoint, ctx: Context, flow: Flow, engine: Engine, files, 
         "stages": stage_report(ctx.counts, modes),
         "filter": filter_report(flow.outcomes, flow.variants),
         "yields": yields(ctx.counts, filter_report(flow.outcomes, flow.variants), flow.n_fixed + flow.n_open),
+        "verify": verify_report(flow.outcomes, flow.variants, flow.n_fixed + flow.n_open, config.verify.rounds, ctx.counts),
         "files": files,
         "ledger": ledger(flow, ctx),
         "engine": engine.stats.as_dict() | {"shutdown": engine.shutdown_report if interrupted else None},
@@ -180,8 +182,9 @@ def format_summary(summary: dict) -> str:
     for variant, report in summary["filter"].items():
         lines.append(f"{variant}: kept {report['kept']}/{report['records']} {report['kept_by_category']} "
                      f"dropped {report['reasons']}")
-    lines += plain_words(summary)
+    lines += verify_words(summary)
     lines.append(f"files: {', '.join(summary['files'].values())}")
+    lines += plain_words(summary)  # last: what to do when the gate kept little
     if summary["interrupted"]:
         lines.append("interrupted: run the same command again to resume")
     return "\n".join(lines)

@@ -37,9 +37,14 @@ def instructions_schema(limits: LimitsConfig, count: int) -> dict:
     return _object({"instructions": _array(item, 1, count)})
 
 
-def paraphrase_schema(limits: LimitsConfig, count: int) -> dict:
-    """``{"paraphrases": [str]}`` with exactly ``count`` items."""
-    return _object({"paraphrases": _array(_string(limits.instruction_chars), count, count)})
+def paraphrase_schema(limits: LimitsConfig, ids) -> dict:
+    """``{"paraphrases": [{"id", "request"}]}``: one item per request, each with its request's number.
+
+    ``ids`` is the list of numbers asked for (a count ``n`` means 1..n).
+    """
+    ids = list(range(1, ids + 1)) if isinstance(ids, int) else list(ids)
+    item = _object({"id": {"type": "integer", "enum": ids}, "request": _string(limits.instruction_chars)})
+    return _object({"paraphrases": _array(item, len(ids), len(ids))})
 
 
 def _fixed_width_table(limits: LimitsConfig, width: int) -> dict:

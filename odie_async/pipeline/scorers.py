@@ -206,6 +206,17 @@ class FilterStage:
             external = await self.judge.score(ctx, record, variant, table)
         return await self._batcher.run((prepared, external))
 
+    async def similarities(self, pairs: list[tuple[str, str]]) -> list[float] | None:
+        """The encoder's cosine similarity of each pair; None when the encoder cannot be loaded."""
+        def run() -> list[float]:
+            vectors = self.gate.judge.embedder().encode([s for pair in pairs for s in pair])
+            return [float(vectors[2 * i] @ vectors[2 * i + 1]) for i in range(len(pairs))]
+
+        try:
+            return await asyncio.to_thread(run)
+        except (ImportError, OSError, ConfigError):
+            return None
+
     async def aclose(self) -> None:
         """Release the judge."""
         if self.judge is not None:

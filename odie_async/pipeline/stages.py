@@ -12,11 +12,12 @@ from dataclasses import dataclass
 
 import orjson
 
-from ..evaluation.tables import Table, TableError, parse_table
+from ..evaluation.tables import parse_table
+from ..quality.checks import instruction_reasons
 from .context import Context, Dropped, assistant, system, user
-from .parsers import ParseError, free_text
+from .parsers import ParseError, align_paraphrases, free_text
 from .prompts import FIXED, OPEN, Seed
-from .registry import STAGES, table_stage
+from .registry import STAGES
 
 _SENTENCE_END = re.compile(r"[.!?][\"')\]]?(?=\s|$)")
 
@@ -114,42 +115,89 @@ def _free(ctx: Context, stage: str, answer, min_words: int) -> str:
 
 
 async def open_instruction(ctx: Context, record: Record) -> str:
-    """An instruction that asks for information from the record's text without naming columns."""
+    """An instruction that asks for information from the record's text without naming columns.
+
+    An answer the gate's instruction checks reject (a statement, a refusal, a copy of
+    the text) gets a round of candidates from one request, as verified tables do.
+    """
     stage = ctx.config.stage("open_instructions")
     messages = [system(ctx.prompts.fill("open_instructions", "system"))]
     for seed in _sample(ctx, f"open:{record.id}", _seeds(ctx, OPEN), stage.shots):
         messages += [user(ctx.prompts.fill("open_instructions", "user", text=seed.text)), assistant(seed.instruction)]
     messages.append(user(ctx.prompts.fill("open_instructions", "user", text=record.text)))
     answer = await ctx.ask("open_instructions", record.id, messages)
-    text = _free(ctx, "open_instructions", answer, min_words=3)
-    return " ".join(text.split("\n\n")[0].split())
+    first = _one_paragraph(_free(ctx, "open_instructions", answer, min_words=3))
+    cfg, budget = ctx.config.filter.instruction, ctx.config.verify
+    if not instruction_reasons(first, record.text, cfg) or budget.rounds < 1 or budget.candidates < 2:
+        return first
+    more = await ctx.ask("open_instructions", f"{record.id}-cand", messages, n=budget.candidates - 1)
+    ctx.counts["open_instructions"]["verify_requests"] += 1
+    for content in more.contents if more.ok else []:
+        candidate = _one_paragraph(content)
+        if len(candidate.split()) >= 3 and not instruction_reasons(candidate, record.text, cfg):
+            ctx.counts["open_instructions"]["kept_candidate"] += 1
+            return candidate
+    return first
+
+
+def _one_paragraph(text: str) -> str:
+    return " ".join(_free_or_empty(text).split("\n\n")[0].split())
+
+
+def _free_or_empty(content: str) -> str:
+    try:
+        return free_text(content, 0)
+    except ParseError:
+        return ""
 
 
 # -- stage 4: paraphrase -------------------------------------------------------------
 
 
-async def paraphrase(ctx: Context, key: str, instructions: list[str]) -> list[str] | None:
-    """The chunk restyled in one drawn style; asked again while the line count is off; None at last."""
+async def paraphrase(ctx: Context, key: str, instructions: list[str]) -> list[str | None]:
+    """Each instruction restyled in one drawn style, tied to it by its number; None where none came back.
+
+    An answer whose numbers are missing, repeated or unknown is never placed by
+    position: the requests without exactly one rewrite are asked again, alone, and
+    so are those whose rewrite the gate's instruction checks reject.
+    """
     stage = ctx.config.stage("paraphrase")
-    count = len(instructions)
     style = ctx.rng(f"paraphrase:{key}").choice(ctx.prompts.raw("paraphrase", "styles"))
-    items = "\n".join(f"{i}. {text}" for i, text in enumerate(instructions, 1))
-    fmt = ctx.prompts.fill("paraphrase", ctx.format_key(), count=count)
-    messages = [system(ctx.prompts.fill("paraphrase", "system")),
-                user(ctx.prompts.fill("paraphrase", "user", count=count, style=style, format=fmt, items=items))]
     spec = STAGES["paraphrase"]
-    schema = spec.schema(ctx.config.limits, count)
+    found: dict[int, str] = {}
+    rejected: dict[int, str] = {}  # rewrites the gate would reject: asked again, returned only if nothing better came
+    todo = list(range(1, len(instructions) + 1))
     for attempt in range(stage.max_tries):
-        answer = await ctx.ask("paraphrase", key if not attempt else f"{key}-try{attempt}", messages, schema)
+        messages = _paraphrase_messages(ctx, style, instructions, todo, retry=attempt > 0)
+        answer = await ctx.ask("paraphrase", key if not attempt else f"{key}-try{attempt}", messages,
+                               spec.schema(ctx.config.limits, todo))
         if not answer.ok:
-            return None
-        lines = spec.parser(answer.content)
-        ctx.parsed("paraphrase", len(lines) == count)
-        if len(lines) == count:
-            return lines
+            break
+        got, todo = align_paraphrases(spec.parser(answer.content), todo)
+        ctx.parsed("paraphrase", not todo)
+        worse = {i: text for i, text in got.items() if _worse(ctx, text, instructions[i - 1])}
+        rejected |= worse
+        found |= {i: text for i, text in got.items() if i not in worse}
+        todo = sorted(set(todo) | set(worse))
+        if not todo:
+            break
         ctx.counts["paraphrase"]["asked_again"] += 1
-        messages = messages + [assistant(answer.content), user(ctx.prompts.fill("paraphrase", "retry", got=len(lines), count=count))]
-    return None
+    return [found.get(i, rejected.get(i)) for i in range(1, len(instructions) + 1)]
+
+
+def _worse(ctx: Context, rewritten: str, original: str) -> bool:
+    """Whether the gate's instruction checks reject the rewrite but not its original (it is asked again)."""
+    cfg = ctx.config.filter.instruction
+    return bool(instruction_reasons(rewritten, "", cfg)) and not instruction_reasons(original, "", cfg)
+
+
+def _paraphrase_messages(ctx: Context, style: str, instructions: list[str], ids: list[int], retry: bool) -> list[dict]:
+    items = "\n".join(f"{i}. {instructions[i - 1]}" for i in ids)
+    fmt = ctx.prompts.fill("paraphrase", ctx.format_key(), count=len(ids))
+    prompt = ctx.prompts.fill("paraphrase", "user", count=len(ids), style=style, format=fmt, items=items)
+    if retry:
+        prompt += "\n\n" + ctx.prompts.fill("paraphrase", "retry")
+    return [system(ctx.prompts.fill("paraphrase", "system")), user(prompt)]
 
 
 # -- stage 5: tables ---------------------------------------------------------------------
@@ -182,20 +230,3 @@ def table_messages(ctx: Context, record: Record, stage_name: str) -> list[dict]:
                      assistant(_shot_answer(ctx, seed, STAGES[stage_name].variant == "cot"))]
     messages.append(user(ctx.prompts.fill(stage_name, "user", instruction=record.instruction, text=record.text)))
     return messages
-
-
-async def make_table(ctx: Context, record: Record, variant: str) -> tuple[Table, str]:
-    """``(table, explanation)`` for the record; the explanation is empty for the plain variant."""
-    spec = table_stage(variant)
-    stage_name = spec.name
-    answer = await ctx.ask(stage_name, record.id, table_messages(ctx, record, stage_name), spec.schema(ctx.config.limits))
-    if not answer.ok:
-        raise Dropped(f"request_failed:{stage_name}")
-    try:
-        explanation, table = spec.parser(answer.content)
-        table = parse_table(table.markdown())  # the exported text must parse strictly, as the filter demands
-    except TableError as exc:
-        ctx.parsed(stage_name, False)
-        raise Dropped(f"table:{exc.reason}", answer=answer.content) from exc
-    ctx.parsed(stage_name, True)
-    return table, explanation
