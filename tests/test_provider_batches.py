@@ -137,7 +137,7 @@ def test_deadline_sends_the_rest_online_none_twice(tmp_path, mock_factory, provi
 
 def test_interrupt_then_cancel_keeps_finished_work(tmp_path, mock_factory):
     write_requests(tmp_path / "in.jsonl", 60)
-    mock = _mock(mock_factory, tmp_path, "--batch-processing-s", "3")
+    mock = _mock(mock_factory, tmp_path, "--batch-processing-s", "15")  # the cancel comes long before the end
     cmd = ODIE + ["batch", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "out.jsonl"), "--base-url", mock.url,
                   "--mode", "provider-batch", *FAST]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -173,12 +173,12 @@ STEPS = {"openai": {"upload": 3, "uploaded": 3, "create": 3, "created": 3, "poll
 @pytest.mark.parametrize("provider", ["openai", "anthropic"])
 def test_sigkill_inside_each_step_then_rerun_bills_each_chunk_once(tmp_path, mock_factory, provider):
     rng = random.Random(provider)
-    write_requests(tmp_path / "in.jsonl", 1200)
     mock = _mock(mock_factory, tmp_path, "--batch-processing-s", "0.3", "--batch-fail-rate", "0.05")
     for step, hits in STEPS[provider].items():
         for path in tmp_path.glob("out*"):
             if path.is_file():
                 path.unlink()
+        write_requests(tmp_path / "in.jsonl", 1200, prefix=f"{step}-")  # new content: nothing to adopt
         mark = len(_events(mock, "batch_created"))
         env = os.environ | {"ODIE_BATCH_KILL_AT": f"{step}:{rng.randint(1, hits)}"}
         killed = _batch(tmp_path, mock.url, provider, "--batch-max-requests", "500", env=env)
