@@ -11,6 +11,8 @@ creates the batch and then drops the connection before answering, for the
 first N create calls: the response a client waits for never arrives. The
 log (one JSON object per line, flushed at once) records every file and batch
 created, with the custom_ids it carries, so tests can count what was billed.
+``faults`` makes the answers wrong in the ways a provider can (``BATCH_FAULTS``),
+each applied to the first record of every batch.
 """
 
 from __future__ import annotations
@@ -25,9 +27,16 @@ from urllib.parse import parse_qs
 
 import orjson
 
+from ..exceptions import ConfigError
 from .mock_server import MockState, _error, _prompt_text, _response, answer_data, count_tokens
 
 TERMINAL = ("completed", "failed", "expired", "cancelled")
+# invent_id: a result for an id never sent; repeat_id: the first id answered ok and failed; non_json_line,
+# no_custom_id, error_string: broken result lines; no_message: Anthropic ``succeeded`` without its message;
+# create_no_id: the create answer has no id; echo_key: the answer holds the caller's key;
+# unknown_status: the batch reports a state neither API defines.
+BATCH_FAULTS = ("invent_id", "repeat_id", "non_json_line", "no_custom_id", "error_string", "no_message",
+                "create_no_id", "echo_key", "unknown_status")
 
 
 @dataclass
@@ -39,6 +48,7 @@ class BatchMockSettings:
     expire_after_s: float = 0.0
     drop_after_create: int = 0
     log_path: str | None = None
+    faults: tuple[str, ...] = ()
 
 
 @dataclass
@@ -57,6 +67,7 @@ class _Batch:
     outcomes: list | None = None  # per request: ("ok", body) | ("failed", message) | ("unfinished", why)
     output_file_id: str | None = None
     error_file_id: str | None = None
+    key: str = ""  # the credential it was created with (``echo_key`` writes it into an answer)
 
 
 class BatchMock:
@@ -70,6 +81,7 @@ class BatchMock:
         self.drops_left = settings.drop_after_create
         self._ids = itertools.count(1)
         self.log: IO[str] | None = open(settings.log_path, "a", encoding="utf-8") if settings.log_path else None
+        self._caller_key = ""
 
     # -- the route ---------------------------------------------------------------------
 
@@ -79,6 +91,7 @@ class BatchMock:
         path = path[3:] if path.startswith("/v1/") else path
         parts = [p for p in path.split("/") if p]
         args = {k: v[0] for k, v in parse_qs(query).items()}
+        self._caller_key = _credential(headers)
         if parts[:1] not in (["files"], ["batches"]) and parts[:2] != ["messages", "batches"]:
             return False
         if method == "POST" and "multipart/form-data" not in headers.lower() and not _is_json(body):
@@ -153,7 +166,7 @@ class BatchMock:
         return {
             "id": batch.id, "object": "batch", "endpoint": batch.meta.get("endpoint"), "errors": None,
             "input_file_id": batch.meta.get("input_file_id"), "completion_window": "24h",
-            "status": batch.status, "output_file_id": batch.output_file_id, "error_file_id": batch.error_file_id,
+            "status": self._shown_status(batch), "output_file_id": batch.output_file_id, "error_file_id": batch.error_file_id,
             "created_at": int(batch.created_wall), "expires_at": int(batch.created_wall) + 86400,
             "request_counts": {"total": total, "completed": done - failed, "failed": failed},
             "metadata": {k: v for k, v in batch.meta.items() if k not in ("input_file_id", "endpoint")},
@@ -180,7 +193,7 @@ class BatchMock:
             self._advance(batch)
             if batch.status not in TERMINAL:
                 return _error(400, "batch is still processing", "invalid_request_error")
-            return _response(200, b"".join(_anthropic_line(cid, o) for (cid, _), o in zip(batch.requests, batch.outcomes)))
+            return _response(200, self._anthropic_results(batch))
         return _json(self._anthropic_view(batch))
 
     def _anthropic_view(self, batch: _Batch) -> dict:
@@ -196,7 +209,7 @@ class BatchMock:
         ended = batch.status in TERMINAL
         return {
             "id": batch.id, "type": "message_batch",
-            "processing_status": "ended" if ended else ("canceling" if batch.status == "cancelling" else "in_progress"),
+            "processing_status": "in_limbo" if "unknown_status" in self.settings.faults else "ended" if ended else ("canceling" if batch.status == "cancelling" else "in_progress"),
             "request_counts": counts, "created_at": _iso(batch.created_wall), "expires_at": _iso(batch.created_wall + 86400),
             "ended_at": _iso(time.time()) if ended else None, "archived_at": None,
             "cancel_initiated_at": _iso(batch.created_wall) if batch.cancel_at is not None else None,
@@ -208,12 +221,16 @@ class BatchMock:
     def _new_batch(self, api: str, requests: list[tuple[str, dict]], metadata: dict) -> _Batch:
         prefix = "batch" if api == "openai" else "msgbatch"
         batch = _Batch(f"{prefix}_{next(self._ids):06d}", api, requests, time.monotonic(), time.time(), dict(metadata))
+        batch.key = self._caller_key
         self.batches[batch.id] = batch
         self._log({"event": "batch_created", "api": api, "id": batch.id, "metadata": metadata,
                    "custom_ids": [cid for cid, _ in requests]})
         return batch
 
     def _answer_create(self, proto, view: dict) -> bytes | None:
+        if "create_no_id" in self.settings.faults and not getattr(self, "_created_without_id", False):
+            self._created_without_id = True  # once: a retry finds the batch by its content
+            return _json({k: v for k, v in view.items() if k != "id"})
         if self.drops_left > 0:
             self.drops_left -= 1
             self._log({"event": "response_dropped", "id": view["id"]})
@@ -264,24 +281,64 @@ class BatchMock:
         path = batch.meta.get("endpoint") or "/v1/chat/completions"  # Anthropic's batches answer as chat
         return ("ok", answer_data(self.state, path, body, tokens, f"{batch.id}-{index}"))
 
+    def _shown_status(self, batch: _Batch) -> str:
+        return "paused_for_review" if "unknown_status" in self.settings.faults else batch.status
+
     def _openai_files(self, batch: _Batch) -> None:
         ok, bad = [], []
         for i, ((cid, _), (kind, value)) in enumerate(zip(batch.requests, batch.outcomes)):
             line = {"id": f"{batch.id}_req_{i}", "custom_id": cid, "response": None, "error": None}
             if kind == "ok":
                 line["response"] = {"status_code": 200, "request_id": f"req_{batch.id}_{i}", "body": value}
-                ok.append(orjson.dumps(line) + b"\n")
             elif kind == "failed":
                 error = {"error": {"message": value, "type": "server_error", "code": "server_error"}}
                 line["response"] = {"status_code": 500, "request_id": f"req_{batch.id}_{i}", "body": error}
-                bad.append(orjson.dumps(line) + b"\n")
             else:
                 line["error"] = {"code": value, "message": f"request not run: {value}"}
-                bad.append(orjson.dumps(line) + b"\n")
+            (ok if kind == "ok" else bad).append(line)
+        ok, bad = self._faulty(batch, ok, bad, "openai")
         if ok:
-            batch.output_file_id = self._new_file(f"{batch.id}_output.jsonl", b"".join(ok), "batch_output")["id"]
+            batch.output_file_id = self._new_file(f"{batch.id}_output.jsonl", _lines(ok), "batch_output")["id"]
         if bad:
-            batch.error_file_id = self._new_file(f"{batch.id}_error.jsonl", b"".join(bad), "batch_output")["id"]
+            batch.error_file_id = self._new_file(f"{batch.id}_error.jsonl", _lines(bad), "batch_output")["id"]
+
+    def _anthropic_results(self, batch: _Batch) -> bytes:
+        lines = [_anthropic_line(cid, o) for (cid, _), o in zip(batch.requests, batch.outcomes)]
+        lines, extra = self._faulty(batch, lines, [], "anthropic")
+        return _lines(lines + extra)
+
+    def _faulty(self, batch: _Batch, ok: list, bad: list, api: str) -> tuple[list, list]:
+        """The result lines with this mock's faults applied to the first record (a line may become bytes)."""
+        faults, lines = self.settings.faults, ok or bad
+        if not faults or not lines:
+            return ok, bad
+        first = lines[0]
+        if "echo_key" in faults:
+            holder = (first.get("result") or {}).get("message") or (first.get("response") or {}).get("body") or first
+            holder["echo"] = f"you called with the key {batch.key}"
+        if "repeat_id" in faults:
+            twin = orjson.loads(orjson.dumps(first))
+            twin["response"], twin["error"] = None, {"code": "server_error", "message": "answered twice"}
+            if api == "anthropic":
+                twin = {"custom_id": first["custom_id"], "result": {"type": "errored", "error": {
+                    "type": "error", "error": {"type": "api_error", "message": "answered twice"}}}}
+            bad = bad + [twin]
+        if "invent_id" in faults:
+            invented = orjson.loads(orjson.dumps(first))
+            invented["custom_id"] = (first["custom_id"][:-1] + "9999") if api == "anthropic" else "invented-" + batch.id
+            lines.append(invented)
+        if "no_message" in faults and api == "anthropic" and first.get("result", {}).get("type") == "succeeded":
+            del first["result"]["message"]
+        if "error_string" in faults:
+            if api == "anthropic":
+                first["result"] = {"type": "errored", "error": "the provider had a bad day"}
+            else:
+                first["response"], first["error"] = None, "the provider had a bad day"
+        if "no_custom_id" in faults:
+            del first["custom_id"]
+        if "non_json_line" in faults:
+            lines.insert(0, b"<html>not json</html>")
+        return ok, bad
 
     def _log(self, event: dict) -> None:
         if self.log is not None:
@@ -296,7 +353,20 @@ def _chat_body(params: dict) -> dict:
             "messages": messages + list(params.get("messages") or [])}
 
 
-def _anthropic_line(custom_id: str, outcome: tuple) -> bytes:
+def _lines(items: list) -> bytes:
+    return b"".join((item if isinstance(item, bytes) else orjson.dumps(item)) + b"\n" for item in items)
+
+
+def _credential(headers: str) -> str:
+    """The key a request carries (``Authorization: Bearer KEY`` or ``x-api-key``), or ""."""
+    for line in headers.split("\r\n"):
+        name, _, value = line.partition(":")
+        if name.strip().lower() in ("authorization", "x-api-key"):
+            return value.strip().rpartition(" ")[2]
+    return ""
+
+
+def _anthropic_line(custom_id: str, outcome: tuple) -> dict:
     kind, value = outcome
     if kind == "ok":
         usage = value["usage"]
@@ -309,7 +379,7 @@ def _anthropic_line(custom_id: str, outcome: tuple) -> bytes:
         result = {"type": "errored", "error": {"type": "error", "error": {"type": "api_error", "message": value}}}
     else:
         result = {"type": "expired" if value == "batch_expired" else "canceled"}
-    return orjson.dumps({"custom_id": custom_id, "result": result}) + b"\n"
+    return {"custom_id": custom_id, "result": result}
 
 
 def parse_multipart(headers: str, body: bytes) -> dict[str, tuple[str | None, bytes]]:
@@ -376,13 +446,19 @@ def add_arguments(parser) -> None:
     parser.add_argument("--batch-drop-after-create", type=int, default=0, metavar="N",
                         help="the first N batch creations drop the connection instead of answering")
     parser.add_argument("--batch-log", metavar="FILE", help="append a JSON line per file or batch created (with its custom_ids)")
+    parser.add_argument("--batch-faults", default="", metavar="LIST",
+                        help=f"comma-separated wrong answers to give: {', '.join(BATCH_FAULTS)}")
 
 
 def install(state: MockState, args=None, settings: BatchMockSettings | None = None) -> BatchMock:
     """Add the batch APIs to a mock server's routes, from its command-line ``args`` or ``settings``."""
     if settings is None:
+        faults = tuple(f for f in args.batch_faults.split(",") if f)
+        unknown = set(faults) - set(BATCH_FAULTS)
+        if unknown:
+            raise ConfigError(f"unknown --batch-faults {', '.join(sorted(unknown))}; choose from {', '.join(BATCH_FAULTS)}")
         settings = BatchMockSettings(args.batch_processing_s, args.batch_fail_rate, args.batch_expire_after_s,
-                                     args.batch_drop_after_create, args.batch_log)
+                                     args.batch_drop_after_create, args.batch_log, faults)
     mock = BatchMock(state, settings)
     state.routes.append(mock.route)
     return mock

@@ -84,6 +84,14 @@ def api_key_from_env(name: str | None) -> str | None:
     return value
 
 
+def redact(data: bytes, secret: bytes | None) -> bytes:
+    """``data`` with every copy of ``secret`` (the API key) replaced by ``***``: what a server echoes
+    back never reaches a log, an output or an error file."""
+    if secret and secret in data:
+        return data.replace(secret, b"***")
+    return data
+
+
 def _error_message(status: int, raw: bytes) -> str:
     try:
         error = orjson.loads(raw).get("error")
@@ -184,8 +192,7 @@ class ChatClient:
 
     def reply(self, path: str, status: int, headers, raw: bytes, start: float) -> Reply:
         """Judge one answer: a ``Reply``, or the ``RequestError`` that says what to do next."""
-        if self._secret is not None and self._secret in raw:
-            raw = raw.replace(self._secret, b"***")  # a server that echoes the key back
+        raw = redact(raw, self._secret)  # a server that echoes the key back
         if status >= 300:
             raise status_error(status, raw, headers)
         try:

@@ -8,9 +8,11 @@ sent as ``o<run>_<chunk>_<line>`` and mapped back through the chunk file.
 
 Message batches carry no metadata, so ``find_batch`` adopts the batch that
 no other chunk holds, with the chunk's request count, created closest to the
-intent; its results prove it (their ids name the run and chunk). One that
-turns out not to be ours is reported as ``foreign``, and the runner looks
-again without it before it creates anything.
+intent; its results prove it (their ids name the run and chunk). One whose
+results name none of the chunk's requests is reported as ``foreign``, and the
+runner looks again without it before it creates anything. Without a journaled
+intent there is nothing to look for: a listed message batch shows neither its
+requests nor a label, so a lost journal cannot be matched by content here.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import orjson
 
 from ..engine.batchfile import BatchLine
 from ..engine.checkpoint import Result
-from .base import BatchProvider, BatchStatus, Chunk, Limits
+from .base import BatchProvider, BatchStatus, Chunk, Limits, answer_id, as_error, count, text
 
 VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 1024
@@ -65,54 +67,73 @@ class AnthropicBatches(BatchProvider):
         """POST the chunk's requests, translated, in one message batch."""
         requests = [{"custom_id": self.request_id(chunk, i), "params": to_params(line.body)}
                     for i, line in enumerate(chunk.lines())]
-        return (await self.send("POST", "/messages/batches", json={"requests": requests}))["id"]
+        return answer_id(await self.send("POST", "/messages/batches", json={"requests": requests}),
+                         "a message batch create")
 
-    async def find_batch(self, chunk: Chunk, since: float, taken: set[str]) -> str | None:
+    async def find_batch(self, chunk: Chunk, since: float | None, taken: set[str]) -> str | None:
         """The untaken batch holding as many requests, created closest to ``since`` (within a minute)."""
+        if since is None:
+            return None
         best, best_gap = None, SKEW_S
         after = None
         while True:
             params = {"limit": "100"} | ({"after_id": after} if after else {})
             page = await self.reliably(self.send, "GET", "/messages/batches", params=params)
-            for item in page.get("data") or []:
-                created = _epoch(item.get("created_at"))
-                if created is None or item["id"] in taken:
+            items = [item for item in page.get("data") or [] if isinstance(item, dict)]
+            for item in items:
+                created, batch_id = _epoch(item.get("created_at")), item.get("id")
+                if created is None or not isinstance(batch_id, str) or batch_id in taken:
                     continue
                 if created < since - SKEW_S:
                     return best  # newest first: everything further is older
                 gap = abs(created - since)
-                if sum((item.get("request_counts") or {}).values()) == chunk.count and gap <= best_gap:
-                    best, best_gap = item["id"], gap
-            if not page.get("has_more") or not page.get("data"):
+                counts = item.get("request_counts") if isinstance(item.get("request_counts"), dict) else {}
+                if sum(map(count, counts.values())) == chunk.count and gap <= best_gap:
+                    best, best_gap = batch_id, gap
+            after = text(page.get("last_id")) or (text(items[-1].get("id")) if items else None)
+            if page.get("has_more") is not True or not after:
                 return best
-            after = page.get("last_id") or page["data"][-1]["id"]
 
     async def retrieve(self, batch_id: str) -> BatchStatus:
         """GET the batch; ``processing_status`` and its counts in our terms."""
         raw = await self.reliably(self.send, "GET", f"/messages/batches/{batch_id}")
-        counts = raw.get("request_counts") or {}
+        counts = raw.get("request_counts") if isinstance(raw.get("request_counts"), dict) else {}
+        counts = {name: count(value) for name, value in counts.items()}
         total = sum(counts.values())
         phase = raw.get("processing_status")
         if phase == "ended":
             status = "cancelled" if raw.get("cancel_initiated_at") else ("expired" if counts.get("expired") else "completed")
             done = total
-        else:
+        elif phase in ("in_progress", "canceling"):
             status = "cancelling" if phase == "canceling" else "in_progress"
-            done = total - (counts.get("processing") or 0)
-        return BatchStatus(batch_id, status, total, done, counts.get("errored") or 0, "", raw)
+            done = total - counts.get("processing", 0)
+        else:
+            status, done = f"unknown:{text(phase, 40)}", 0
+        return BatchStatus(batch_id, status, total, done, counts.get("errored", 0), "", raw)
 
     async def results(self, status: BatchStatus, chunk: Chunk) -> AsyncIterator[tuple[str, Result | None, str]]:
         """The results stream, mapped back to the input's custom_ids."""
         ids = [line.custom_id for line in chunk.lines()]
-        prefix = f"o{self.run_id}_{chunk.key}_"
+        prefix, ours, lines = f"o{self.run_id}_{chunk.key}_", 0, 0
         async for raw in self.stream_lines(f"/messages/batches/{status.id}/results"):
-            line = orjson.loads(raw)
-            sent = line.get("custom_id") or ""
+            lines += 1
+            try:
+                line = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                line = None
+            sent = line.get("custom_id") if isinstance(line, dict) else None
+            if not isinstance(sent, str) or not sent:
+                yield None, None, "unreadable"
+                continue
             index = sent[len(prefix):] if sent.startswith(prefix) else ""
             if not index.isdigit() or int(index) >= len(ids):
-                yield sent, None, "foreign"
-                return
-            yield _result(ids[int(index)], line.get("result") or {})
+                yield sent[:100], None, "invented"
+                continue
+            ours += 1
+            result = line.get("result")
+            yield _result(ids[int(index)], result if isinstance(result, dict) else {})
+        if lines and not ours:
+            yield None, None, "foreign"
 
     async def cancel(self, batch_id: str) -> None:
         """POST ``/messages/batches/ID/cancel``."""
@@ -126,11 +147,11 @@ def to_params(body: dict) -> dict:
     system, messages = [], []
     for message in body.get("messages") or []:
         role, content = message.get("role"), message.get("content")
-        text = _text(content)
+        said = _text(content)
         if role in ("system", "developer"):
-            system.append(text)
+            system.append(said)
         elif role in ("user", "assistant"):
-            messages.append({"role": role, "content": text})
+            messages.append({"role": role, "content": said})
         else:
             raise ValueError(f"message role {role!r} has no Anthropic equivalent")
     if not messages:
@@ -155,35 +176,40 @@ def _text(content) -> str:
 
 
 def _result(custom_id: str, result: dict) -> tuple[str, Result | None, str]:
-    kind = result.get("type")
+    kind, message = result.get("type"), result.get("message")
+    if kind == "succeeded" and isinstance(message, dict) and isinstance(message.get("content"), list):
+        return custom_id, Result(custom_id, True, to_chat_completion(message), None, 200, text(message.get("id")),
+                                 1), "ok"
     if kind == "succeeded":
-        return custom_id, Result(custom_id, True, to_chat_completion(result["message"]), None, 200,
-                                 result["message"].get("id"), 1), "ok"
-    if kind == "errored":
-        error = (result.get("error") or {}).get("error") or {}
-        return custom_id, Result(custom_id, False, error={"code": error.get("type") or "errored",
-                                                          "message": error.get("message") or "errored"}, attempts=1), "failed"
-    return custom_id, None, "batch_expired" if kind == "expired" else "batch_cancelled"
+        error = {"code": "malformed_result", "message": "the provider reported success without a message"}
+    elif kind == "errored":
+        error = as_error(result.get("error"), "errored")
+    elif kind in ("expired", "canceled"):
+        return custom_id, None, "batch_expired" if kind == "expired" else "batch_cancelled"
+    else:
+        error = {"code": "malformed_result", "message": f"the provider's result type {text(kind, 40)!r} is unknown"}
+    return custom_id, Result(custom_id, False, error=error, attempts=1), "failed"
 
 
 def to_chat_completion(message: dict) -> dict:
     """An Anthropic message in the chat-completion shape, the original under ``anthropic``."""
-    text = "".join(block.get("text") or "" for block in message.get("content") or [] if block.get("type") == "text")
-    usage = message.get("usage") or {}
-    prompt = (usage.get("input_tokens") or 0) + (usage.get("cache_read_input_tokens") or 0) \
-        + (usage.get("cache_creation_input_tokens") or 0)
-    completion = usage.get("output_tokens") or 0
+    blocks = [block for block in message.get("content") or [] if isinstance(block, dict)]
+    answer = "".join(text(block.get("text"), 10**9) or "" for block in blocks if block.get("type") == "text")
+    usage = message.get("usage") if isinstance(message.get("usage"), dict) else {}
+    prompt = count(usage.get("input_tokens")) + count(usage.get("cache_read_input_tokens")) \
+        + count(usage.get("cache_creation_input_tokens"))
+    completion = count(usage.get("output_tokens"))
     return {
         "id": message.get("id"), "object": "chat.completion", "model": message.get("model"),
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": answer},
                      "finish_reason": _FINISH.get(message.get("stop_reason"), message.get("stop_reason"))}],
         "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
         "anthropic": message,
     }
 
 
-def _epoch(stamp: str | None) -> float | None:
-    if not stamp:
+def _epoch(stamp) -> float | None:
+    if not isinstance(stamp, str) or not stamp:
         return None
     try:
         return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()

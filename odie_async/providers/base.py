@@ -6,7 +6,11 @@ provider takes files), ``create``, ``retrieve``, ``results`` and ``cancel``,
 plus ``find_file``/``find_batch``, which look among what the provider already
 holds for a chunk's file or batch, so that a call whose answer was lost is
 adopted instead of repeated. aiohttp errors become ``odie_async.exceptions``
-here, through the engine client's ``status_error``.
+here, through the engine client's ``status_error``, and every body is passed
+through the client's ``redact`` first, so a key the provider echoes is never
+written or shown. Every field a provider answers is checked before use
+(``text``, ``count``, ``as_error``): a wrong one is an error on its record or
+batch, never an exception of ours.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from ..engine.batchfile import BatchLine, BatchReader
 from ..engine.checkpoint import Result
-from ..engine.client import status_error
+from ..engine.client import redact, status_error
 from ..exceptions import MalformedResponseError, RequestError, TransportError
 
 log = structlog.get_logger(__name__)
@@ -32,6 +36,37 @@ log = structlog.get_logger(__name__)
 # Our names for a batch's state; each provider's own are mapped onto these.
 STATES = ("validating", "in_progress", "finalizing", "completed", "failed", "expired", "cancelling", "cancelled")
 TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+ADOPT_WINDOW_S = 14 * 86400.0  # how far back a batch of the same content is looked for before a create
+
+
+def text(value, limit: int = 2000) -> str | None:
+    """A provider-given scalar as a string (None when absent or not a scalar)."""
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)[:limit]
+    return None
+
+
+def count(value) -> int:
+    """A provider-given count: a non-negative int, else 0."""
+    return value if type(value) is int and value >= 0 else 0
+
+
+def as_error(value, default_code: str) -> dict:
+    """A provider's error field, whatever shape it came in, as ``{"code", "message"}`` strings."""
+    if isinstance(value, dict):
+        inner = value.get("error") if isinstance(value.get("error"), dict) else value
+        code = text(inner.get("code")) or text(inner.get("type")) or default_code
+        return {"code": code[:100], "message": text(inner.get("message")) or code}
+    return {"code": default_code, "message": text(value) or default_code}
+
+
+def answer_id(answer: dict, what: str) -> str:
+    """The ``id`` of a create or upload answer; ``MalformedResponseError`` (retryable: the runner looks
+    for what the call made before calling again) when there is none."""
+    value = answer.get("id")
+    if not isinstance(value, str) or not value or len(value) > 200:
+        raise MalformedResponseError(f"the provider's answer to {what} has no id")
+    return value
 
 
 @dataclass(frozen=True)
@@ -94,6 +129,7 @@ class BatchProvider(ABC):
                  max_attempts: int = 5) -> None:
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
+        self.secret = api_key.encode() if api_key else None
         self.run_id = run_id
         self.max_attempts = max_attempts
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
@@ -138,10 +174,15 @@ class BatchProvider(ABC):
         except asyncio.TimeoutError as exc:
             raise TransportError(f"{method} {path}: no answer within the timeout") from exc
         except aiohttp.ClientError as exc:
-            raise TransportError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+            raise TransportError(self.redacted(f"{method} {path}: {type(exc).__name__}: {exc}")) from exc
+        raw = redact(raw, self.secret)
         if status >= 300:
             raise status_error(status, raw, resp_headers)
         return raw
+
+    def redacted(self, message: str) -> str:
+        """``message`` with the key replaced by ``***``."""
+        return redact(message.encode(), self.secret).decode("utf-8", "replace")
 
     async def reliably(self, call, *args, **kwargs):
         """A call that is safe to repeat (GET, list, cancel), retried on what can pass."""
@@ -157,24 +198,24 @@ class BatchProvider(ABC):
         try:
             async with self._session.get(self.url(path)) as resp:
                 if resp.status >= 300:
-                    raise status_error(resp.status, await resp.read(), resp.headers)
+                    raise status_error(resp.status, redact(await resp.read(), self.secret), resp.headers)
                 tail = b""
                 async for block in resp.content.iter_chunked(1 << 16):
                     lines = (tail + block).split(b"\n")
                     tail = lines.pop()
                     for line in lines:
                         if line.strip():
-                            yield line
+                            yield redact(line, self.secret)
                 if tail.strip():
-                    yield tail
+                    yield redact(tail, self.secret)
         except asyncio.TimeoutError as exc:
             raise TransportError(f"GET {path}: no answer within the timeout") from exc
         except aiohttp.ClientError as exc:
-            raise TransportError(f"GET {path}: {type(exc).__name__}: {exc}") from exc
+            raise TransportError(self.redacted(f"GET {path}: {type(exc).__name__}: {exc}")) from exc
 
     def file_name(self, chunk: Chunk) -> str:
-        """The uploaded file's name: run, chunk and content hash, so it can be found again."""
-        return f"odie-{self.run_id}-{chunk.key}-{chunk.sha256[:16]}.jsonl"
+        """The uploaded file's name: the content hash, so that any run can find it again."""
+        return f"odie-{chunk.sha256[:32]}.jsonl"
 
     async def upload(self, chunk: Chunk) -> str | None:
         """Upload the chunk's file; its id (None where the provider takes requests inline)."""
@@ -189,17 +230,19 @@ class BatchProvider(ABC):
         """Create the chunk's batch; its id."""
 
     @abstractmethod
-    async def find_batch(self, chunk: Chunk, since: float, taken: set[str]) -> str | None:
-        """The id of a batch created for this chunk at or after ``since`` (epoch s), not in ``taken``."""
+    async def find_batch(self, chunk: Chunk, since: float | None, taken: set[str]) -> str | None:
+        """The id of a batch holding this chunk's content, not in ``taken``; ``since`` (epoch s) is when a
+        create was announced (None: no create is known to have been tried)."""
 
     @abstractmethod
     async def retrieve(self, batch_id: str) -> BatchStatus:
         """The batch's current state."""
 
     @abstractmethod
-    def results(self, status: BatchStatus, chunk: Chunk) -> AsyncIterator[tuple[str, Result | None, str]]:
-        """``(custom_id, result, why)`` per record; result None for one never run (why says so)
-        or, with why ``foreign``, for a batch whose results show it is not this chunk's."""
+    def results(self, status: BatchStatus, chunk: Chunk) -> AsyncIterator[tuple[str | None, Result | None, str]]:
+        """``(custom_id, result, why)`` per result line; result None for one never run (why says so),
+        custom_id None for a line that names no record (why ``unreadable``), and, with why ``foreign``,
+        for a batch whose results show it is not this chunk's."""
 
     @abstractmethod
     async def cancel(self, batch_id: str) -> None:

@@ -1,4 +1,10 @@
-"""``odie batch --mode provider-batch``: its options, live progress line, summary and exit code."""
+"""``odie batch --mode provider-batch``: its options, live progress line, summary and exit code.
+
+Options are range-checked where they are parsed (``options.number``); the key
+is read through the engine's ``clean_api_key``; the exit code comes from
+``cli.exit_code``, an error of the provider counting as the endpoint stopping
+the run (3), a full disk or an internal crash as a local failure (4).
+"""
 
 from __future__ import annotations
 
@@ -9,9 +15,11 @@ import signal
 import sys
 from pathlib import Path
 
+from ..engine.client import clean_api_key, redact
 from ..engine.progress import ProgressLine, _eta, write_summary
 from ..engine.stats import RunStats
-from ..exceptions import AuthenticationError, ConfigError, InputError, RequestError, RunAborted
+from ..exceptions import ConfigError, EndpointStopped, EngineCrashed, OdieError, RequestError
+from ..options import number
 from ..runtime import run_async
 from .base import BatchProvider
 from .runner import ProviderBatchRun, RunOptions, new_run_id
@@ -40,17 +48,18 @@ def add_arguments(parser) -> None:
                        help="online: request by request (default); provider-batch: the provider's Batch API")
     group.add_argument("--provider", choices=("openai", "anthropic"), default="openai",
                        help="whose batch API (--base-url defaults to that provider's)")
-    group.add_argument("--deadline", type=float, metavar="SECONDS",
+    seconds, at_least_0 = number(float, 0, inclusive=False), number(float, 0)
+    group.add_argument("--deadline", type=seconds, metavar="SECONDS",
                        help="hybrid: when the deadline (from the run's start) is near, cancel the batches and "
                             "send what they have not done through the online path")
-    group.add_argument("--online-reserve", type=float, default=600.0, metavar="SECONDS",
+    group.add_argument("--online-reserve", type=at_least_0, default=600.0, metavar="SECONDS",
                        help="time kept for the online rest before the deadline (at most half of it)")
     group.add_argument("--online-base-url", help="endpoint of the online rest (default: --base-url)")
-    group.add_argument("--poll-interval", type=float, default=10.0, help="first seconds between polls (grows 1.5x)")
-    group.add_argument("--poll-max", type=float, default=300.0, help="longest seconds between polls")
-    group.add_argument("--batch-max-requests", type=int, help="requests per batch (default: the provider's limit)")
-    group.add_argument("--batch-max-bytes", type=int, help="bytes per batch file (default: the provider's limit)")
-    group.add_argument("--reconcile-grace", type=float, default=5.0,
+    group.add_argument("--poll-interval", type=seconds, default=10.0, help="first seconds between polls (grows 1.5x)")
+    group.add_argument("--poll-max", type=seconds, default=300.0, help="longest seconds between polls")
+    group.add_argument("--batch-max-requests", type=number(int, 1), help="requests per batch (default: the provider's limit)")
+    group.add_argument("--batch-max-bytes", type=number(int, 1), help="bytes per batch file (default: the provider's limit)")
+    group.add_argument("--reconcile-grace", type=at_least_0, default=5.0,
                        help="seconds to wait before looking for what an unanswered call created")
     group.add_argument("--cancel", action="store_true", help="cancel this output's batches, keep what they finished")
 
@@ -63,12 +72,13 @@ def options_from_args(args) -> RunOptions:
         raise ConfigError("--retry-failed sends the errors file's records online: run it with --mode online")
     return RunOptions(args.input, args.output, args.errors, args.model, args.skip_invalid,
                       args.batch_max_requests, args.batch_max_bytes, args.poll_interval, args.poll_max,
-                      args.reconcile_grace, args.max_attempts, args.deadline, args.online_reserve, args.cancel)
+                      args.reconcile_grace, args.max_attempts, args.deadline, args.online_reserve, args.cancel,
+                      getattr(args, "resend_changed", False))
 
 
 def _api_key(args, provider_name: str, default_url: bool) -> str | None:
     name = args.api_key_env or provider_class(provider_name).key_env
-    key = os.environ.get(name) or None
+    key = clean_api_key(os.environ.get(name), name)
     if key is None and (default_url or args.api_key_env):
         raise ConfigError(f"environment variable {name} (the API key) is not set")
     return key
@@ -130,11 +140,11 @@ async def _main(args, run: ProviderBatchRun, run_id: str) -> dict:
 
 
 def run_provider_batch(args) -> int:
-    """Run ``odie batch --mode provider-batch``; the exit code (0, 1, 2, 3, 130, 143)."""
+    """Run ``odie batch --mode provider-batch``; the exit code (0, 1, 2, 3, 4, 130, 143)."""
+    key = None
     try:
         options = options_from_args(args)
-        default_url = not args.base_url
-        key = _api_key(args, args.provider, default_url)
+        key = _api_key(args, args.provider, not args.base_url)
         run_id = new_run_id()
         provider = make_provider(args.provider, args.base_url, key, run_id, max_attempts=args.max_attempts)
         online = None
@@ -144,18 +154,30 @@ def run_provider_batch(args) -> int:
             online = settings_from_args(args, args.online_base_url or provider.base_url, key)
         run = ProviderBatchRun(options, provider, online)
         summary = run_async(_with_signals(_main(args, run, run_id)))
-    except (InputError, ConfigError) as exc:
-        print(f"odie batch: error: {exc}", file=sys.stderr)
-        return 2
-    except (AuthenticationError, RequestError, RunAborted) as exc:
-        print(f"odie batch: stopped by the endpoint: {exc}", file=sys.stderr)
-        return 3
     except _Interrupted as exc:
         print("odie batch: interrupted; the provider keeps the batches: rerun the same command to collect "
               "them, or add --cancel", file=sys.stderr)
         return exc.code
+    except Exception as exc:  # every way a run ends has its exit code, and the key is never shown
+        return _stopped(exc, key)
     print(format_summary(summary))
-    return 1 if summary["errors_file_lines"] else 0
+    return 1 if summary["errors_file_lines"] or summary["unfinished"] else 0
+
+
+def _stopped(exc: Exception, key: str | None) -> int:
+    """Print why the run stopped (the key redacted) and return its exit code."""
+    from ..cli import exit_code
+
+    if isinstance(exc, RequestError):
+        error: OdieError = EndpointStopped(f"stopped by the endpoint: {exc}")
+    elif isinstance(exc, OdieError):
+        error = exc
+    else:
+        error = EngineCrashed(f"internal error ({type(exc).__name__}: {exc}); what was written is intact, "
+                              "rerun to resume")
+    message = redact(str(error).encode(), key.encode() if key else None).decode("utf-8", "replace")
+    print(f"odie batch: {'' if isinstance(error, EndpointStopped) else 'error: '}{message}", file=sys.stderr)
+    return exit_code(error)
 
 
 class _Interrupted(Exception):

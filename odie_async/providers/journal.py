@@ -6,8 +6,13 @@ crash at any instant leaves either no trace of a call (it was never made) or
 its intent: an ``upload_intent`` or ``create_intent`` with no id after it.
 The runner reconciles such an intent by looking for the file or batch at the
 provider before it makes the call again. Replaying the journal rebuilds the
-``RunState``; a ``run`` event starts a fresh plan (one that never reached
-``planned`` is discarded and planned again: nothing was sent for it).
+``RunState``.
+
+The journal is a memory, not the truth: the output and errors files are. A
+journal cut short, with lines missing or deleted, replays what it still
+holds (a line it cannot read or that names an unknown chunk is passed over,
+with a warning), and every start checks it against the output, the input and
+the provider (``runner.py``).
 """
 
 from __future__ import annotations
@@ -19,10 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
+import structlog
 
 from ..engine.checkpoint import repair_tail
-from ..exceptions import InputError
+from ..exceptions import OutputError
 from .base import Chunk
+
+log = structlog.get_logger(__name__)
 
 KILL_ENV = "ODIE_BATCH_KILL_AT"
 _hits: dict[str, int] = {}
@@ -60,6 +68,7 @@ class ChunkState:
     outcome: str | None = None
     status: str | None = None
     rejected: set[str] = field(default_factory=set)
+    dropped: bool = False  # its file is gone or altered: the run no longer counts on it
 
     @property
     def submitted(self) -> bool:
@@ -78,10 +87,9 @@ class RunState:
 
     run_id: str | None = None
     provider: str | None = None
-    input_bytes: int | None = None
     started_at: float | None = None
-    planned: bool = False
     chunks: dict[str, ChunkState] = field(default_factory=dict)
+    skipped: int = 0  # journal lines that could not be replayed
 
     def taken(self) -> set[str]:
         """Batch ids some chunk of this run holds."""
@@ -106,8 +114,9 @@ class Journal:
                 for line_no, raw in enumerate(handle, 1):
                     try:
                         self._apply(orjson.loads(raw))
-                    except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-                        raise InputError(self.path, line_no, f"unreadable journal line ({exc})") from exc
+                    except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as exc:
+                        self.state.skipped += 1
+                        log.warning("journal line passed over", file=str(self.path), line=line_no, why=str(exc)[:200])
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         return self.state
 
@@ -121,8 +130,11 @@ class Journal:
         """Append one event and force it to disk before returning."""
         record = {"e": event, "t": round(time.time(), 3)} | fields
         data = orjson.dumps(record) + b"\n"
-        os.write(self._fd, data)
-        os.fsync(self._fd)
+        try:
+            os.write(self._fd, data)
+            os.fsync(self._fd)
+        except OSError as exc:
+            raise OutputError(self.path, exc) from exc
         self._apply(record)
 
     def add_chunk(self, chunk: Chunk, parent: str | None = None) -> None:
@@ -133,13 +145,13 @@ class Journal:
     def _apply(self, r: dict) -> None:
         state, event = self.state, r["e"]
         if event == "run":
-            self.state = RunState(r["run_id"], r["provider"], r.get("input_bytes"), r["t"])
+            self.state = RunState(r["run_id"], r["provider"], r["t"], skipped=state.skipped)
             return
         if event == "planned":
-            state.planned = True
-            return
+            return  # written by earlier versions
         if event == "chunk":
-            chunk = Chunk(r["key"], self.workdir / r["file"], r["sha256"], r["count"], r["url"], r["model"], r["attempt"])
+            chunk = Chunk(r["key"], self.workdir / Path(r["file"]).name, r["sha256"], r["count"], r["url"], r["model"],
+                          r["attempt"])
             state.chunks.setdefault(r["key"], ChunkState(chunk, r.get("parent")))
             return
         c = state.chunks[r["key"]]
@@ -160,3 +172,7 @@ class Journal:
             c.status = r["status"]
         elif event == "settled":
             c.outcome = r["outcome"]
+        elif event == "reopen":  # settled, but records of it are missing from the output: collect again
+            c.outcome, c.status = None, None
+        elif event == "dropped":
+            c.dropped = True

@@ -1,19 +1,28 @@
-"""One provider-batch run: plan, submit exactly once, poll, collect, and settle every record.
+"""One provider-batch run: reconcile, plan, submit exactly once, poll, collect, and settle every record.
+
+The output and errors files are the truth; the journal is a memory of what
+was asked of the provider. Every start reads the input against the output
+(``chunks.scan_input``: what still needs an answer, and which answered
+records were asked differently, refused unless ``--resend-changed``, as
+online) and checks each journaled chunk against both: a settled chunk whose
+records are missing from the output is collected again from the provider's
+stored results (or, where they are gone, sent again, once), a chunk whose
+records changed or left the input is retired and its batch cancelled, never
+abandoned, and records no chunk covers are planned into new chunks.
 
 Each step that the provider bills or remembers (upload, create) is announced
-in the journal before the call and confirmed after it; an intent with no
-confirmation is reconciled by asking the provider (``find_file`` /
-``find_batch``) before anything is sent again, and so is a call whose answer
-was lost in transit. Results are appended to the same output and errors
-files as the online path; a record already there is never written again, so
-a crash while writing costs only a second download. Every record of a chunk
-ends in the output, the errors file, a resubmitted chunk (once, for records
-an expired or cancelled batch never ran) or the online path (``--deadline``).
+in the journal before the call and confirmed after it; before any upload or
+create the provider's files and batches are searched for the same content
+(``find_file`` / ``find_batch``), so a lost answer, a journal cut short or
+deleted, or a re-planned chunk of unchanged records costs nothing. Every
+result goes through ``_accept``: only an id the chunk asked for and the run
+still wants, once, into one file, with its request digest.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import time
 from collections import Counter
@@ -26,12 +35,14 @@ from ..engine.checkpoint import Result, ResultStore
 from ..engine.core import Engine, EngineSettings
 from ..exceptions import ConfigError, RequestError
 from .base import BatchProvider, BatchStatus
-from .chunks import plan, resubmission
+from .chunks import line_digest, plan, resubmission, scan_input
 from .journal import ChunkState, Journal, crashpoint
 
 log = structlog.get_logger(__name__)
 
 WRITE_BLOCK = 256
+UNKNOWN_POLLS = 10  # polls of a state neither API defines before the batch is cancelled and its records fail
+MAX_ATTEMPT = 2  # a chunk's records are sent again at most this many times (expired, results gone)
 
 
 @dataclass
@@ -52,6 +63,7 @@ class RunOptions:
     deadline_s: float | None = None
     online_reserve_s: float = 600.0
     cancel: bool = False
+    resend_changed: bool = False
 
 
 def journal_paths(output: str | Path) -> tuple[Path, Path]:
@@ -69,10 +81,12 @@ class ProviderBatchRun:
         self.online_settings = online
         self.store = ResultStore(options.output, options.errors)
         self.journal = Journal(*journal_paths(options.output))
-        self.written: set[int] = set()  # hashes of the custom_ids written by this process
+        self.wanted: dict[str, str] = {}  # custom_id -> request digest, of every record not written yet
+        self.asked: dict[str, dict[str, str]] = {}  # chunk key -> the digests of the requests its file holds
         self.counts: Counter[str] = Counter()
         self.tokens: Counter[str] = Counter()
         self.live: dict[str, BatchStatus] = {}
+        self.unknown: Counter[str] = Counter()
         self.switched = False
         self.started = time.monotonic()
 
@@ -81,64 +95,193 @@ class ProviderBatchRun:
         """Every chunk of the run, in plan order."""
         return list(self.journal.state.chunks.values())
 
-    # -- the run -------------------------------------------------------------------------
+    # -- the start: the output against the journal, the input against both ------------------
 
     def prepare(self, run_id: str) -> str:
-        """Open files and journal; plan the run unless a planned one is there. Returns the run id."""
+        """Open files and journal, reconcile them with the input, plan what no chunk covers. Returns the run id."""
         self.store.open()
         state = self.journal.open()
-        if not state.planned:
-            if self.opt.cancel:
-                raise ConfigError(f"no provider-batch run to cancel beside {self.opt.output}")
-            limits = self.provider.limits
-            limits = type(limits)(self.opt.max_requests or limits.max_requests, self.opt.max_bytes or limits.max_bytes)
-            reader = plan(self.opt.input, self.store, self.journal, type(self.provider), limits, run_id,
-                          self.opt.model, self.opt.skip_invalid)
-            self.counts["invalid_skipped"] = reader.invalid
-        elif state.input_bytes != os.path.getsize(self.opt.input):
-            raise ConfigError(f"{self.journal.path} belongs to a run planned from a different input "
-                              f"({state.input_bytes:,} bytes); choose another output, or remove it to start over")
-        elif state.provider != self.provider.name:
+        if state.provider not in (None, self.provider.name):
             raise ConfigError(f"{self.journal.path} belongs to a {state.provider} run; rerun it with --provider {state.provider}")
-        else:
-            log.info("resuming provider-batch run", run=state.run_id, chunks=len(state.chunks))
-        self.counts["already_done"] = self.store.resumed_ok + self.store.resumed_failed
+        if self.opt.cancel and not state.chunks:
+            raise ConfigError(f"no provider-batch run to cancel beside {self.opt.output}")
+        if state.run_id is None:
+            self.journal.write("run", run_id=run_id, provider=self.provider.name)
         self.provider.run_id = self.journal.state.run_id
+        limits = self.provider.limits
+        limits = type(limits)(self.opt.max_requests or limits.max_requests, self.opt.max_bytes or limits.max_bytes)
+        scan = scan_input(self.opt.input, self.store, type(self.provider), limits, self.opt.model, self.opt.skip_invalid)
+        self._check_changed(scan.changed, scan.first_changed)
+        self.wanted = scan.wanted
+        self.counts["invalid_skipped"] = scan.invalid
+        self.counts["already_done"] = self.store.resumed_ok + self.store.resumed_failed - len(scan.changed)
+        todo = set(self.wanted) - self._reconcile()
+        if todo and not self.opt.cancel:
+            made = plan(self.opt.input, self.journal, limits, todo, self.opt.model, self.opt.skip_invalid)
+            log.info("planned", records=len(todo), chunks=made)
         return self.journal.state.run_id
+
+    def _check_changed(self, changed: list[str], first: str) -> None:
+        if changed and not self.opt.resend_changed:
+            raise ConfigError(
+                f"{len(changed)} record(s) already answered were asked differently this time (the body or "
+                f"--model changed), first {first}; rerun with --resend-changed to send them again, "
+                "or restore the old input")
+        if changed:
+            log.warning("sending changed records again", count=len(changed), first=first)
+            self.store.resend(set(changed))
+
+    def _reconcile(self) -> set[str]:
+        """Check each journaled chunk against the input and the output; the wanted records they cover."""
+        covered: set[str] = set()
+        for c in reversed(self.chunks):  # a resubmitted chunk claims its records before its parent
+            if c.dropped or c.outcome == "retired" or c.cancel_reason == "replaced":
+                continue
+            asked = self._asked(c)
+            if asked is None:
+                log.warning("a chunk file is missing or altered; its records are planned again", chunk=c.chunk.key)
+                self.journal.write("dropped", key=c.chunk.key)
+                continue
+            mine = {cid for cid, digest in asked.items() if self.wanted.get(cid) == digest} - covered
+            if not mine:
+                if not c.settled:
+                    self.journal.write("cancel", key=c.chunk.key, reason="replaced")
+                continue
+            covered |= mine
+            if c.settled:
+                self._reopen(c, mine)
+                if c.batch_id is None:
+                    covered -= mine
+        return covered
+
+    def _reopen(self, c: ChunkState, missing: set[str]) -> None:
+        """A settled chunk with records in neither file: collected again, or (never created) sent again."""
+        if c.batch_id is not None:
+            log.warning("records of a settled batch are missing from the output; collecting them again",
+                        chunk=c.chunk.key, batch=c.batch_id, records=len(missing))
+            self.counts["collected_again"] += len(missing)
+            self.journal.write("reopen", key=c.chunk.key)
+        else:
+            log.warning("records of a chunk never created are missing from the errors file; sending them again",
+                        chunk=c.chunk.key, records=len(missing))
+            self.counts["sent_again"] += len(missing)
+
+    def _asked(self, c: ChunkState) -> dict[str, str] | None:
+        """custom_id -> request digest of the chunk's file; None when the file is gone or not what was planned."""
+        if c.chunk.key not in self.asked:
+            try:
+                data = c.chunk.path.read_bytes()
+            except OSError:
+                return None
+            if hashlib.sha256(data).hexdigest() != c.chunk.sha256:
+                return None
+            self.asked[c.chunk.key] = {line.custom_id: line_digest(line) for line in c.chunk.lines()}
+        return self.asked[c.chunk.key]
+
+    def _pending(self, c: ChunkState) -> list:
+        """The chunk's input lines whose records the run still wants from it."""
+        asked = self._asked(c) or {}
+        return [line for line in c.chunk.lines() if self.wanted.get(line.custom_id) == asked.get(line.custom_id)]
+
+    # -- the run -------------------------------------------------------------------------
+
+    def _live(self) -> list[ChunkState]:
+        return [c for c in self.chunks if not c.settled and not c.dropped and c.cancel_reason != "replaced"]
 
     async def execute(self) -> None:
         """Submit, poll and collect until every chunk is settled; then the online rest."""
         if self.opt.cancel:
             await self.stop_batches("user")
         interval = self.opt.poll_interval_s
-        while pending := [c for c in self.chunks if not c.settled]:
+        await self._submit_all()
+        while pending := self._live():
             if self._deadline_near() and not self.switched:
                 await self.stop_batches("deadline")
-            for c in pending:
-                if not c.submitted and c.cancel_reason is None:
-                    await self.submit(c)
-                    interval = self.opt.poll_interval_s
+            if await self._submit_all():
+                interval = self.opt.poll_interval_s
             for c in pending:
                 await self._advance(c)
-            if any(not c.settled for c in self.chunks):
+            if self._live():
                 await asyncio.sleep(min(interval, self._until_switch()))
                 interval = min(self.opt.poll_max_s, interval * 1.5)
+        await self._retire()
         self.store.close()
         await self._online()
+        self.counts["unfinished"] = len(self.wanted)
+
+    async def _submit_all(self) -> bool:
+        """Submit every live chunk not submitted yet, then retire what no chunk wants; whether any was."""
+        fresh = [c for c in self._live() if not c.submitted and c.cancel_reason is None]
+        for c in fresh:
+            await self.submit(c)
+        await self._retire()
+        return bool(fresh)
+
+    async def _retire(self) -> None:
+        """Cancel the batches of chunks the run no longer counts on (input changed, file gone), never leaving
+        one running; a batch a live chunk adopted stays."""
+        held = {c.batch_id for c in self._live() if c.batch_id}
+        for c in self.chunks:
+            if c.settled or not (c.dropped or c.cancel_reason == "replaced"):
+                continue
+            if c.batch_id and c.batch_id not in held:
+                await self._cancel(c.batch_id, "its records changed or are planned again")
+            self.journal.write("settled", key=c.chunk.key, outcome="retired")
+
+    async def _cancel(self, batch_id: str, why: str) -> None:
+        try:
+            await self.provider.cancel(batch_id)
+            log.warning("cancelled a batch", batch=batch_id, why=why)
+        except RequestError as exc:
+            if exc.retryable or exc.code == "authentication_error":
+                raise
+            log.warning("the provider refused to cancel a batch (it may have ended)", batch=batch_id,
+                        error=self.provider.redacted(exc.message[:200]))
 
     async def _advance(self, c: ChunkState) -> None:
         if c.settled:
             return
         if c.submitted:
-            status = await self.provider.retrieve(c.batch_id)
+            try:
+                status = await self.provider.retrieve(c.batch_id)
+            except RequestError as exc:
+                if exc.retryable or exc.code == "authentication_error":
+                    raise
+                return self._lost(c, f"the provider no longer knows batch {c.batch_id} ({exc.message[:200]})")
             crashpoint("poll")
             self.live[c.chunk.key] = status
             if status.status != c.status:
                 self.journal.write("status", key=c.chunk.key, status=status.status)
             if status.terminal:
                 await self.collect(c, status)
+            elif status.status.startswith("unknown:"):
+                await self._unknown(c, status)
         elif c.cancel_reason is not None:
             self._settle_unsent(c)
+
+    async def _unknown(self, c: ChunkState, status: BatchStatus) -> None:
+        """A state neither API defines: polled ``UNKNOWN_POLLS`` times, then cancelled, its records failed."""
+        self.unknown[c.chunk.key] += 1
+        if self.unknown[c.chunk.key] == 1:
+            log.warning("the provider reports a batch state it does not define", batch=c.batch_id, status=status.status)
+        if self.unknown[c.chunk.key] < UNKNOWN_POLLS:
+            return
+        await self._cancel(c.batch_id, "its state is unknown")
+        self._fail_records(c, self._pending(c), {"code": "batch_status_unknown", "message":
+                           f"the provider's batch {status.id} stayed in an unknown state ({status.status[8:]})"})
+        self.journal.write("settled", key=c.chunk.key, outcome="errors")
+
+    def _lost(self, c: ChunkState, why: str) -> None:
+        """The batch or its results are gone at the provider: its records are sent again (once), else failed."""
+        leftover = self._pending(c)
+        if leftover and c.chunk.attempt < MAX_ATTEMPT:
+            log.warning("sending records again", chunk=c.chunk.key, records=len(leftover), why=why)
+            resubmission(self.journal, c.chunk, leftover)
+            self.counts["sent_again"] += len(leftover)
+            self.journal.write("settled", key=c.chunk.key, outcome="resubmitted")
+            return
+        self._fail_records(c, leftover, {"code": "batch_unavailable", "message": why})
+        self.journal.write("settled", key=c.chunk.key, outcome="errors")
 
     # -- submitting exactly once ------------------------------------------------------------
 
@@ -147,12 +290,12 @@ class ProviderBatchRun:
         key = c.chunk.key
         try:
             if self.provider.uploads and c.file_id is None:
-                file_id = await self.provider.find_file(c.chunk) if c.upload_at is not None else None
+                file_id = await self.provider.find_file(c.chunk)
                 if file_id is None:
                     file_id, _ = await self._once(c, "upload")
                 self.journal.write("uploaded", key=key, file_id=file_id)
             if c.batch_id is None:
-                batch_id = await self._find_batch(c) if c.create_at is not None else None
+                batch_id = await self._find_batch(c)
                 adopted = batch_id is not None
                 if batch_id is None:
                     batch_id, adopted = await self._once(c, "create")
@@ -161,13 +304,12 @@ class ProviderBatchRun:
         except RequestError as exc:
             if exc.retryable or exc.code == "authentication_error":
                 raise
-            self._fail_records(c, [line for line in c.chunk.lines() if not self._done(line.custom_id)],
-                               {"code": "batch_rejected", "message": exc.message[:500]})
+            self._fail_records(c, self._pending(c), {"code": "batch_rejected", "message": exc.message[:500]})
             self.journal.write("settled", key=key, outcome="errors")
 
     async def _find_batch(self, c: ChunkState) -> str | None:
-        taken = self.journal.state.taken() | c.rejected
-        return await self.provider.find_batch(c.chunk, c.create_at or 0.0, taken)
+        taken = {x.batch_id for x in self._live() if x.batch_id} | c.rejected
+        return await self.provider.find_batch(c.chunk, c.create_at, taken)
 
     async def _once(self, c: ChunkState, step: str) -> tuple[str, bool]:
         """Make an upload or create call; if its answer is lost, look before calling again.
@@ -183,7 +325,7 @@ class ProviderBatchRun:
                 if not exc.retryable:
                     raise
                 last = exc
-                log.warning("no answer to a call; looking for what it made", step=step, chunk=c.chunk.key,
+                log.warning("no usable answer to a call; looking for what it made", step=step, chunk=c.chunk.key,
                             error=exc.message[:200])
                 await asyncio.sleep(self.opt.reconcile_grace_s * (attempt + 1))
                 found = await (self.provider.find_file(c.chunk) if step == "upload" else self._find_batch(c))
@@ -206,29 +348,55 @@ class ProviderBatchRun:
                         return  # a foreign batch: the chunk goes back to submission
                     break
                 except RequestError as exc:  # a broken download: what was written stays, the rest comes again
+                    if not exc.retryable and exc.code != "authentication_error":
+                        return self._lost(c, f"the results of batch {status.id} cannot be read ({exc.message[:200]})")
                     if not exc.retryable or attempt + 1 == self.opt.max_attempts:
                         raise
                     log.warning("download failed; downloading again", batch=status.id, error=exc.message[:200])
                     await asyncio.sleep(min(30.0, 2.0 ** attempt))
-        leftover = [line for line in c.chunk.lines() if not self._done(line.custom_id)]
-        self.journal.write("settled", key=c.chunk.key, outcome=self._fate(c, status, leftover))
+        self.journal.write("settled", key=c.chunk.key, outcome=self._fate(c, status, self._pending(c)))
 
     async def _download(self, c: ChunkState, status: BatchStatus) -> bool:
         """Append the batch's new results; False when they show the batch is not this chunk's."""
-        block: list[Result] = []
+        block: list[tuple[Result, str]] = []
         async for custom_id, result, why in self.provider.results(status, c.chunk):
             if why == "foreign":
                 log.warning("adopted batch is not this run's; looking again", batch=c.batch_id)
                 self.journal.write("rejected", key=c.chunk.key, batch_id=c.batch_id)
                 return False
-            if result is None or self._done(custom_id):
+            if custom_id is None or why == "invented":
+                self._refuse(c, why, custom_id)
                 continue
-            block.append(result)
+            if result is None:
+                continue
+            digest = self._accept(c, custom_id)
+            if digest is not None:
+                block.append((result, digest))
             if len(block) >= WRITE_BLOCK:
                 self._write(block)
                 block = []
         self._write(block)
         return True
+
+    def _accept(self, c: ChunkState, custom_id: str) -> str | None:
+        """The digest to write a result of ``custom_id`` with, or None when it is not accepted.
+
+        Accepted are only ids this chunk asked for, with the request the run still wants, and each once
+        (the first answer wins): an id the provider invented or repeated, or one already written, is not."""
+        asked = (self._asked(c) or {}).get(custom_id)
+        if asked is None:
+            self._refuse(c, "invented", custom_id)
+            return None
+        if self.wanted.get(custom_id) != asked:
+            self.counts["results_not_wanted"] += 1  # answered twice, written before, or asked differently now
+            return None
+        del self.wanted[custom_id]
+        return asked
+
+    def _refuse(self, c: ChunkState, why: str, custom_id: str | None) -> None:
+        self.counts[f"results_{why}"] += 1
+        log.warning("a result line was passed over", batch=c.batch_id, why=why,
+                    custom_id=custom_id[:100] if custom_id else None)
 
     def _fate(self, c: ChunkState, status: BatchStatus, leftover: list) -> str:
         if not leftover:
@@ -236,36 +404,39 @@ class ProviderBatchRun:
         if c.cancel_reason == "deadline" or (self.switched and status.status in ("expired", "cancelled")):
             return "online"
         if status.status in ("expired", "cancelled") and c.cancel_reason is None and c.chunk.attempt == 0:
-            resubmission(self.journal, c.chunk, leftover, self.journal.state.run_id)
+            resubmission(self.journal, c.chunk, leftover)
             self.counts["resubmitted"] += len(leftover)
             return "resubmitted"
         code = {"completed": "missing_from_results"}.get(status.status, f"batch_{status.status}")
-        message = status.detail or f"the provider's batch {status.id} ended {status.status} before running this record"
+        message = status.detail or f"the provider's batch {status.id} ended {status.status} without a result for this record"
         self._fail_records(c, leftover, {"code": code, "message": message})
         return "errors"
 
-    def _done(self, custom_id: str) -> bool:
-        return hash(custom_id) in self.written or self.store.done(custom_id)
-
-    def _write(self, block: list[Result]) -> None:
+    def _write(self, block: list[tuple[Result, str]]) -> None:
         if not block:
             return
         crashpoint("write")
-        ok = [self.store.encode(r) for r in block if r.ok]
-        bad = [self.store.encode(r) for r in block if not r.ok]
+        ok = [self.store.encode(r, digest) for r, digest in block if r.ok]
+        bad = [self.store.encode(r, digest) for r, digest in block if not r.ok]
         self.store.append(ok, bad)
-        for result in block:
-            self.written.add(hash(result.custom_id))
-            usage = (result.body or {}).get("usage") or {}
-            self.tokens["prompt"] += usage.get("prompt_tokens") or 0
-            self.tokens["completion"] += usage.get("completion_tokens") or 0
+        if self.store.resending:
+            self.store.rewritten(r.custom_id for r, _ in block)
+        for result, _ in block:
+            usage = (result.body or {}).get("usage")
+            usage = usage if isinstance(usage, dict) else {}
+            self.tokens["prompt"] += usage.get("prompt_tokens") if type(usage.get("prompt_tokens")) is int else 0
+            self.tokens["completion"] += usage.get("completion_tokens") if type(usage.get("completion_tokens")) is int else 0
         self.counts["batch_ok"] += len(ok)
         self.counts["batch_failed"] += len(bad)
 
     def _fail_records(self, c: ChunkState, lines: list, error: dict) -> None:
-        results = [Result(line.custom_id, False, error=dict(error), attempts=0) for line in lines]
-        for start in range(0, len(results), WRITE_BLOCK):
-            self._write(results[start : start + WRITE_BLOCK])
+        block = []
+        for line in lines:
+            digest = self._accept(c, line.custom_id)
+            if digest is not None:
+                block.append((Result(line.custom_id, False, error=dict(error), attempts=0), digest))
+        for start in range(0, len(block), WRITE_BLOCK):
+            self._write(block[start : start + WRITE_BLOCK])
 
     # -- cancelling and the deadline ---------------------------------------------------------
 
@@ -273,29 +444,30 @@ class ProviderBatchRun:
         """Cancel every unsettled batch (``user``: ``--cancel``; ``deadline``: the rest goes online)."""
         self.switched = self.switched or reason == "deadline"
         log.warning("cancelling the run's batches", reason=reason)
-        for c in self.chunks:
-            if c.settled or c.cancel_reason is not None:
+        for c in self._live():
+            if c.cancel_reason is not None:
                 continue
-            if c.batch_id is None and c.create_at is not None:
+            if c.batch_id is None:
                 found = await self._find_batch(c)  # a create whose answer never came: it may exist
                 if found:
                     self.journal.write("created", key=c.chunk.key, batch_id=found, adopted=True)
             if c.batch_id is not None:
-                await self.provider.cancel(c.batch_id)
+                await self._cancel(c.batch_id, reason)
             self.journal.write("cancel", key=c.chunk.key, reason=reason)
 
     def _settle_unsent(self, c: ChunkState) -> None:
         if c.cancel_reason == "deadline":
             self.journal.write("settled", key=c.chunk.key, outcome="online")
             return
-        leftover = [line for line in c.chunk.lines() if not self._done(line.custom_id)]
-        self._fail_records(c, leftover, {"code": "cancelled", "message": "cancelled before the batch was created"})
+        self._fail_records(c, self._pending(c), {"code": "cancelled", "message": "cancelled before the batch was created"})
         self.journal.write("settled", key=c.chunk.key, outcome="errors")
 
     def _switch_at(self) -> float | None:
         if self.opt.deadline_s is None:
             return None
         reserve = min(self.opt.online_reserve_s, self.opt.deadline_s / 2)
+        if self.journal.state.started_at is None:  # the journal's first line was lost: the deadline counts from now
+            self.journal.state.started_at = time.time()
         return self.journal.state.started_at + self.opt.deadline_s - reserve
 
     def _deadline_near(self) -> bool:
@@ -318,9 +490,10 @@ class ProviderBatchRun:
         engine = Engine(self.online_settings, self.store.output, self.store.errors, keep_bodies=False)
         async with engine:
             for c in chunks:
-                for line in c.chunk.lines():
+                for line in self._pending(c):
                     if engine.stopping:
                         break
+                    del self.wanted[line.custom_id]  # the engine writes it, or leaves it to a rerun
                     await engine.submit(line.custom_id, line.body, line.url)
         self.counts["online_ok"] += engine.stats.succeeded
         self.counts["online_failed"] += engine.stats.failed
@@ -353,6 +526,7 @@ class ProviderBatchRun:
                     "outcome": c.outcome, "adopted": c.adopted} for c in self.chunks]
         return {"mode": "provider-batch", "provider": self.provider.name, "run_id": self.journal.state.run_id,
                 "records": dict(self.counts), "tokens": dict(self.tokens), "batches": batches,
+                "unfinished": len(self.wanted),
                 "errors_file_lines": _line_count(self.store.errors),
                 "wall_time_s": round(time.monotonic() - self.started, 2),
                 "output": str(self.store.output), "errors": str(self.store.errors)}
