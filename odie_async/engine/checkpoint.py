@@ -16,8 +16,9 @@ import itertools
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 import orjson
 import structlog
@@ -86,6 +87,21 @@ class Result:
             cached=True,
             timing=response.get("timing"),
         )
+
+
+@dataclass(slots=True)
+class Accepted:
+    """What ``ResultStore.accept`` wrote, and the results it refused (by ``custom_id``)."""
+
+    ok: int = 0
+    failed: int = 0
+    unknown: list[str] = field(default_factory=list)  # never asked for by this run
+    repeated: list[str] = field(default_factory=list)  # already has a line (this run's or an earlier one's)
+
+    @property
+    def refused(self) -> int:
+        """How many results were not written."""
+        return len(self.unknown) + len(self.repeated)
 
 
 def request_digest(path: str, payload: bytes) -> str:
@@ -166,6 +182,7 @@ class ResultStore:
         self._opened_sizes: dict[str, int] = {}
         self._superseded: set[str] = set()
         self._resend: set[str] = set()
+        self._asked: dict[int, str | None] = {}  # hash(custom_id) -> request digest, until accepted
         self._lock_fd: int | None = None
         self._stop: threading.Event | None = None
         self._ids = itertools.count()
@@ -252,7 +269,7 @@ class ResultStore:
         return count
 
     def done(self, custom_id: str) -> bool:
-        """Whether ``custom_id`` had a line in the output or errors file when they were opened."""
+        """Whether ``custom_id`` has a line in the output or errors file (from before, or accepted since)."""
         return hash(custom_id) in self._done
 
     def failed_before(self, custom_id: str) -> bool:
@@ -263,6 +280,48 @@ class ResultStore:
         """Whether a done record was asked differently (False when its line has no digest)."""
         stored = self._done.get(hash(custom_id))
         return bool(stored) and stored != hash(digest)
+
+    def expect(self, custom_id: str, digest: str | None = None) -> None:
+        """This run asks for ``custom_id`` (sent as ``digest``): ``accept`` takes its result once."""
+        self._asked[hash(custom_id)] = digest
+
+    def accept(self, results: Iterable[Result]) -> Accepted:
+        """Write the results this run may write: one write per file, each id at most once, ever.
+
+        A result is taken only if ``expect`` asked for its id and no result of
+        that id was accepted since; it goes to the output if ``ok``, else to the
+        errors file, with the digest given to ``expect``. The rest are returned
+        as refused (``unknown``: never asked for; ``repeated``: already has a
+        line). A failed write raises ``OutputError`` and takes nothing.
+        """
+        verdict, ok_lines, error_lines, taken = Accepted(), [], [], []
+        for result in results:
+            key = hash(result.custom_id)
+            if key not in self._asked:
+                seen = key in self._done or any(key == other for _r, other, _d in taken)
+                (verdict.repeated if seen else verdict.unknown).append(result.custom_id)
+                continue
+            digest = self._asked.pop(key)
+            taken.append((result, key, digest))
+            (ok_lines if result.ok else error_lines).append(self.encode(result, digest))
+        try:
+            self.append(ok_lines, error_lines)
+        except OutputError:
+            self._asked.update((key, digest) for _result, key, digest in taken)
+            raise
+        for result, key, digest in taken:
+            self._mark_done(result, key, digest)
+        verdict.ok, verdict.failed = len(ok_lines), len(error_lines)
+        return verdict
+
+    def _mark_done(self, result: Result, key: int, digest: str | None) -> None:
+        self._done[key] = hash(digest) if digest else 0
+        if result.ok:
+            self._failed.discard(key)
+        else:
+            self._failed.add(key)
+        if result.custom_id in self._resend:
+            self._superseded.add(result.custom_id)
 
     def get(self, custom_id: str) -> Result | None:
         """The stored result of ``custom_id`` (only with ``keep_bodies``)."""
@@ -312,10 +371,6 @@ class ResultStore:
     def resend(self, custom_ids: set[str]) -> None:
         """These done records are sent again; their old lines go once the new ones are written."""
         self._resend = custom_ids
-
-    def rewritten(self, custom_ids) -> None:
-        """New lines of these ids are on disk: lines stored before this run for them are dropped on close."""
-        self._superseded.update(cid for cid in custom_ids if cid in self._resend)
 
     def sync(self) -> None:
         """Force both files to disk (power-loss safety; a crash needs no sync)."""
