@@ -1,3 +1,5 @@
+import os
+
 import orjson
 import pytest
 
@@ -119,3 +121,49 @@ def test_a_failed_write_accepts_nothing(tmp_path):
     store.write = ResultStore(tmp_path / "other.jsonl").write
     assert store.accept([_ok("a")]).ok == 1
     store.close()
+
+
+def test_a_second_store_on_the_same_file_under_another_name_is_refused(tmp_path):
+    from odie_async.exceptions import ConfigError
+
+    real = tmp_path / "real" / "out.jsonl"
+    real.parent.mkdir()
+    first = ResultStore(real)
+    first.open()
+    (tmp_path / "link.jsonl").symlink_to(real)
+    (tmp_path / "linked").symlink_to(real.parent, target_is_directory=True)
+    os.link(real, tmp_path / "hard.jsonl")
+    for other in (tmp_path / "link.jsonl", tmp_path / "linked" / "out.jsonl", tmp_path / "hard.jsonl"):
+        with pytest.raises(ConfigError, match="in use by another run"):
+            ResultStore(other).open()
+    first.close()
+    again = ResultStore(tmp_path / "link.jsonl")
+    again.open()
+    assert again.errors == real.with_name("out.errors.jsonl")  # beside the real file, whatever the name
+    again.close()
+
+
+def test_a_compaction_left_by_a_killed_resend_is_finished_by_the_next_store(tmp_path):
+    out = tmp_path / "out.jsonl"
+    store = ResultStore(out)
+    store.open()
+    for cid in "abc":
+        store.expect(cid, "old")
+    store.accept([_ok("a"), _ok("b"), _failed("c")])
+    store.close()
+    killed = ResultStore(out)
+    killed.open()
+    killed.resend({"a", "c"})
+    killed.expect("a", "new")
+    killed.expect("c", "new")
+    killed.accept([_ok("a"), _ok("c")])  # then SIGKILL: no close, no compaction
+    killed._close_fds()
+    killed._unlock()
+    assert len(out.read_bytes().splitlines()) == 4
+    after = ResultStore(out)
+    after.open()
+    after.close()
+    lines = [orjson.loads(x) for x in out.read_bytes().splitlines()]
+    assert sorted(r["custom_id"] for r in lines) == ["a", "b", "c"]
+    assert {r["custom_id"]: r.get("request_digest") for r in lines} == {"a": "new", "b": "old", "c": "new"}
+    assert not (tmp_path / "out.errors.jsonl").read_bytes() and not list(tmp_path.glob("*.compacting"))
