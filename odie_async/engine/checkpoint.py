@@ -273,6 +273,21 @@ class ResultStore:
             compaction.clear_intent(files[0])
         self.folded = compaction.fold_shards(*files, repair=repair_tail)
 
+    def fold_shards(self) -> dict:
+        """Fold the shards written meanwhile into the output (the lock stays held) and read it again.
+
+        What ``done`` and ``failed_before`` say afterwards is the output's state
+        after the fold; the store writes nothing more. Returns the lines folded.
+        """
+        self.sync()
+        self._close_fds()
+        counts = compaction.fold_shards(self.real(self.output), self.real(self.errors), repair=repair_tail)
+        self._done.clear()
+        self._failed.clear()
+        self.resumed_ok = self._scan(self.output, failed=False)
+        self.resumed_failed = self._scan(self.errors, failed=True)
+        return counts
+
     def _lock_inode(self, fd: int) -> None:
         """``flock`` the output itself: another name of the same file (a hard link) is refused too."""
         try:
