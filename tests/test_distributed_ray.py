@@ -21,7 +21,7 @@ from tests.test_batch_cli import Mock
 ray = pytest.importorskip("ray")
 
 from odie_async.distributed.cluster import NAMESPACE, run_key, worker_name  # noqa: E402
-from odie_async.distributed.shards import ShardBusy, ShardLock  # noqa: E402
+from odie_async.engine.lockfile import LockBusy, take_lock  # noqa: E402
 
 pytestmark = pytest.mark.slow
 ODIE = [sys.executable, "-m", "odie_async"]
@@ -137,8 +137,8 @@ def test_a_driver_killed_with_sigkill_leaves_no_writer_and_the_rerun_finishes_on
 def _locks_free(tmp_path) -> bool:
     try:
         for i in range(2):
-            ShardLock(tmp_path / "out.shards" / f"shard-{i:03d}.lock").acquire().release()
-    except ShardBusy:
+            os.close(take_lock(tmp_path / "out.shards" / f"shard-{i:03d}.jsonl.lock", "test"))
+    except LockBusy:
         return False
     return True
 

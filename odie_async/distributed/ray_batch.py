@@ -38,6 +38,7 @@ from .worker import ShardJob, merge_latencies
 log = structlog.get_logger(__name__)
 
 BEAT_INTERVAL_S = 0.5
+RESTART_WAIT_S = 120.0  # how long a dead worker's restarted actor may take to answer
 STATS_INTERVAL_S = 1.0
 _COUNTERS = {"succeeded": "succeeded", "failed": "failed", "skipped_already_done": "resumed",
              "retries": "retries", "rate_limited_429": "rate_limited", "attempts": "attempts"}
@@ -176,6 +177,7 @@ class _Driver:
         self.restarts: Counter[int] = Counter()
         self.live: dict[int, dict] = {}
         self.carried: dict[int, Counter] = {i: Counter() for i in range(shards)}
+        self.restarting: dict[int, float] = {}  # shard -> when its worker died, until the restarted actor answers
         self.done_before = [before.per_shard[i] for i in range(shards)]
         self.progress = ClusterProgress(stats, self) if job.progress else None
 
@@ -203,8 +205,11 @@ class _Driver:
                     workers[i].stop.remote(cancel=stops_sent > 1)
             for ref in ready:
                 index = pending.pop(ref)
-                outcome = self._collect(ref, index)
-                if outcome is None:
+                outcome = self._restarted(ref, index) if index in self.restarting else self._collect(ref, index)
+                if outcome is None:  # the worker died: ask until its restarted actor answers
+                    self.restarting.setdefault(index, time.monotonic())
+                    pending[workers[index].ping.remote()] = index
+                elif outcome == "up":
                     pending[workers[index].run.remote(self.shard_job(index))] = index
                 else:
                     results[index] = outcome
@@ -215,6 +220,21 @@ class _Driver:
         if self.progress:
             self.progress.draw(final=True)
         return results
+
+    def _restarted(self, ref, index: int) -> dict | str | None:
+        """After a worker died: "up" once its restarted actor answers, None to ask again, or the shard's end."""
+        try:
+            self.ray.get(ref)
+        except Exception as exc:
+            waited = time.monotonic() - self.restarting[index]
+            if is_actor_death(exc) and waited < RESTART_WAIT_S and not self.job.interrupts:
+                time.sleep(0.2)
+                return None
+            log.error("shard worker did not come back; not restarting it", shard=index, waited_s=round(waited, 1))
+            return {"error": {"type": "WorkerDied", "message": str(exc)[:300], "aborted": True},
+                    **dict(self.carried[index])}
+        del self.restarting[index]
+        return "up"
 
     def _collect(self, ref, index: int) -> dict | None:
         """A worker's summary; None when it died and its shard goes again on the restarted actor."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -137,9 +138,14 @@ def shard_folder(output: Path) -> Path:
     return output.with_name(output.stem + ".shards")
 
 
+SHARD_FILE = re.compile(r"shard-\d+(\.errors)?\.jsonl")
+
+
 def shard_parts(folder: Path) -> list[Path]:
     """The shard files in ``folder``: ``shard-NNN.jsonl`` and ``shard-NNN.errors.jsonl``."""
-    return sorted(folder.glob("shard-*.jsonl")) if folder.is_dir() else []
+    if not folder.is_dir():
+        return []
+    return sorted(path for path in folder.iterdir() if SHARD_FILE.fullmatch(path.name))
 
 
 def fold_shards(output: Path, errors: Path, repair) -> dict:
