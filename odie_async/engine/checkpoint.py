@@ -26,6 +26,7 @@ import structlog
 
 from ..exceptions import ConfigError, InputError, OutputError
 from . import compaction
+from .compaction import iter_records, repair_tail  # noqa: F401  (re-exported: the result files' readers)
 from .lockfile import LockBusy, take_lock
 
 log = structlog.get_logger(__name__)
@@ -109,49 +110,6 @@ class Accepted:
 def request_digest(path: str, payload: bytes) -> str:
     """A short digest of one request as sent: its API path and body (model included)."""
     return hashlib.blake2b(payload, digest_size=8, person=path.encode()[-16:]).hexdigest()
-
-
-def repair_tail(path: Path) -> int:
-    """Cut a torn last line (no trailing newline) off ``path``; return bytes removed."""
-    if not path.exists():
-        return 0
-    size = path.stat().st_size
-    if size == 0:
-        return 0
-    with open(path, "rb+") as handle:
-        handle.seek(size - 1)
-        if handle.read(1) == b"\n":
-            return 0
-        keep = _last_newline_end(handle, size)
-        handle.truncate(keep)
-    log.warning("repaired torn last line", file=str(path), bytes_removed=size - keep)
-    return size - keep
-
-
-def _last_newline_end(handle, size: int) -> int:
-    block = 1 << 16
-    end = size
-    while end > 0:
-        start = max(0, end - block)
-        handle.seek(start)
-        chunk = handle.read(end - start)
-        index = chunk.rfind(b"\n")
-        if index >= 0:
-            return start + index + 1
-        end = start
-    return 0
-
-
-def iter_records(path: Path):
-    """Yield ``(line_no, record)`` for each line of a results file; a bad line is an InputError."""
-    with open(path, "rb") as handle:
-        for line_no, raw in enumerate(handle, 1):
-            try:
-                record = orjson.loads(raw)
-                record["custom_id"]
-            except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-                raise InputError(path, line_no, f"unreadable result line ({exc}); fix or remove it") from exc
-            yield line_no, record
 
 
 class ResultStore:

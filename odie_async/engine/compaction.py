@@ -1,4 +1,4 @@
-"""Dropping superseded lines from a run's output and errors files, and folding in a sharded run's files.
+"""Keeping a run's output and errors files whole: torn tails, superseded lines, a sharded run's files.
 
 A record answered again (``--resend-changed``, or a shard's line folded into the
 output) has an old line that must go. Which lines win is written down first, in an
@@ -78,6 +78,49 @@ def read_intent(output: Path) -> set[str] | None:
 def clear_intent(output: Path) -> None:
     """The compaction is done: forget its intent."""
     intent_path(output).unlink(missing_ok=True)
+
+
+def repair_tail(path: Path) -> int:
+    """Cut a torn last line (no trailing newline) off ``path``; return bytes removed."""
+    if not path.exists():
+        return 0
+    size = path.stat().st_size
+    if size == 0:
+        return 0
+    with open(path, "rb+") as handle:
+        handle.seek(size - 1)
+        if handle.read(1) == b"\n":
+            return 0
+        keep = _last_newline_end(handle, size)
+        handle.truncate(keep)
+    log.warning("repaired torn last line", file=str(path), bytes_removed=size - keep)
+    return size - keep
+
+
+def _last_newline_end(handle, size: int) -> int:
+    block = 1 << 16
+    end = size
+    while end > 0:
+        start = max(0, end - block)
+        handle.seek(start)
+        chunk = handle.read(end - start)
+        index = chunk.rfind(b"\n")
+        if index >= 0:
+            return start + index + 1
+        end = start
+    return 0
+
+
+def iter_records(path: Path):
+    """Yield ``(line_no, record)`` for each line of a results file; a bad line is an InputError."""
+    with open(path, "rb") as handle:
+        for line_no, raw in enumerate(handle, 1):
+            try:
+                record = orjson.loads(raw)
+                record["custom_id"]
+            except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+                raise InputError(path, line_no, f"unreadable result line ({exc}); fix or remove it") from exc
+            yield line_no, record
 
 
 def _records(path: Path) -> Iterator[tuple[bytes, dict]]:
