@@ -2,23 +2,23 @@
 
 Exit codes: 0 every request answered; 1 finished, some requests failed (counted
 in ``results.json``); 2 a usage or input error, before anything was sent; 3 the
-endpoint did not answer a first request or refused the key; 4 a result file could
-not be written (disk full: the levels written before stay); 130/143 interrupted
+endpoint did not answer a first request or refused the key; 4 a local failure: a result
+file could not be written (disk full: the levels written before stay) or an internal
+error. Errors end through ``odie_async.cli``'s one exit-code map; 130/143 interrupted
 (the points measured so far are written).
 """
 
 from __future__ import annotations
 
 import asyncio
-import signal
 import sys
 from pathlib import Path
 
 from ..engine.batch import api_key_from_env
 from ..engine.limits import parse_duration
-from ..exceptions import ConfigError, InputError, OutputError, RunAborted
+from ..exceptions import ConfigError, exit_code
 from ..logs import configure_logging
-from ..runtime import run_async
+from ..runtime import StopSignals, run_async
 
 DEFAULT_SYNTHETIC = "prompt_tokens=256,output_tokens=128"
 
@@ -85,26 +85,25 @@ def settings_from_args(args, base_url: str):
     )
 
 
-async def _bench(benches: list, output: Path, stopped_by: list[int]) -> list[dict]:
+async def _bench(benches: list, output: Path, stopped: list[StopSignals]) -> list[dict]:
     from ..bench.run import run_bench, run_pool_bench
 
     task = asyncio.current_task()
-    loop = asyncio.get_running_loop()
-    for sig, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
-        loop.add_signal_handler(sig, lambda code=code: (stopped_by.append(code), task.cancel()))
-    if len(benches) > 1:
-        return await run_pool_bench(benches, output)
-    return [await run_bench(benches[0])]
+    with StopSignals(lambda _sig: task.cancel(), lambda _sig: task.cancel()) as stop:
+        stopped.append(stop)
+        if len(benches) > 1:
+            return await run_pool_bench(benches, output)
+        return [await run_bench(benches[0])]
 
 
 def _run(benches: list, output: Path) -> int:
     """Bench one endpoint into ``output``, or a pool's endpoints each into a folder of ``output``."""
-    stopped_by: list[int] = []
+    stopped: list[StopSignals] = []
     try:
-        results = run_async(_bench(benches, output, stopped_by))
-    except (asyncio.CancelledError, KeyboardInterrupt):
+        results = run_async(_bench(benches, output, stopped))
+    except (asyncio.CancelledError, KeyboardInterrupt) as exc:
         print(f"odie bench: interrupted; the points measured so far are in {output}", file=sys.stderr)
-        return stopped_by[0] if stopped_by else 130
+        return (stopped and stopped[0].exit_code) or exit_code(KeyboardInterrupt() if isinstance(exc, asyncio.CancelledError) else exc)
     for one in results:
         _print_knee(one)
     if len(results) > 1:
@@ -136,28 +135,18 @@ def pool_settings(args, urls: list[str]) -> list:
 def run(args) -> int:
     """Entry point of ``odie bench``."""
     configure_logging(json=args.log_json)
-    try:
-        urls = ([args.base_url] if args.base_url else []) + list(args.endpoint or ())
-        output = Path(args.output)
-        if len(urls) > 1:
-            return _run(pool_settings(args, urls), output)
-        settings = settings_from_args(args, urls[0] if urls else "")
-        if urls:
-            return _run([settings], output)
-        from ..endpoints.serve import embedded_endpoint
+    urls = ([args.base_url] if args.base_url else []) + list(args.endpoint or ())
+    output = Path(args.output)
+    if len(urls) > 1:
+        return _run(pool_settings(args, urls), output)
+    settings = settings_from_args(args, urls[0] if urls else "")
+    if urls:
+        return _run([settings], output)
+    from ..endpoints.serve import embedded_endpoint
 
-        with embedded_endpoint() as endpoint:
-            settings.base_url, settings.api_key, settings.embedded = endpoint.base_url, endpoint.api_key, True
-            settings.model = settings.model or endpoint.model
-            if not settings.workload.models:
-                settings.workload.with_model(endpoint.model)
-            return _run([settings], output)
-    except (ConfigError, InputError) as exc:
-        print(f"odie bench: error: {exc}", file=sys.stderr)
-        return 2
-    except OutputError as exc:  # a result file (disk full): a local failure
-        print(f"odie bench: stopped: {exc}", file=sys.stderr)
-        return 4
-    except RunAborted as exc:
-        print(f"odie bench: stopped: {exc}", file=sys.stderr)
-        return 3
+    with embedded_endpoint() as endpoint:
+        settings.base_url, settings.api_key, settings.embedded = endpoint.base_url, endpoint.api_key, True
+        settings.model = settings.model or endpoint.model
+        if not settings.workload.models:
+            settings.workload.with_model(endpoint.model)
+        return _run([settings], output)
