@@ -13,7 +13,7 @@ import os
 import sys
 
 from .. import __version__
-from ..exceptions import OdieError, exit_code, signal_exit_code
+from ..exceptions import ConfigError, OdieError, exit_code, signal_exit_code
 from ..logs import configure_logging
 from ..runtime import tune_gc
 
@@ -51,10 +51,25 @@ class DefaultsFormatter(argparse.HelpFormatter):
         return text
 
 
+class CommandParser(argparse.ArgumentParser):
+    """argparse with the project's edge: an option type's ``ConfigError`` is a usage error naming the
+    option, and a usage error is one line on stderr and exit 2 (``--help`` shows the usage)."""
+
+    def _get_value(self, action: argparse.Action, arg_string: str):
+        try:
+            return super()._get_value(action, arg_string)
+        except ConfigError as exc:
+            raise argparse.ArgumentError(action, str(exc)) from None
+
+    def error(self, message: str):
+        """Print ``odie NAME: error: MESSAGE`` and exit 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def command_parser(name: str, description: str) -> argparse.ArgumentParser:
     """The parser of ``odie NAME`` with the options every command takes (--log-json, --no-progress)."""
     module = importlib.import_module(COMMANDS[name][0])
-    parser = argparse.ArgumentParser(prog=f"odie {name}", description=description, formatter_class=DefaultsFormatter)
+    parser = CommandParser(prog=f"odie {name}", description=description, formatter_class=DefaultsFormatter)
     module.add_arguments(parser)
     taken = parser._option_string_actions  # a command may declare them itself, with its own words
     if "--log-json" not in taken:
