@@ -22,11 +22,18 @@ its subclasses::
     │   ├── OutputError             a result file could not be written (disk full...)  exit 4
     │   └── EngineCrashed           an unexpected exception in one of the engine's tasks exit 4
     ├── ServeError                  a model server could not start or died
-    ├── EvalError                   a predictions file cannot be scored
-    └── TrainError                  training data or settings are unusable
+    ├── EvalError                   a predictions file cannot be scored                exit 2
+    └── TrainError                  training data or settings are unusable             exit 2
+
+``exit_code`` below is the one map from an exception to a process exit code; the
+command line re-exports it as ``odie_async.cli.exit_code`` and every command, the
+library runners included, ends through it. A signal's code is ``signal_exit_code``.
 """
 
 from __future__ import annotations
+
+# The exit codes every command shares (README, "Exit codes").
+EXIT_OK, EXIT_FAILED_RECORDS, EXIT_USAGE, EXIT_ENDPOINT, EXIT_LOCAL = 0, 1, 2, 3, 4
 
 
 class OdieError(Exception):
@@ -147,3 +154,31 @@ class EvalError(OdieError):
 
 class TrainError(OdieError):
     """Training data or training settings are unusable."""
+
+
+def exit_code(error: BaseException | None) -> int:
+    """The exit code of a command or run that ended with ``error`` (None: it ended well).
+
+    0 no error; 2 a usage, config or input error (``ConfigError``, ``InputError``,
+    ``EvalError``, ``TrainError``); 3 the endpoint stopped the run (``EndpointStopped``);
+    4 a local failure (``OutputError`` such as a full disk, ``EngineCrashed``, any other
+    ``RunAborted``, an ``OSError`` or any exception that is not an ``OdieError``: an
+    internal crash); 130 ``KeyboardInterrupt``; 1 any other ``OdieError`` (a request failed).
+    """
+    if error is None:
+        return EXIT_OK
+    if isinstance(error, KeyboardInterrupt):
+        return signal_exit_code(2)
+    if isinstance(error, (ConfigError, InputError, EvalError, TrainError)):
+        return EXIT_USAGE
+    if isinstance(error, EndpointStopped):
+        return EXIT_ENDPOINT
+    if isinstance(error, RunAborted) or not isinstance(error, OdieError):
+        return EXIT_LOCAL
+    return EXIT_FAILED_RECORDS
+
+
+def signal_exit_code(signum: int) -> int:
+    """The shell's exit code for a process stopped by signal ``signum``: 130 SIGINT, 143 SIGTERM."""
+    return 128 + int(signum)
+

@@ -1,21 +1,22 @@
 """Command-line option types and the engine settings they fill, shared by every command.
 
-Each option means one thing in every command that takes it: ``number`` makes a
-bad value a usage error (exit 2) before anything runs, and ``settings_from_args``
-turns the engine's options into ``EngineSettings`` the same way everywhere.
+Each option means one thing in every command that takes it: the strict value types
+(``option_types``: ``number``, ``duration``, ``rate``, ``count``, paths) make a bad
+value a usage error (exit 2) before anything runs, and ``settings_from_args`` turns
+the engine's options into ``EngineSettings`` the same way everywhere.
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from pydantic import ConfigDict, Field, model_validator
 
 from .engine.client import api_key_from_env
 from .engine.lanes import EndpointSpec
-from .engine.settings import EngineSettings, check_number
+from .engine.settings import EngineSettings
 from .exceptions import ConfigError
+from .option_types import number  # noqa: F401  (the option types live in option_types; commands import it from here)
 from .pipeline.config import EndpointConfig, EngineConfig, PipelineConfig, PoolEndpoint
 from .settings import Section, load
 
@@ -77,27 +78,13 @@ def endpoint_spec(endpoint: PoolEndpoint, source: str) -> EndpointSpec:
                         endpoint.max_concurrency, endpoint.weight, endpoint.name)
 
 
-def number(kind, minimum: float, inclusive: bool = True):
-    """An argparse type: a finite ``kind`` above (or at) ``minimum``, else a usage error (exit 2)."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-            check_number(value, minimum, inclusive, "the value")
-        except (ValueError, ConfigError) as exc:
-            raise argparse.ArgumentTypeError(str(exc).replace("the value ", "") if isinstance(exc, ConfigError)
-                                             else f"{text!r} is not a valid {kind.__name__}") from None
-        return value
-    parse.__name__ = kind.__name__
-    return parse
-
-
 def parse_lora(text: str) -> tuple[str, str]:
     """An argparse type: ``NAME=PATH``, or a bare ``PATH`` named after its folder."""
     name, sep, path = text.partition("=")
     if not sep:
         name, path = Path(text.rstrip("/")).name, text
     if not name or not path:
-        raise argparse.ArgumentTypeError(f"expected NAME=PATH (or a PATH), got {text!r}")
+        raise ConfigError(f"expected NAME=PATH (or a PATH), got {text!r}")
     return name, path
 
 

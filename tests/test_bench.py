@@ -313,8 +313,7 @@ def test_a_full_disk_stops_the_bench_naming_the_file_with_exit_4(tmp_path, monke
     import errno
 
     import odie_async.bench.report as bench_report
-    from odie_async.cli import COMMANDS, command_parser
-    from odie_async.cli.bench import run
+    from odie_async.cli import main
     from odie_async.files import write_atomic
 
     writes = []
@@ -327,11 +326,9 @@ def test_a_full_disk_stops_the_bench_naming_the_file_with_exit_4(tmp_path, monke
 
     monkeypatch.setattr(bench_report, "write_atomic", full_after_one)
     mock = Mock("--latency-ms", "5")
-    args = command_parser("bench", COMMANDS["bench"][1]).parse_args(
-        ["--base-url", mock.url, "--concurrency", "1,4", "--duration", "0.5s", "--synthetic",
-         "prompt_tokens=8,output_tokens=4", "--output", str(tmp_path)])
     try:
-        code = run(args)
+        code = main(["bench", "--base-url", mock.url, "--concurrency", "1,4", "--duration", "0.5s", "--synthetic",
+                     "prompt_tokens=8,output_tokens=4", "--output", str(tmp_path)])
     finally:
         mock.stop()
     assert code == 4

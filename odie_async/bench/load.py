@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..engine.streaming import StreamingClient
-from ..exceptions import AuthenticationError, RequestError, RunAborted
+from ..exceptions import AuthenticationError, EndpointStopped, RequestError, RunAborted
 from .client import ClientMeter
 from .workload import Workload
 
@@ -65,7 +65,7 @@ async def _one(client: StreamingClient, workload: Workload) -> Sample:
     try:
         reply = await client.stream(path, body)
     except AuthenticationError as exc:
-        raise RunAborted(f"the endpoint refused the key: {exc.message}") from exc
+        raise EndpointStopped(f"the endpoint refused the key: {exc.message}") from exc
     except RequestError as exc:
         return Sample(start, time.perf_counter(), error=exc.code)
     return Sample(start, start + reply.latency, reply.ttft, reply.itl, reply.output_tokens, reply.prompt_tokens)

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import structlog
 
 from ..engine.streaming import StreamingClient
-from ..exceptions import AuthenticationError, RequestError, RunAborted
+from ..exceptions import AuthenticationError, EndpointStopped, RequestError
 from . import report
 from .load import Load, drive
 from .points import render, summarise
@@ -67,9 +67,9 @@ async def _prepare(client: StreamingClient, settings: BenchSettings) -> str | No
         path, body = settings.workload.next()
         await client.stream(path, body)
     except AuthenticationError as exc:
-        raise RunAborted(f"the endpoint refused the key: {exc.message}") from exc
+        raise EndpointStopped(f"the endpoint refused the key: {exc.message}") from exc
     except RequestError as exc:
-        raise RunAborted(f"the endpoint at {settings.base_url} did not answer a first request: {exc.message}") from exc
+        raise EndpointStopped(f"the endpoint at {settings.base_url} did not answer a first request: {exc.message}") from exc
     return model
 
 

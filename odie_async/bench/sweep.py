@@ -12,31 +12,15 @@ from __future__ import annotations
 import math
 from typing import Awaitable, Callable
 
-from ..engine.limits import parse_duration
-from ..exceptions import ConfigError
+from ..option_types import slo as parse_slo  # noqa: F401  (re-exported: the bench's name for it)
 from .load import Load
 
 GAIN = 1.10
 NEAR_MAX = 0.95
 MAX_ERROR_SHARE = 0.05
 MAX_SWEEP_CONCURRENCY = 4096
-SLO_METRICS = ("latency", "ttft", "itl")
 
 Measure = Callable[[Load], Awaitable[dict]]
-
-
-def parse_slo(text: str | None) -> dict[str, float]:
-    """``ttft_p95=2s,latency_p95=20s`` → {"ttft_p95": 2000.0, ...} in milliseconds."""
-    slo = {}
-    for part in filter(None, (p.strip() for p in (text or "").split(","))):
-        key, sep, value = part.partition("=")
-        metric, _, quantile = key.strip().partition("_p")
-        seconds = parse_duration(value) if sep else None
-        if metric not in SLO_METRICS or quantile not in ("50", "90", "95", "99") or seconds is None:
-            raise ConfigError(f"--slo: expected METRIC_pQ=DURATION with METRIC one of {', '.join(SLO_METRICS)} "
-                              f"and Q one of 50, 90, 95, 99 (e.g. ttft_p95=2s), got {part!r}")
-        slo[key.strip()] = seconds * 1000.0
-    return slo
 
 
 def slo_miss(point: dict, slo: dict[str, float]) -> str | None:

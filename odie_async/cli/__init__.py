@@ -13,20 +13,14 @@ import os
 import sys
 
 from .. import __version__
-from ..exceptions import ConfigError, EndpointStopped, InputError, OdieError, RunAborted
+from ..exceptions import ConfigError, OdieError, exit_code, signal_exit_code
 from ..logs import configure_logging
 from ..runtime import tune_gc
 
-
-def exit_code(error: OdieError) -> int:
-    """The exit code of a command that stopped with ``error``: 2 usage or input, 3 endpoint, 4 local, else 1."""
-    if isinstance(error, (ConfigError, InputError)):
-        return 2
-    if isinstance(error, EndpointStopped):
-        return 3
-    if isinstance(error, RunAborted):
-        return 4
-    return 1
+# ``exit_code`` (exception -> exit code) and ``signal_exit_code`` (signal -> 130/143) are the
+# project's one map, defined beside the exceptions so library runners share it; commands import
+# them from here.
+__all__ = ["COMMANDS", "command_parser", "exit_code", "main", "signal_exit_code"]
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "batch": ("odie_async.cli.batch", "run an OpenAI Batch API input file through an endpoint"),
@@ -57,10 +51,25 @@ class DefaultsFormatter(argparse.HelpFormatter):
         return text
 
 
+class CommandParser(argparse.ArgumentParser):
+    """argparse with the project's edge: an option type's ``ConfigError`` is a usage error naming the
+    option, and a usage error is one line on stderr and exit 2 (``--help`` shows the usage)."""
+
+    def _get_value(self, action: argparse.Action, arg_string: str):
+        try:
+            return super()._get_value(action, arg_string)
+        except ConfigError as exc:
+            raise argparse.ArgumentError(action, str(exc)) from None
+
+    def error(self, message: str):
+        """Print ``odie NAME: error: MESSAGE`` and exit 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def command_parser(name: str, description: str) -> argparse.ArgumentParser:
     """The parser of ``odie NAME`` with the options every command takes (--log-json, --no-progress)."""
     module = importlib.import_module(COMMANDS[name][0])
-    parser = argparse.ArgumentParser(prog=f"odie {name}", description=description, formatter_class=DefaultsFormatter)
+    parser = CommandParser(prog=f"odie {name}", description=description, formatter_class=DefaultsFormatter)
     module.add_arguments(parser)
     taken = parser._option_string_actions  # a command may declare them itself, with its own words
     if "--log-json" not in taken:
@@ -102,12 +111,25 @@ def main(argv: list[str] | None = None) -> int:
     except OdieError as exc:
         _report(name, args, f"error: {exc}")
         return exit_code(exc)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         _report(name, args, "interrupted")
-        return 130
+        return exit_code(exc)
     except BrokenPipeError:  # output piped into a reader that left (`| head`)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except OSError as exc:  # a local failure nothing below named: one line, exit 4
+        _report(name, args, f"error: {_os_reason(exc)}")
+        return exit_code(exc)
+    except Exception as exc:  # noqa: BLE001 - an internal crash is still one line and exit 4
+        if os.environ.get("ODIE_TRACEBACK"):
+            raise
+        _report(name, args, f"internal error: {type(exc).__name__}: {exc} (ODIE_TRACEBACK=1 shows where)")
+        return exit_code(exc)
+
+
+def _os_reason(exc: OSError) -> str:
+    where = exc.filename if exc.filename is not None else ""
+    return f"{where}: {exc.strerror}" if where and exc.strerror else str(exc)
 
 
 def _report(name: str, args, message: str) -> None:

@@ -2,23 +2,23 @@
 
 Exit codes: 0 every request answered; 1 finished, some requests failed (counted
 in ``results.json``); 2 a usage or input error, before anything was sent; 3 the
-endpoint did not answer a first request or refused the key; 4 a result file could
-not be written (disk full: the levels written before stay); 130/143 interrupted
+endpoint did not answer a first request or refused the key; 4 a local failure: a result
+file could not be written (disk full: the levels written before stay) or an internal
+error. Errors end through ``odie_async.cli``'s one exit-code map; 130/143 interrupted
 (the points measured so far are written).
 """
 
 from __future__ import annotations
 
 import asyncio
-import signal
 import sys
 from pathlib import Path
 
 from ..engine.batch import api_key_from_env
-from ..engine.limits import parse_duration
-from ..exceptions import ConfigError, InputError, OutputError, RunAborted
+from ..exceptions import exit_code
+from ..option_types import count, duration, number, number_list, output_folder, rate, slo
 from ..logs import configure_logging
-from ..runtime import run_async
+from ..runtime import StopSignals, run_async
 
 DEFAULT_SYNTHETIC = "prompt_tokens=256,output_tokens=128"
 
@@ -39,39 +39,33 @@ def add_arguments(parser) -> None:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--sweep", action="store_true", help="find the knee: grow concurrency until throughput stops rising or the SLO fails (the default)")
     mode.add_argument("--synchronous", action="store_true", help="one request at a time")
-    mode.add_argument("--concurrency", help="comma-separated concurrencies, e.g. 1,8,32")
-    mode.add_argument("--rate", help="comma-separated request rates per second, e.g. 5,10,20")
+    mode.add_argument("--concurrency", type=_list_of(count), help="comma-separated concurrencies, e.g. 1,8,32")
+    mode.add_argument("--rate", type=_list_of(rate), help="comma-separated request rates per second, e.g. 5,10,20")
     parser.add_argument("--rate-type", choices=("constant", "poisson"), default="constant", help="arrivals of --rate")
-    parser.add_argument("--slo", help="limits a usable load meets, e.g. ttft_p95=2s,latency_p95=20s")
-    parser.add_argument("--duration", default="30s", help="time per load level (30s, 2m, 500ms)")
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
-    parser.add_argument("--max-in-flight", type=int, default=1024, help="--rate: requests outstanding at most")
-    parser.add_argument("--seed", type=int, default=0, help="seed of Poisson arrivals")
-    parser.add_argument("--output", default="bench-results", help="folder for results.json, bench.png, recommended.yaml")
+    parser.add_argument("--slo", type=slo, help="limits a usable load meets, e.g. ttft_p95=2s,latency_p95=20s")
+    parser.add_argument("--duration", type=duration, default="30s", help="time per load level (30s, 2m, 500ms)")
+    parser.add_argument("--timeout", type=duration, default=120.0, help="per request (seconds, or 30s, 2m)")
+    parser.add_argument("--max-in-flight", type=count, default=1024, help="--rate: requests outstanding at most")
+    parser.add_argument("--seed", type=number(int, 0), default=0, help="seed of Poisson arrivals")
+    parser.add_argument("--output", type=output_folder, default="bench-results",
+                        help="folder for results.json, bench.png, recommended.yaml")
     parser.add_argument("--log-json", action="store_true", help="log JSON lines instead of readable text")
 
 
-def _numbers(text: str, what: str, kind=float) -> list:
-    try:
-        values = [kind(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise ConfigError(f"{what}: expected comma-separated numbers, got {text!r}") from None
-    if not values or any(v <= 0 for v in values):
-        raise ConfigError(f"{what}: expected positive numbers, got {text!r}")
-    return values
+def _list_of(parse):
+    def parse_list(text: str) -> list:
+        return number_list(text, parse)
+    parse_list.__name__ = "list"
+    return parse_list
 
 
 def settings_from_args(args, base_url: str):
     """Everything ``run_bench`` needs, checked before anything is sent."""
     from ..bench.run import BenchSettings
-    from ..bench.sweep import parse_slo, plan
+    from ..bench.sweep import plan
     from ..bench.workload import from_file, parse_synthetic, synthetic
 
-    duration = parse_duration(args.duration)
-    if not duration:
-        raise ConfigError(f"--duration: expected a duration such as 30s, got {args.duration!r}")
-    concurrency = [1] if args.synchronous else _numbers(args.concurrency, "--concurrency", int) if args.concurrency else None
-    rates = _numbers(args.rate, "--rate") if args.rate else None
+    concurrency = [1] if args.synchronous else args.concurrency
     model = args.model
     if args.input:
         workload = from_file(args.input, model)
@@ -80,31 +74,30 @@ def settings_from_args(args, base_url: str):
     return BenchSettings(
         base_url=base_url, workload=workload, output=Path(args.output),
         api_key=api_key_from_env(args.api_key_env), api_key_env=args.api_key_env, model=model,
-        loads=plan(concurrency, rates, args.rate_type), slo=parse_slo(args.slo), duration_s=duration,
+        loads=plan(concurrency, args.rate, args.rate_type), slo=args.slo or {}, duration_s=args.duration,
         timeout_s=args.timeout, max_in_flight=args.max_in_flight, seed=args.seed,
     )
 
 
-async def _bench(benches: list, output: Path, stopped_by: list[int]) -> list[dict]:
+async def _bench(benches: list, output: Path, stopped: list[StopSignals]) -> list[dict]:
     from ..bench.run import run_bench, run_pool_bench
 
     task = asyncio.current_task()
-    loop = asyncio.get_running_loop()
-    for sig, code in ((signal.SIGINT, 130), (signal.SIGTERM, 143)):
-        loop.add_signal_handler(sig, lambda code=code: (stopped_by.append(code), task.cancel()))
-    if len(benches) > 1:
-        return await run_pool_bench(benches, output)
-    return [await run_bench(benches[0])]
+    with StopSignals(lambda _sig: task.cancel(), lambda _sig: task.cancel()) as stop:
+        stopped.append(stop)
+        if len(benches) > 1:
+            return await run_pool_bench(benches, output)
+        return [await run_bench(benches[0])]
 
 
 def _run(benches: list, output: Path) -> int:
     """Bench one endpoint into ``output``, or a pool's endpoints each into a folder of ``output``."""
-    stopped_by: list[int] = []
+    stopped: list[StopSignals] = []
     try:
-        results = run_async(_bench(benches, output, stopped_by))
-    except (asyncio.CancelledError, KeyboardInterrupt):
+        results = run_async(_bench(benches, output, stopped))
+    except (asyncio.CancelledError, KeyboardInterrupt) as exc:
         print(f"odie bench: interrupted; the points measured so far are in {output}", file=sys.stderr)
-        return stopped_by[0] if stopped_by else 130
+        return (stopped and stopped[0].exit_code) or exit_code(KeyboardInterrupt() if isinstance(exc, asyncio.CancelledError) else exc)
     for one in results:
         _print_knee(one)
     if len(results) > 1:
@@ -136,28 +129,18 @@ def pool_settings(args, urls: list[str]) -> list:
 def run(args) -> int:
     """Entry point of ``odie bench``."""
     configure_logging(json=args.log_json)
-    try:
-        urls = ([args.base_url] if args.base_url else []) + list(args.endpoint or ())
-        output = Path(args.output)
-        if len(urls) > 1:
-            return _run(pool_settings(args, urls), output)
-        settings = settings_from_args(args, urls[0] if urls else "")
-        if urls:
-            return _run([settings], output)
-        from ..endpoints.serve import embedded_endpoint
+    urls = ([args.base_url] if args.base_url else []) + list(args.endpoint or ())
+    output = Path(args.output)
+    if len(urls) > 1:
+        return _run(pool_settings(args, urls), output)
+    settings = settings_from_args(args, urls[0] if urls else "")
+    if urls:
+        return _run([settings], output)
+    from ..endpoints.serve import embedded_endpoint
 
-        with embedded_endpoint() as endpoint:
-            settings.base_url, settings.api_key, settings.embedded = endpoint.base_url, endpoint.api_key, True
-            settings.model = settings.model or endpoint.model
-            if not settings.workload.models:
-                settings.workload.with_model(endpoint.model)
-            return _run([settings], output)
-    except (ConfigError, InputError) as exc:
-        print(f"odie bench: error: {exc}", file=sys.stderr)
-        return 2
-    except OutputError as exc:  # a result file (disk full): a local failure
-        print(f"odie bench: stopped: {exc}", file=sys.stderr)
-        return 4
-    except RunAborted as exc:
-        print(f"odie bench: stopped: {exc}", file=sys.stderr)
-        return 3
+    with embedded_endpoint() as endpoint:
+        settings.base_url, settings.api_key, settings.embedded = endpoint.base_url, endpoint.api_key, True
+        settings.model = settings.model or endpoint.model
+        if not settings.workload.models:
+            settings.workload.with_model(endpoint.model)
+        return _run([settings], output)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
+from ..files import write_atomic
+from ..option_types import output_file
 from ..settings import json_schema
 
 KINDS = ("generate", "train")
@@ -23,14 +24,15 @@ def schema_for(kind: str) -> dict:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``odie config-schema``."""
     parser.add_argument("kind", choices=KINDS, help="which config file")
-    parser.add_argument("--output", "-o", default=None, help="write it here instead of to stdout")
+    parser.add_argument("--output", "-o", type=output_file, default=None, help="write it here instead of to stdout")
 
 
 def run(args: argparse.Namespace) -> int:
     """Print (or write) the schema."""
     text = json.dumps(schema_for(args.kind), indent=2) + "\n"
     if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(args.output, text.encode("utf-8"))
     else:
         print(text, end="")
     return 0

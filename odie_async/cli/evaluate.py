@@ -7,6 +7,7 @@ import argparse
 from ..evaluation.embedder import DEFAULT_BATCH_SIZE, DEFAULT_THREADS
 from ..evaluation.evaluate import format_table, plot_reports, score_files, write_scores
 from ..logs import configure_logging
+from ..option_types import count, input_file, number, output_file, output_folder
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -16,15 +17,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--compat", action="store_true",
         help="reproduce the original evaluation scripts exactly, quirks included",
     )
-    parser.add_argument("--json", dest="json_out", metavar="OUT.json",
+    parser.add_argument("--json", dest="json_out", metavar="OUT.json", type=output_file,
                         help="write the scores as JSON (one object per file; a list for several)")
-    parser.add_argument("--plot", metavar="DIR", help="write one bar chart PNG per metric into DIR")
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+    parser.add_argument("--plot", metavar="DIR", type=output_folder, help="write one bar chart PNG per metric into DIR")
+    parser.add_argument("--batch-size", type=count, default=DEFAULT_BATCH_SIZE,
                         help="header cells per encoder batch")
-    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS,
+    parser.add_argument("--threads", type=number(int, 0, True, 4096), default=DEFAULT_THREADS,
                         help="torch threads while encoding (0: torch's default)")
     parser.add_argument("--device", default="cpu", help="torch device of the sentence encoder")
-    parser.add_argument("--expect-items", type=int, default=None, metavar="N",
+    parser.add_argument("--expect-items", type=number(int, 1), default=None, metavar="N",
                         help="the test set's size: warn when a file holds fewer items (default: the largest file's)")
     parser.add_argument("--log-json", action="store_true", help="log JSON lines on stderr")
 
@@ -32,6 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Score, print the table; write JSON and plots when asked."""
     configure_logging(json=args.log_json)
+    for path in args.predictions:
+        input_file(path, "predictions file")
     reports = score_files(args.predictions, args.compat, args.device, args.batch_size, args.threads,
                           args.expect_items)
     print(format_table(reports))

@@ -11,7 +11,12 @@ from ..exceptions import ConfigError
 from ..logs import configure_logging
 from ..model import chat_format
 from ..model.predict import ADAPTER_NAME, CPU_LORA_STEP_TOKENS, PredictSettings, load_items, predict
+from ..option_types import count, input_file, number, output_file
 from ..options import parse_lora
+
+
+# a count with no upper bound but the integers' (item limits, token budgets)
+count_any = number(int, 1)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,8 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lora", type=parse_lora, default=None, metavar="NAME=PATH",
                         help="a peft LoRA adapter (odie train) served as NAME, as in `odie serve`; a bare PATH "
                              "is named after its folder")
-    parser.add_argument("--output", required=True, help="predictions file to write (JSON list)")
-    parser.add_argument("--limit", type=int, default=None, help="only the first N items")
+    parser.add_argument("--output", required=True, type=output_file, help="predictions file to write (JSON list)")
+    parser.add_argument("--limit", type=count_any, default=None, help="only the first N items")
     parser.add_argument("--cot", action="store_true",
                         help="explanation-then-table answers (the CoT system prompt; output keeps the table)")
     parser.add_argument("--backend", choices=("offline", "server"), default=None,
@@ -36,25 +41,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="prompt layout (default: the adapter's, else the model's chat template)")
     parser.add_argument("--system-prompt", default=None, metavar="FILE",
                         help="system turn (default configs/prompts/system.txt, system_cot.txt with --cot)")
-    parser.add_argument("--max-tokens", type=int, default=None, help="answer budget (default 512, 768 with --cot)")
-    parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
-    parser.add_argument("--max-model-len", type=int, default=None, help="vLLM context length limit")
+    parser.add_argument("--max-tokens", type=count_any, default=None, help="answer budget (default 512, 768 with --cot)")
+    parser.add_argument("--temperature", type=number(float, 0), default=0.0, help="sampling temperature (default 0: greedy)")
+    parser.add_argument("--max-model-len", type=count_any, default=None, help="vLLM context length limit")
     parser.add_argument("--merge-lora", action="store_true",
                         help="serve the adapter merged into the base weights (same model; on a CPU several "
                              "times faster than vLLM's LoRA kernels); the merged copy is cached")
-    parser.add_argument("--step-tokens", type=int, default=None,
+    parser.add_argument("--step-tokens", type=number(int, 16), default=None,
                         help=f"offline: vLLM's max tokens per engine step (default vLLM's; {CPU_LORA_STEP_TOKENS} "
                              "with an adapter on a CPU)")
-    parser.add_argument("--concurrency", type=int, default=256, help="requests in flight (server backend)")
+    parser.add_argument("--concurrency", type=count, default=256, help="requests in flight (server backend)")
     parser.add_argument("--log-json", action="store_true", help="log JSON lines on stderr")
 
 
 def settings_from_args(args: argparse.Namespace) -> PredictSettings:
     """PredictSettings from the command line, checked."""
-    if args.limit is not None and args.limit < 1:
-        raise ConfigError("--limit must be at least 1")
-    if args.step_tokens is not None and args.step_tokens < 16:
-        raise ConfigError("--step-tokens must be at least 16")
     lora_name, lora = args.lora or (None, None)
     if lora and not Path(lora, "adapter_config.json").is_file():
         raise ConfigError(f"--lora {lora}: no adapter_config.json there")
@@ -72,7 +73,7 @@ def settings_from_args(args: argparse.Namespace) -> PredictSettings:
         cot=args.cot,
         system_prompt=args.system_prompt, max_tokens=args.max_tokens, temperature=args.temperature,
         max_model_len=args.max_model_len, backend=backend, base_url=args.base_url, model_name=model_name,
-        api_key=api_key_from_env(args.api_key_env), concurrency=args.concurrency,
+        api_key=api_key_from_env(args.api_key_env, fallback=None), concurrency=args.concurrency,
         merge_lora=args.merge_lora, step_tokens=args.step_tokens,
     )
 
@@ -80,7 +81,8 @@ def settings_from_args(args: argparse.Namespace) -> PredictSettings:
 def run(args: argparse.Namespace) -> int:
     """Predict, print the predictions file's path."""
     configure_logging(json=args.log_json)
+    input_file(args.data, "test set")
     settings = settings_from_args(args)
     predict(load_items(args.data, args.limit), settings, args.output)
-    print(args.output)
+    print(args.output)  # the path the user named, as named
     return 0

@@ -5,22 +5,22 @@ from __future__ import annotations
 import argparse
 
 from ..endpoints.embedded import EMBEDDED, MODEL_HELP
-from ..exceptions import ConfigError
 from ..logs import configure_logging
 from ..model import chat_format
 from ..model.train import TrainJob, train
 from ..model.train_config import DEFAULT_CONFIG, load_config
+from ..option_types import input_file, number, output_folder
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``odie train``."""
     parser.add_argument("--data", required=True, help="chat-format training JSONL (odie generate's train.jsonl)")
     parser.add_argument("--model", "--base-model", dest="model", default=EMBEDDED, help=MODEL_HELP)
-    parser.add_argument("--output", required=True, help="folder for the adapter, checkpoints and summary")
+    parser.add_argument("--output", required=True, type=output_folder, help="folder for the adapter, checkpoints and summary")
     parser.add_argument("--config", default=None,
                         help=f"training config YAML (default configs/{DEFAULT_CONFIG}; configs/train-paper.yaml "
                              "holds the paper's settings)")
-    parser.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps (overrides)")
+    parser.add_argument("--max-steps", type=number(int, 1), default=None, help="stop after N optimizer steps (overrides)")
     parser.add_argument("--chat-layout", choices=chat_format.LAYOUTS, default=None,
                         help="render with the model's chat template or the paper's layout (overrides)")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUTPUT")
@@ -30,11 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Train, print the adapter's folder."""
     configure_logging(json=args.log_json)
+    input_file(args.data, "training data")
     config = load_config(args.config)
     if args.chat_layout:
         config.chat_layout = args.chat_layout
-    if args.max_steps is not None and args.max_steps < 1:
-        raise ConfigError("--max-steps must be at least 1")
-    summary = train(TrainJob(args.data, args.model, args.output, config, args.max_steps, args.resume))
+    summary = train(TrainJob(str(args.data), args.model, str(args.output), config, args.max_steps, args.resume))
     print(summary["adapter"])
     return 0

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 
-from ..exceptions import ConfigError
+from ..exceptions import ConfigError, exit_code
 from ..logs import configure_logging
+from ..option_types import number
 from ..runtime import run_async
 
 
@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run folder (generate, filter, bench), batch output OUT.jsonl, eval JSON, "
                              "or a bench's results.json")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
-    parser.add_argument("--port", type=int, default=8765, help="port (0: any free port)")
+    parser.add_argument("--port", type=number(int, 0, True, 65535), default=8765, help="port (0: any free port)")
     parser.add_argument("--log-json", action="store_true", help="log JSON lines instead of readable text")
 
 
@@ -48,8 +48,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         run_async(serve_forever(runs, args.host, args.port, ready))
     except (KeyboardInterrupt, asyncio.CancelledError):
-        return 130
+        return exit_code(KeyboardInterrupt())
     except OSError as exc:
-        print(f"odie view: error: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
-        return 2
+        raise ConfigError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
     return 0

@@ -18,7 +18,6 @@ import contextlib
 import hashlib
 import random
 import re
-import signal
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -27,6 +26,8 @@ from typing import IO, Callable
 import orjson
 
 from ..engine.routes import input_texts
+from ..exceptions import ConfigError
+from ..runtime import StopSignals
 from . import mock_answers, mock_stream
 from .schema_fill import instance_for_schema
 
@@ -402,9 +403,13 @@ class MockServer:
 
     async def __aenter__(self) -> "MockServer":
         loop = asyncio.get_running_loop()
+        try:
+            self._server = await loop.create_server(lambda: MockProtocol(self.state), self.host, self.port,
+                                                    backlog=4096)
+        except OSError as exc:  # a busy port, an address not on this machine
+            raise ConfigError(f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc}") from None
         if self._log_path:
             self.state.log = open(self._log_path, "a", encoding="ascii")
-        self._server = await loop.create_server(lambda: MockProtocol(self.state), self.host, self.port, backlog=4096)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
@@ -418,14 +423,12 @@ class MockServer:
 async def serve_forever(server: MockServer) -> None:
     """Run until SIGINT/SIGTERM, then print the request counts."""
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     async with server:
-        print(f"mock server listening on {server.base_url}", flush=True)
-        while not stop.is_set():
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), 0.1)
-            if server.state.log is not None:
-                server.state.log.flush()  # readable while the server runs
+        with StopSignals(lambda _sig: stop.set()):
+            print(f"mock server listening on {server.base_url}", flush=True)
+            while not stop.is_set():
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.1)
+                if server.state.log is not None:
+                    server.state.log.flush()  # readable while the server runs
     print(orjson.dumps(dict(server.state.requests)).decode(), flush=True)

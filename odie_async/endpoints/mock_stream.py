@@ -24,21 +24,6 @@ import orjson
 _PIECE = re.compile(r"\s*(?:\w+|[^\w\s])")
 
 
-def add_arguments(parser) -> None:
-    """The mock-server options this module serves."""
-    parser.add_argument("--stream", action="store_true", help='answer "stream": true requests with server-sent events')
-    parser.add_argument("--ttft-ms", type=float, default=0.0, help="streamed: time to the first token (default: --latency-ms)")
-    parser.add_argument("--itl-ms", type=float, default=0.0, help="streamed: time between tokens")
-    parser.add_argument("--max-concurrency", type=int, default=0,
-                        help="serve this many requests at a time and queue the rest (0: no limit)")
-
-
-def options(args) -> dict:
-    """``MockSettings`` fields from the command line."""
-    return {"stream": args.stream, "ttft_ms": args.ttft_ms, "itl_ms": args.itl_ms,
-            "max_concurrency": args.max_concurrency}
-
-
 class Slots:
     """Requests served at once (a FIFO queue behind ``limit`` slots; 0: unlimited) and their tasks."""
 

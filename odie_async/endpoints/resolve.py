@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from ..engine.client import api_key_from_env  # noqa: F401  (the one key reader, re-exported)
 from ..exceptions import ConfigError
 from .embedded import EMBEDDED
 
@@ -33,20 +33,6 @@ class Endpoint:
     model: str | None
     api_key: str | None = None
     adapters: tuple[str, ...] = ()
-
-
-def api_key_from_env(name: str | None, *, fallback: str | None = None, where: str = "--api-key-env") -> str | None:
-    """The key in environment variable ``name``, which must then be set.
-
-    Unnamed, the key of ``fallback`` (``DEFAULT_KEY_ENV`` for ``odie batch``) when that is set, else None.
-    ``where`` names the setting in the error message.
-    """
-    if name is None:
-        return (os.environ.get(fallback) or None) if fallback else None
-    value = os.environ.get(name)
-    if not value:
-        raise ConfigError(f"environment variable {name} (from {where}) is not set")
-    return value
 
 
 def discover_model(base_url: str, api_key: str | None) -> str | None:

@@ -34,7 +34,7 @@ from .checkpoint import ResultStore, request_digest
 from .client import api_key_from_env  # noqa: F401  (re-exported: callers import it from here)
 from .core import Engine, EngineSettings
 from .metrics_log import MetricsLog, metrics_path_for
-from ..exceptions import ConfigError, EndpointStopped, InputError, OdieError, RunAborted
+from ..exceptions import ConfigError, EndpointStopped, InputError, OdieError, RunAborted, exit_code
 from .progress import ProgressLine, write_summary
 from .stats import RunStats
 from .. import __version__
@@ -46,16 +46,8 @@ _SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
 def exit_code_for(error: BaseException | None) -> int:
-    """The exit code an exception ends a run with."""
-    if error is None:
-        return EXIT_OK
-    if isinstance(error, (ConfigError, InputError)):
-        return EXIT_USAGE
-    if isinstance(error, EndpointStopped):
-        return EXIT_ENDPOINT
-    if isinstance(error, RunAborted):
-        return EXIT_LOCAL
-    return EXIT_LOCAL if not isinstance(error, OdieError) else EXIT_FAILED_RECORDS
+    """The exit code an exception ends a run with (the project's one map, ``exceptions.exit_code``)."""
+    return exit_code(error)
 
 
 @dataclass

@@ -74,13 +74,19 @@ def clean_api_key(value: str | None, source: str) -> str | None:
     return key or None
 
 
-def api_key_from_env(name: str | None) -> str | None:
-    """The key in environment variable ``name`` (``OPENAI_API_KEY`` when unnamed and set)."""
+def api_key_from_env(name: str | None, *, fallback: str | None = "OPENAI_API_KEY",
+                     where: str = "--api-key-env") -> str | None:
+    """The project's one key reader: the cleaned key in environment variable ``name``, which must be set.
+
+    Unnamed, the key in ``fallback`` (``OPENAI_API_KEY``; None: no fallback) when that is set,
+    else None. ``where`` names the setting in the error message. Every key goes through
+    ``clean_api_key``.
+    """
     if name is None:
-        return clean_api_key(os.environ.get("OPENAI_API_KEY") or None, "OPENAI_API_KEY")
+        return clean_api_key(os.environ.get(fallback) or None, fallback) if fallback else None
     value = clean_api_key(os.environ.get(name), name)
     if not value:
-        raise ConfigError(f"environment variable {name} (from --api-key-env) is not set")
+        raise ConfigError(f"environment variable {name} (from {where}) is not set")
     return value
 
 

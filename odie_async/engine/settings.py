@@ -2,41 +2,31 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, fields
 
-from ..exceptions import ConfigError
+from ..option_types import MAX_COUNT, MAX_DURATION_S, MAX_RATE, check_number
 
-# name -> (smallest allowed, whether the smallest is allowed, option shown in messages)
+__all__ = ["EngineSettings", "check_number"]
+
+# name -> (smallest allowed, whether the smallest is allowed, option shown in messages, largest allowed)
 _BOUNDS = {
-    "concurrency": (1, True, "--concurrency"),
-    "rpm": (0, True, "--rpm"),
-    "tpm": (0, True, "--tpm"),
-    "max_attempts": (1, True, "--max-attempts"),
-    "timeout_s": (0, False, "--timeout"),
-    "queue_size": (0, True, "queue_size"),
-    "drain_timeout_s": (0, True, "--drain-timeout"),
-    "max_retry_wait_s": (0, False, "--max-retry-wait"),
-    "fsync_interval_s": (0, True, "fsync_interval_s"),
-    "default_max_tokens": (1, True, "default_max_tokens"),
-    "backoff_base_s": (0, True, "backoff_base_s"),
-    "backoff_max_s": (0, True, "backoff_max_s"),
-    "breaker_window": (1, True, "breaker_window"),
-    "breaker_threshold": (0, False, "breaker_threshold"),
-    "max_outage_s": (0, False, "--max-outage"),
-    "hedge_share": (0, True, "--hedge-share"),
+    "concurrency": (1, True, "--concurrency", MAX_COUNT),
+    "rpm": (0, True, "--rpm", MAX_RATE * 60),
+    "tpm": (0, True, "--tpm", MAX_RATE * 60_000),
+    "max_attempts": (1, True, "--max-attempts", 1000),
+    "timeout_s": (0, False, "--timeout", MAX_DURATION_S),
+    "queue_size": (0, True, "queue_size", MAX_COUNT * 100),
+    "drain_timeout_s": (0, True, "--drain-timeout", MAX_DURATION_S),
+    "max_retry_wait_s": (0, False, "--max-retry-wait", MAX_DURATION_S),
+    "fsync_interval_s": (0, True, "fsync_interval_s", MAX_DURATION_S),
+    "default_max_tokens": (1, True, "default_max_tokens", 10_000_000),
+    "backoff_base_s": (0, True, "backoff_base_s", MAX_DURATION_S),
+    "backoff_max_s": (0, True, "backoff_max_s", MAX_DURATION_S),
+    "breaker_window": (1, True, "breaker_window", MAX_COUNT),
+    "breaker_threshold": (0, False, "breaker_threshold", 1),
+    "max_outage_s": (0, False, "--max-outage", MAX_DURATION_S),
+    "hedge_share": (0, True, "--hedge-share", 1),
 }
-
-
-def check_number(value, minimum: float, inclusive: bool, option: str) -> None:
-    """Raise ``ConfigError`` unless ``value`` is a finite number above (or at) ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{option} must be a number, not {value!r}")
-    if not math.isfinite(value):
-        raise ConfigError(f"{option} must be a finite number, not {value}")
-    if value < minimum or (value == minimum and not inclusive):
-        relation = "at least" if inclusive else "more than"
-        raise ConfigError(f"{option} must be {relation} {minimum:g}, not {value:g}")
 
 
 @dataclass
@@ -79,5 +69,5 @@ class EngineSettings:
         for spec in fields(self):
             if spec.name in _BOUNDS:
                 check_number(getattr(self, spec.name), *_BOUNDS[spec.name])
-        if self.breaker_threshold > 1:
-            raise ConfigError("breaker_threshold must be at most 1")
+        if self.initial_concurrency is not None:
+            check_number(self.initial_concurrency, 1, True, "initial_concurrency", MAX_COUNT)

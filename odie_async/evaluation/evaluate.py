@@ -19,7 +19,7 @@ import structlog
 
 from .embedder import DEFAULT_BATCH_SIZE, DEFAULT_THREADS, get_embedder
 from ..exceptions import EvalError
-from ..files import read_json_records
+from ..files import read_json_records, write_atomic
 from .metrics import GROUP_FIELDS, REQUIRED_FIELDS, evaluate_records, key_order
 
 log = structlog.get_logger(__name__)
@@ -178,5 +178,5 @@ def plot_reports(reports: Sequence[dict], out_dir: str | Path) -> list[Path]:
 def write_scores(reports: Sequence[dict], path: str | Path) -> None:
     """The scores as JSON: one object for one file, a list for several."""
     payload = reports[0] if len(reports) == 1 else list(reports)
-    Path(path).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+    write_atomic(path, (json.dumps(payload, indent=2) + "\n").encode("utf-8"))
     log.info("wrote scores", path=str(path))

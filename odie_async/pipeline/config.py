@@ -215,7 +215,7 @@ class PipelineConfig(Section):
 
     def api_key(self) -> str | None:
         """The endpoint's key from its environment variable (never from the file)."""
-        return api_key_from_env(self.endpoint.api_key_env, where=f"{self.source}: endpoint.api_key_env")
+        return api_key_from_env(self.endpoint.api_key_env, fallback=None, where=f"{self.source}: endpoint.api_key_env")
 
     def with_records(self, limit: int) -> PipelineConfig:
         """This config with ``run.records`` set to ``limit`` (``--limit``)."""
