@@ -156,6 +156,13 @@ class AdaptiveConcurrency:
         self._cooldown_until = 0.0
         self._waiters: collections.deque[asyncio.Future] = collections.deque()
 
+    def try_acquire(self) -> bool:
+        """Take a slot if one is free now, without a coroutine (the fast path); False if none is."""
+        if self.active < self.limit and not self._waiters:
+            self.active += 1
+            return True
+        return False
+
     async def acquire(self) -> None:
         """Take a slot, waiting while ``limit`` slots are busy."""
         if self.active < self.limit and not self._waiters:

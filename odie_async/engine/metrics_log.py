@@ -85,7 +85,7 @@ class MetricsLog:
 
     def sample(self, final: bool = False) -> dict:
         """One line: cumulative counts, the last interval's rates and latencies, concurrency."""
-        stats, gate = self.engine.stats, self.engine.gate
+        stats, pool = self.engine.stats, self.engine.pool
         now = time.monotonic()
         tokens = stats.prompt_tokens + stats.completion_tokens
         then, done_before, tokens_before = self._last
@@ -100,7 +100,7 @@ class MetricsLog:
             "rate_limited": stats.rate_limited, "tokens": tokens,
             "rps": round((stats.done - done_before) / span, 2), "tps": round((tokens - tokens_before) / span, 1),
             "p50_ms": _ms(percentile(window, 50)), "p95_ms": _ms(percentile(window, 95)),
-            "in_flight": gate.active, "concurrency_limit": gate.limit,
+            "in_flight": pool.in_flight(), "concurrency_limit": pool.concurrency_limit(),
             "errors": dict(stats.error_codes), "stages": {k: dict(v) for k, v in stats.stages.items()},
         }
         if self.extra is not None:
