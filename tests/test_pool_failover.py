@@ -4,9 +4,14 @@ The engine runs on the fake clock with fake transports (tests/fake_upstream.py),
 of timeouts pass in milliseconds and each figure is exact.
 """
 
+import asyncio
 import contextlib
 import dataclasses
 
+import orjson
+
+from odie_async.endpoints.mock_server import MockServer, MockSettings
+from odie_async.engine.batch import run_batch
 from odie_async.engine.core import Engine
 from odie_async.engine.lanes import EndpointSpec
 from odie_async.engine.pool import build_lanes
@@ -16,7 +21,7 @@ from odie_async.engine.stats import RunStats
 from odie_async.exceptions import RunAborted
 from tests.fake_upstream import FakeServer
 from tests.fakeclock import run_fake
-from tests.helpers import ids_in
+from tests.helpers import ids_in, write_requests
 
 BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 
@@ -88,3 +93,25 @@ def test_the_same_endpoint_named_twice_is_one_lane_with_one_budget():
     settings = EngineSettings(same.base_url, endpoints=[same, again])
     assert len(build_lanes(settings, RunStats())) == 1
     assert len(build_lanes(dataclasses.replace(settings, endpoints=[same, other_key]), RunStats())) == 2
+
+
+def test_odie_batch_on_a_healthy_and_a_key_refusing_endpoint_exits_0_naming_the_refused_one(tmp_path):
+    write_requests(tmp_path / "in.jsonl", 300)
+
+    async def go():
+        async with MockServer() as healthy, MockServer(settings=MockSettings(api_key="another")) as refusing:
+            specs = [EndpointSpec(healthy.base_url, "mine", name="healthy"),
+                     EndpointSpec(refusing.base_url, "mine", name="refusing")]
+            settings = EngineSettings(healthy.base_url, api_key="mine", endpoints=specs, concurrency=16,
+                                      timeout_s=5)
+            return await run_batch(tmp_path / "in.jsonl", tmp_path / "out.jsonl", settings, progress=False,
+                                   handle_signals=False)
+
+    report = asyncio.run(asyncio.wait_for(go(), 60))
+    assert report.exit_code == 0, report.error
+    assert report.ledger["output"] == 300 and report.ledger["errors"] == 0
+    summary = orjson.loads((tmp_path / "out.summary.json").read_bytes())
+    lanes = {lane["endpoint"]: lane for lane in summary["endpoints"]}
+    assert lanes["healthy"]["counts"]["ok"] == 300
+    assert "refused the API key" in lanes["refusing"]["out_of_pool"]
+    assert "endpoint refusing left the pool" in format_summary(summary)
