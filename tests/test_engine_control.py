@@ -125,3 +125,23 @@ def test_a_lane_alone_that_keeps_failing_stops_the_run_through_the_run_breaker(t
     assert server.received < 100, "stopped within a window or so, not after every record"
     lines = (tmp_path / "out.errors.jsonl").read_bytes().splitlines()
     assert all(orjson.loads(line)["error"]["code"] == "server_error" for line in lines)
+
+
+def test_the_latency_histogram_reads_percentiles_within_one_percent_in_fixed_memory():
+    from odie_async.engine.stats import LogHistogram, percentile
+
+    values = [0.001 * 1.37 ** (i % 40) for i in range(20_000)]
+    histogram = LogHistogram()
+    size = len(histogram.counts)
+    for value in values:
+        histogram.add(value)
+    exact = sorted(values)
+    for q in (50, 95, 99):
+        assert percentile(exact, q) <= histogram.percentile(q) <= 1.01 * percentile(exact, q)
+    assert len(histogram.counts) == size and histogram.max == exact[-1]
+    before = histogram.snapshot()
+    for _ in range(100):
+        histogram.add(5.0)
+    assert 5.0 <= histogram.percentile(50, since=before) <= 5.05, "an interval's own percentiles"
+    again = LogHistogram.frombytes(histogram.tobytes())
+    assert again.total == histogram.total and again.percentile(95) == histogram.percentile(95)

@@ -372,7 +372,7 @@ class Engine:
                     return self._failure(job, exc)
         if self.streak.count:
             self.streak.success()
-        self.stats.record_success(job.custom_id, reply.body, reply.latency, reply.timing)
+        self.stats.record_success(job.custom_id, reply.body, reply.timing)
         return Result(job.custom_id, True, reply.body, None, reply.status, reply.request_id, job.attempts,
                       timing=reply.timing)
 

@@ -11,12 +11,12 @@ lanes whose breaker is open.
 from __future__ import annotations
 
 import collections
-from array import array
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..exceptions import RateLimitError, RequestError
 from .server_load import ServerLoad
+from .stats import LogHistogram
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
@@ -213,7 +213,7 @@ class Lane:
         self.latest_sent_answered = 0.0
         self.disabled: str | None = None
         self.counts: collections.Counter[str] = collections.Counter()
-        self.latencies = array("d")
+        self.latencies = LogHistogram()  # the run's summary and metrics read these, every lane's together
 
     @property
     def label(self) -> str:
@@ -242,7 +242,7 @@ class Lane:
         if sent > self.latest_sent_answered:
             self.latest_sent_answered = sent
         self.counts["ok"] += 1
-        self.latencies.append(reply.latency)
+        self.latencies.add(reply.latency)
         self.model.observe(reply.latency, tokens)
         self.flow.on_reply(tokens, reply)
 

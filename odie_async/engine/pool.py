@@ -32,7 +32,6 @@ from ..exceptions import EndpointStopped, RequestError, TransportError
 from .client import ChatClient
 from .flow import FlowControl
 from .lanes import EndpointSpec, Lane, LaneBreaker, Router
-from .stats import percentile
 from .streaming import StreamingChatClient
 
 log = structlog.get_logger(__name__)
@@ -78,6 +77,7 @@ def build_lanes(settings, stats, client=None, limits=None) -> list[Lane]:
         transport = given if given is not None else kind(
             spec.base_url, spec.api_key, own.concurrency, settings.timeout_s * HARD_CAP_FACTOR)
         lanes.append(Lane(spec, transport, flow, LaneBreaker() if pooled else None))
+    stats.latency_parts = [lane.latencies for lane in lanes]
     return lanes
 
 
@@ -402,10 +402,8 @@ class Pool:
 
 
 def _lane_summary(lane: Lane, total_ok: int) -> dict:
-    values = sorted(lane.latencies)
-
     def q(p: float):
-        value = percentile(values, p)
+        value = lane.latencies.percentile(p)
         return round(value * 1000, 1) if value is not None else None
 
     return {
