@@ -145,3 +145,18 @@ def test_the_latency_histogram_reads_percentiles_within_one_percent_in_fixed_mem
     assert 5.0 <= histogram.percentile(50, since=before) <= 5.05, "an interval's own percentiles"
     again = LogHistogram.frombytes(histogram.tobytes())
     assert again.total == histogram.total and again.percentile(95) == histogram.percentile(95)
+
+
+def test_the_answer_is_written_as_it_came_and_a_multi_line_one_is_re_encoded(tmp_path):
+    from odie_async.engine.checkpoint import Result
+    from odie_async.engine.client import ChatClient
+
+    client = ChatClient("http://127.0.0.1:1")
+    raw = b'{"choices":[{"message":{"content":"x"}}],"usage":{"total_tokens":2},"extra":1.50}'
+    reply = client.reply("/v1/chat/completions", 200, {}, raw, 0.0)
+    assert reply.raw == raw
+    line = Result("a", True, reply.body, None, 200, raw=reply.raw).to_line("id1")
+    assert raw in line, "the body's own bytes, not a re-encoding (1.50 stays 1.50)"
+    assert orjson.loads(line)["response"]["body"] == orjson.loads(raw)
+    pretty = b'{\n "choices": [{"message": {"content": "x"}}]\n}'
+    assert client.reply("/v1/chat/completions", 200, {}, pretty, 0.0).raw is None, "one line per record"

@@ -16,7 +16,7 @@ import itertools
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
@@ -41,6 +41,7 @@ class Result:
     attempts: int = 0
     cached: bool = False
     timing: dict | None = None  # streamed requests: ttft_ms, itl_ms, latency_ms, output_tokens
+    raw: bytes | None = field(default=None, repr=False, compare=False)  # ``body`` as answered: written as is
 
     @property
     def content(self) -> str | None:
@@ -60,7 +61,8 @@ class Result:
         """
         response = None
         if self.status is not None:
-            response = {"status_code": self.status, "request_id": self.request_id, "body": self.body}
+            body = self.body if self.raw is None else orjson.Fragment(self.raw)  # not decoded and re-encoded
+            response = {"status_code": self.status, "request_id": self.request_id, "body": body}
             if self.timing is not None:
                 response["timing"] = self.timing
         record = {"id": line_id, "custom_id": self.custom_id, "response": response, "error": self.error}

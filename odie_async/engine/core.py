@@ -374,7 +374,7 @@ class Engine:
             self.streak.success()
         self.stats.record_success(job.custom_id, reply.body, reply.timing)
         return Result(job.custom_id, True, reply.body, None, reply.status, reply.request_id, job.attempts,
-                      timing=reply.timing)
+                      timing=reply.timing, raw=reply.raw)
 
     async def _retry(self, job: Job, first: RequestError) -> Reply:
         """Attempts 2..N under tenacity, after a first attempt that failed.

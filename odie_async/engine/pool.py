@@ -76,6 +76,9 @@ def build_lanes(settings, stats, client=None, limits=None) -> list[Lane]:
         given = clients[i] if i < len(clients) else None
         transport = given if given is not None else kind(
             spec.base_url, spec.api_key, own.concurrency, settings.timeout_s * HARD_CAP_FACTOR)
+        if given is None:
+            # A given limit needs no rate-limit headers; a learned or shared (cluster) one does.
+            transport.read_limits = flow.learning or (i == 0 and limits is not None)
         lanes.append(Lane(spec, transport, flow, LaneBreaker() if pooled else None))
     stats.latency_parts = [lane.latencies for lane in lanes]
     return lanes
