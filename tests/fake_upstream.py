@@ -12,19 +12,20 @@ import asyncio
 import collections
 
 from odie_async.engine.client import Reply
-from odie_async.exceptions import ServerError, TransportError
+from odie_async.exceptions import AuthenticationError, ServerError, TransportError
 
 
 class FakeServer:
     """One endpoint. ``slots`` requests run at once (None: unlimited); the rest wait in order."""
 
     def __init__(self, latency_s: float = 0.2, slots: int | None = None, per_token_s: float = 0.0,
-                 fail: bool = False, stuck: bool = False) -> None:
+                 fail: bool = False, stuck: bool = False, refuse_key: bool = False) -> None:
         self.latency_s = latency_s
         self.per_token_s = per_token_s
         self.slots = slots
         self.fail = fail
         self.stuck = stuck
+        self.refuse_key = refuse_key  # every request answered 401
         self.running = 0
         self.waiting: collections.deque[asyncio.Future] = collections.deque()
         self.received = 0
@@ -33,6 +34,12 @@ class FakeServer:
         self.max_running = 0
         self.max_in_server = 0  # running + waiting, at its highest
         self.slow_next: list[float] = []  # extra seconds for the next requests, one each
+
+    async def __aenter__(self) -> "FakeServer":
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        return None
 
     def metrics_text(self) -> str:
         """vLLM's gauges for this server's current state."""
@@ -45,6 +52,8 @@ class FakeServer:
     async def post(self, path: str, payload: bytes) -> Reply:
         loop = asyncio.get_running_loop()
         self.received += 1
+        if self.refuse_key:
+            raise AuthenticationError("HTTP 401: invalid API key", status=401)
         start = loop.time()
         extra = self.slow_next.pop(0) if self.slow_next else 0.0
         try:

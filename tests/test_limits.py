@@ -99,3 +99,39 @@ def test_latency_watch_flags_a_sustained_climb_only():
     assert not any(watch.observe(0.1) for _ in range(200))
     assert not watch.observe(0.4)  # one slow reply is noise
     assert any(watch.observe(2.0) for _ in range(100))
+
+
+def test_a_learned_rate_resizes_the_bucket_in_place_and_waiters_keep_their_turn():
+    async def go():
+        limits = RateLimits(rpm=600)  # 10/s, burst 5
+        for _ in range(5):
+            await limits.acquire()
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        waiters = [asyncio.ensure_future(limits.acquire()) for _ in range(20)]
+        await asyncio.sleep(0.05)
+        limits.set_rpm(6000)  # 100/s, burst 50: the 20 waiting go within a fraction of a second
+        await asyncio.gather(*waiters)
+        return loop.time() - start
+
+    waited, _ = run_fake(go())
+    assert waited < 0.5, waited
+
+
+def test_a_limit_set_where_there_was_none_starts_spent_with_no_burst():
+    async def go():
+        limits = RateLimits()
+        limits.set_rpm(600)  # 10/s: 10 requests take about a second, not an instant burst of 5
+        for _ in range(10):
+            await limits.acquire()
+
+    _, elapsed = run_fake(go())
+    assert 0.9 <= elapsed <= 1.1
+
+
+def test_the_gate_fast_path_takes_a_free_slot_without_waiting():
+    gate = AdaptiveConcurrency(2)
+    assert gate.try_acquire() and gate.try_acquire()
+    assert not gate.try_acquire(), "no slot free: the caller waits in acquire()"
+    gate.release()
+    assert gate.try_acquire() and gate.active == 2

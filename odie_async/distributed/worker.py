@@ -17,7 +17,6 @@ half second and which dies with the driver.
 
 from __future__ import annotations
 
-import array
 import asyncio
 import contextlib
 import os
@@ -30,7 +29,8 @@ import structlog
 from ..engine.batch import run_batch
 from ..engine.checkpoint import ResultStore
 from ..engine.core import Engine, EngineSettings
-from ..exceptions import RunAborted
+from ..engine.stats import LogHistogram
+from ..exceptions import OdieError, RunAborted
 from ..logs import configure_logging
 from ..runtime import run_async
 from .budget import LeasedLimits
@@ -211,10 +211,7 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def merge_latencies(parts: list[bytes]) -> array.array:
-    """Concatenate the workers' latency arrays (seconds, as sent in their summaries)."""
-    values = array.array("d")
-    for part in parts:
-        values.frombytes(part)
-    return values
+def merge_latencies(parts: list[bytes]) -> LogHistogram:
+    """The workers' latency histograms (seconds, as sent in their summaries), together."""
+    return LogHistogram.merged(LogHistogram.frombytes(part) for part in parts)
 

@@ -46,6 +46,7 @@ class Result:
     attempts: int = 0
     cached: bool = False
     timing: dict | None = None  # streamed requests: ttft_ms, itl_ms, latency_ms, output_tokens
+    raw: bytes | None = field(default=None, repr=False, compare=False)  # ``body`` as answered: written as is
 
     @property
     def content(self) -> str | None:
@@ -60,7 +61,8 @@ class Result:
         """
         response = None
         if self.status is not None:
-            response = {"status_code": self.status, "request_id": self.request_id, "body": self.body}
+            body = self.body if self.raw is None else orjson.Fragment(self.raw)  # not decoded and re-encoded
+            response = {"status_code": self.status, "request_id": self.request_id, "body": body}
             if self.timing is not None:
                 response["timing"] = self.timing
         record = {"id": line_id, "custom_id": self.custom_id, "response": response, "error": self.error}

@@ -47,6 +47,7 @@ class Reply:
     limit_requests: str | None = None
     limit_tokens: str | None = None
     timing: dict | None = None  # streamed: time to first token, inter-token latency, latency (ms)
+    raw: bytes | None = None  # the body as answered, when it can go into a JSONL line as is (one line)
 
     @property
     def total_tokens(self) -> int:
@@ -148,6 +149,8 @@ class ChatClient:
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        # The rate-limit headers are read only for a lane that learns its limits (set by the pool).
+        self.read_limits = True
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
 
@@ -212,6 +215,9 @@ class ChatClient:
         except MalformedResponseError as exc:
             exc.status, exc.body = status, raw
             raise
+        one_line = raw if b"\n" not in raw and b"\r" not in raw else None
+        if not self.read_limits:
+            return Reply(status, body, headers.get("x-request-id"), time.perf_counter() - start, raw=one_line)
         return Reply(
             status,
             body,
@@ -223,6 +229,7 @@ class ChatClient:
             headers.get("x-ratelimit-reset-tokens"),
             headers.get("x-ratelimit-limit-requests"),
             headers.get("x-ratelimit-limit-tokens"),
+            raw=one_line,
         )
 
     def _redact_text(self, text: str) -> str:

@@ -34,11 +34,12 @@ import structlog
 from structlog.contextvars import bound_contextvars
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-from .breaker import FailureBreaker  # noqa: F401  (re-exported)
+from .breaker import FailureBreaker, FinalStreak
 from .checkpoint import Result, ResultStore, request_digest
 from .client import ChatClient, Reply
 from .pool import Pool, PoolSettings, build_lanes
-from ..exceptions import EndpointStopped, EngineCrashed, OutputError, RequestError, RunAborted, TransportError
+from ..exceptions import (AuthenticationError, EndpointStopped, EngineCrashed, OutputError, RateLimitError,
+                          RequestError, RunAborted)
 from .limits import RateLimits
 from .routes import requested_output_tokens
 from .settings import EngineSettings
@@ -106,8 +107,11 @@ class Engine:
         lanes = build_lanes(settings, self.stats, client, limits)
         self.pool = Pool(lanes, PoolSettings(timeout_ceiling_s=settings.timeout_s, hedge_share=settings.hedge_share,
                                              max_outage_s=settings.max_outage_s), intake_idle=self._queue_empty)
-        self.flow = lanes[0].flow  # the run's retry policy and final-error streak
-        self.limits, self.gate = self.flow.limits, self.flow.gate
+        # Run policy: a lane alone is judged by the run's breaker (a pool's lanes have their own),
+        # and a streak of one final error stops any run.
+        self.breaker = (FailureBreaker(settings.breaker_window, settings.breaker_threshold)
+                        if len(lanes) == 1 else None)
+        self.streak = FinalStreak()
         self.shutdown_report: dict | None = None
         self.written_ok = 0
         self.written_failed = 0
@@ -128,7 +132,7 @@ class Engine:
         self._stopping = False
         self._abort: RunAborted | None = None
         self._stopped = asyncio.Event()
-        self.stats.gauges = lambda: (self._busy, sum(lane.gate.limit for lane in self.pool.lanes))
+        self.stats.gauges = lambda: (self._busy, self.pool.concurrency_limit())
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -355,18 +359,24 @@ class Engine:
     async def _process(self, job: Job) -> Result:
         try:
             reply = await self._attempt(job)
+        except EndpointStopped as exc:  # every endpoint of the pool is out
+            self._trip(str(exc))
+            return self._failure(job, None)
         except RequestError as first:
             # Context is bound only off the fast path: per record it cost ~20 % of throughput.
             with bound_contextvars(custom_id=job.custom_id):
                 try:
                     reply = await self._retry(job, first)
+                except EndpointStopped as exc:
+                    self._trip(str(exc))
+                    return self._failure(job, None)
                 except RequestError as exc:
                     return self._failure(job, exc)
-        if self.flow.streak.count:
-            self.flow.streak.success()
-        self.stats.record_success(job.custom_id, reply.body, reply.latency, reply.timing)
+        if self.streak.count:
+            self.streak.success()
+        self.stats.record_success(job.custom_id, reply.body, reply.timing)
         return Result(job.custom_id, True, reply.body, None, reply.status, reply.request_id, job.attempts,
-                      timing=reply.timing)
+                      timing=reply.timing, raw=reply.raw)
 
     async def _retry(self, job: Job, first: RequestError) -> Reply:
         """Attempts 2..N under tenacity, after a first attempt that failed.
@@ -397,8 +407,9 @@ class Engine:
     def _wait_for(self, exc: BaseException | None, attempt: int) -> float:
         """Seconds before the next attempt: the server's hint, else exponential backoff with full jitter."""
         s = self.settings
-        return self.flow.wait_for(exc, lambda: wait_random_exponential(multiplier=s.backoff_base_s,
-                                                                       max=s.backoff_max_s)(_Attempt(attempt)))
+        if isinstance(exc, RateLimitError) and exc.retry_after is not None:
+            return min(exc.retry_after, s.max_retry_wait_s)
+        return wait_random_exponential(multiplier=s.backoff_base_s, max=s.backoff_max_s)(_Attempt(attempt))
 
     def _count_retry(self, exc: BaseException | None, attempt: int) -> None:
         self.stats.record_retry(getattr(exc, "code", None) or type(exc).__name__)
@@ -408,38 +419,54 @@ class Engine:
         return _retryable(exc) and self._abort is None
 
     async def _attempt(self, job: Job) -> Reply:
-        job.attempts += 1
-        self.stats.attempts += 1
-        try:
-            _lane, reply = await self.pool.attempt(job, job.lane)
-        except RequestError as exc:
-            job.lane = getattr(exc, "lane", None)
-            reason = getattr(exc, "stop_reason", None)
-            if reason is not None:
-                self._trip(reason)
-            raise
-        except EndpointStopped as exc:  # every endpoint of the pool is out
-            self._trip(str(exc))
-            raise TransportError(str(exc)) from None
-        return reply
+        """One attempt, as the retry policy counts them: the reply, or the error to judge.
+
+        A lane that leaves the pool (its key refused, its quota spent) is a lane problem, not
+        the record's: the record goes straight to another lane, at no cost of a retry. Only
+        when no lane is left does the pool stop the run (``EndpointStopped``).
+        """
+        while True:
+            job.attempts += 1
+            self.stats.attempts += 1
+            outcome = await self.pool.attempt(job, job.lane)
+            if outcome.reply is not None:
+                if self.breaker is not None:
+                    self.breaker.record(True)
+                return outcome.reply
+            job.lane = outcome.lane  # a retry goes elsewhere when it can
+            if not outcome.reroute:
+                break
+            self.stats.record_retry("rerouted")
+        exc = outcome.error
+        reason = outcome.stop or self._judge(exc)
+        if reason is not None:
+            self._trip(reason)
+        raise exc
+
+    def _judge(self, exc: RequestError) -> str | None:
+        """The run breaker's verdict on a failed attempt of a lane alone: why to stop, or None."""
+        if self.breaker is None or isinstance(exc, (RateLimitError, AuthenticationError)):
+            return None
+        if self.breaker.record(False, f"{exc.code}: {exc.message}"[:300]):
+            return f"the endpoint keeps failing: {self.breaker.describe()}"
+        return None
 
     def pool_report(self) -> dict:
         """Per-endpoint figures, hedges, and the concurrency each lane ended at, for the summary."""
         pool = self.pool
         return {"endpoints": pool.summary(), "hedges": {"sent": pool.hedges_sent, "won": pool.hedges_won},
-                "concurrency_final": sum(lane.gate.limit for lane in pool.lanes)}
+                "concurrency_final": pool.concurrency_limit()}
 
     def _queue_empty(self) -> bool:
         return self._queue.empty()
 
-    def _failure(self, job: Job, exc: RequestError) -> Result:
-        if self._abort is not None:
+    def _failure(self, job: Job, exc: RequestError | None) -> Result:
+        if self._abort is not None:  # the record stays undone: a rerun sends it
             return Result(job.custom_id, False, error={"code": "aborted", "message": str(self._abort)})
         self.stats.record_failure(job.custom_id, exc.code)
         log.warning("record failed", code=exc.code, attempts=job.attempts, detail=exc.message[:300])
-        reason = self.flow.on_final_failure(exc)
-        if reason is not None:
-            self._trip(reason)
+        if not exc.retryable and self.streak.failure((exc.code, exc.status, exc.message[:200])):
+            self._trip(f"{self.streak.count} records in a row failed with the same error: {exc.message[:300]}")
         body = _error_body(exc.body)
         error = {"code": exc.code, "message": exc.message}
         return Result(job.custom_id, False, body, error, exc.status, None, job.attempts)

@@ -1,8 +1,14 @@
-"""How the engine reacts to what the endpoint says: budgets, pauses, learned limits, when to stop.
+"""How one lane reacts to what its endpoint says: budgets, pauses, learned limits, its gate.
 
-``FlowControl`` owns the rate budgets, the adaptive concurrency gate, the
-latency watch, the failure breaker and the limit learner. The engine tells it
-about each answer and each error; it answers with a reason to stop, or None.
+``FlowControl`` owns one endpoint's rate budgets, adaptive concurrency gate,
+latency watch and limit learner. Its lane tells it about each answer and each
+error; it answers with a reason the lane cannot go on (the key is refused, the
+quota is spent), or None. Run policy (retries, the run breaker, the streak of
+one final error) is the engine's.
+
+The gate has one controller with two policies: AIMD on answers and 429s, or,
+once ``steered`` (the server publishes its load), the server's own queue
+figures. Only one of them moves the gate at a time.
 """
 
 from __future__ import annotations
@@ -11,7 +17,6 @@ import asyncio
 
 import structlog
 
-from .breaker import FailureBreaker, FinalStreak
 from .client import Reply
 from ..exceptions import AuthenticationError, RateLimitError, RequestError
 from .limits import AdaptiveConcurrency, LatencyWatch, RateLearner, RateLimits, header_limit, parse_duration
@@ -32,8 +37,7 @@ class FlowControl:
         if settings.initial_concurrency:
             self.gate.resize(settings.initial_concurrency)
         self.latency = LatencyWatch()
-        self.breaker = FailureBreaker(settings.breaker_window, settings.breaker_threshold)
-        self.streak = FinalStreak()
+        self.steered = False  # the server's load figures steer the gate: AIMD stands aside
         self.learner = RateLearner()
         # With no limit given, the first request goes alone so that the endpoint's
         # limit headers (if any) are known before the others are sent.
@@ -47,26 +51,12 @@ class FlowControl:
         self.learner.start(now)
 
     def on_error(self, exc: RequestError) -> str | None:
-        """React to one failed attempt; return why the run must stop, if it must."""
+        """React to one failed attempt; return why this endpoint cannot go on, if it cannot."""
         if isinstance(exc, RateLimitError):
             return self._on_429(exc)
         if isinstance(exc, AuthenticationError):
             return f"the endpoint refused the API key ({exc.message}); check the key's environment variable"
-        if self.breaker.record(False, f"{exc.code}: {exc.message}"[:300]):
-            return f"the endpoint keeps failing: {self.breaker.describe()}"
         return None
-
-    def on_final_failure(self, exc: RequestError) -> str | None:
-        """A record failed for good; a long streak of the same final error stops the run."""
-        if not exc.retryable and self.streak.failure((exc.code, exc.status, exc.message[:200])):
-            return f"{self.streak.count} records in a row failed with the same error: {exc.message[:300]}"
-        return None
-
-    def wait_for(self, exc: BaseException | None, backoff) -> float:
-        """Seconds before the next attempt: the server's hint (capped), else ``backoff()``."""
-        if isinstance(exc, RateLimitError) and exc.retry_after is not None:
-            return min(exc.retry_after, self.settings.max_retry_wait_s)
-        return backoff()
 
     def _on_429(self, exc: RateLimitError) -> str | None:
         self.stats.rate_limited += 1
@@ -83,7 +73,7 @@ class FlowControl:
                 if rpm is not None:
                     self.limits.set_rpm(rpm)
                     log.info("rate learned from 429s", rpm=round(rpm, 1))
-        if self.settings.adaptive:
+        if self.settings.adaptive and not self.steered:
             self.gate.on_congestion(now)
         return None
 
@@ -100,7 +90,6 @@ class FlowControl:
 
     def on_reply(self, tokens: float, reply: Reply) -> None:
         """React to one successful answer: settle tokens, honour exhausted budgets, grow the gate."""
-        self.breaker.record(True)
         if self.learning:
             self._learn_from_reply(reply)
         if self.limits.tpm:
@@ -109,7 +98,10 @@ class FlowControl:
             reset = reply.reset_requests if reply.remaining_requests == "0" else reply.reset_tokens
             self.limits.pause_for(min(parse_duration(reset) or 1.0, self.settings.max_retry_wait_s))
         if self.settings.adaptive:
-            if self.latency.observe(reply.latency):
+            congested = self.latency.observe(reply.latency)  # the router reads its average either way
+            if self.steered:
+                return
+            if congested:
                 self.gate.on_congestion(asyncio.get_running_loop().time())
             else:
                 self.gate.on_success()

@@ -11,11 +11,12 @@ lanes whose breaker is open.
 from __future__ import annotations
 
 import collections
-from array import array
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from ..exceptions import RateLimitError, RequestError
 from .server_load import ServerLoad
+from .stats import LogHistogram
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
@@ -37,6 +38,28 @@ class EndpointSpec:
     def label(self) -> str:
         """The name used in progress lines and summaries."""
         return self.name or self.base_url
+
+
+class Transport(Protocol):
+    """What a lane sends through: ``ChatClient``, ``StreamingChatClient`` or a test's fake."""
+
+    async def __aenter__(self) -> "Transport": ...
+
+    async def __aexit__(self, *exc_info) -> None: ...
+
+    async def post(self, path: str, payload: bytes): ...
+
+
+class Limiter(Protocol):
+    """A lane's rate budget: ``RateLimits``, or a cluster-wide lease (``distributed/budget.py``)."""
+
+    rpm: float
+    tpm: float
+    active: bool
+
+    async def acquire(self, tokens: float = 0) -> None: ...
+
+    def pause_for(self, seconds: float) -> None: ...
 
 
 class LaneBreaker:
@@ -89,6 +112,11 @@ class LaneBreaker:
                 self._cooldown_s = min(self.max_cooldown_s, self._cooldown_s * 2)
                 self._open(now)
         elif self.state == CLOSED and not ok and self._tripped():
+            self._open(now)
+
+    def trip(self, now: float) -> None:
+        """Open now (the lane was found stuck), with the usual cool-down before a probe."""
+        if self.state == CLOSED:
             self._open(now)
 
     def force_open(self, now: float) -> None:
@@ -168,7 +196,7 @@ class Lane:
     """One endpoint with its own flow control (``FlowControl``: budgets, learned limits, AIMD gate),
     breaker, latency model and server-load reading. ``client`` is anything with ``post``."""
 
-    def __init__(self, spec: EndpointSpec, client, flow, breaker: LaneBreaker | None = None) -> None:
+    def __init__(self, spec: EndpointSpec, client: Transport, flow, breaker: LaneBreaker | None | object = ...) -> None:
         self.spec = spec
         self.client = client
         self.flow = flow
@@ -176,7 +204,8 @@ class Lane:
         self.gate = flow.gate
         self.adaptive = flow.settings.adaptive
         self.model = LatencyModel()
-        self.breaker = breaker or LaneBreaker()
+        # None: no breaker of its own (a lane alone, which the run's breaker judges: one per mode).
+        self.breaker = LaneBreaker() if breaker is ... else breaker
         self.server = ServerLoad()
         self.outstanding = 0
         self.started = 0
@@ -184,7 +213,7 @@ class Lane:
         self.latest_sent_answered = 0.0
         self.disabled: str | None = None
         self.counts: collections.Counter[str] = collections.Counter()
-        self.latencies = array("d")
+        self.latencies = LogHistogram()  # the run's summary and metrics read these, every lane's together
 
     @property
     def label(self) -> str:
@@ -207,29 +236,29 @@ class Lane:
 
     def on_reply(self, tokens: float, reply, now: float, sent: float = 0.0) -> None:
         """After an answer to a request sent at ``sent``: the lane's flow control, breaker and latency model."""
-        self.breaker.record(True, now)
+        if self.breaker is not None:
+            self.breaker.record(True, now)
         self.last_success = now
-        self.latest_sent_answered = max(self.latest_sent_answered, sent)
+        if sent > self.latest_sent_answered:
+            self.latest_sent_answered = sent
         self.counts["ok"] += 1
-        self.latencies.append(reply.latency)
+        self.latencies.add(reply.latency)
         self.model.observe(reply.latency, tokens)
-        limit = self.gate.limit
         self.flow.on_reply(tokens, reply)
-        if self.server.available:
-            self.gate.resize(limit)  # the server's own load figures steer this gate (see ``steer``)
 
     def on_error(self, exc: RequestError, now: float) -> str | None:
         """After a failed attempt: a 429 slows this lane only; others feed its breaker.
-        Returns why the run (or, in a pool, this lane) must stop, if it must."""
+        Returns why this lane cannot go on (its key is refused, its quota spent), if it cannot."""
         self.counts[exc.code] += 1
-        if not isinstance(exc, RateLimitError):
+        if self.breaker is not None and not isinstance(exc, RateLimitError):
             self.breaker.record(False, now)
         return self.flow.on_error(exc)
 
     def steer(self, text: str | None) -> None:
         """Take one ``/metrics`` reading; keep the running batch full behind a short queue."""
         self.server.update(text)
-        if not self.server.available or not self.adaptive:
+        self.flow.steered = self.server.available and self.adaptive  # one policy moves the gate
+        if not self.flow.steered:
             return
         gate, server = self.gate, self.server
         target = server.target()
@@ -243,6 +272,8 @@ class Lane:
     def disable(self, reason: str, now: float) -> None:
         """Take this lane out of the pool for good (its key was refused, its quota is spent)."""
         self.disabled = reason
+        if self.breaker is None:
+            self.breaker = LaneBreaker()
         self.breaker.force_open(now)
 
     def progressed_since(self, t: float) -> bool:
@@ -267,7 +298,7 @@ class Router:
         """The freest open lane (``avoid`` only when it is the sole choice), else None."""
         if len(self.lanes) == 1:
             lane = self.lanes[0]
-            return lane if lane.breaker.allows(now) else None
+            return lane if lane.breaker is None or lane.breaker.allows(now) else None
         best, best_load = None, float("inf")
         for lane in self.lanes:
             if not lane.breaker.allows(now):
@@ -279,8 +310,8 @@ class Router:
 
     def next_reopen(self, now: float) -> float:
         """Seconds until some open lane takes a probe."""
-        return min(lane.breaker.reopens_in(now) for lane in self.lanes)
+        return min(lane.breaker.reopens_in(now) if lane.breaker is not None else 0.0 for lane in self.lanes)
 
     def all_open(self, now: float) -> bool:
         """Whether no lane takes traffic now."""
-        return all(not lane.breaker.allows(now) for lane in self.lanes)
+        return all(lane.breaker is not None and not lane.breaker.allows(now) for lane in self.lanes)

@@ -1,7 +1,9 @@
 """Client-side flow control: rate budgets, a server-imposed pause, adaptive concurrency.
 
-``RateLimits`` keeps requests-per-minute and tokens-per-minute budgets with
-aiolimiter's leaky buckets. Each bucket holds half a second of budget, so the
+``RateLimits`` keeps requests-per-minute and tokens-per-minute budgets in leaky
+buckets of our own (``LeakyBucket``: aiolimiter's public API can neither resize a
+bucket for a learned limit nor settle it against reported usage). Each bucket
+holds half a second of budget, so the
 client never bursts more than a server that enforces its limit over one second
 (as OpenAI and the mock server do) will accept. Token estimates made before a
 call are settled against the ``usage`` the server reports after it.
@@ -16,8 +18,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import re
-
-from aiolimiter import AsyncLimiter
 
 BURST_SECONDS = 0.5
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
@@ -39,22 +39,62 @@ def parse_duration(text: str | None) -> float | None:
     return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
 
 
-class _SettlingLimiter(AsyncLimiter):
-    """An ``AsyncLimiter`` whose level can be corrected after the fact."""
+class LeakyBucket:
+    """``capacity`` units of budget, draining at ``rate`` units a second; waiters are served in order.
+
+    ``set_rate`` resizes it in place (requests already waiting keep their turn at the new
+    rate) and ``settle`` corrects what was taken once the real cost is known.
+    """
+
+    def __init__(self, per_minute: float, burst_seconds: float) -> None:
+        self.capacity = self.rate = 0.0
+        self.level = 0.0
+        self._last: float | None = None
+        self._turn = asyncio.Lock()
+        self._resize(per_minute, burst_seconds)
+
+    def _resize(self, per_minute: float, burst_seconds: float) -> None:
+        self.rate = per_minute / 60.0
+        self.capacity = max(1.0, self.rate * burst_seconds)
+        self.level = min(self.level, self.capacity)
+
+    def _leak(self) -> None:
+        now = asyncio.get_running_loop().time()
+        if self._last is not None:
+            self.level = max(0.0, self.level - (now - self._last) * self.rate)
+        self._last = now
+
+    async def acquire(self, amount: float = 1.0) -> None:
+        """Wait until ``amount`` (at most the capacity) fits, then take it."""
+        amount = min(amount, self.capacity)
+        if not self._turn.locked():
+            self._leak()
+            if self.level + amount <= self.capacity:  # the fast path: no coroutine waits
+                self.level += amount
+                return
+        async with self._turn:
+            while True:
+                self._leak()
+                if self.level + amount <= self.capacity:
+                    self.level += amount
+                    return
+                await asyncio.sleep((self.level + amount - self.capacity) / self.rate)
 
     def set_rate(self, per_minute: float, burst_seconds: float) -> None:
-        """Change the rate in place, so requests already waiting keep their turn at the new rate."""
+        """Change the rate and capacity in place."""
         self._leak()
-        capacity = max(1.0, per_minute / 60.0 * burst_seconds)
-        self.max_rate = capacity
-        self.time_period = capacity * 60.0 / per_minute
-        self._rate_per_sec = per_minute / 60.0
-        self._level = min(self._level, capacity)
+        self._resize(per_minute, burst_seconds)
 
     def settle(self, delta: float) -> None:
         """Add ``delta`` (negative to refund) to what has been taken from the bucket."""
         self._leak()
-        self._level = max(0.0, self._level + delta)
+        self.level = max(0.0, self.level + delta)
+
+    def spend(self) -> "LeakyBucket":
+        """Use the whole budget up now (a replaced limit must not add a burst); returns itself."""
+        self._leak()
+        self.level = self.capacity
+        return self
 
 
 class RateLimits:
@@ -74,17 +114,14 @@ class RateLimits:
         self._paused_until = 0.0
 
     @staticmethod
-    def _bucket(per_minute: float, burst_seconds: float) -> _SettlingLimiter | None:
-        if not per_minute:
-            return None
-        capacity = max(1.0, per_minute / 60.0 * burst_seconds)
-        return _SettlingLimiter(capacity, capacity * 60.0 / per_minute)
+    def _bucket(per_minute: float, burst_seconds: float) -> LeakyBucket | None:
+        return LeakyBucket(per_minute, burst_seconds) if per_minute else None
 
     def set_rpm(self, rpm: float) -> None:
         """Set the requests budget (a limit learned from the endpoint); a new one starts spent, no burst."""
         self.rpm = rpm
         if self._requests is None:
-            self._requests = _spent(self._bucket(rpm, self._burst))
+            self._requests = LeakyBucket(rpm, self._burst).spend()
         else:
             self._requests.set_rate(rpm, self._burst)
 
@@ -92,7 +129,7 @@ class RateLimits:
         """Set the tokens budget (a limit learned from the endpoint); a new one starts spent, no burst."""
         self.tpm = tpm
         if self._tokens is None:
-            self._tokens = _spent(self._bucket(tpm, self._burst))
+            self._tokens = LeakyBucket(tpm, self._burst).spend()
         else:
             self._tokens.set_rate(tpm, self._burst)
 
@@ -107,7 +144,7 @@ class RateLimits:
         if self._requests is not None:
             await self._requests.acquire()
         if self._tokens is not None:
-            take = min(tokens, self._tokens.max_rate)
+            take = min(tokens, self._tokens.capacity)
             await self._tokens.acquire(take)
             if tokens > take:
                 self._tokens.settle(tokens - take)
@@ -132,14 +169,6 @@ class RateLimits:
             await asyncio.sleep(delay)
 
 
-def _spent(bucket: _SettlingLimiter | None) -> _SettlingLimiter | None:
-    """``bucket`` with its budget used up now: a replaced limit must not add a burst."""
-    if bucket is not None:
-        bucket._level = bucket.max_rate
-        bucket._last_check = asyncio.get_running_loop().time()
-    return bucket
-
-
 class AdaptiveConcurrency:
     """A semaphore whose size follows congestion: AIMD between ``minimum`` and ``maximum``."""
 
@@ -155,6 +184,13 @@ class AdaptiveConcurrency:
         self._credit = 0.0
         self._cooldown_until = 0.0
         self._waiters: collections.deque[asyncio.Future] = collections.deque()
+
+    def try_acquire(self) -> bool:
+        """Take a slot if one is free now, without a coroutine (the fast path); False if none is."""
+        if self.active < self.limit and not self._waiters:
+            self.active += 1
+            return True
+        return False
 
     async def acquire(self) -> None:
         """Take a slot, waiting while ``limit`` slots are busy."""

@@ -20,7 +20,6 @@ from urllib.parse import urlsplit
 import orjson
 import structlog
 
-from .stats import percentile
 
 log = structlog.get_logger(__name__)
 
@@ -50,7 +49,7 @@ class MetricsLog:
         self.extra = extra
         self._task: asyncio.Task | None = None
         self._file = None
-        self._seen = 0
+        self._seen = None  # the latency counts at the last line: each line gives the interval's percentiles
         self._last = (time.monotonic(), 0, 0)
         self._endpoint = public_endpoint(engine.settings.base_url)
 
@@ -85,13 +84,13 @@ class MetricsLog:
 
     def sample(self, final: bool = False) -> dict:
         """One line: cumulative counts, the last interval's rates and latencies, concurrency."""
-        stats, gate = self.engine.stats, self.engine.gate
+        stats, pool = self.engine.stats, self.engine.pool
         now = time.monotonic()
         tokens = stats.prompt_tokens + stats.completion_tokens
         then, done_before, tokens_before = self._last
         span = max(now - then, 1e-9)
-        window = sorted(stats.latencies[self._seen:])
-        self._seen = len(stats.latencies)
+        latencies = stats.latencies
+        since, self._seen = self._seen, latencies.snapshot()
         self._last = (now, stats.done, tokens)
         line = {
             "t": round(time.time(), 3), "elapsed": round(stats.elapsed, 3), "endpoint": self._endpoint,
@@ -99,8 +98,8 @@ class MetricsLog:
             "cached": stats.resumed, "attempts": stats.attempts, "retries": stats.retries,
             "rate_limited": stats.rate_limited, "tokens": tokens,
             "rps": round((stats.done - done_before) / span, 2), "tps": round((tokens - tokens_before) / span, 1),
-            "p50_ms": _ms(percentile(window, 50)), "p95_ms": _ms(percentile(window, 95)),
-            "in_flight": gate.active, "concurrency_limit": gate.limit,
+            "p50_ms": _ms(latencies.percentile(50, since)), "p95_ms": _ms(latencies.percentile(95, since)),
+            "in_flight": pool.in_flight(), "concurrency_limit": pool.concurrency_limit(),
             "errors": dict(stats.error_codes), "stages": {k: dict(v) for k, v in stats.stages.items()},
         }
         if self.extra is not None:

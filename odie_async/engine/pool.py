@@ -29,11 +29,9 @@ import orjson
 import structlog
 
 from ..exceptions import EndpointStopped, RequestError, TransportError
-from .breaker import FailureBreaker
 from .client import ChatClient
 from .flow import FlowControl
 from .lanes import EndpointSpec, Lane, LaneBreaker, Router
-from .stats import percentile
 from .streaming import StreamingChatClient
 
 log = structlog.get_logger(__name__)
@@ -57,28 +55,46 @@ HARD_CAP_FACTOR = 5
 def build_lanes(settings, stats, client=None, limits=None) -> list[Lane]:
     """One lane per endpoint of ``settings`` (``endpoints``, else ``base_url`` alone).
 
-    Alone, an endpoint keeps the run's breaker: a sustained failure stops the run within
-    seconds. In a pool, each lane opens and closes on its own breaker instead, and the run
-    stops only when every lane has been out for ``max_outage_s``. ``client`` and ``limits``
-    (a test's fake transport, a cluster-wide budget) go to the first lane.
+    The same endpoint named twice (URL, key and model) is one lane: one budget, not two.
+    Alone, an endpoint has no breaker of its own: the run's breaker stops the run within
+    seconds of a sustained failure. In a pool, each lane opens and closes on its own breaker,
+    and the run stops only when every lane has been out for ``max_outage_s``. ``client`` (a
+    test's fake transport, or a list of them, one per lane) and ``limits`` (a cluster-wide
+    budget) go to the first lane.
     """
-    specs = list(settings.endpoints) or [EndpointSpec(settings.base_url, settings.api_key, None,
-                                                      settings.rpm, settings.tpm)]
+    specs = unique_endpoints(list(settings.endpoints) or [
+        EndpointSpec(settings.base_url, settings.api_key, None, settings.rpm, settings.tpm)])
     pooled = len(specs) > 1
+    clients = client if isinstance(client, (list, tuple)) else [client]
     lanes = []
     for i, spec in enumerate(specs):
         own = dataclasses.replace(settings, base_url=spec.base_url, api_key=spec.api_key, rpm=spec.rpm,
                                   tpm=spec.tpm, concurrency=spec.max_concurrency or settings.concurrency,
                                   endpoints=[])
         flow = FlowControl(own, stats, limits if i == 0 else None)
-        if pooled:
-            flow.breaker = FailureBreaker(threshold=2.0)  # never trips: the lane's own breaker decides
         kind = StreamingChatClient if settings.stream else ChatClient
-        transport = client if (client is not None and i == 0) else kind(
+        given = clients[i] if i < len(clients) else None
+        transport = given if given is not None else kind(
             spec.base_url, spec.api_key, own.concurrency, settings.timeout_s * HARD_CAP_FACTOR)
-        breaker = LaneBreaker() if pooled else LaneBreaker(threshold=2.0, consecutive=10**9)  # never opens
-        lanes.append(Lane(spec, transport, flow, breaker))
+        if given is None:
+            # A given limit needs no rate-limit headers; a learned or shared (cluster) one does.
+            transport.read_limits = flow.learning or (i == 0 and limits is not None)
+        lanes.append(Lane(spec, transport, flow, LaneBreaker() if pooled else None))
+    stats.latency_parts = [lane.latencies for lane in lanes]
     return lanes
+
+
+def unique_endpoints(specs: list[EndpointSpec]) -> list[EndpointSpec]:
+    """``specs`` with each endpoint once: the same URL, key and model twice would get two budgets
+    for one quota. The first one named keeps its settings."""
+    seen: dict[tuple, EndpointSpec] = {}
+    for spec in specs:
+        key = (spec.base_url.rstrip("/"), spec.api_key, spec.model)
+        if key in seen:
+            log.warning("endpoint named twice; one lane serves both", endpoint=seen[key].label)
+        else:
+            seen[key] = spec
+    return list(seen.values())
 
 
 # How often the watchdog looks at the attempts in flight. One sweep for all of them costs far
@@ -87,23 +103,28 @@ SWEEP_S = 0.1
 
 
 class _Watch:
-    """The watchdog's record of one attempt in flight."""
+    """The watchdog's record of one attempt in flight; reused from attempt to attempt."""
 
     __slots__ = ("pool", "lane", "job", "sent", "delay", "deadline", "task", "cancelling", "hedge",
-                 "hedge_reply", "expired")
+                 "hedge_reply", "expired", "provisional", "stuck")
 
-    def __init__(self, pool: "Pool", lane: Lane, job, sent: float, delay: float) -> None:
-        self.pool, self.lane, self.job, self.sent, self.delay = pool, lane, job, sent, delay
+    def __init__(self, pool: "Pool") -> None:
+        self.pool = pool
+
+    def arm(self, lane: Lane, job, sent: float, delay: float, provisional: bool) -> None:
+        """Watch ``job`` sent on ``lane`` at ``sent``; ``provisional``: no latency model set ``delay``."""
+        self.lane, self.job, self.sent, self.delay, self.provisional = lane, job, sent, delay, provisional
         self.deadline = sent + delay
         self.task = asyncio.current_task()
         self.cancelling = self.task.cancelling()
         self.hedge = self.hedge_reply = None
-        self.expired = False
+        self.expired = self.stuck = False
 
     def check(self, now: float) -> None:
         """Past the deadline: cut a stuck or straggling attempt; otherwise let it wait (and maybe hedge)."""
         lane = self.lane
         if not lane.progressed_since(self.sent) or lane.later_answered(self.sent):
+            self.stuck = not lane.progressed_since(self.sent)
             self.expire()  # the lane is stuck, or answered requests sent after this one: a straggler
             return
         if self.hedge is None and self.pool.may_hedge():
@@ -127,6 +148,23 @@ class _Watch:
     def disarm(self) -> None:
         if self.hedge is not None and not self.hedge.done():
             self.hedge.cancel()
+        self.job = self.task = self.hedge = self.hedge_reply = None
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one attempt came to: the reply, or a failure classified with where the record goes next.
+
+    ``reroute``: the lane failed, not the record (its key was refused, it left the pool), so
+    another lane takes the record at once and the attempt is not one of its retries.
+    ``stop``: why the run must stop (a lane alone that cannot go on), else None.
+    """
+
+    lane: Lane
+    reply: object = None
+    error: RequestError | None = None
+    reroute: bool = False
+    stop: str | None = None
 
 
 class Pool:
@@ -143,10 +181,12 @@ class Pool:
         self.hedges_won = 0
         self._outage_since: float | None = None
         self._watched: dict[int, _Watch] = {}
+        self._spare: list[_Watch] = []
+        self._provisional = 0  # watches armed at the ceiling, for want of any latency model
         self._sweeper: asyncio.Future | None = None
 
-    async def attempt(self, job, avoid: Lane | None = None, lane: Lane | None = None) -> tuple[Lane, object]:
-        """Send ``job`` once on ``lane`` (default: the freest); return the lane and its reply.
+    async def attempt(self, job, avoid: Lane | None = None, lane: Lane | None = None) -> Outcome:
+        """Send ``job`` once on ``lane`` (default: the freest); say what came of it.
 
         One coroutine from the lane's slot to its answer: each level more cost ~2 µs an attempt.
         """
@@ -160,14 +200,17 @@ class Pool:
             if probe is not None and not probe.is_set() and lane.started:
                 await probe.wait()
             lane.started += 1
-            await lane.gate.acquire()
+            gate = lane.gate
+            if not gate.try_acquire():
+                await gate.acquire()
             try:
                 # The budget is taken only once a slot is free: taken earlier, it would let a
                 # burst through when slots free up at once.
                 if lane.limits.active:
                     await lane.limits.acquire(job.tokens)
                 payload = self._payload(lane, job)
-                lane.breaker.on_send()
+                if lane.breaker is not None:
+                    lane.breaker.on_send()
                 self.attempts += 1
                 sent = loop.time()
                 watch = self._watch(lane, job, sent)
@@ -176,19 +219,18 @@ class Pool:
                 if watch is None or not watch.ended():
                     raise
                 if watch.hedge_reply is not None:
-                    return lane, watch.hedge_reply  # the hedge's own lane was told already
+                    return Outcome(lane, watch.hedge_reply)  # the hedge's own lane was told already
                 exc = TransportError(f"no answer within the timeout ({watch.delay:.1f} s) while the endpoint "
                                      "answered nothing else, or requests sent after it")
-                self._failed(lane, exc, loop.time())
-                raise exc from None
+                if watch.stuck and lane.breaker is not None:
+                    lane.breaker.trip(loop.time())  # a stuck lane, not a slow request: open it now
+                return self._failed(lane, exc, loop.time())
             except RequestError as exc:
-                self._failed(lane, exc, loop.time())
-                raise
+                return self._failed(lane, exc, loop.time())
             finally:
-                lane.gate.release()
+                gate.release()
                 if watch is not None:
-                    del self._watched[id(watch)]
-                    watch.disarm()
+                    self._unwatch(watch)
         finally:
             lane.outstanding -= 1
             if probe is not None and not probe.is_set():
@@ -197,16 +239,51 @@ class Pool:
         if self._outage_since is not None:
             log.warning("an endpoint answers again; resuming", endpoint=lane.label)
             self._outage_since = None
-        return lane, reply
+        return Outcome(lane, reply)
 
     def _watch(self, lane: Lane, job, sent: float) -> _Watch:
-        delay = lane.model.timeout(job.tokens, self.settings.timeout_factor,
-                                   self.settings.timeout_floor_s, self.settings.timeout_ceiling_s)
-        watch = _Watch(self, lane, job, sent, delay)
+        delay, provisional = self._timeout(lane, job.tokens)
+        watch = self._spare.pop() if self._spare else _Watch(self)
+        watch.arm(lane, job, sent, delay, provisional)
         self._watched[id(watch)] = watch
+        self._provisional += provisional
         if self._sweeper is None:
             self._sweeper = asyncio.ensure_future(self.sweep(forever=False))
         return watch
+
+    def _unwatch(self, watch: _Watch) -> None:
+        del self._watched[id(watch)]
+        self._provisional -= watch.provisional
+        watch.disarm()
+        self._spare.append(watch)
+
+    def _timeout(self, lane: Lane, tokens: float) -> tuple[float, bool]:
+        """The attempt's deadline after sending, and whether it is provisional (no model set it).
+
+        A lane without a model of its own borrows the slowest ready one of the pool, so a hung
+        endpoint is cut at the straggler deadline, not at ``--timeout``. (Cut only while it
+        answered nothing at all: an endpoint that answers within the deadline earns its own.)
+        """
+        s = self.settings
+        model = lane.model if lane.model.ready else self._reference()
+        if model is None:
+            return s.timeout_ceiling_s, True
+        return model.timeout(tokens, s.timeout_factor, s.timeout_floor_s, s.timeout_ceiling_s), False
+
+    def _reference(self):
+        """The slowest ready latency model among the lanes, or None."""
+        ready = [lane.model for lane in self.lanes if lane.model.ready]
+        return max(ready, key=lambda model: model.expected(1.0)) if ready else None
+
+    def _rearm(self) -> None:
+        """Give provisional watches a real deadline as soon as some lane has a latency model."""
+        if self._reference() is None:
+            return
+        for watch in self._watched.values():
+            if watch.provisional and not watch.expired:
+                watch.delay, watch.provisional = self._timeout(watch.lane, watch.job.tokens)
+                watch.deadline = watch.sent + watch.delay
+                self._provisional -= not watch.provisional
 
     async def _choose(self, avoid: Lane | None) -> Lane:
         loop = asyncio.get_running_loop()
@@ -238,6 +315,8 @@ class Pool:
         try:
             while forever or self._watched:
                 await asyncio.sleep(SWEEP_S)
+                if self._provisional:
+                    self._rearm()
                 now = loop.time()
                 for watch in [w for w in self._watched.values() if now >= w.deadline and not w.expired]:
                     watch.check(now)
@@ -245,17 +324,15 @@ class Pool:
             if self._sweeper is asyncio.current_task():
                 self._sweeper = None
 
-    def _failed(self, lane: Lane, exc: RequestError, now: float) -> None:
-        exc.lane = lane
+    def _failed(self, lane: Lane, exc: RequestError, now: float) -> Outcome:
+        """Classify a failed attempt: a lane out of the pool sends the record elsewhere."""
         reason = lane.on_error(exc, now)
-        if reason is None:
-            return
-        if len(self.lanes) > 1:
-            if not lane.disabled:
-                log.error("endpoint taken out of the pool", endpoint=lane.label, reason=reason)
-                lane.disable(reason, now)
-        else:
-            exc.stop_reason = reason
+        if len(self.lanes) == 1:
+            return Outcome(lane, error=exc, stop=reason)
+        if reason is not None and not lane.disabled:
+            log.error("endpoint taken out of the pool", endpoint=lane.label, reason=reason)
+            lane.disable(reason, now)
+        return Outcome(lane, error=exc, reroute=lane.disabled is not None)
 
     async def probe_servers(self, fetch, timeout_s: float = 3.0) -> None:
         """Ask each lane's server once for its load figures (``fetch(lane)`` → ``/metrics`` text or
@@ -303,13 +380,23 @@ class Pool:
             return
         try:
             async with asyncio.timeout(self.settings.timeout_ceiling_s):
-                _, reply = await self.attempt(watch.job, lane=lane)
-        except (RequestError, TimeoutError):
+                outcome = await self.attempt(watch.job, lane=lane)
+        except TimeoutError:
+            return
+        if outcome.reply is None:
             return
         self.hedges_won += 1
         lane.counts["hedges_won"] += 1
-        watch.won(reply)
+        watch.won(outcome.reply)
 
+
+    def in_flight(self) -> int:
+        """Attempts holding a slot, over every lane."""
+        return sum(lane.gate.active for lane in self.lanes)
+
+    def concurrency_limit(self) -> int:
+        """The concurrency every lane allows now, together."""
+        return sum(lane.gate.limit for lane in self.lanes)
 
     def summary(self) -> list[dict]:
         """Per-lane figures for the run summary."""
@@ -318,10 +405,8 @@ class Pool:
 
 
 def _lane_summary(lane: Lane, total_ok: int) -> dict:
-    values = sorted(lane.latencies)
-
     def q(p: float):
-        value = percentile(values, p)
+        value = lane.latencies.percentile(p)
         return round(value * 1000, 1) if value is not None else None
 
     return {
@@ -330,5 +415,6 @@ def _lane_summary(lane: Lane, total_ok: int) -> dict:
         "share": round(lane.counts["ok"] / total_ok, 4),
         "latency_ms": {"p50": q(50), "p95": q(95)},
         "concurrency": lane.gate.limit,
-        "breaker": [f"{state}@{t:.1f}" for t, state in lane.breaker.transitions],
+        "breaker": [f"{state}@{t:.1f}" for t, state in lane.breaker.transitions] if lane.breaker else [],
+        "out_of_pool": lane.disabled,
     }

@@ -114,6 +114,9 @@ def format_summary(summary: dict) -> str:
         endpoints = ", ".join(e["endpoint"] for e in summary.get("endpoints") or ()) or summary["settings"]["base_url"]
         lines.append(f"model {', '.join(summary.get('models') or ()) or '(as each body asks)'} at {endpoints}; "
                      f"concurrency ended at {summary.get('concurrency_final')}")
+        for lane in summary.get("endpoints") or ():
+            if lane.get("out_of_pool"):
+                lines.append(f"endpoint {lane['endpoint']} left the pool: {lane['out_of_pool']!r}")  # quoted: the endpoint wrote part of it
     if summary.get("shutdown"):
         lines.append(interrupt_sentence(summary))
     return "\n".join(lines)

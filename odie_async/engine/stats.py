@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import time
 from array import array
-from datetime import datetime, timezone
 from collections import Counter, defaultdict
-from typing import Callable
+from datetime import datetime, timezone
+from typing import Callable, Iterable
 
 from .routes import usage_tokens
 
@@ -28,6 +29,85 @@ def percentile(sorted_values, q: float) -> float | None:
         return None
     index = min(len(sorted_values) - 1, max(0, round(q / 100.0 * len(sorted_values)) - 1))
     return sorted_values[index]
+
+
+_LOW = 1e-6  # values at or below land in the first bucket
+_RATIO = 1.01  # each bucket 1 % wider than the one before: a percentile reads at most 1 % high, never low
+_K = 1.0 / math.log(_RATIO)
+_SIZE = int(math.log(1e7 / _LOW) * _K) + 1  # up to 1e7 (seconds, or milliseconds): about 3,000 buckets
+
+
+class LogHistogram:
+    """Counts of values in fixed log-spaced buckets: memory that stays the same however long a run
+    goes, an ``add`` without a sort or an allocation, and every percentile read from it."""
+
+    __slots__ = ("counts", "total", "max")
+
+    def __init__(self) -> None:
+        self.counts = array("q", bytes(8 * _SIZE))
+        self.total = 0
+        self.max = 0.0
+
+    def add(self, value: float) -> None:
+        """Count one value."""
+        index = int(math.log(value / _LOW) * _K) if value > _LOW else 0
+        self.counts[index if index < _SIZE else _SIZE - 1] += 1
+        self.total += 1
+        if value > self.max:
+            self.max = value
+
+    def __len__(self) -> int:
+        return self.total
+
+    def percentile(self, q: float, since: array | None = None) -> float | None:
+        """The ``q``-th percentile (0–100, nearest rank) of what was counted (after ``since``, a
+        ``snapshot``), as its bucket's upper edge (or the maximum seen); None when nothing was."""
+        counts = self.counts if since is None else array("q", map(int.__sub__, self.counts, since))
+        total = sum(counts) if since is not None else self.total
+        if not total:
+            return None
+        rank = min(total, max(1, round(q / 100.0 * total)))
+        seen = 0
+        for index, count in enumerate(counts):
+            seen += count
+            if seen >= rank:
+                return min(self.max, _LOW * _RATIO ** (index + 1))
+        return self.max  # pragma: no cover
+
+    def snapshot(self) -> array:
+        """The counts now, to read the percentiles of what comes after (``percentile(q, since=)``)."""
+        return array("q", self.counts)
+
+    def merge(self, other: "LogHistogram") -> "LogHistogram":
+        """Add ``other``'s counts to this one's; returns itself."""
+        for index, count in enumerate(other.counts):
+            if count:
+                self.counts[index] += count
+        self.total += other.total
+        self.max = max(self.max, other.max)
+        return self
+
+    def tobytes(self) -> bytes:
+        """The histogram as bytes (to send it to another process); ``frombytes`` reads it back."""
+        return array("d", [self.max]).tobytes() + self.counts.tobytes()
+
+    @classmethod
+    def frombytes(cls, data: bytes) -> "LogHistogram":
+        """A histogram from ``tobytes``' bytes (empty bytes: an empty histogram)."""
+        histogram = cls()
+        if data:
+            histogram.max = array("d", data[:8])[0]
+            histogram.counts = array("q", data[8:])
+            histogram.total = sum(histogram.counts)
+        return histogram
+
+    @classmethod
+    def merged(cls, parts: Iterable["LogHistogram"]) -> "LogHistogram":
+        """One histogram holding every part's counts."""
+        total = cls()
+        for part in parts:
+            total.merge(part)
+        return total
 
 
 class RunStats:
@@ -53,9 +133,20 @@ class RunStats:
         # (requests in flight, current concurrency limit), set by the engine that runs
         self.gauges: Callable[[], tuple[int, int]] | None = None
         self.stages: dict[str, Counter[str]] = defaultdict(Counter)
-        self.latencies = array("d")
-        self.ttfts = array("d")  # streamed requests only (milliseconds), as are the inter-token latencies
-        self.itls = array("d")
+        # Latencies are counted once, by the lane that got the answer; the run's are its lanes' together.
+        self.latency_parts: list[LogHistogram] = [LogHistogram()]
+        self.ttfts = LogHistogram()  # streamed requests only (milliseconds), as are the inter-token latencies
+        self.itls = LogHistogram()
+
+    @property
+    def latencies(self) -> LogHistogram:
+        """Every successful request's latency (seconds), all lanes together."""
+        parts = self.latency_parts
+        return parts[0] if len(parts) == 1 else LogHistogram.merged(parts)
+
+    @latencies.setter
+    def latencies(self, histogram: LogHistogram) -> None:
+        self.latency_parts = [histogram]
 
     def restart_clock(self) -> None:
         """Count rates from now; the time before (checking the input) is kept as ``prepare_s``."""
@@ -73,15 +164,15 @@ class RunStats:
         """Seconds since the run started."""
         return time.monotonic() - self.started
 
-    def record_success(self, custom_id: str, body: dict, latency: float, timing: dict | None = None) -> None:
-        """Count one record answered successfully (``timing``: a streamed request's, in ms)."""
+    def record_success(self, custom_id: str, body: dict, timing: dict | None = None) -> None:
+        """Count one record answered successfully (``timing``: a streamed request's, in ms); its
+        latency was counted by its lane."""
         self.succeeded += 1
-        self.latencies.append(latency)
         if timing is not None:
             if timing["ttft_ms"] is not None:
-                self.ttfts.append(timing["ttft_ms"])
+                self.ttfts.add(timing["ttft_ms"])
             if timing["itl_ms"] is not None:
-                self.itls.append(timing["itl_ms"])
+                self.itls.add(timing["itl_ms"])
         prompt, completion = usage_tokens(body.get("usage"))
         self.prompt_tokens += prompt
         self.completion_tokens += completion
@@ -138,9 +229,8 @@ class RunStats:
         }
 
 
-def _summary(values, scale: float = 1.0) -> dict:
-    """p50/p95/p99/max of ``values`` times ``scale``, rounded."""
-    ordered = sorted(values)
-    out = {f"p{q}": percentile(ordered, q) for q in (50, 95, 99)}
-    out["max"] = ordered[-1] if ordered else None
+def _summary(histogram: LogHistogram, scale: float = 1.0) -> dict:
+    """p50/p95/p99/max of ``histogram`` times ``scale``, rounded."""
+    out = {f"p{q}": histogram.percentile(q) for q in (50, 95, 99)}
+    out["max"] = histogram.max if histogram.total else None
     return {k: (round(v * scale, 2) if v is not None else None) for k, v in out.items()}
