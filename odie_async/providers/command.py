@@ -166,7 +166,7 @@ def run_provider_batch(args) -> int:
 
 def _stopped(exc: Exception, key: str | None) -> int:
     """Print why the run stopped (the key redacted) and return its exit code."""
-    from ..cli import exit_code
+    from ..exceptions import exit_code
 
     if isinstance(exc, RequestError):
         error: OdieError = EndpointStopped(f"stopped by the endpoint: {exc}")

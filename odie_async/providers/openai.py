@@ -16,7 +16,7 @@ import aiohttp
 import orjson
 
 from ..engine.checkpoint import Result
-from ..engine.client import check_answer
+from ..engine.routes import check_shape
 from ..exceptions import MalformedResponseError
 from .base import ADOPT_WINDOW_S, STATES, BatchProvider, BatchStatus, Chunk, Limits, answer_id, as_error, count, text
 
@@ -139,7 +139,7 @@ def _result(raw: bytes, url: str) -> tuple[str | None, Result | None, str]:
     status = status if type(status) is int else None
     if status == 200 and not error and isinstance(body, dict):
         try:
-            check_answer(url, body)
+            check_shape(url, body)
             return custom_id, Result(custom_id, True, body, None, status, request_id, 1), "ok"
         except MalformedResponseError as exc:
             error = {"code": exc.code, "message": exc.message}
