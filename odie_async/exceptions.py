@@ -20,6 +20,7 @@ its subclasses::
     ├── RunAborted                  the run stopped: circuit breaker, auth, signal
     │   ├── EndpointStopped         the endpoint stopped it: down, key refused, quota   exit 3
     │   ├── OutputError             a result file could not be written (disk full...)  exit 4
+    │   ├── SpendCapReached         the spending cap (--max-cost) stopped intake         exit 5
     │   └── EngineCrashed           an unexpected exception in one of the engine's tasks exit 4
     ├── ServeError                  a model server could not start or died
     ├── EvalError                   a predictions file cannot be scored                exit 2
@@ -33,7 +34,7 @@ library runners included, ends through it. A signal's code is ``signal_exit_code
 from __future__ import annotations
 
 # The exit codes every command shares (README, "Exit codes").
-EXIT_OK, EXIT_FAILED_RECORDS, EXIT_USAGE, EXIT_ENDPOINT, EXIT_LOCAL = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_FAILED_RECORDS, EXIT_USAGE, EXIT_ENDPOINT, EXIT_LOCAL, EXIT_SPEND_CAP = 0, 1, 2, 3, 4, 5
 
 
 class OdieError(Exception):
@@ -140,6 +141,10 @@ class OutputError(RunAborted):
         super().__init__(f"cannot write {self.path}: {reason}; what was written is intact, rerun to resume")
 
 
+class SpendCapReached(RunAborted):
+    """The next request could have taken the run's spend past ``--max-cost``: intake stopped (exit 5)."""
+
+
 class EngineCrashed(RunAborted):
     """An unexpected exception ended one of the engine's tasks; names it and the record."""
 
@@ -173,6 +178,8 @@ def exit_code(error: BaseException | None) -> int:
         return EXIT_USAGE
     if isinstance(error, EndpointStopped):
         return EXIT_ENDPOINT
+    if isinstance(error, SpendCapReached):
+        return EXIT_SPEND_CAP
     if isinstance(error, RunAborted) or not isinstance(error, OdieError):
         return EXIT_LOCAL
     return EXIT_FAILED_RECORDS

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import structlog
 
+from ..engine.spend import parse_price
 from ..distributed import ray_batch
 from ..engine.batch import BatchReport, run_batch
 from ..engine.progress import format_summary
@@ -74,6 +75,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--stream", action="store_true",
                         help="send every request streamed and record its time to first token and inter-token "
                              "latency in its output line (response.timing); the body stored is the whole answer")
+    parser.add_argument("--max-cost", type=number(float, 0), default=0.0, metavar="USD",
+                        help="stop taking records before the spend could pass USD (exit 5; a rerun with a higher cap "
+                             "resumes); 0: no cap")
+    parser.add_argument("--prices", default=None, metavar="FILE",
+                        help="a price table in the shape of configs/prices.yaml, instead of the packaged one")
+    parser.add_argument("--price", type=parse_price, default=None, metavar="IN,OUT",
+                        help="one price for every model, USD per million input and output tokens")
     parser.add_argument("--dry-run", action="store_true",
                         help="count requests, tokens, time at the limits and cost; send nothing")
     parser.set_defaults(option_defaults={name: parser.get_default(name) for name in ENGINE_OPTIONS})

@@ -34,7 +34,7 @@ from .checkpoint import ResultStore, request_digest
 from .client import api_key_from_env  # noqa: F401  (re-exported: callers import it from here)
 from .core import Engine, EngineSettings
 from .metrics_log import MetricsLog, metrics_path_for
-from ..exceptions import ConfigError, EndpointStopped, InputError, OdieError, RunAborted, exit_code
+from ..exceptions import ConfigError, EndpointStopped, InputError, OdieError, RunAborted, SpendCapReached, exit_code
 from .progress import ProgressLine, write_summary
 from .stats import RunStats
 from .. import __version__
@@ -110,6 +110,7 @@ class InputScan:
     changed: list[str] = field(default_factory=list)
     first_changed: str = ""
     stopped: bool = False
+    models: set = field(default_factory=set)  # the models the records this run takes ask for
 
 
 def scan_input(path: str, store: ResultStore, model: str | None, skip_invalid: bool,
@@ -123,6 +124,7 @@ def scan_input(path: str, store: ResultStore, model: str | None, skip_invalid: b
         if select is not None and not select(line.custom_id):
             continue
         scan.records += 1
+        scan.models.add(model or line.body.get("model"))
         if resuming and store.done(line.custom_id):
             scan.done += 1
             if model:
@@ -206,6 +208,8 @@ async def _prepare(input, engine: Engine, model, skip_invalid: bool, resend_chan
         scan.stopped = True
         return scan
     check_scan(scan, input, resend_changed)
+    if engine.spend is not None:
+        engine.spend.require_prices(scan.models)  # before anything is sent: never a silent zero
     return scan
 
 
@@ -260,6 +264,10 @@ def _report(engine: Engine, stats: RunStats, scan: InputScan, error, stop: _Stop
     signame = signal.Signals(stop.signum).name if stop.signum else None
     if signame and not ledger["unfinished"] and not ledger["not_read"] and scan.records and not scan.stopped:
         signame = None  # the signal came as the run finished: nothing is left to do
+    if error is None and engine.spend is not None and engine.spend.capped and (ledger["unfinished"]
+                                                                            or ledger["not_read"]):
+        error = SpendCapReached(f"the spending cap of ${engine.spend.cap:g} stopped the run with "
+                                f"${engine.spend.spent:.4f} spent; rerun with a higher --max-cost to go on")
     if error is None and not signame and ledger["unfinished"]:
         error = RunAborted(f"internal error: {ledger['unfinished']} record(s) have no line in the output or "
                            "errors file; rerun to send them")
@@ -272,6 +280,8 @@ def _report(engine: Engine, stats: RunStats, scan: InputScan, error, stop: _Stop
     summary = stats.as_dict() | {"shutdown": _shutdown(engine, ledger)}
     summary.update(engine.pool_report())
     summary.update(models=sorted(stats.models), settings=_run_settings(engine.settings), version=__version__)
+    if engine.spend is not None:
+        summary["spend"] = engine.spend.report(stats.succeeded, max(0, scan.records - stats.resumed) or None)
     summary.update(output=str(engine.store.output), errors=str(engine.store.errors), ledger=ledger,
                    exit_code=code, stopped_by=signame or (type(error).__name__ if error else None))
     if error is not None:

@@ -42,6 +42,7 @@ from ..exceptions import (AuthenticationError, EndpointStopped, EngineCrashed, O
                           RequestError, RunAborted)
 from .limits import RateLimits
 from .routes import requested_output_tokens
+from .spend import Charge, Prices, SpendCap
 from .settings import EngineSettings
 from .stats import RunStats
 
@@ -63,6 +64,7 @@ class Job:
     future: asyncio.Future | None = None
     attempts: int = 0
     lane: object = None  # the lane its last attempt failed on: a retry goes elsewhere when it can
+    charge: Charge | None = None  # under a spending cap: its worst case, reserved before it is sent
 
 
 def estimate_tokens(body: dict, payload_size: int, default_max_tokens: int = 256) -> float:
@@ -103,6 +105,10 @@ class Engine:
         self.settings = settings
         self.store = store or ResultStore(output, errors, keep_bodies=keep_bodies)
         self.stats = stats or RunStats()
+        self.spend = (SpendCap(settings.max_cost, Prices.load(settings.prices_file, settings.price))
+                      if settings.max_cost else None)
+        self._settled = asyncio.Condition()  # a spend reservation was settled
+        self.stats.spend = self.spend  # the progress line shows it
         # A caller may hand in its own transport (tests) or limiter (a cluster-wide budget).
         lanes = build_lanes(settings, self.stats, client, limits)
         self.pool = Pool(lanes, PoolSettings(timeout_ceiling_s=settings.timeout_s, hedge_share=settings.hedge_share,
@@ -327,7 +333,8 @@ class Engine:
         tokens = estimate_tokens(source, len(payload), self.settings.default_max_tokens)
         digest = request_digest(path, payload)
         self.store.expect(custom_id, digest)  # the store writes only what was asked for, once
-        return Job(custom_id, payload, path, tokens, digest)
+        charge = self.spend.charge(source.get("model"), tokens) if self.spend else None
+        return Job(custom_id, payload, path, tokens, digest, charge=charge)
 
     # -- workers ---------------------------------------------------------------------
 
@@ -335,7 +342,7 @@ class Engine:
         queue = self._queue
         while True:
             job = await queue.get()
-            if self._stopping:
+            if self._stopping or (job.charge is not None and not await self._admit(job.charge)):
                 self._not_started += 1
                 self._not_sent(job)
                 queue.task_done()
@@ -352,9 +359,36 @@ class Engine:
             finally:
                 self._busy -= 1
                 queue.task_done()
+            if job.charge is not None:
+                self.spend.settle(job.charge, result.body.get("usage") if result.ok and result.body else None)
+                async with self._settled:
+                    self._settled.notify_all()
             if self._abort is not None and not result.ok:
                 return  # aborting: the record stays undone for the rerun
             self._written.put_nowait((job, result))
+
+    async def _admit(self, charge: Charge) -> bool:
+        """Reserve a request's worst case under the spending cap, once what is in flight leaves room
+        for it; when nothing in flight is left to settle, the cap is reached: stop intake."""
+        while not self.spend.admit(charge):
+            if self._stopping:
+                return False
+            if self.spend.reserved <= 0:
+                self._stop_at_cap()
+                return False
+            async with self._settled:
+                await self._settled.wait()
+        return True
+
+    def _stop_at_cap(self) -> None:
+        self.spend.capped = True
+        if not self._stopping:
+            log.warning(f"spending cap reached: ${self.spend.spent:.4f} spent, ${self.spend.reserved:.4f} in flight "
+                        f"of ${self.spend.cap:g}; no new records, finishing the {self._busy} in flight")
+            self._stopping = True
+            self._stopped.set()
+            self._not_started += self._drop_queued()
+        return False
 
     async def _process(self, job: Job) -> Result:
         try:

@@ -108,7 +108,7 @@ class Estimate:
         cost: dict[str, float | None] = {"online": 0.0, "batch": 0.0}
         share = {m: n / max(1, self.requests) for m, n in self.models.items()}
         for model, fraction in share.items():
-            price = _price_for(table, model)
+            price = price_for(table, model)
             for mode in cost:
                 if price is None or cost[mode] is None or mode not in price:
                     cost[mode] = None
@@ -118,7 +118,7 @@ class Estimate:
         return {mode: (None if value is None else round(value, 4)) for mode, value in cost.items()}
 
 
-def _price_for(table: dict, model: str) -> dict | None:
+def price_for(table: dict, model: str) -> dict | None:
     """The longest model-name prefix in the price table that ``model`` starts with."""
     matches = [name for name in table if model.startswith(name)]
     return table[max(matches, key=len)] if matches else None

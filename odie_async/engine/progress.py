@@ -43,6 +43,8 @@ def render(stats: RunStats, label: str = "batch") -> str:
         flight = f" | in flight {in_flight:,}/{limit:,}"
     line = (f"[{label}] {head} ok {stats.succeeded:,} failed {stats.failed:,}{flight} | {rate:,.0f} req/s "
             f"{tps:,.0f} tok/s | retries {stats.retries:,} 429s {stats.rate_limited:,} | ETA {eta}")
+    if stats.spend is not None:
+        line += f" | ${stats.spend.spent:,.4f} of ${stats.spend.cap:,g}"
     if stats.stages:
         stages = " ".join(f"{name}:{sum(c.values())}" for name, c in sorted(stats.stages.items()))
         line += f" | {stages}"

@@ -26,6 +26,7 @@ _BOUNDS = {
     "breaker_threshold": (0, False, "breaker_threshold", 1),
     "max_outage_s": (0, False, "--max-outage", MAX_DURATION_S),
     "hedge_share": (0, True, "--hedge-share", 1),
+    "max_cost": (0, True, "--max-cost", 1e9),
 }
 
 
@@ -64,6 +65,11 @@ class EngineSettings:
     hedge_share: float = 0.02
     # Send every request streamed and record its time to first token and inter-token latency.
     stream: bool = False
+    # A spending cap in USD (0: none), and the prices it counts at: a price table file (None: the
+    # packaged one) or one (input, output) price per million tokens for every model.
+    max_cost: float = 0.0
+    prices_file: str | None = None
+    price: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         for spec in fields(self):

@@ -132,6 +132,7 @@ class RunStats:
         self.models: set[str] = set()  # the model names the run's requests asked for
         # (requests in flight, current concurrency limit), set by the engine that runs
         self.gauges: Callable[[], tuple[int, int]] | None = None
+        self.spend = None  # a SpendCap, when the run has one (the progress line shows its spend)
         self.stages: dict[str, Counter[str]] = defaultdict(Counter)
         # Latencies are counted once, by the lane that got the answer; the run's are its lanes' together.
         self.latency_parts: list[LogHistogram] = [LogHistogram()]

@@ -60,6 +60,11 @@ class EngineConfig(Section):
     timeout_s: float = Field(300.0, gt=0)
     drain_timeout_s: float = Field(60.0, ge=0)
     stream: bool = Field(False, description="stream every request; its output line records TTFT and inter-token latency")
+    max_cost: float = Field(0.0, ge=0, allow_inf_nan=False,
+                            description="a spending cap in USD (0: none): intake stops before it could be passed")
+    prices_file: str | None = Field(None, description="a price table shaped like configs/prices.yaml")
+    price: list[float] | None = Field(None, min_length=2, max_length=2,
+                                      description="[IN, OUT] USD per million tokens for every model")
 
 
 class PoolEndpoint(Section):

@@ -1,0 +1,120 @@
+"""A spending cap: a run never admits a request whose worst case could take its spend past the cap.
+
+Spend is counted from each answer's ``usage`` at the prices of ``configs/prices.yaml`` (``--prices
+FILE`` in the same shape, or ``--price IN,OUT`` in USD per million input and output tokens for every
+model). Before a request is sent, its worst case (its estimated prompt and its whole output budget,
+at the dearer of the two prices) is reserved; the answer settles the reservation at its real usage.
+A request whose worst case no longer fits is not sent: intake stops, what is in flight finishes (its
+worst case was reserved, so it fits), and the run ends with ``EXIT_SPEND_CAP``. A rerun with a higher
+cap resumes. A request that fits only once the requests in flight have settled waits for them, so a
+run stops within one request's worst case of the cap. A model with no known price refuses a cap:
+spend is never counted as zero.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..exceptions import ConfigError
+from ..files import load_yaml
+from .estimate import load_prices, price_for
+from .routes import usage_tokens
+
+
+@dataclass(frozen=True)
+class Prices:
+    """USD per million ``(input, output)`` tokens for a model, at online or batch rates."""
+
+    table: dict
+    mode: str = "online"
+    fixed: tuple[float, float] | None = None
+
+    @classmethod
+    def load(cls, prices_file: str | Path | None = None, price: tuple[float, float] | None = None,
+             mode: str = "online") -> "Prices":
+        """The packaged table, ``prices_file`` instead of it, or one ``price`` for every model."""
+        table = load_yaml(Path(prices_file), "price table") if prices_file else load_prices()
+        if not isinstance(table, dict) or not isinstance(table.get("models", {}), dict):
+            raise ConfigError(f"{prices_file}: a price table has a 'models:' mapping (see configs/prices.yaml)")
+        if price is not None and (len(price) != 2 or not all(math.isfinite(p) and p >= 0 for p in price)):
+            raise ConfigError(f"price {list(price)}: expected [IN, OUT], USD per million tokens")
+        return cls(table.get("models", {}), mode, tuple(price) if price is not None else None)
+
+    def rates(self, model: str | None) -> tuple[float, float] | None:
+        """``(input, output)`` USD per million tokens for ``model``, or None when it has no price."""
+        if self.fixed is not None:
+            return self.fixed
+        entry = price_for(self.table, str(model or ""))
+        rates = entry.get(self.mode) if isinstance(entry, dict) else None
+        return (float(rates[0]), float(rates[1])) if rates else None
+
+
+def parse_price(text: str) -> tuple[float, float]:
+    """``IN,OUT`` in USD per million tokens, both finite and not negative."""
+    parts = text.split(",")
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 2 or not all(math.isfinite(v) and v >= 0 for v in values):
+        raise ConfigError(f"--price {text!r}: expected IN,OUT in USD per million tokens, e.g. 0.15,0.60")
+    return values  # type: ignore[return-value]
+
+
+@dataclass
+class Charge:
+    """What one admitted request reserved, and the rates its answer is settled at."""
+
+    worst: float
+    rate_in: float
+    rate_out: float
+
+
+class SpendCap:
+    """Spend so far, reservations in flight, and the cap they may not pass together."""
+
+    def __init__(self, cap_usd: float, prices: Prices) -> None:
+        if not (math.isfinite(cap_usd) and cap_usd > 0):
+            raise ConfigError(f"--max-cost must be a positive number of USD, not {cap_usd}")
+        self.cap, self.prices = cap_usd, prices
+        self.spent = self.reserved = 0.0
+        self.capped = False
+
+    def require_prices(self, models) -> None:
+        """Refuse the cap when a model the run will ask has no known price."""
+        missing = sorted(str(m) for m in models if self.prices.rates(m) is None)
+        if missing:
+            raise ConfigError(f"--max-cost needs a price for {', '.join(missing)}: none is in the price table; "
+                              "give one with --price IN,OUT (USD per million tokens) or --prices FILE")
+
+    def charge(self, model: str | None, tokens: float) -> Charge:
+        """The worst case of a request of ``tokens`` (prompt estimate plus output budget) to ``model``."""
+        rates = self.prices.rates(model)
+        if rates is None:
+            self.require_prices([model])
+        rate_in, rate_out = rates
+        return Charge(tokens * max(rate_in, rate_out) / 1e6, rate_in, rate_out)
+
+    def admit(self, charge: Charge) -> bool:
+        """Reserve ``charge`` if it fits under the cap beside what is spent and in flight."""
+        if self.spent + self.reserved + charge.worst > self.cap:
+            return False
+        self.reserved += charge.worst
+        return True
+
+    def settle(self, charge: Charge, usage) -> float:
+        """Release the reservation and count what the answer cost (0 for an answer without usage)."""
+        self.reserved = max(0.0, self.reserved - charge.worst)
+        prompt, completion = usage_tokens(usage)
+        cost = (prompt * charge.rate_in + completion * charge.rate_out) / 1e6
+        self.spent += cost
+        return cost
+
+    def report(self, done: int, total: int | None) -> dict:
+        """Spend so far, the cap, and the total projected from the records done (None before any)."""
+        projected = self.spent * total / done if done and total else None
+        return {"cap_usd": self.cap, "spent_usd": round(self.spent, 6), "capped": self.capped,
+                "projected_total_usd": None if projected is None else round(projected, 4),
+                "prices": "one price for every model" if self.prices.fixed else f"{self.prices.mode} price table"}

@@ -1,0 +1,76 @@
+"""The spending cap: a run stops within one request's worst case of ``--max-cost``, and resumes."""
+
+import subprocess
+import sys
+
+import orjson
+import pytest
+
+from odie_async.engine.spend import Prices, SpendCap, parse_price
+from odie_async.exceptions import EXIT_SPEND_CAP, ConfigError
+from tests.helpers import ids_in, write_requests
+from tests.test_batch_cli import mock_factory  # noqa: F401  (a fixture)
+
+ODIE = [sys.executable, "-m", "odie_async"]
+PRICE = "1000,1000"  # USD per million tokens: a cent per ten tokens, so a few records reach a cap
+
+
+def test_a_reservation_is_the_worst_case_and_settles_at_the_real_usage():
+    cap = SpendCap(1.0, Prices({}, fixed=(1000.0, 2000.0)))
+    charge = cap.charge("any-model", 100)
+    assert charge.worst == pytest.approx(0.2)  # 100 tokens at the dearer price
+    assert cap.admit(charge) and cap.reserved == pytest.approx(0.2)
+    cost = cap.settle(charge, {"prompt_tokens": 30, "completion_tokens": 10})
+    assert cost == pytest.approx(0.05) and cap.spent == pytest.approx(0.05) and cap.reserved == 0
+    assert cap.settle(cap.charge("m", 100), {"input_tokens": 10, "output_tokens": 10}) == pytest.approx(0.03)
+
+
+def test_nothing_is_admitted_past_the_cap():
+    cap = SpendCap(0.5, Prices({}, fixed=(1000.0, 1000.0)))
+    charges = [cap.charge("m", 100) for _ in range(6)]  # 0.1 each
+    admitted = [c for c in charges if cap.admit(c)]
+    assert len(admitted) == 5 and cap.spent + cap.reserved <= cap.cap
+
+
+def test_a_model_without_a_price_refuses_the_cap():
+    cap = SpendCap(1.0, Prices.load())
+    cap.require_prices(["gpt-4o-mini-2024-07-18"])  # priced by its longest prefix
+    with pytest.raises(ConfigError, match="needs a price for mock-model"):
+        cap.require_prices(["gpt-4o-mini", "mock-model"])
+
+
+@pytest.mark.parametrize("text", ["1", "1,2,3", "a,b", "nan,1", "-1,2", "inf,1"])
+def test_a_price_is_two_finite_numbers(text):
+    with pytest.raises(ConfigError, match="IN,OUT"):
+        parse_price(text)
+
+
+def _batch(tmp_path, url, *extra):
+    return subprocess.run(ODIE + ["batch", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "out.jsonl"),
+                                  "--base-url", url, "--no-progress", *extra], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_the_cap_stops_a_run_within_one_requests_worst_case_and_a_higher_cap_resumes(tmp_path, mock_factory):  # noqa: F811
+    mock = mock_factory()
+    write_requests(tmp_path / "in.jsonl", 40)
+    first = _batch(tmp_path, mock.url, "--max-cost", "0.2", "--price", PRICE, "--concurrency", "8")
+    assert first.returncode == EXIT_SPEND_CAP, first.stderr
+    assert "spending cap" in first.stderr
+    summary = orjson.loads((tmp_path / "out.summary.json").read_bytes())
+    spend, ledger = summary["spend"], summary["ledger"]
+    worst = max(len(line) / 4 + 8 for line in (tmp_path / "in.jsonl").read_bytes().splitlines()) * 1000 / 1e6
+    assert spend["capped"] and 0.2 - worst <= spend["spent_usd"] <= 0.2
+    assert 0 < ledger["output"] < 40 and ledger["errors"] == 0
+    assert spend["projected_total_usd"] > 0.2
+    second = _batch(tmp_path, mock.url, "--max-cost", "5", "--price", PRICE)
+    assert second.returncode == 0, second.stderr
+    assert ids_in(tmp_path / "out.jsonl") == {f"r{i}": 1 for i in range(40)}
+
+
+def test_a_cap_without_a_known_price_is_refused_before_anything_is_sent(tmp_path, mock_factory):  # noqa: F811
+    mock = mock_factory()
+    write_requests(tmp_path / "in.jsonl", 5)  # model "mock-model": not in the price table
+    proc = _batch(tmp_path, mock.url, "--max-cost", "1")
+    assert proc.returncode == 2 and "needs a price for mock-model" in proc.stderr
+    assert mock.stop().get("total", 0) == 0  # the mock counted no request
