@@ -130,7 +130,7 @@ async def arun_batch(requests: PathLike | Iterable[dict], output: PathLike | Non
                      rpm: float = 0, tpm: float = 0, max_attempts: int = 5, timeout: float = 120.0,
                      errors: PathLike | None = None, progress: bool = True, stream: bool = False,
                      max_cost: float = 0.0, price: tuple[float, float] | None = None,
-                     prices_file: PathLike | None = None) -> dict | list[dict]:
+                     prices_file: PathLike | None = None, cache: PathLike | None = None) -> dict | list[dict]:
     """Send requests through the engine (``odie batch``), exactly once, resumable.
 
     ``requests`` is a Batch API input file, or an iterable of its lines as dicts (or of bare
@@ -141,7 +141,8 @@ async def arun_batch(requests: PathLike | Iterable[dict], output: PathLike | Non
     every request streamed and puts its time to first token and inter-token latency in its
     result line (``response.timing``). ``max_cost`` (USD) stops taking records before the spend could
     pass it (``SpendCapReached``), counted at ``price`` (``(IN, OUT)`` USD per million tokens) or the
-    price table (``prices_file``, else the packaged ``configs/prices.yaml``).
+    price table (``prices_file``, else the packaged ``configs/prices.yaml``). ``cache`` (a folder) shares
+    answers across runs and output files: a request asked before is answered from it, not sent.
     """
     from .engine import EngineSettings
     from .engine.batch import run_batch
@@ -159,7 +160,7 @@ async def arun_batch(requests: PathLike | Iterable[dict], output: PathLike | Non
         base_url=base_url or pool[0].base_url, api_key=key, endpoints=pool, concurrency=concurrency or AUTO_WORKERS,
         initial_concurrency=None if concurrency else AUTO_START, rpm=rpm, tpm=tpm, max_attempts=max_attempts,
         timeout_s=timeout, stream=stream, max_cost=max_cost, price=price,
-        prices_file=str(prices_file) if prices_file else None)
+        prices_file=str(prices_file) if prices_file else None, cache=str(cache) if cache else None)
     order: list[str] = []
     source = requests if isinstance(requests, (str, Path)) else _batch_records(requests, order)
     with tempfile.TemporaryDirectory(prefix="odie-batch-") if output is None else contextlib.nullcontext() as tmp:

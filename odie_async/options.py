@@ -26,7 +26,7 @@ AUTO_WORKERS, AUTO_START = 256, 64
 # engine-section keys and the option each one stands for
 ENGINE_KEYS = {"concurrency": "concurrency", "rpm": "rpm", "tpm": "tpm", "max_attempts": "max_attempts",
                 "timeout_s": "timeout", "drain_timeout_s": "drain_timeout", "stream": "stream",
-                "max_cost": "max_cost", "prices_file": "prices", "price": "price"}
+                "max_cost": "max_cost", "prices_file": "prices", "price": "price", "cache": "cache"}
 ENGINE_OPTIONS = tuple(ENGINE_KEYS.values())
 
 
@@ -101,4 +101,5 @@ def settings_from_args(args, base_url: str, api_key: str | None = None) -> Engin
         endpoints=pool, max_outage_s=getattr(args, "max_outage", 300.0), hedge_share=getattr(args, "hedge_share", 0.02),
         stream=getattr(args, "stream", False), max_cost=getattr(args, "max_cost", 0.0),
         prices_file=getattr(args, "prices", None), price=getattr(args, "price", None),
+        cache=getattr(args, "cache", None),
     )

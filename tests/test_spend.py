@@ -74,3 +74,62 @@ def test_a_cap_without_a_known_price_is_refused_before_anything_is_sent(tmp_path
     proc = _batch(tmp_path, mock.url, "--max-cost", "1")
     assert proc.returncode == 2 and "needs a price for mock-model" in proc.stderr
     assert mock.stop().get("total", 0) == 0  # the mock counted no request
+
+
+def test_two_runs_into_different_outputs_share_one_cache_and_the_second_sends_nothing(tmp_path, mock_factory):  # noqa: F811
+    mock = mock_factory()
+    write_requests(tmp_path / "in.jsonl", 30)
+    cache = tmp_path / "cache"
+    first = _batch(tmp_path, mock.url, "--cache", str(cache))
+    assert first.returncode == 0, first.stderr
+    sent = mock.stop().get("total", 0)
+    assert sent == 30
+    mock = mock_factory()
+    second = subprocess.run(ODIE + ["batch", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "other.jsonl"),
+                                    "--base-url", mock.url, "--no-progress", "--cache", str(cache)],
+                            capture_output=True, text=True, timeout=120)
+    assert second.returncode == 0, second.stderr
+    assert mock.stop().get("total", 0) == 0  # every answer came from the cache
+    answers = [{line["custom_id"]: line["response"]["body"] for line in map(orjson.loads, path.read_bytes().splitlines())}
+               for path in (tmp_path / "out.jsonl", tmp_path / "other.jsonl")]
+    assert answers[0] == answers[1] and len(answers[0]) == 30
+    summary = orjson.loads((tmp_path / "other.summary.json").read_bytes())
+    assert summary["cache"]["hits"] == 30 and summary["ledger"]["output"] == 30
+
+
+def test_the_same_request_asked_twice_gets_two_samples_and_a_seed_sweep_none_shared(tmp_path):
+    from odie_async.engine.answer_cache import AnswerCache
+
+    cache = AnswerCache(tmp_path)
+    first, second = cache.key("d1"), cache.key("d1")
+    assert first != second  # the k-th identical request has a sample index of its own
+    cache.put(first, b'{"a": 1}')
+    cache.put(second, b'{"a": 2}')
+    again = AnswerCache(tmp_path)  # another run: the same order gives the same answers
+    assert again.get(again.key("d1")) == b'{"a": 1}' and again.get(again.key("d1")) == b'{"a": 2}'
+    assert again.get(again.key("d2")) is None
+
+
+def test_concurrent_writers_on_one_cache_lose_no_entry(tmp_path):
+    code = ("import sys; from odie_async.engine.answer_cache import AnswerCache; c = AnswerCache(sys.argv[1]); "
+            "[c.put(f'{sys.argv[2]}-{i}:0', b'x' * 100) for i in range(300)]; c.close()")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path), f"w{n}"]) for n in range(4)]
+    assert [p.wait(timeout=120) for p in procs] == [0] * 4
+    from odie_async.engine.answer_cache import AnswerCache
+
+    assert AnswerCache(tmp_path).stats()["entries"] == 1200
+
+
+def test_odie_cache_stats_and_prune(tmp_path):
+    from odie_async.engine.answer_cache import AnswerCache
+
+    cache = AnswerCache(tmp_path)
+    cache.put("k:0", b"{}")
+    cache.close()
+    stats = subprocess.run(ODIE + ["cache", "stats", "--cache", str(tmp_path)], capture_output=True, text=True)
+    assert stats.returncode == 0 and orjson.loads(stats.stdout)["entries"] == 1
+    refused = subprocess.run(ODIE + ["cache", "prune", "--cache", str(tmp_path)], capture_output=True, text=True)
+    assert refused.returncode == 2
+    pruned = subprocess.run(ODIE + ["cache", "prune", "--older-than", "1ms", "--cache", str(tmp_path)],
+                            capture_output=True, text=True)
+    assert pruned.returncode == 0 and orjson.loads(pruned.stdout)["deleted"] == 1

@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "filter": ("odie_async.cli.filter", "keep or drop (instruction, text, table) records by the quality gate"),
     "export": ("odie_async.cli.export", "write a run's training files as one datasets split (Parquet, disk)"),
     "bench": ("odie_async.cli.bench", "measure an endpoint's capacity and recommend settings"),
+    "cache": ("odie_async.cli.cache", "show or prune the answer cache shared across runs (odie batch --cache)"),
 }
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import structlog
 
+from ..engine.answer_cache import default_location
 from ..engine.spend import parse_price
 from ..distributed import ray_batch
 from ..engine.batch import BatchReport, run_batch
@@ -82,6 +83,9 @@ def add_arguments(parser) -> None:
                         help="a price table in the shape of configs/prices.yaml, instead of the packaged one")
     parser.add_argument("--price", type=parse_price, default=None, metavar="IN,OUT",
                         help="one price for every model, USD per million input and output tokens")
+    parser.add_argument("--cache", nargs="?", const=str(default_location()), default=None, metavar="DIR",
+                        help="take answers from a cache shared across runs and output files before sending, and "
+                             f"store new ones there (DIR, or alone: {default_location()})")
     parser.add_argument("--dry-run", action="store_true",
                         help="count requests, tokens, time at the limits and cost; send nothing")
     parser.set_defaults(option_defaults={name: parser.get_default(name) for name in ENGINE_OPTIONS})

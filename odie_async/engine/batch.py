@@ -280,6 +280,10 @@ def _report(engine: Engine, stats: RunStats, scan: InputScan, error, stop: _Stop
     summary = stats.as_dict() | {"shutdown": _shutdown(engine, ledger)}
     summary.update(engine.pool_report())
     summary.update(models=sorted(stats.models), settings=_run_settings(engine.settings), version=__version__)
+    if engine.cache is not None:
+        summary["cache"] = {"path": str(engine.cache.folder), "hits": stats.cache_hits,
+                            "stored": engine.cache.stored, "saved_usd": round(stats.cache_saved_usd, 6),
+                            "hits_without_a_price": stats.cache_saved_unpriced}
     if engine.spend is not None:
         summary["spend"] = engine.spend.report(stats.succeeded, max(0, scan.records - stats.resumed) or None)
     summary.update(output=str(engine.store.output), errors=str(engine.store.errors), ledger=ledger,

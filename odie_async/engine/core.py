@@ -41,7 +41,8 @@ from .pool import Pool, PoolSettings, build_lanes
 from ..exceptions import (AuthenticationError, EndpointStopped, EngineCrashed, OutputError, RateLimitError,
                           RequestError, RunAborted)
 from .limits import RateLimits
-from .routes import requested_output_tokens
+from .routes import requested_output_tokens, usage_tokens
+from .answer_cache import AnswerCache
 from .spend import Charge, Prices, SpendCap
 from .settings import EngineSettings
 from .stats import RunStats
@@ -65,6 +66,7 @@ class Job:
     attempts: int = 0
     lane: object = None  # the lane its last attempt failed on: a retry goes elsewhere when it can
     charge: Charge | None = None  # under a spending cap: its worst case, reserved before it is sent
+    cache_key: str | None = None  # with an answer cache: its digest and sample index
 
 
 def estimate_tokens(body: dict, payload_size: int, default_max_tokens: int = 256) -> float:
@@ -108,6 +110,8 @@ class Engine:
         self.spend = (SpendCap(settings.max_cost, Prices.load(settings.prices_file, settings.price))
                       if settings.max_cost else None)
         self._settled = asyncio.Condition()  # a spend reservation was settled
+        self.cache = AnswerCache(settings.cache) if settings.cache else None
+        self._cache_prices = self.spend.prices if self.spend else None
         self.stats.spend = self.spend  # the progress line shows it
         # A caller may hand in its own transport (tests) or limiter (a cluster-wide budget).
         lanes = build_lanes(settings, self.stats, client, limits)
@@ -242,6 +246,8 @@ class Engine:
             self.store.close()
         except OutputError as exc:
             self._fail(exc)
+        if self.cache is not None:
+            self.cache.close()
         self._fail_pending(self._abort or RunAborted("the engine stopped before this record was sent"))
         self.shutdown_report = {
             "not_started": not_started,
@@ -334,7 +340,8 @@ class Engine:
         digest = request_digest(path, payload)
         self.store.expect(custom_id, digest)  # the store writes only what was asked for, once
         charge = self.spend.charge(source.get("model"), tokens) if self.spend else None
-        return Job(custom_id, payload, path, tokens, digest, charge=charge)
+        key = self.cache.key(digest) if self.cache else None
+        return Job(custom_id, payload, path, tokens, digest, charge=charge, cache_key=key)
 
     # -- workers ---------------------------------------------------------------------
 
@@ -342,6 +349,11 @@ class Engine:
         queue = self._queue
         while True:
             job = await queue.get()
+            cached = self._from_cache(job) if job.cache_key is not None and not self._stopping else None
+            if cached is not None:
+                queue.task_done()
+                self._written.put_nowait((job, cached))
+                continue
             if self._stopping or (job.charge is not None and not await self._admit(job.charge)):
                 self._not_started += 1
                 self._not_sent(job)
@@ -366,6 +378,25 @@ class Engine:
             if self._abort is not None and not result.ok:
                 return  # aborting: the record stays undone for the rerun
             self._written.put_nowait((job, result))
+
+    def _from_cache(self, job: Job) -> Result | None:
+        """The record's answer from the shared cache, counted as a hit (no request, nothing spent)."""
+        raw = self.cache.get(job.cache_key)
+        if raw is None:
+            return None
+        body = orjson.loads(raw)
+        self.stats.record_cache_hit(job.custom_id, body, self._saved(body))
+        return Result(job.custom_id, True, body, None, 200, "cache", 0, raw=raw)
+
+    def _saved(self, body: dict) -> float | None:
+        """What a cached answer would have cost (None when its model has no price)."""
+        if self._cache_prices is None:
+            self._cache_prices = Prices.load()
+        rates = self._cache_prices.rates(body.get("model"))
+        if rates is None:
+            return None
+        prompt, completion = usage_tokens(body.get("usage"))
+        return (prompt * rates[0] + completion * rates[1]) / 1e6
 
     async def _admit(self, charge: Charge) -> bool:
         """Reserve a request's worst case under the spending cap, once what is in flight leaves room
@@ -409,6 +440,8 @@ class Engine:
         if self.streak.count:
             self.streak.success()
         self.stats.record_success(job.custom_id, reply.body, reply.timing)
+        if job.cache_key is not None:
+            self.cache.put(job.cache_key, reply.raw or orjson.dumps(reply.body))
         return Result(job.custom_id, True, reply.body, None, reply.status, reply.request_id, job.attempts,
                       timing=reply.timing, raw=reply.raw)
 

@@ -70,6 +70,8 @@ class EngineSettings:
     max_cost: float = 0.0
     prices_file: str | None = None
     price: tuple[float, float] | None = None
+    # A shared answer cache's folder (None: no cache): answers are taken from it before sending.
+    cache: str | None = None
 
     def __post_init__(self) -> None:
         for spec in fields(self):

@@ -133,6 +133,8 @@ class RunStats:
         # (requests in flight, current concurrency limit), set by the engine that runs
         self.gauges: Callable[[], tuple[int, int]] | None = None
         self.spend = None  # a SpendCap, when the run has one (the progress line shows its spend)
+        self.cache_hits = self.cache_saved_unpriced = 0
+        self.cache_saved_usd = 0.0
         self.stages: dict[str, Counter[str]] = defaultdict(Counter)
         # Latencies are counted once, by the lane that got the answer; the run's are its lanes' together.
         self.latency_parts: list[LogHistogram] = [LogHistogram()]
@@ -191,6 +193,17 @@ class RunStats:
         """Count one attempt that failed and will be tried again, by its error code."""
         self.retries += 1
         self.retries_by_reason[reason] += 1
+
+    def record_cache_hit(self, custom_id: str, body: dict, saved_usd: float | None) -> None:
+        """Count one record answered from the shared answer cache: no request, its usage not spent."""
+        self.succeeded += 1
+        self.cache_hits += 1
+        if saved_usd is None:
+            self.cache_saved_unpriced += 1
+        else:
+            self.cache_saved_usd += saved_usd
+        if ":" in custom_id:
+            self.stages[stage_of(custom_id)]["succeeded"] += 1
 
     def record_cached(self, custom_id: str) -> None:
         """Count one record answered from the checkpoint without a request."""

@@ -65,6 +65,8 @@ class EngineConfig(Section):
     prices_file: str | None = Field(None, description="a price table shaped like configs/prices.yaml")
     price: list[float] | None = Field(None, min_length=2, max_length=2,
                                       description="[IN, OUT] USD per million tokens for every model")
+    cache: str | None = Field(None, description="a shared answer cache's folder: answers are taken from it "
+                                                "before sending (odie cache stats|prune manage it)")
 
 
 class PoolEndpoint(Section):
