@@ -25,7 +25,8 @@ from .runtime import run_sync
 PathLike = str | Path
 
 
-def _pipeline_config(config, limit: int | None, structured: str | None, endpoint: dict | None = None):
+def _pipeline_config(config, limit: int | None, structured: str | None, endpoint: dict | None = None,
+                     engine: dict | None = None):
     from .pipeline.config import PipelineConfig, from_dict, load_config, override_endpoint
 
     if isinstance(config, PipelineConfig):
@@ -39,25 +40,29 @@ def _pipeline_config(config, limit: int | None, structured: str | None, endpoint
     if structured:
         config.endpoint.structured = structured
     override_endpoint(config, endpoint)
+    overrides = {key: value for key, value in (engine or {}).items() if value is not None}
+    if overrides:
+        config.engine = type(config.engine).model_validate(config.engine.model_dump() | overrides)
     return config
 
 
 async def agenerate(config: Any = None, out: PathLike = "runs/generate", *, limit: int | None = None,
                     structured: str | None = None, progress: bool = True, handle_signals: bool = False,
-                    endpoint: dict | None = None, update: bool = False) -> dict:
+                    endpoint: dict | None = None, update: bool = False, engine: dict | None = None) -> dict:
     """Run the InstructIE pipeline into ``out`` and return its summary (``odie generate``).
 
     ``config`` is a config file, a packaged preset's name (``"mock"``, ``"default"``,
     ``"openai"``), a mapping shaped like the YAML, a ``PipelineConfig``, or None for
     the default preset. ``limit`` sets ``run.records``; ``structured`` overrides
     ``endpoint.structured``; ``endpoint`` (keys ``base_url``, ``api_key_env``,
-    ``model``) overrides the config's endpoint section. A rerun into the same ``out`` resumes;
+    ``model``) overrides the config's endpoint section, and ``engine`` (its keys, e.g.
+    ``metrics_port``, ``max_cost``, ``cache``) its engine section. A rerun into the same ``out`` resumes;
     ``out`` holding another run (teacher, config, prompts or seeds changed) raises ``ConfigError``
     naming the change, nothing sent, unless ``update=True`` (only changed requests are re-sent).
     """
     from .pipeline.run import generate as run_pipeline
 
-    settings = _pipeline_config(config, limit, structured, endpoint)
+    settings = _pipeline_config(config, limit, structured, endpoint, engine)
     return await run_pipeline(settings, Path(out), show_progress=progress, handle_signals=handle_signals,
                               update=update)
 

@@ -101,5 +101,5 @@ def settings_from_args(args, base_url: str, api_key: str | None = None) -> Engin
         endpoints=pool, max_outage_s=getattr(args, "max_outage", 300.0), hedge_share=getattr(args, "hedge_share", 0.02),
         stream=getattr(args, "stream", False), max_cost=getattr(args, "max_cost", 0.0),
         prices_file=getattr(args, "prices", None), price=getattr(args, "price", None),
-        cache=getattr(args, "cache", None),
+        cache=getattr(args, "cache", None), metrics_port=getattr(args, "metrics_port", None),
     )

@@ -133,3 +133,18 @@ def test_odie_cache_stats_and_prune(tmp_path):
     pruned = subprocess.run(ODIE + ["cache", "prune", "--older-than", "1ms", "--cache", str(tmp_path)],
                             capture_output=True, text=True)
     assert pruned.returncode == 0 and orjson.loads(pruned.stdout)["deleted"] == 1
+
+
+def test_generate_stops_at_its_cap_with_exit_5_and_a_rerun_without_it_completes(tmp_path):
+    out = tmp_path / "run"
+    capped = subprocess.run(ODIE + ["generate", "--config", "mock", "--limit", "4", "--output", str(out),
+                                    "--no-progress", "--max-cost", "2", "--price", "300,300"],
+                            capture_output=True, text=True, timeout=300)
+    assert capped.returncode == EXIT_SPEND_CAP, capped.stderr[-2000:]
+    assert "spending cap" in capped.stderr
+    sent_before = len((out / "requests.jsonl").read_bytes().splitlines())
+    assert sent_before > 0
+    rerun = subprocess.run(ODIE + ["generate", "--config", "mock", "--limit", "4", "--output", str(out),
+                                   "--no-progress"], capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert ids_in(out / "requests.jsonl") and max(ids_in(out / "requests.jsonl").values()) == 1

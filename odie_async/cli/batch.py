@@ -86,6 +86,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--cache", nargs="?", const=str(default_location()), default=None, metavar="DIR",
                         help="take answers from a cache shared across runs and output files before sending, and "
                              f"store new ones there (DIR, or alone: {default_location()})")
+    parser.add_argument("--metrics-port", type=number(int, 1, True, 65535), default=None, metavar="PORT",
+                        help="serve Prometheus metrics on 127.0.0.1:PORT while the run lasts")
     parser.add_argument("--dry-run", action="store_true",
                         help="count requests, tokens, time at the limits and cost; send nothing")
     parser.set_defaults(option_defaults={name: parser.get_default(name) for name in ENGINE_OPTIONS})

@@ -30,11 +30,12 @@ import orjson
 import structlog
 
 from .batchfile import BatchReader, RecordReader
+from .prometheus import MetricsServer
 from .checkpoint import ResultStore, request_digest
 from .client import api_key_from_env  # noqa: F401  (re-exported: callers import it from here)
 from .core import Engine, EngineSettings
 from .metrics_log import MetricsLog, metrics_path_for
-from ..exceptions import ConfigError, EndpointStopped, InputError, OdieError, RunAborted, SpendCapReached, exit_code
+from ..exceptions import ConfigError, EndpointStopped, InputError, OdieError, RunAborted, exit_code
 from .progress import ProgressLine, write_summary
 from .stats import RunStats
 from .. import __version__
@@ -220,6 +221,14 @@ async def _run(engine: Engine, input, model, skip_invalid, scan: InputScan, stop
     engine.store.resend(resend)
     engine.stats.restart_clock()  # rates count from the first request; the scan is timed apart
     line_progress = ProgressLine(engine.stats, json=log_json) if progress else contextlib.nullcontext()
+    port = engine.settings.metrics_port
+    exporter = MetricsServer(engine, port) if port is not None else contextlib.nullcontext()
+    with exporter:
+        await _serve(engine, reader, model, resend, stop, line_progress, select)
+
+
+async def _serve(engine: Engine, reader, model, resend: set[str], stop: _Stop, line_progress,
+                 select: Select | None) -> None:
     async with line_progress:
         try:
             async with MetricsLog(engine, metrics_path_for(engine.store.output)), engine:
@@ -264,10 +273,8 @@ def _report(engine: Engine, stats: RunStats, scan: InputScan, error, stop: _Stop
     signame = signal.Signals(stop.signum).name if stop.signum else None
     if signame and not ledger["unfinished"] and not ledger["not_read"] and scan.records and not scan.stopped:
         signame = None  # the signal came as the run finished: nothing is left to do
-    if error is None and engine.spend is not None and engine.spend.capped and (ledger["unfinished"]
-                                                                            or ledger["not_read"]):
-        error = SpendCapReached(f"the spending cap of ${engine.spend.cap:g} stopped the run with "
-                                f"${engine.spend.spent:.4f} spent; rerun with a higher --max-cost to go on")
+    if error is None and (ledger["unfinished"] or ledger["not_read"]):
+        error = engine.cap_error()  # the spending cap stopped intake
     if error is None and not signame and ledger["unfinished"]:
         error = RunAborted(f"internal error: {ledger['unfinished']} record(s) have no line in the output or "
                            "errors file; rerun to send them")

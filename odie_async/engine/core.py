@@ -39,7 +39,7 @@ from .checkpoint import Result, ResultStore, request_digest
 from .client import ChatClient, Reply
 from .pool import Pool, PoolSettings, build_lanes
 from ..exceptions import (AuthenticationError, EndpointStopped, EngineCrashed, OutputError, RateLimitError,
-                          RequestError, RunAborted)
+                          RequestError, RunAborted, SpendCapReached)
 from .limits import RateLimits
 from .routes import requested_output_tokens, usage_tokens
 from .answer_cache import AnswerCache
@@ -280,7 +280,8 @@ class Engine:
         """A record dropped before it was sent: a caller awaiting it (``call``) learns so now, not at shutdown."""
         if job.future is not None and not job.future.done():
             self._pending.pop(job.custom_id, None)
-            job.future.set_exception(self._abort or RunAborted("the engine stopped before this record was sent"))
+            job.future.set_exception(self._abort or self.cap_error() or
+                                     RunAborted("the engine stopped before this record was sent"))
             job.future.exception()  # mark retrieved: its caller may be gone already
 
     def _fail_pending(self, exc: Exception) -> None:
@@ -410,6 +411,13 @@ class Engine:
             async with self._settled:
                 await self._settled.wait()
         return True
+
+    def cap_error(self) -> SpendCapReached | None:
+        """Why intake stopped, when the spending cap stopped it."""
+        if self.spend is None or not self.spend.capped:
+            return None
+        return SpendCapReached(f"the spending cap of ${self.spend.cap:g} stopped the run with "
+                               f"${self.spend.spent:.4f} spent; rerun with a higher cap to go on")
 
     def _stop_at_cap(self) -> None:
         self.spend.capped = True

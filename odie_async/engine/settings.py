@@ -72,6 +72,8 @@ class EngineSettings:
     price: tuple[float, float] | None = None
     # A shared answer cache's folder (None: no cache): answers are taken from it before sending.
     cache: str | None = None
+    # Serve Prometheus metrics on 127.0.0.1:PORT while the run lasts (None: no).
+    metrics_port: int | None = None
 
     def __post_init__(self) -> None:
         for spec in fields(self):

@@ -67,6 +67,8 @@ class EngineConfig(Section):
                                       description="[IN, OUT] USD per million tokens for every model")
     cache: str | None = Field(None, description="a shared answer cache's folder: answers are taken from it "
                                                 "before sending (odie cache stats|prune manage it)")
+    metrics_port: int | None = Field(None, ge=1, le=65535,
+                                     description="serve Prometheus metrics on 127.0.0.1:PORT while the run lasts")
 
 
 class PoolEndpoint(Section):

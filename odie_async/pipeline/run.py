@@ -20,6 +20,7 @@ import orjson
 import structlog
 
 from ..endpoints.resolve import MOCK, Endpoint, resolve_endpoint
+from ..engine.prometheus import MetricsServer
 from ..engine.core import Engine, EngineSettings
 from ..exceptions import OdieError
 from ..runtime import StopSignals
@@ -113,8 +114,10 @@ async def generate(config: PipelineConfig, out: Path, show_progress: bool = True
             log.info("structured outputs", enabled=structured, reason=why)
             ctx = Context(config, prompts, seeds, engine, endpoint.model, structured)
             flow = Flow(ctx, scorer)
-            async with MetricsLog(engine, out / METRICS, extra=funnel(flow)):
-                interrupted, signum, error = await _drive(flow, engine, show_progress, handle_signals)
+            port = engine.settings.metrics_port
+            with MetricsServer(engine, port) if port else contextlib.nullcontext():
+                async with MetricsLog(engine, out / METRICS, extra=funnel(flow)):
+                    interrupted, signum, error = await _drive(flow, engine, show_progress, handle_signals)
         await scorer.aclose()
     files = export(out, flow.outcomes, flow.variants, prompts.export_system)
     summary = _summary(config, endpoint, ctx, flow, engine, files, why, interrupted, error, time.monotonic() - started)
