@@ -29,6 +29,7 @@ from .config import PipelineConfig
 FINGERPRINT = "run.json"
 SHOWN = 6  # changes named in the error; the rest are counted
 HISTORY = "history.jsonl"
+LOCK = "run.json.lock"  # held by the run writing the folder
 # Left out of the config part: the engine's pacing changes how fast requests go, never what they
 # ask; the pool's lanes are part of the teacher; prompts and seeds count by content, not by path.
 OUTSIDE = ("engine", "endpoints", "seeds", "prompts")

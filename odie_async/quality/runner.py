@@ -29,9 +29,8 @@ import orjson
 
 from .. import __version__
 from ..engine.checkpoint import ResultStore, _write_all
-from ..engine.lockfile import LockBusy, take_lock
+from ..engine.lockfile import held
 from ..engine.progress import ProgressLine, _eta
-from ..exceptions import ConfigError
 from ..pipeline.fingerprint import keep_one
 from ..runtime import StopSignals
 from .gate import Gate, Prepared, Verdict
@@ -156,23 +155,10 @@ def judge_identity(kind: str, config_path: str | None, endpoint: dict | None) ->
     return {"kind": kind} | teacher(config, config.api_key())
 
 
-@contextlib.contextmanager
 def claim(kept: Path):
-    """Hold the lock of the kept file (named after the real file) while the block runs."""
+    """Hold the kept file's lock (``KEPT.lock`` beside the real file, links resolved) while the block runs."""
     real = kept.resolve()
-    lock = real.with_name(real.name + ".lock")
-    real.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = take_lock(lock, str(os.getpid()))
-    except LockBusy as busy:
-        raise ConfigError(f"{kept} is in use by another run (PID {busy.holder or 'unknown'}, lock {lock}); "
-                          "wait for it to finish or stop it") from None
-    try:
-        yield
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(lock)
-        os.close(fd)
+    return held(real.with_name(real.name + ".lock"), str(kept))
 
 
 async def filter_file(source: str | Path, kept: str | Path, dropped: str | Path, gate: Gate,
