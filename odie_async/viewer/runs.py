@@ -18,6 +18,7 @@ import orjson
 
 from ..engine.metrics_log import SUFFIX as BATCH_METRICS
 from ..exceptions import ConfigError
+from ..pipeline.fingerprint import HISTORY  # a generate folder's runs, not records
 from . import bench as bench_files
 from .facets import FacetIndex
 from .index import LineIndex
@@ -91,7 +92,7 @@ def _is_eval(report) -> bool:
 def _data_file(path: Path) -> bool:
     name = path.name
     return (path.is_file() and name.endswith(".jsonl") and not name.endswith(BATCH_METRICS)
-            and name != GENERATE_METRICS and not name.endswith(_SIDE_FILES))
+            and name not in (GENERATE_METRICS, HISTORY) and not name.endswith(_SIDE_FILES))
 
 
 def _folder(path: Path, name: str) -> Run:
