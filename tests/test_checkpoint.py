@@ -120,7 +120,21 @@ def test_a_failed_write_accepts_nothing(tmp_path):
         store.accept([_ok("a")])
     store.write = ResultStore(tmp_path / "other.jsonl").write
     assert store.accept([_ok("a")]).ok == 1
+    store.expect("b")
+    store.expect("c")
+    writes = []
+
+    def errors_file_full(fd, data):
+        writes.append(data)
+        if len(writes) == 2:
+            raise OSError(28, "No space left on device")
+        os.write(fd, data)
+
+    store.write = errors_file_full
+    with pytest.raises(OutputError):
+        store.accept([_ok("b"), _failed("c")])  # the output's line is written, then the errors file fails
     store.close()
+    assert [orjson.loads(x)["custom_id"] for x in (tmp_path / "out.jsonl").read_bytes().splitlines()] == ["a"]
 
 
 def test_a_second_store_on_the_same_file_under_another_name_is_refused(tmp_path):

@@ -145,3 +145,21 @@ def test_the_cards_export_command_runs_as_written(tmp_path, monkeypatch, capsys)
     assert command == "odie export runs/demo --parquet"
     assert odie(shlex.split(command)[1:]) == 0
     assert (tmp_path / "runs" / "demo" / "dataset.parquet").stat().st_size > 0
+
+
+def test_a_second_run_on_a_folder_in_use_is_refused_before_it_reads_or_writes_the_fingerprint(tmp_path, capsys):
+    from odie_async.engine.lockfile import held
+    from odie_async.pipeline.fingerprint import LOCK
+
+    out = tmp_path / "out"
+    assert generate_cmd(write(tmp_path / "c"), out) == 0
+    before = snapshot(out)
+    capsys.readouterr()
+    with held(out / LOCK, "the first run"):  # as a run in progress holds it
+        assert odie_async_update(write(tmp_path / "other", model=SMOL), out) == 2
+    assert "in use by another run" in capsys.readouterr().err
+    assert {k: v for k, v in snapshot(out).items() if k != LOCK} == before
+
+
+def odie_async_update(config, out) -> int:
+    return generate_cmd(config, out, "--update")

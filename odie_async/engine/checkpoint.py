@@ -326,15 +326,24 @@ class ResultStore:
             digest = self._asked.pop(key)
             taken.append((result, key, digest))
             (ok_lines if result.ok else error_lines).append(self.encode(result, digest))
+        sizes = dict(self._sizes)
         try:
             self.append(ok_lines, error_lines)
         except OutputError:
+            self._cut_back(sizes)  # the output's lines too, when the errors file failed after it
             self._asked.update((key, digest) for _result, key, digest in taken)
             raise
         for result, key, digest in taken:
             self._mark_done(result, key, digest)
         verdict.ok, verdict.failed = len(ok_lines), len(error_lines)
         return verdict
+
+    def _cut_back(self, sizes: dict[str, int]) -> None:
+        for name, size in sizes.items():
+            if self._sizes[name] != size:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fds[name], size)
+                self._sizes[name] = size
 
     def _mark_done(self, result: Result, key: int, digest: str | None) -> None:
         self._done[key] = hash(digest) if digest else 0
@@ -382,11 +391,6 @@ class ResultStore:
     def is_open(self) -> bool:
         """Whether the files are open (and the lock held)."""
         return bool(self._fds)
-
-    @property
-    def resending(self) -> bool:
-        """Whether done records are being sent again (their requests changed)."""
-        return bool(self._resend)
 
     def resend(self, custom_ids: set[str]) -> None:
         """These done records are sent again: their old lines go once the new ones are written.

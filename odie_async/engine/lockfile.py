@@ -6,9 +6,12 @@ never outlives its process; the note written into the file says who holds it.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 from pathlib import Path
+
+from ..exceptions import ConfigError
 
 
 class LockBusy(Exception):
@@ -31,3 +34,22 @@ def take_lock(path: Path, note: str) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{note}\n".encode(), 0)
     return fd
+
+
+@contextlib.contextmanager
+def held(path: Path, what: str):
+    """Hold the lock ``path`` (named after the real file) while the block runs; a ``ConfigError``
+    naming ``what`` and the holder when another process has it."""
+    real = path.resolve()
+    real.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = take_lock(real, str(os.getpid()))
+    except LockBusy as busy:
+        raise ConfigError(f"{what} is in use by another run (PID {busy.holder or 'unknown'}, lock {real}); "
+                          "wait for it to finish or stop it") from None
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(real)
+        os.close(fd)

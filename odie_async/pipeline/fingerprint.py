@@ -29,6 +29,7 @@ from .config import PipelineConfig
 FINGERPRINT = "run.json"
 SHOWN = 6  # changes named in the error; the rest are counted
 HISTORY = "history.jsonl"
+LOCK = "run.json.lock"  # held by the run writing the folder
 # Left out of the config part: the engine's pacing changes how fast requests go, never what they
 # ask; the pool's lanes are part of the teacher; prompts and seeds count by content, not by path.
 OUTSIDE = ("engine", "endpoints", "seeds", "prompts")
@@ -105,11 +106,6 @@ def _kind(endpoint: str | None) -> str | None:
     return endpoint if endpoint in ("embedded", MOCK, None) else "url"
 
 
-def moved(old: dict, new: dict) -> bool:
-    """Whether only the teacher's URL (or its pool's) moved: the same model served elsewhere, no change."""
-    return old.get("teacher") != new["teacher"]
-
-
 def changes(old: dict, new: dict) -> list[str]:
     """What differs between two fingerprints, in words (empty when they match).
 
@@ -162,7 +158,7 @@ def claim(out: Path, new: dict, update: bool = False) -> list[str]:
                                   "keep the rest, or name a new output folder")
     if old is None and any((out / name).exists() for name in RUN_DATA):
         said = ["fingerprint first recorded on a folder made before fingerprints"]
-    elif old is not None and not said and moved(old, new):
+    elif old is not None and not said and old.get("teacher") != new["teacher"]:  # only a URL moved
         said = [f"teacher moved to {new['teacher']['endpoint']} (the same model)"]
     if old is None or said:
         out.mkdir(parents=True, exist_ok=True)

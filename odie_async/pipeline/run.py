@@ -22,6 +22,7 @@ import structlog
 from ..endpoints.resolve import MOCK, Endpoint, resolve_endpoint
 from ..engine.prometheus import MetricsServer
 from ..engine.core import Engine, EngineSettings
+from ..engine.lockfile import held
 from ..exceptions import OdieError
 from ..runtime import StopSignals
 from . import fingerprint, registry
@@ -98,7 +99,13 @@ async def generate(config: PipelineConfig, out: Path, show_progress: bool = True
     """Run the pipeline into ``out``; return the summary (also written to ``out/summary.json``).
 
     ``out`` belongs to one run (``fingerprint.claim``): another teacher, config or prompts stop
-    with a ``ConfigError`` before anything is sent, unless ``update``."""
+    with a ``ConfigError`` before anything is sent, unless ``update``. The folder's lock is held for
+    the whole run, so a second run never checks or rewrites the fingerprint of one in progress."""
+    with held(out / fingerprint.LOCK, str(out)):
+        return await _generate(config, out, show_progress, handle_signals, update)
+
+
+async def _generate(config: PipelineConfig, out: Path, show_progress: bool, handle_signals: bool, update: bool) -> dict:
     started = time.monotonic()
     prompts_dir, seeds_path = config.path(config.prompts), config.path(config.seeds)
     prompts = Prompts(prompts_dir)

@@ -2,13 +2,13 @@
 
 The two files are the checkpoint, as in the engine: a record is done once its
 line is in either; a rerun cuts a torn last line, skips every key already
-written and judges the rest. ``KEPT.run.json`` holds what judged them (the gate's
-settings, the scorer and its judge, the package version): a rerun judged otherwise
-is refused, so two verdicts never share the files. The kept file is locked for the run (``KEPT.lock``,
-named after the real file, symlinks resolved), so a second run on the same
-output is refused; an output that is the input (a symlink or hard link
-included) is refused before anything is read or cut. Lines are appended one batch at a time with one
-``write`` per file on ``O_APPEND`` descriptors, so a stop at any moment loses at
+written and judges the rest. ``KEPT.run.json`` holds what judged them (the
+gate's settings, the scorer and its judge, the package version): a rerun judged
+otherwise is refused, so two verdicts never share the files. The kept file is
+locked for the run (``KEPT.lock``, named after the real file, symlinks resolved),
+so a second run on the same output is refused; an output that is the input (a
+symlink or hard link included) is refused before anything is read or cut.
+Lines are appended one batch at a time with one ``write`` per file on ``O_APPEND`` descriptors, so a stop at any moment loses at
 most the batch being judged, and no record is ever written to both files.
 SIGINT/SIGTERM finish the current batch and stop.
 """
@@ -29,9 +29,8 @@ import orjson
 
 from .. import __version__
 from ..engine.checkpoint import ResultStore, _write_all
-from ..engine.lockfile import LockBusy, take_lock
+from ..engine.lockfile import held
 from ..engine.progress import ProgressLine, _eta
-from ..exceptions import ConfigError
 from ..pipeline.fingerprint import keep_one
 from ..runtime import StopSignals
 from .gate import Gate, Prepared, Verdict
@@ -156,23 +155,10 @@ def judge_identity(kind: str, config_path: str | None, endpoint: dict | None) ->
     return {"kind": kind} | teacher(config, config.api_key())
 
 
-@contextlib.contextmanager
 def claim(kept: Path):
-    """Hold the lock of the kept file (named after the real file) while the block runs."""
+    """Hold the kept file's lock (``KEPT.lock`` beside the real file, links resolved) while the block runs."""
     real = kept.resolve()
-    lock = real.with_name(real.name + ".lock")
-    real.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = take_lock(lock, str(os.getpid()))
-    except LockBusy as busy:
-        raise ConfigError(f"{kept} is in use by another run (PID {busy.holder or 'unknown'}, lock {lock}); "
-                          "wait for it to finish or stop it") from None
-    try:
-        yield
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(lock)
-        os.close(fd)
+    return held(real.with_name(real.name + ".lock"), str(kept))
 
 
 async def filter_file(source: str | Path, kept: str | Path, dropped: str | Path, gate: Gate,
@@ -183,19 +169,22 @@ async def filter_file(source: str | Path, kept: str | Path, dropped: str | Path,
     ``judge`` names the scorer behind ``external`` (``judge_identity``); the files refuse another."""
     source, kept, dropped = Path(source), Path(kept), Path(dropped)
     check_outputs(source, kept, dropped)
+    total = validate(source)
     with claim(kept):
         keep_one(kept.with_name(kept.name + ".run.json"), filter_fingerprint(gate, judge),
                  "name new --kept and --dropped files for this gate")
-        return await _filter_locked(source, kept, dropped, gate, external, batch_size, progress, handle_signals)
+        stats = FilterStats(total=total)
+        return await _filter_locked(source, kept, dropped, gate, external, batch_size, progress, handle_signals,
+                                    stats)
 
 
 async def _filter_locked(source: Path, kept: Path, dropped: Path, gate: Gate, external: External | None,
-                         batch_size: int, progress: bool, handle_signals: bool) -> FilterStats:
-    stats = FilterStats(total=validate(source))
+                         batch_size: int, progress: bool, handle_signals: bool, stats: FilterStats) -> FilterStats:
     done = done_keys(kept, dropped)
     stats.resumed = len(done)
     files = _Files(kept, dropped)
     shown = FilterProgress(stats) if progress else contextlib.nullcontext()
+
     def stop(signum: int) -> None:
         stats.interrupted = signal.Signals(signum).name
 

@@ -21,6 +21,7 @@ import orjson
 
 from ..engine.metrics_log import SUFFIX as BATCH_METRICS
 from ..exceptions import ConfigError, OdieError
+from ..pipeline.fingerprint import HISTORY  # a generate folder's runs, not records
 from . import bench as bench_files
 from .access import Scope, everything
 from .facets import FacetIndex
@@ -105,7 +106,7 @@ def _is_eval(report) -> bool:
 
 def _data_name(name: str) -> bool:
     return (name.endswith(".jsonl") and not name.endswith(BATCH_METRICS)
-            and name != GENERATE_METRICS and not name.endswith(_SIDE_FILES))
+            and name not in (GENERATE_METRICS, HISTORY) and not name.endswith(_SIDE_FILES))
 
 
 def _files(path: Path, scope: Scope) -> tuple[dict[str, Path], list[str]]:
