@@ -126,7 +126,7 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: str | Path, data: bytes, mode: int | None = None) -> None:
+def write_atomic(path: str | Path, data: bytes, mode: int | None = None, durable: bool = True) -> None:
     """Write ``data`` to ``path`` whole: a reader sees the old file or the new, never a mix.
 
     The temporary is created exclusively (``mkstemp``: ``O_CREAT|O_EXCL``, mode 0600) in
@@ -134,6 +134,8 @@ def write_atomic(path: str | Path, data: bytes, mode: int | None = None) -> None
     through; it is fsynced, given its final mode (``mode``, else the old file's, else
     0666 less the umask), renamed over ``path`` (a link there is replaced, not
     followed) and the folder fsynced. A failed write leaves no temporary behind.
+    ``durable=False`` skips both fsyncs, for caches that are checked when read and rebuilt
+    when lost.
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -141,14 +143,16 @@ def write_atomic(path: str | Path, data: bytes, mode: int | None = None) -> None
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
             os.fchmod(handle.fileno(), _final_mode(path, mode))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)  # a full disk leaves no half-written temporary behind
         raise
-    _fsync_folder(path.parent)
+    if durable:
+        _fsync_folder(path.parent)
 
 
 def _final_mode(path: Path, mode: int | None) -> int:

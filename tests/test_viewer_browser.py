@@ -325,3 +325,28 @@ def test_bench_page_waits_for_a_running_bench_then_draws_it(tmp_path, page, proc
     (out / "results.json").write_text("{ torn")
     page.wait_for_selector("#bench-error", timeout=15000)
     assert page.locator("#bench-error").inner_text().startswith(f"{out / 'results.json'}: not JSON")
+
+
+def test_v7_a_25_hour_run_draws_and_its_rate_is_over_the_whole_run(tmp_path, page, procs):
+    """90,000 one-second samples chart in the real browser; a last sample 0.19 s after the one before sets no rate."""
+    out = tmp_path / "out.jsonl"
+    out.write_bytes(b"")
+    start, n = time.time() - 100_000, 90_000
+    samples = [{"t": start + i, "elapsed": i, "total": n + 1, "done": i, "failed": 0, "tokens": 150 * i, "rps": 1.0,
+                "tps": 150.0, "p50_ms": 900, "p95_ms": 1500, "in_flight": 4, "concurrency_limit": 8,
+                "rate_limited": i // 900, "retries": i // 600, "errors": {"http_500": i // 1000, "timeout": i // 3000}}
+               for i in range(n)]
+    last = dict(samples[-1], t=samples[-1]["t"] + 0.19, elapsed=n - 1 + 0.19, done=n, tokens=150 * n + 1172,
+                rps=5.16, tps=6167.0, final=True)
+    out.with_suffix(".metrics.jsonl").write_bytes(b"".join(orjson.dumps(s) + b"\n" for s in [*samples, last]))
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(view(procs, out) + "#live")
+    page.wait_for_function(f"() => Number(document.querySelector('#chart-records svg')?.dataset.points) === {n + 1}",
+                           timeout=60000)
+    page.wait_for_function("() => document.querySelector('#chart-errors svg path')", timeout=30000)
+    assert errors == []
+    head = page.locator("#live-head").inner_text()
+    assert "1 req/s over the run" in head and "5.16" not in head
+    assert "6167" not in page.locator("#chart-tps").inner_text()  # the chart's rate is over 10 s, not 0.19 s
+    assert int(page.get_attribute("#chart-errors svg", "data-drawn")) <= 601  # thinned before drawing

@@ -22,7 +22,7 @@ from . import records
 from .access import FileChanged, OutsideScope
 from .facets import FacetIndex
 from .index import CHUNK
-from .runs import MAX_JSON, Run
+from .runs import MAX_JSON, Run, shown_name
 
 NUMBER = re.compile(r"[0-9]{1,15}")
 MAX_NUMBER = 10**15 - 1
@@ -304,7 +304,7 @@ async def compare(request: web.Request) -> web.Response:
 
 
 def _compare_one(number: int, run: Run) -> dict:
-    out = {"id": number, "name": run.name, "kind": run.kind, "evals": run.read_evals(), "filter": None,
+    out = {"id": number, "name": shown_name(run.name), "kind": run.kind, "evals": run.read_evals(), "filter": None,
            "bench": run.read_bench()}
     summary = run.read_summary() or {}
     if isinstance(summary.get("filter"), dict):

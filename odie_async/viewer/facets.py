@@ -117,7 +117,7 @@ class FacetIndex:
             head = {"version": _VERSION, "lines": self.lines, "bytes": self.bytes, **self._identity(self.bytes),
                     "fields": fields}
             body = b"".join(a.tobytes() for lists in self.values.values() for a in lists.values())
-            write_atomic(where, orjson.dumps(head) + b"\n" + body, mode=0o600)
+            write_atomic(where, orjson.dumps(head) + b"\n" + body, mode=0o600, durable=False)
         except (OSError, FileChanged):
             pass  # a full disk or a file changing under us: the filters live in memory only
 

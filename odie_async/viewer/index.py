@@ -182,7 +182,7 @@ class LineIndex:
             return
         head = _HEAD.pack(_MAGIC, *self._identity, self.indexed_bytes, self._seen_mtime(), self.complete, self._crc)
         try:
-            write_atomic(where, head + self.offsets.tobytes(), mode=0o600)
+            write_atomic(where, head + self.offsets.tobytes(), mode=0o600, durable=False)
         except OSError as exc:  # a full disk: the index lives in memory only
             log.info("index kept in memory only", path=str(where), error=str(exc))
         self._saved_at, self._saved_count = now, self.complete
