@@ -1,6 +1,6 @@
 """Choose the gate's score thresholds on one split of the calibration set; measure them on the other.
 
-    python benchmarks/calibrate_gate.py [--data benchmarks/calibration/calibration.jsonl] [--config FILE]
+    python benchmarks/calibrate_gate.py [--data benchmarks/calibration/calibration.jsonl] [--config FILE] [--scores FILE]
 
 Scores every record once (offline scorer: the packaged all-MiniLM-L6-v2 encoder),
 searches the threshold grid of ``odie_async.quality.calibration`` on the ``fit``
@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from odie_async.quality import Gate, load_gate_config
-from odie_async.quality.calibration import SCORE_LIMITS, choose, dropped, precision_recall, shares
+from odie_async.quality.calibration import GRID, SCORE_LIMITS, choose, dropped, precision_recall, shares
 from odie_async.quality.gate import is_fixed
 
 HERE = Path(__file__).resolve().parent
@@ -28,8 +28,9 @@ TARGETS = {"gold": 0.93, "repeat_cell": 0.95, "foreign_table": 0.95, "swapped_in
 
 def scored_rows(records: list[dict], config: str | None) -> list[dict]:
     """Each record's label, split, model-free reasons and scores (every score threshold at zero)."""
-    zero = {section: {key: 0.0} for section, key in SCORE_LIMITS.values()}
-    zero["consistency"] = {"min_fixed": 0.0, "min_open": 0.0}
+    zero: dict = {}
+    for section, key in SCORE_LIMITS.values():
+        zero.setdefault(section, {})[key] = 0.0
     gate = Gate(load_gate_config(config, zero))
     rows = []
     for k in range(0, len(records), 64):
@@ -45,16 +46,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=HERE / "calibration" / "calibration.jsonl")
     parser.add_argument("--config", default=None, help="filter config for the checks that need no model")
+    parser.add_argument("--scores", type=Path, default=None,
+                        help="keep the scored rows in this file and reuse them when it exists (to try other grids)")
     args = parser.parse_args()
     records = [json.loads(line) for line in args.data.read_text(encoding="utf-8").splitlines() if line.strip()]
     started = time.monotonic()
-    rows = scored_rows(records, args.config)
+    if args.scores and args.scores.exists():
+        rows = json.loads(args.scores.read_text())
+    else:
+        rows = scored_rows(records, args.config)
+        if args.scores:
+            args.scores.write_text(json.dumps(rows))
     fit = [r for r in rows if r["split"] == "fit"]
     held = [r for r in rows if r["split"] == "held_out"]
-    limits = choose(fit, TARGETS)
+    cfg = load_gate_config(args.config)
+    base = {name: getattr(getattr(cfg, section), key) for name, (section, key) in SCORE_LIMITS.items()}
+    limits = choose(fit, TARGETS, base)
     print(f"{len(rows)} records scored and searched in {time.monotonic() - started:.1f} s "
           f"({len(fit)} fit, {len(held)} held out)")
-    print("chosen on the fit split: " + ", ".join(f"{k} {v:g}" for k, v in limits.items()))
+    print("chosen on the fit split: " + ", ".join(f"{SCORE_LIMITS[k][0]}.{SCORE_LIMITS[k][1]} {limits[k]:g}"
+                                                   for k in GRID))
     for name, part in (("fit", fit), ("held_out", held)):
         got = shares(part, limits)
         pr = precision_recall((dropped(r, limits), r["expected"] == "drop") for r in part)

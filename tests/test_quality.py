@@ -14,13 +14,13 @@ from odie_async.cli import main as odie
 from odie_async.evaluation.tables import parse_table
 from odie_async.exceptions import ConfigError, DuplicateIdError, InputError
 from odie_async.quality import Gate, load_gate_config
-from odie_async.quality.calibration import CORRUPTIONS, build
-from odie_async.quality.checks import (degenerate_reasons, instruction_reasons, parse, structure_reasons,
-                                       text_reasons, truncation_reasons)
+from odie_async.quality.calibration import CORRUPTIONS, build, choose, labelled_figures, shares, split_of
+from odie_async.quality.checks import (degenerate_reasons, few_shot_values, instruction_reasons, leakage_reasons, parse,
+                                       structure_reasons, text_reasons, truncation_reasons)
 from odie_async.quality.config import from_section
 from odie_async.quality.runner import filter_file
 from odie_async.quality.semantic import lexical_support
-from odie_async.quality.text import content_stems, normalise, numbers
+from odie_async.quality.text import content_stems, flat, normalise, numbers
 from odie_async.runtime import run_async
 
 CFG = load_gate_config()
@@ -104,6 +104,12 @@ def test_parse_reasons(markdown, reason):
     assert reason in parse(markdown)[1]
 
 
+def test_a_last_row_cut_inside_its_last_cell_is_truncation():
+    # the cut leaves as many cells as the header, only the closing pipe is missing
+    assert parse("| a | b |\n| --- | --- |\n| one | two |\n| three | fo")[1] == ["truncation.last_row"]
+    assert parse("a | b\n--- | ---\none | two\nthree | four")[1] == []  # a table written without outer pipes
+
+
 def test_a_separator_with_the_wrong_cell_count_alone_is_forgiven():
     parsed, reasons = parse("| a | b | c |\n| --- | --- |\n| 1 | 2 | 3 |\n| 4 | 5 | 6 |")
     assert reasons == [] and parsed.n_columns == 3 and parsed.n_rows == 2
@@ -164,12 +170,44 @@ def test_truncation_checks():
 
 
 def test_lexical_support_reads_strings_numbers_and_words():
-    norm, nums, stems = normalise(TEXT), numbers(TEXT), set(content_stems(TEXT))
+    norm, nums, stems = flat(TEXT), numbers(TEXT), set(content_stems(TEXT))
     assert lexical_support("Harbor Hall", norm, nums, stems) is True
     assert lexical_support("1,200", norm, nums, stems) is True
     assert lexical_support("1,300", norm, nums, stems) is False  # a number the text does not hold
     assert lexical_support("Harbour Halls", norm, nums, stems) is None  # for the encoder
     assert numbers("at 3:15 am, six of them, the third") >= {"3.15", "6", "3"}
+
+
+@pytest.mark.parametrize("cell, text", [
+    ("1.2k", "It seats 1,200 people."),
+    ("$1.2 million", "The roof cost 1,200,000 dollars."),
+    ("1200", "It seats 1.2 thousand people."),
+    ("3.50", "A ticket costs 3.5 euros."),
+    ("2022-02-19", "The council met on February 19, 2022."),
+    ("19 Feb 2022", "The council met on 2022-02-19."),
+    ("Feb. 2022", "The council met on 19 February 2022."),
+])
+def test_numbers_and_dates_are_compared_in_any_format(cell, text):
+    assert lexical_support(cell, flat(text), numbers(text), set(content_stems(text))) is True
+
+
+@pytest.mark.parametrize("cell, text", [
+    ("1.3k", "It seats 1,200 people."),
+    ("2022-02-20", "The council met on February 19, 2022."),
+    ("March 2022", "The council met on 19 February 2022."),
+])
+def test_a_number_or_date_the_text_does_not_hold_is_unsupported(cell, text):
+    assert lexical_support(cell, flat(text), numbers(text), set(content_stems(text))) is False
+
+
+def test_a_cell_copied_from_a_few_shot_example_is_leakage():
+    value = max(few_shot_values(CFG.leakage.seeds, CFG.leakage.min_chars), key=len)  # a value of a seed table
+    leaky = table(TABLE.replace("Northgate Arena", value.title()))
+    assert leakage_reasons(leaky, TEXT, CFG.leakage) == ["leakage.few_shot"]
+    assert leakage_reasons(leaky, TEXT + f" {value}.", CFG.leakage) == []  # the text holds it: no leak
+    assert leakage_reasons(table(TABLE), TEXT, CFG.leakage) == []
+    verdict = gate(faithfulness={"enabled": False}).evaluate([GOOD | {"table": leaky.markdown()}])[0]
+    assert verdict.reasons == ["leakage.few_shot"]
 
 
 def gate(**overrides) -> Gate:
@@ -206,6 +244,19 @@ def test_relevance_drops_an_instruction_about_something_else():
     other = "Count planets having moons or rings?"
     verdict = gate().evaluate([GOOD | {"instruction": other}])[0]
     assert verdict.scores["relevance"] < CFG.relevance.min_score and "relevance.low" in verdict.reasons
+
+
+def test_an_instruction_must_belong_to_its_text_and_header_together():
+    """Consistency and relevance each above their floor, their sum (``belongs``) below its own."""
+    half = "Extract the name and opening year of each venue and the colour of its roof."
+    floors = {"consistency": {"min_fixed": 0.45}, "relevance": {"min_score": 0.05}, "belongs": {"min_fixed": 1.0}}
+    verdict = gate(**floors).evaluate([GOOD | {"instruction": half}])[0]
+    scores = verdict.scores
+    assert scores["consistency"] >= 0.45 and scores["relevance"] >= 0.05
+    assert scores["belongs"] == pytest.approx(scores["consistency"] + scores["relevance"], abs=1e-3)
+    assert verdict.reasons == ["belongs.low"]
+    assert gate(**floors).evaluate([GOOD])[0].kept
+    assert "belongs" not in gate(belongs={"enabled": False}).evaluate([GOOD | {"instruction": half}])[0].scores
 
 
 def test_a_check_that_cannot_run_is_a_reason_and_one_switched_off_is_named():
@@ -337,7 +388,8 @@ def test_a_duplicate_id_names_both_lines(tmp_path):
 
 def test_odie_filter_command_summary_report_and_exit_codes(tmp_path, capsys):
     src = tmp_path / "in.jsonl"
-    src.write_bytes(b"".join(orjson.dumps(r | {"expected": "drop" if i % 3 == 0 else "keep", "label": "x"}) + b"\n"
+    src.write_bytes(b"".join(orjson.dumps(r | {"expected": "drop" if i % 3 == 0 else "keep", "label": "x",
+                                               "split": "fit" if i < 3 else "held_out"}) + b"\n"
                              for i, r in enumerate(records(6))))
     config = tmp_path / "lexical.yaml"  # the checks that need no encoder, so the command runs in a blink
     config.write_text("faithfulness: {enabled: false}\nconsistency: {enabled: false}\nrelevance: {enabled: false}\n")
@@ -347,6 +399,8 @@ def test_odie_filter_command_summary_report_and_exit_codes(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "kept 4 of 6, dropped 2" in out and "instruction.refusal" in out
     assert "checks off: faithfulness, consistency, relevance" in out
+    assert "instruction    precision 1.000, recall 1.000 (6 records)" in out  # per check
+    assert "split fit: precision 1.000, recall 1.000 (3 records)" in out and "split held_out:" in out
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
     assert summary["labels"]["drop_precision"] == 1.0 and summary["labels"]["drop_recall"] == 1.0
     assert summary["reasons"]["instruction.refusal"] == 2 and (tmp_path / "report" / "report.png").stat().st_size > 1000
@@ -374,6 +428,40 @@ def test_corruptions_break_what_they_claim():
     norm, nums, stems = normalise(TEXT), numbers(TEXT), set(content_stems(TEXT))
     assert all(lexical_support(c, norm, nums, stems) is not True for row in replaced.rows for c in row[1:])
     assert all(r["expected"] == "drop" for k, r in made.items() if not k.startswith("gold"))
+
+
+def test_a_gold_record_and_its_corruptions_share_one_split():
+    planets = {"instruction": "List the planets and their moons.", "category": "fixed header", "domain": "space",
+               "text": "Mars has two moons, Phobos and Deimos. Jupiter has 95 known moons.",
+               "table": "| Planet | Moons |\n| --- | --- |\n| Mars | 2 |\n| Jupiter | 95 |"}
+    items = [(GOOD if i % 2 else planets) | {"domain": f"d{i}"} for i in range(40)]
+    made = build(items, seed=3)
+    for record in made:
+        assert record["split"] == split_of(int(record["id"].rsplit("-", 1)[1]))
+    assert 10 < sum(r["split"] == "fit" for r in made if r["label"] == "gold") < 30
+
+
+def test_thresholds_are_chosen_on_the_rows_given_and_figures_reported_per_split_and_check():
+    def row(label, faithfulness, split="fit"):
+        return {"label": label, "split": split, "reasons": [], "fixed": True,
+                "scores": {"faithfulness": faithfulness, "consistency": 1.0, "relevance": 0.5, "belongs": 1.5}}
+
+    fit = [row("gold", 0.8), row("gold", 0.9), row("values_not_in_text", 0.5), row("values_not_in_text", 0.55)]
+    base = {"consistency_fixed": 0.45, "consistency_open": 0.1, "relevance": 0.05}
+    limits = choose(fit, {"gold": 0.93, "values_not_in_text": 0.95}, base)
+    assert 0.55 < limits["faithfulness"] <= 0.8
+    assert shares(fit, limits) == {"gold": 1.0, "values_not_in_text": 1.0}
+    held = [row("gold", 0.4, "held_out"), row("values_not_in_text", 0.3, "held_out")]
+    assert shares(held, limits)["gold"] == 0.0  # the held-out gold record the fit split never saw
+    lines = [(True, {"expected": "keep", "split": "fit"}),
+             (False, {"expected": "drop", "split": "fit", "reasons": ["instruction.refusal", "belongs.low"]}),
+             (False, {"expected": "keep", "split": "held_out", "reasons": ["belongs.low"]}),
+             (True, {"expected": "drop", "split": "held_out"})]
+    figures = labelled_figures(lines)
+    assert figures["by_split"]["fit"] == {"records": 2, "precision": 1.0, "recall": 1.0}
+    assert figures["by_split"]["held_out"] == {"records": 2, "precision": 0.0, "recall": 0.0}
+    assert figures["per_check"]["belongs"] == {"records": 4, "precision": 0.5, "recall": 0.5}
+    assert figures["per_check"]["instruction"] == {"records": 4, "precision": 1.0, "recall": 0.5}
 
 
 # -- the records the embedded model's run kept before the gate ---------------------------------------

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 from pathlib import Path
 
@@ -87,7 +88,11 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         from ..quality.report import write_report
 
+        from ..quality.calibration import format_figures
+
         paths = write_report(Path(args.report), args.kept, args.dropped, gate.cfg, args.label_field)
+        figures = json.loads(paths[1].read_bytes()).get("checks")
+        print("\n".join(format_figures(figures)) if figures else "no keep/drop labels: no precision or recall")
         print(f"report: {', '.join(str(p) for p in paths)}")
     return stats.exit_code or 0
 

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable
 
 from ..evaluation.tables import Table, TableError, is_na, parse_table, render
 from .semantic import lexical_support
-from .text import content_stems, normalise, numbers
+from .text import content_stems, flat, numbers
 
 CORRUPTIONS = ("repeat_cell", "foreign_table", "swapped_instruction", "refusal", "values_not_in_text", "header_only")
 # Phrasings unlike the patterns of configs/filter-default.yaml where possible, so the set tests them.
@@ -82,7 +82,7 @@ def header_only(items, i, rng) -> dict:
 def values_not_in_text(items, i, rng) -> dict:
     """Cells outside the first column become values of other tables that the text does not state."""
     text = items[i]["text"]
-    text_norm, text_numbers, text_stems = normalise(text), numbers(text), set(content_stems(text))
+    text_norm, text_numbers, text_stems = flat(text), numbers(text), set(content_stems(text))
     foreign = [c for j, x in enumerate(items) if j != i for c in _table(x).cells()
                if not is_na(c) and lexical_support(c, text_norm, text_numbers, text_stems) is not True]
     table = _table(items[i])
@@ -116,20 +116,25 @@ def build(items: list[dict], per_corruption: int | None = None, seed: int = 0) -
 
 # -- choosing thresholds on one split, measuring on the other ---------------------------------------------
 
-SCORE_LIMITS = {"faithfulness": ("faithfulness", "min_score"), "consistency_fixed": ("consistency", "min_fixed"),
-                "consistency_open": ("consistency", "min_open"), "relevance": ("relevance", "min_score")}
-GRID = {"faithfulness": [x / 20 for x in range(6, 15)], "consistency_fixed": [x / 20 for x in range(6, 13)],
-        "consistency_open": [x / 40 for x in range(2, 9)], "relevance": [x / 40 for x in range(1, 8)]}
+SCORE_LIMITS = {"faithfulness": ("faithfulness", "min_score"), "faithfulness_open": ("faithfulness", "min_open"),
+                "consistency_fixed": ("consistency", "min_fixed"), "consistency_open": ("consistency", "min_open"),
+                "relevance": ("relevance", "min_score"), "belongs_fixed": ("belongs", "min_fixed"),
+                "belongs_open": ("belongs", "min_open")}
+# The thresholds ``choose`` searches; the others (consistency, relevance floors) stay as configured.
+GRID = {"faithfulness": [x / 20 for x in range(6, 15)], "faithfulness_open": [x / 20 for x in range(4, 13)],
+        "belongs_fixed": [x / 20 for x in range(14, 24)], "belongs_open": [x / 20 for x in range(6, 13)]}
 
 
 def dropped(row: dict, limits: dict[str, float]) -> bool:
     """Whether a scored row (``reasons``: the checks that need no model, ``scores``, ``fixed``) is dropped at ``limits``."""
     if row["reasons"]:
         return True
+    kind = "fixed" if row["fixed"] else "open"
+    pairs = (("faithfulness", limits["faithfulness" if row["fixed"] else "faithfulness_open"]),
+             ("consistency", limits[f"consistency_{kind}"]), ("relevance", limits["relevance"]),
+             ("belongs", limits[f"belongs_{kind}"]))
     scores = row["scores"]
-    consistency = limits["consistency_fixed" if row["fixed"] else "consistency_open"]
-    pairs = (("faithfulness", limits["faithfulness"]), ("consistency", consistency), ("relevance", limits["relevance"]))
-    return any(scores.get(name) is None or scores[name] < limit for name, limit in pairs if name in scores)
+    return any(scores[name] is None or scores[name] < limit for name, limit in pairs if name in scores)
 
 
 def shares(rows: Iterable[dict], limits: dict[str, float]) -> dict[str, float]:
@@ -140,8 +145,9 @@ def shares(rows: Iterable[dict], limits: dict[str, float]) -> dict[str, float]:
     return {label: (1 - sum(v) / len(v)) if label == "gold" else sum(v) / len(v) for label, v in groups.items()}
 
 
-def choose(rows: list[dict], targets: dict[str, float]) -> dict[str, float]:
-    """The grid's thresholds whose worst margin over ``targets`` (label -> share) is largest on ``rows``.
+def choose(rows: list[dict], targets: dict[str, float], base: dict[str, float]) -> dict[str, float]:
+    """The ``GRID`` thresholds (over ``base``, the others) whose worst margin over ``targets`` (label -> share)
+    is largest on ``rows``.
 
     Ties go to the thresholds keeping more gold records. Only ``rows`` are seen: pass the fit split.
     """
@@ -150,7 +156,8 @@ def choose(rows: list[dict], targets: dict[str, float]) -> dict[str, float]:
         return min(got.get(label, 1.0) - target for label, target in targets.items()), got.get("gold", 0.0)
 
     names = list(GRID)
-    return max((dict(zip(names, values)) for values in itertools.product(*(GRID[n] for n in names))), key=margin)
+    grid = (base | dict(zip(names, values)) for values in itertools.product(*(GRID[n] for n in names)))
+    return max(grid, key=margin)
 
 
 def precision_recall(rows: Iterable[tuple[bool, bool]]) -> dict[str, float | int | None]:

@@ -19,7 +19,7 @@ from ..evaluation.tables import Table, TableError, is_na, parse_table
 from ..exceptions import ConfigError
 from ..paths import config_dir
 from .config import DegenerateChecks, InstructionChecks, LeakageCheck, StructureChecks, TextChecks, TruncationChecks
-from .text import DANGLING, ngrams, normalise, words
+from .text import DANGLING, flat, ngrams, normalise, words
 
 
 _CLAUSE = re.compile(r"[.!;:,\n()]+\s*|\s+-+\s+|\s+(?:and|then|so|also)\s+")
@@ -243,13 +243,14 @@ def few_shot_values(seeds: str, min_chars: int) -> frozenset[str]:
     for raw in filter(bytes.strip, lines):
         markdown = orjson.loads(raw).get("table")
         if isinstance(markdown, str):
-            values |= {v for v in informative(parse_table(markdown, strict=False)) if len(v) >= min_chars}
+            cells = parse_table(markdown, strict=False).cells()
+            values |= {flat(c) for c in cells if not is_na(c) and len(flat(c)) >= min_chars}
     return frozenset(values)
 
 
 def leaked(cell: str, text_norm: str, values: frozenset[str]) -> bool:
     """Whether a cell holds a few-shot example's value (whole words) that the text does not."""
-    padded = f" {normalise(cell)} "
+    padded = f" {flat(cell)} "
     return any(f" {v} " in padded and f" {v} " not in text_norm for v in values)
 
 
@@ -258,5 +259,5 @@ def leakage_reasons(table: Table, text: str, cfg: LeakageCheck) -> list[str]:
     if not cfg.enabled:
         return []
     values = few_shot_values(cfg.seeds, cfg.min_chars)
-    text_norm = f" {normalise(text)} "
+    text_norm = f" {flat(text)} "
     return ["leakage.few_shot"] if any(leaked(c, text_norm, values) for c in table.cells() if not is_na(c)) else []

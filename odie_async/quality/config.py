@@ -84,6 +84,7 @@ class FaithfulnessCheck(_Section):
     """Share of informative body cells the text supports (strings and numbers, then the encoder)."""
 
     min_score: float = 0.4
+    min_open: float | None = None  # for open-header records (None: min_score)
     paraphrase_similarity: float = 0.7
     min_judge: float = 0.5  # with the llm or unieval scorer: its table-level score (the paper's 0.5)
 
@@ -102,6 +103,13 @@ class RelevanceCheck(_Section):
     min_score: float = 0.05
 
 
+class BelongsCheck(_Section):
+    """The instruction belongs to the text and to the header it produced: encoder consistency plus relevance."""
+
+    min_fixed: float = 1.0
+    min_open: float = 0.45
+
+
 class GateConfig(BaseModel):
     """Every check of the quality gate."""
 
@@ -117,6 +125,7 @@ class GateConfig(BaseModel):
     faithfulness: FaithfulnessCheck = Field(default_factory=FaithfulnessCheck)
     consistency: ConsistencyCheck = Field(default_factory=ConsistencyCheck)
     relevance: RelevanceCheck = Field(default_factory=RelevanceCheck)
+    belongs: BelongsCheck = Field(default_factory=BelongsCheck)
 
     def switched_off(self) -> list[str]:
         """Names of the check groups that are off."""
@@ -125,7 +134,10 @@ class GateConfig(BaseModel):
     def thresholds(self) -> dict[str, float]:
         """The score thresholds, by score name (what the report draws)."""
         return {"faithfulness": self.faithfulness.min_score, "consistency_fixed": self.consistency.min_fixed,
-                "consistency_open": self.consistency.min_open, "relevance": self.relevance.min_score}
+                "consistency_open": self.consistency.min_open, "relevance": self.relevance.min_score,
+                "faithfulness_open": self.faithfulness.min_score if self.faithfulness.min_open is None
+                else self.faithfulness.min_open, "belongs_fixed": self.belongs.min_fixed,
+                "belongs_open": self.belongs.min_open}
 
 
 def _merge(base: dict, override: dict) -> dict:

@@ -137,11 +137,13 @@ class Gate:
         if external and external.get("error"):
             reasons.append(str(external["error"]))  # the judge failed: no score stands in for it
             external = None
+        belongs = self._belongs(scores, external, fixed)
         if external:  # the judge's scores stand in for the encoder's (it scores consistency for fixed headers only)
             scores = scores | {k: v for k, v in external.items() if k in ("faithfulness", "consistency")}
         external = external or {}
+        faithful = cfg.faithfulness.min_score if fixed or cfg.faithfulness.min_open is None else cfg.faithfulness.min_open
         limits = {
-            "faithfulness": cfg.faithfulness.min_judge if "faithfulness" in external else cfg.faithfulness.min_score,
+            "faithfulness": cfg.faithfulness.min_judge if "faithfulness" in external else faithful,
             "consistency": cfg.consistency.min_judge if "consistency" in external
             else (cfg.consistency.min_fixed if fixed else cfg.consistency.min_open),
             "relevance": cfg.relevance.min_score,
@@ -156,4 +158,18 @@ class Gate:
                 reasons.append(f"{name}.not_run")
             elif value < limits[name]:
                 reasons.append(f"{name}.low")
+        if belongs is not None:
+            kept_scores["belongs"] = round(belongs, 4)
+            if belongs < (cfg.belongs.min_fixed if fixed else cfg.belongs.min_open):
+                reasons.append("belongs.low")
         return Verdict(not reasons, reasons, kept_scores)
+
+    def _belongs(self, scores: dict, external: dict | None, fixed: bool) -> float | None:
+        """The encoder's consistency plus relevance: does the instruction belong to this text and this header?
+
+        None (no score, no reason) when the check is off, or either part is off, missing or the judge's.
+        """
+        if not self.cfg.belongs.enabled or (external and "consistency" in external):
+            return None
+        parts = (scores.get("consistency"), scores.get("relevance"))
+        return None if None in parts else float(sum(parts))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import orjson
 
+from .calibration import labelled_figures
 from .config import GateConfig
 from .gate import is_fixed
 from .records import written_keys
@@ -60,6 +61,7 @@ def summarise(lines: list[tuple[bool, dict]], cfg: GateConfig, field: str) -> di
         "checks_off": cfg.switched_off(),
         "config": cfg.source,
         "labels": label_figures(lines, field),
+        "checks": labelled_figures(lines, field),  # precision and recall per check and per split (fit / held_out)
     }
 
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from ..evaluation.tables import Table, is_na
 from .config import GateConfig
-from .text import content_stems, normalise, numbers, phrases, quantities, sentences
+from .text import content_stems, flat, normalise, numbers, phrases, quantities, sentences, without_quantities
 
 if TYPE_CHECKING:  # numpy comes with the encoder's extra; the checks that need no encoder run without it
     import numpy as np
@@ -65,13 +65,13 @@ class _Pool:
 
 
 def lexical_support(cell: str, text_norm: str, text_numbers: set[str], text_stems: set[str]) -> bool | None:
-    """True: the text states the cell; False: a number of the cell is not in the text; None: ask the encoder."""
-    norm = normalise(cell)
+    """``text_norm`` is ``flat(text)``. True: the text states the cell; False: a number of the cell is not in the text; None: ask the encoder."""
+    norm = flat(cell)
     if norm and f" {norm} " in f" {text_norm} ":
         return True
     if any(not forms & text_numbers for forms in quantities(cell)):
         return False  # a number or date of the cell is not in the text, in any way of writing it
-    stems = content_stems(cell)
+    stems = content_stems(without_quantities(cell))  # the numbers and dates were checked above
     if stems and sum(s in text_stems for s in stems) / len(stems) >= 0.6:
         return True
     return None if stems else bool(quantities(cell))
@@ -135,7 +135,7 @@ class OfflineJudge:
         return plan
 
     def _plan_cells(self, item: Item, table: Table, pool: _Pool) -> tuple[list[bool], list[int], list[int]]:
-        text_norm = normalise(item.text)
+        text_norm = flat(item.text)
         text_numbers, text_stems = numbers(item.text), set(content_stems(item.text))
         decided, asked = [], []
         for cell in table.cells():

@@ -29,6 +29,11 @@ def normalise(text: str) -> str:
     return " ".join(re.sub(r"[^a-z0-9%$.,]+", " ", text).replace(" .", " ").replace(" ,", " ").split())
 
 
+def flat(text: str) -> str:
+    """``normalise``, then no sentence punctuation at word ends (``arena,`` and ``2019.`` meet ``arena`` and ``2019``)."""
+    return " ".join(token.strip(".,") for token in normalise(text).split() if token.strip(".,"))
+
+
 def words(text: str) -> list[str]:
     """Lower-cased word tokens (``3.5`` and ``o'neil`` stay whole)."""
     return _WORD.findall(normalise(text))
@@ -110,12 +115,21 @@ def quantities(text: str) -> list[frozenset[str]]:
     return found + [frozenset({NUMBER_WORDS[w]}) for w in re.findall(r"[a-z]+", text.lower()) if w in NUMBER_WORDS]
 
 
+def without_quantities(text: str) -> str:
+    """``text`` with its dates and numbers (and their scale words) taken out: the words left to compare."""
+    text = str(text)
+    for _kind, pattern in _DATES:
+        text = pattern.sub(" ", text)
+    return _NUMBER.sub(" ", _SCALED.sub(" ", text))
+
+
 def numbers(text: str) -> set[str]:
-    """Every form of every number and date in ``text``, and the year and day of each date (what a cell may cite)."""
+    """Every form of every number and date in ``text``, and the year, day and month of each date (what a cell may cite)."""
     out = set()
     for forms in quantities(text):
         out |= forms
         out |= {str(int(part)) for form in forms if "-" in form for part in form.split("-")[::2]}
+        out |= {form[:7] for form in forms if form.count("-") == 2}  # the month a cell may name alone
     return out
 
 
