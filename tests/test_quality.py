@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from pathlib import Path
 
 import numpy as np
 import orjson
@@ -12,7 +13,6 @@ import pytest
 from odie_async.cli import main as odie
 from odie_async.evaluation.tables import parse_table
 from odie_async.exceptions import ConfigError, DuplicateIdError, InputError
-from odie_async.paths import shared_dir
 from odie_async.quality import Gate, load_gate_config
 from odie_async.quality.calibration import CORRUPTIONS, build
 from odie_async.quality.checks import (degenerate_reasons, instruction_reasons, parse, structure_reasons,
@@ -59,7 +59,13 @@ def table(markdown: str):
     ("N/A", "instruction.placeholder"),
     ("Extract the [ATTRIBUTE] of each venue.", "instruction.placeholder"),
     ("Venues, please.", "instruction.too_short"),
-    ("The weather was lovely in the city that spring and everybody went out.", "instruction.not_a_request"),
+    ("The weather was lovely in the city that spring and everybody went out.", "instruction.statement"),
+    ("Sarah opened the Harbor Hall with her friends.", "instruction.statement"),
+    # what the embedded model's paraphrases said: none of them asks for anything
+    ("This document offers a wide range of financial planning services.", "instruction.describes_text"),
+    ("The article describes three venues and when they opened.", "instruction.describes_text"),
+    ("This is a request to provide the most recent version of the report.", "instruction.meta"),
+    ("Here is a rewritten version of the instruction about the venues.", "instruction.meta"),
     ("The Harbor Hall opened in 1998 and seats 1,200 people. Extract it.", "instruction.copies_text"),
 ])
 def test_instruction_checks_name_what_is_wrong(instruction, reason):
@@ -71,6 +77,10 @@ def test_instruction_checks_name_what_is_wrong(instruction, reason):
     "Could you collate data from the article? We need the venues and when they opened.",
     "Here are a few incident descriptions from an insurance claim. Give me the dates and locations.",
     "Mine the reports for the venues and their capacities.",
+    "Carefully check the council's notes to gather the venues and their capacities.",
+    "The council reviewed venues on Monday.  I want you to extract the key details.",
+    "Given the article, give me the venues and the year each opened.",
+    "Which venues opened before 2000, and how many seats do they have",
 ])
 def test_instruction_checks_pass_real_requests(instruction):
     assert instruction_reasons(instruction, TEXT, CFG.instruction) == []
@@ -369,24 +379,28 @@ def test_corruptions_break_what_they_claim():
 # -- the records the embedded model's run kept before the gate ---------------------------------------
 
 
+GARBAGE = Path(__file__).parent / "data" / "garbage_kept_by_default_run.jsonl"  # copied from ../shared/instructie
+
+
 def test_the_garbage_the_default_run_kept_is_dropped_by_the_checks_that_need_no_model():
-    garbage = [orjson.loads(raw) for raw in (shared_dir() / "instructie" / "garbage_kept_by_default_run.jsonl").read_bytes().splitlines()]
+    garbage = [orjson.loads(raw) for raw in GARBAGE.read_bytes().splitlines()]
     lexical = Gate(load_gate_config(overrides={"faithfulness": {"enabled": False}, "consistency": {"enabled": False},
                                                 "relevance": {"enabled": False}}))
     verdicts = lexical.evaluate(garbage)
-    assert len(verdicts) == 3 and not any(v.kept for v in verdicts)
-    assert all("instruction.refusal" in v.reasons for v in verdicts)
+    assert len(verdicts) == 4 and not any(v.kept for v in verdicts)
+    assert all("instruction.refusal" in v.reasons for v in verdicts[:3])
     assert {"degenerate.repeated_value", "degenerate.header_in_body"} <= set(verdicts[0].reasons)
     assert "degenerate.repeating_rows" in verdicts[1].reasons and "truncation.cut_cells" in verdicts[2].reasons
+    # the fresh clone's record: a statement about a document, paraphrased from another record's instruction
+    assert "instruction.describes_text" in verdicts[3].reasons and "text.empty" not in verdicts[3].reasons
 
 
 @pytest.mark.slow
 def test_the_garbage_the_default_run_kept_survives_no_part_of_the_real_gate(tmp_path):
-    src = shared_dir() / "instructie" / "garbage_kept_by_default_run.jsonl"
-    stats = run_async(filter_file(src, tmp_path / "k.jsonl", tmp_path / "d.jsonl", Gate(CFG), progress=False,
+    stats = run_async(filter_file(GARBAGE, tmp_path / "k.jsonl", tmp_path / "d.jsonl", Gate(CFG), progress=False,
                                   handle_signals=False))
     dropped = lines(tmp_path / "d.jsonl")
-    assert stats.kept == 0 and len(dropped) == 3 and not (tmp_path / "k.jsonl").read_bytes()
+    assert stats.kept == 0 and len(dropped) == 4 and not (tmp_path / "k.jsonl").read_bytes()
     for line in dropped:  # every check ran: each score is there
         assert set(line["scores"]) == {"faithfulness", "consistency", "relevance"}
         assert all(value is not None for value in line["scores"].values())

@@ -24,8 +24,7 @@ import contextlib
 import hashlib
 import os
 from pathlib import Path
-
-import numpy as np
+from statistics import fmean
 
 from ..evaluation.tables import Table
 from ..exceptions import ConfigError
@@ -154,9 +153,9 @@ class UniEvalScorer:
         results = []
         for instruction, text, table, fixed in items:
             header_claims, cell_claims = unieval_claims(instruction, text, table)
-            scores = {"faithfulness": float(np.mean(self.yes_share(cell_claims))) if cell_claims else 0.0}
+            scores = {"faithfulness": fmean(self.yes_share(cell_claims)) if cell_claims else 0.0}
             if fixed:
-                scores["consistency"] = float(np.mean(self.yes_share(header_claims)))
+                scores["consistency"] = fmean(self.yes_share(header_claims))
             results.append(scores)
         return results
 
@@ -226,7 +225,8 @@ class FilterStage:
 
 def make_scorer(config: PipelineConfig) -> FilterStage:
     """The filter stage the config asks for."""
-    return FilterStage(Gate(config.filter), make_judge(config), config.scorer.batch_size)
+    judge = make_judge(config)
+    return FilterStage(Gate(config.filter, external=judge is not None), judge, config.scorer.batch_size)
 
 
 def _content_key(prepared: Prepared) -> str:

@@ -10,14 +10,20 @@ Each corruption is what a teacher gets wrong, made from a gold record:
   from other records' tables that the text does not contain;
 - ``header_only``: the header and separator, no body row.
 
-Records carry ``id``, ``label`` (``gold`` or the corruption) and ``expected``
-(``keep`` or ``drop``), which ``odie filter --report`` turns into precision and recall.
+Records carry ``id``, ``label`` (``gold`` or the corruption), ``expected``
+(``keep`` or ``drop``) and ``split`` (``fit`` or ``held_out``), which ``odie filter
+--report`` turns into precision and recall per check and per split. A gold record
+and every corruption made from it share one split (decided by the gold record's
+index), so no held-out record is a variant of one the thresholds were chosen on.
+``choose`` picks the score thresholds on the ``fit`` split alone.
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from ..evaluation.tables import Table, TableError, is_na, parse_table, render
 from .semantic import lexical_support
@@ -87,16 +93,106 @@ def values_not_in_text(items, i, rng) -> dict:
 MAKERS: dict[str, Callable] = {name: globals()[name] for name in CORRUPTIONS}
 
 
+def split_of(index: int) -> str:
+    """``fit`` or ``held_out`` for the gold record at ``index`` (about half each, fixed by a digest of the index)."""
+    return "fit" if hashlib.blake2b(str(index).encode(), digest_size=1).digest()[0] % 2 == 0 else "held_out"
+
+
 def build(items: list[dict], per_corruption: int | None = None, seed: int = 0) -> list[dict]:
     """Every gold record, and ``per_corruption`` corruptions of each kind (all records when None)."""
     rng = random.Random(seed)
     out = []
     keep = ("instruction", "text", "table", "category", "domain")
     for i, item in enumerate(items):
-        out.append({"id": f"gold-{i:03d}", "label": "gold", "expected": "keep"} | {k: item[k] for k in keep})
+        out.append({"id": f"gold-{i:03d}", "label": "gold", "expected": "keep", "split": split_of(i)}
+                   | {k: item[k] for k in keep})
     for kind in CORRUPTIONS:
         chosen = sorted(rng.sample(range(len(items)), per_corruption)) if per_corruption else range(len(items))
         for i in chosen:
             record = {k: items[i][k] for k in keep} | MAKERS[kind](items, i, rng)
-            out.append({"id": f"{kind}-{i:03d}", "label": kind, "expected": "drop"} | record)
+            out.append({"id": f"{kind}-{i:03d}", "label": kind, "expected": "drop", "split": split_of(i)} | record)
     return out
+
+
+# -- choosing thresholds on one split, measuring on the other ---------------------------------------------
+
+SCORE_LIMITS = {"faithfulness": ("faithfulness", "min_score"), "consistency_fixed": ("consistency", "min_fixed"),
+                "consistency_open": ("consistency", "min_open"), "relevance": ("relevance", "min_score")}
+GRID = {"faithfulness": [x / 20 for x in range(6, 15)], "consistency_fixed": [x / 20 for x in range(6, 13)],
+        "consistency_open": [x / 40 for x in range(2, 9)], "relevance": [x / 40 for x in range(1, 8)]}
+
+
+def dropped(row: dict, limits: dict[str, float]) -> bool:
+    """Whether a scored row (``reasons``: the checks that need no model, ``scores``, ``fixed``) is dropped at ``limits``."""
+    if row["reasons"]:
+        return True
+    scores = row["scores"]
+    consistency = limits["consistency_fixed" if row["fixed"] else "consistency_open"]
+    pairs = (("faithfulness", limits["faithfulness"]), ("consistency", consistency), ("relevance", limits["relevance"]))
+    return any(scores.get(name) is None or scores[name] < limit for name, limit in pairs if name in scores)
+
+
+def shares(rows: Iterable[dict], limits: dict[str, float]) -> dict[str, float]:
+    """Share kept of ``gold`` rows and share dropped of each other ``label``."""
+    groups: dict[str, list[bool]] = {}
+    for row in rows:
+        groups.setdefault(row["label"], []).append(dropped(row, limits))
+    return {label: (1 - sum(v) / len(v)) if label == "gold" else sum(v) / len(v) for label, v in groups.items()}
+
+
+def choose(rows: list[dict], targets: dict[str, float]) -> dict[str, float]:
+    """The grid's thresholds whose worst margin over ``targets`` (label -> share) is largest on ``rows``.
+
+    Ties go to the thresholds keeping more gold records. Only ``rows`` are seen: pass the fit split.
+    """
+    def margin(limits: dict[str, float]) -> tuple[float, float]:
+        got = shares(rows, limits)
+        return min(got.get(label, 1.0) - target for label, target in targets.items()), got.get("gold", 0.0)
+
+    names = list(GRID)
+    return max((dict(zip(names, values)) for values in itertools.product(*(GRID[n] for n in names))), key=margin)
+
+
+def precision_recall(rows: Iterable[tuple[bool, bool]]) -> dict[str, float | int | None]:
+    """Precision and recall of drops (a drop is a positive) over ``(dropped, should_drop)`` pairs."""
+    rows = list(rows)
+    tp = sum(d and want for d, want in rows)
+    fp = sum(d and not want for d, want in rows)
+    fn = sum(want and not d for d, want in rows)
+    return {"records": len(rows), "precision": round(tp / (tp + fp), 4) if tp + fp else None,
+            "recall": round(tp / (tp + fn), 4) if tp + fn else None}
+
+
+def check_of(reason: str) -> str:
+    """The check a reason belongs to: ``instruction.refusal`` -> ``instruction``."""
+    return reason.split(".", 1)[0]
+
+
+def labelled_figures(lines: list[tuple[bool, dict]], field: str = "expected") -> dict | None:
+    """Per check and per ``split``: precision and recall of the drops against the ``field`` labels (keep/drop).
+
+    A check's precision is the share of the records it flagged that should be dropped; its recall the share of
+    the records that should be dropped that it flagged. None when no line carries a label.
+    """
+    labelled = [(kept, line) for kept, line in lines if line.get(field) in ("keep", "drop")]
+    if not labelled:
+        return None
+    checks = sorted({check_of(r) for _, line in labelled for r in line.get("reasons") or []})
+    per_check = {check: precision_recall((any(check_of(r) == check for r in line.get("reasons") or []),
+                                          line[field] == "drop") for _, line in labelled) for check in checks}
+    splits = sorted({str(line["split"]) for _, line in labelled if line.get("split")})
+    by_split = {name: precision_recall((not kept, line[field] == "drop") for kept, line in labelled
+                                       if str(line.get("split")) == name) for name in splits}
+    return {"per_check": per_check, "by_split": by_split}
+
+
+def format_figures(figures: dict) -> list[str]:
+    """``labelled_figures`` as lines for a terminal."""
+    def pr(f: dict) -> str:
+        fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+        return f"precision {fmt(f['precision'])}, recall {fmt(f['recall'])} ({f['records']} records)"
+
+    lines = [f"  {check:<14} {pr(f)}" for check, f in figures["per_check"].items()]
+    lines = ["per check (drops it made against the labels):"] + lines
+    lines += [f"split {name}: {pr(f)}" for name, f in figures["by_split"].items()]
+    return lines

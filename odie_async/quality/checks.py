@@ -11,12 +11,21 @@ import math
 import re
 from collections import Counter
 from functools import lru_cache
+from pathlib import Path
+
+import orjson
 
 from ..evaluation.tables import Table, TableError, is_na, parse_table
-from .config import DegenerateChecks, InstructionChecks, StructureChecks, TextChecks, TruncationChecks
+from ..exceptions import ConfigError
+from ..paths import config_dir
+from .config import DegenerateChecks, InstructionChecks, LeakageCheck, StructureChecks, TextChecks, TruncationChecks
 from .text import DANGLING, ngrams, normalise, words
 
 
+_CLAUSE = re.compile(r"[.!;:,\n()]+\s*|\s+-+\s+|\s+(?:and|then|so|also)\s+")
+# Words a request clause may open with before its verb ("Please kindly list ...", "Now, extract ...").
+_FILLERS = frozenset("please kindly now also then so and just hey hi hello ok okay first next finally simply "
+                     "additionally furthermore lastly".split())
 _SEPARATOR = re.compile(r"^[ \t`]*\|?[ \t]*:?-+:?[ \t]*(?:\|[ \t]*:?-+:?[ \t]*)*\|?[ \t]*$", re.MULTILINE)
 
 
@@ -29,12 +38,33 @@ def _matches(patterns: list[str], text: str) -> bool:
     return any(p.search(text) for p in _compiled(tuple(patterns)))
 
 
-def is_request(instruction: str, cues: list[str]) -> bool:
-    """Whether an instruction asks for something: a question mark or a request cue at a word start."""
-    if "?" in instruction:
+def clauses(instruction: str) -> list[str]:
+    """The instruction's clauses, lower-cased: its sentences split at commas, semicolons, colons and dashes."""
+    return [c.strip() for c in _CLAUSE.split(str(instruction).lower()) if c.strip()]
+
+
+def _sentences(instruction: str) -> list[str]:
+    return [c.strip() for c in re.split(r"[.!;:\n]+\s*", str(instruction).lower()) if c.strip()]
+
+
+def _opens_with(clause: str, cues: list[str], fillers: frozenset[str]) -> bool:
+    tokens = re.findall(r"[a-z']+", clause)
+    while tokens and (tokens[0] in fillers or tokens[0].endswith("ly")):  # "Carefully check ..."
+        tokens = tokens[1:]
+    head = " ".join(tokens[:3]) + " "
+    # a cue is a word or a word start ("summar"), but its plural is a noun ("Reports show ...")
+    return any(head.startswith(cue) and not head.startswith((cue + "s ", cue + "es ")) for cue in cues)
+
+
+def is_request(instruction: str, cfg: InstructionChecks) -> bool:
+    """Whether an instruction asks for something: a question, a clause opening on a request verb
+    (``Extract ...``, ``Please list ...``), a sentence opening on a question word, or a request phrase
+    (``I need``, ``could you``) anywhere."""
+    if "?" in instruction or _matches(cfg.request_phrases, instruction):
         return True
-    lowered = " " + " ".join(words(instruction)) + " "
-    return any(f" {cue}" in lowered for cue in cues)
+    if any(_opens_with(sentence, cfg.question_cues, _FILLERS) for sentence in _sentences(instruction)):
+        return True
+    return any(_opens_with(clause, cfg.request_cues, _FILLERS) for clause in clauses(instruction))
 
 
 def copied_share(instruction: str, text: str, n: int = 4) -> float:
@@ -43,20 +73,29 @@ def copied_share(instruction: str, text: str, n: int = 4) -> float:
     return len(grams & ngrams(words(text), n)) / len(grams) if grams else 0.0
 
 
+def _kind_reasons(instruction: str, cfg: InstructionChecks) -> list[str]:
+    """A refusal, or, for what asks for nothing: a meta remark, a description of the document, a statement."""
+    if _matches(cfg.refusal_patterns, instruction):
+        return ["instruction.refusal"]
+    if not instruction or is_request(instruction, cfg):
+        return []
+    if _matches(cfg.meta_patterns, instruction):
+        return ["instruction.meta"]
+    if _matches(cfg.describes_text_patterns, instruction):
+        return ["instruction.describes_text"]
+    return ["instruction.statement"]
+
+
 def instruction_reasons(instruction: str, text: str, cfg: InstructionChecks) -> list[str]:
-    """``instruction.*``: refusal, placeholder, too_short, not_a_request, copies_text."""
+    """``instruction.*``: refusal, meta, describes_text, statement, placeholder, too_short, copies_text."""
     if not cfg.enabled:
         return []
     instruction = str(instruction or "").strip()
-    reasons = []
-    if _matches(cfg.refusal_patterns, instruction):
-        reasons.append("instruction.refusal")
+    reasons = _kind_reasons(instruction, cfg)
     if not instruction or _matches(cfg.placeholder_patterns, instruction):
         reasons.append("instruction.placeholder")
     if len(words(instruction)) < cfg.min_words:
         reasons.append("instruction.too_short")
-    if instruction and not is_request(instruction, cfg.request_cues):
-        reasons.append("instruction.not_a_request")
     if copied_share(instruction, text) > cfg.max_copied_share:
         reasons.append("instruction.copies_text")
     return reasons
@@ -81,7 +120,7 @@ def parse(markdown: str) -> tuple[Table | None, list[str]]:
     """
     markdown = str(markdown or "")
     try:
-        return parse_table(markdown, strict=True), []
+        return parse_table(markdown, strict=True), _open_last_row(markdown)
     except TableError as exc:
         if exc.reason == "no_table":
             return None, ["table.no_table"]
@@ -95,6 +134,12 @@ def parse(markdown: str) -> tuple[Table | None, list[str]]:
         return table, ["truncation.last_row"]
     except TableError:
         return table, ["table.ragged_rows"]
+
+
+def _open_last_row(markdown: str) -> list[str]:
+    """``truncation.last_row`` when the rows close with a pipe but the last one does not (it was cut off)."""
+    rows = [line.strip() for line in markdown.strip().split("\n") if "|" in line]
+    return ["truncation.last_row"] if len(rows) > 2 and rows[0].endswith("|") and not rows[-1].endswith("|") else []
 
 
 def informative(table: Table) -> list[str]:
@@ -184,3 +229,34 @@ def truncation_reasons(table: Table, cfg: TruncationChecks) -> list[str]:
     if last and dangling(next((c for c in reversed(last) if c.strip()), "")):
         return ["truncation.last_row"]
     return []
+
+
+@lru_cache(maxsize=8)
+def few_shot_values(seeds: str, min_chars: int) -> frozenset[str]:
+    """The normalised informative cells of the few-shot examples' tables (``seeds`` relative to configs/ or absolute)."""
+    path = Path(seeds) if Path(seeds).is_absolute() else config_dir() / seeds
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"leakage.seeds: cannot read {path}: {exc.strerror}") from exc
+    values = set()
+    for raw in filter(bytes.strip, lines):
+        markdown = orjson.loads(raw).get("table")
+        if isinstance(markdown, str):
+            values |= {v for v in informative(parse_table(markdown, strict=False)) if len(v) >= min_chars}
+    return frozenset(values)
+
+
+def leaked(cell: str, text_norm: str, values: frozenset[str]) -> bool:
+    """Whether a cell holds a few-shot example's value (whole words) that the text does not."""
+    padded = f" {normalise(cell)} "
+    return any(f" {v} " in padded and f" {v} " not in text_norm for v in values)
+
+
+def leakage_reasons(table: Table, text: str, cfg: LeakageCheck) -> list[str]:
+    """``leakage.few_shot``: a body cell copies a few-shot example's value that is not in the text."""
+    if not cfg.enabled:
+        return []
+    values = few_shot_values(cfg.seeds, cfg.min_chars)
+    text_norm = f" {normalise(text)} "
+    return ["leakage.few_shot"] if any(leaked(c, text_norm, values) for c in table.cells() if not is_na(c)) else []

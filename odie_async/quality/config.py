@@ -28,11 +28,15 @@ class _Section(BaseModel):
 
 
 class InstructionChecks(_Section):
-    """Refusals and boilerplate, placeholders, non-requests, near-copies of the text."""
+    """Refusals, meta remarks, descriptions of the document, statements, placeholders, near-copies of the text."""
 
     refusal_patterns: list[str] = Field(default_factory=list)
     placeholder_patterns: list[str] = Field(default_factory=list)
-    request_cues: list[str] = Field(default_factory=list)
+    request_cues: list[str] = Field(default_factory=list)  # words (or word starts) a request clause opens with
+    question_cues: list[str] = Field(default_factory=list)  # words a question opens a sentence with
+    request_phrases: list[str] = Field(default_factory=list)  # patterns that make a request anywhere ("could you")
+    meta_patterns: list[str] = Field(default_factory=list)  # a remark about the request itself
+    describes_text_patterns: list[str] = Field(default_factory=list)  # a sentence about the document
     min_words: int = 4
     max_copied_share: float = 0.5  # share of the instruction's word 4-grams found verbatim in the text
 
@@ -69,6 +73,13 @@ class TruncationChecks(_Section):
     max_dangling_share: float = 0.34
 
 
+class LeakageCheck(_Section):
+    """Cells copied from a few-shot example: a value of the seed tasks' tables that the text does not hold."""
+
+    seeds: str = "seeds/seed_tasks.jsonl"  # the few-shot examples (relative to configs/ or absolute)
+    min_chars: int = 4  # shorter values ("1", "N/A", "Yes") are too common to tell a copy
+
+
 class FaithfulnessCheck(_Section):
     """Share of informative body cells the text supports (strings and numbers, then the encoder)."""
 
@@ -102,6 +113,7 @@ class GateConfig(BaseModel):
     structure: StructureChecks = Field(default_factory=StructureChecks)
     degenerate: DegenerateChecks = Field(default_factory=DegenerateChecks)
     truncation: TruncationChecks = Field(default_factory=TruncationChecks)
+    leakage: LeakageCheck = Field(default_factory=LeakageCheck)
     faithfulness: FaithfulnessCheck = Field(default_factory=FaithfulnessCheck)
     consistency: ConsistencyCheck = Field(default_factory=ConsistencyCheck)
     relevance: RelevanceCheck = Field(default_factory=RelevanceCheck)

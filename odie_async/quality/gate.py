@@ -18,9 +18,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ..evaluation.tables import Table
-from .checks import degenerate_reasons, instruction_reasons, parse, structure_reasons, text_reasons, truncation_reasons
+from ..exceptions import ConfigError
+from .checks import (degenerate_reasons, instruction_reasons, leakage_reasons, parse, structure_reasons, text_reasons,
+                     truncation_reasons)
 from .config import GateConfig
-from .semantic import Item, OfflineJudge
+from .semantic import Item, OfflineJudge, missing_encoder_modules
 
 FIXED_CATEGORIES = frozenset({"fixed header", "fixed headers", "fixed"})
 SCORES = ("faithfulness", "consistency", "relevance")
@@ -58,9 +60,14 @@ def is_fixed(category: object) -> bool:
     return str(category or "").strip().lower() in FIXED_CATEGORIES
 
 
+def text_of(record: Mapping) -> str:
+    """A record's text: ``text``, or ``source_text`` as the exported training files name it."""
+    return str(record.get("text") if record.get("text") is not None else record.get("source_text") or "")
+
+
 def lexical(record: Mapping, cfg: GateConfig) -> tuple[Table | None, list[str]]:
     """The parsed table and the reasons of every check that needs no model."""
-    instruction, text, raw = str(record.get("instruction") or ""), str(record.get("text") or ""), record.get("table")
+    instruction, text, raw = str(record.get("instruction") or ""), text_of(record), record.get("table")
     reasons = instruction_reasons(instruction, text, cfg.instruction) + text_reasons(text, cfg.text)
     table, found = (raw, []) if isinstance(raw, Table) else parse(raw)
     if not cfg.structure.enabled:
@@ -70,16 +77,33 @@ def lexical(record: Mapping, cfg: GateConfig) -> tuple[Table | None, list[str]]:
     reasons += found
     if table is not None:
         reasons += structure_reasons(table, cfg.structure) + degenerate_reasons(table, cfg.degenerate)
+        reasons += leakage_reasons(table, text, cfg.leakage)
         reasons += [r for r in truncation_reasons(table, cfg.truncation) if r not in reasons]
     return table, reasons
+
+
+def require_encoder(checks: list[str], source: str) -> None:
+    """A one-line ``ConfigError`` naming the extra to install when the encoder's packages are missing."""
+    missing = missing_encoder_modules()
+    if missing:
+        raise ConfigError(f"the {', '.join(checks)} check(s) of {source} need the sentence encoder "
+                          f"({', '.join(missing)} missing): install the 'ml' extra (pip install 'odie-async[ml]') "
+                          "or switch them off in the filter config (enabled: false)")
 
 
 class Gate:
     """All checks of a ``GateConfig``; ``evaluate`` judges a batch of records."""
 
-    def __init__(self, cfg: GateConfig, embedder=None) -> None:
+    def __init__(self, cfg: GateConfig, embedder=None, external: bool = False) -> None:
+        """``external``: another scorer (LLM judge, UniEval) gives faithfulness for the records it is asked about.
+
+        Raises ``ConfigError`` when a check on needs the sentence encoder and the install lacks it.
+        """
         self.cfg = cfg
         self.judge = OfflineJudge(cfg, embedder)
+        needed = [name for name in SCORES if getattr(cfg, name).enabled and not (external and name == "faithfulness")]
+        if embedder is None and needed:
+            require_encoder(needed, cfg.source)
 
     def needs_encoder(self) -> bool:
         """Whether any check on uses the sentence encoder."""
@@ -90,7 +114,7 @@ class Gate:
         out = []
         for record in records:
             table, reasons = lexical(record, self.cfg)
-            item = Item(str(record.get("instruction") or ""), str(record.get("text") or ""), table,
+            item = Item(str(record.get("instruction") or ""), text_of(record), table,
                         is_fixed(record.get("category")))
             out.append(Prepared(item, reasons))
         return out

@@ -55,6 +55,8 @@ def _check(path: Path, line_no: int, record: object) -> dict:
     if not isinstance(record, dict):
         raise InputError(path, line_no, f"expected a JSON object, got {type(record).__name__}")
     for name in REQUIRED:
+        if name == "text" and "text" not in record and isinstance(record.get("source_text"), str):
+            continue  # an exported training line names its text source_text
         if not isinstance(record.get(name), str):
             problem = "is missing" if name not in record else f"must be a string, got {type(record[name]).__name__}"
             raise InputError(path, line_no, f"field {name!r} {problem}")

@@ -20,13 +20,16 @@ its sentences changed no verdict and cost five times the encoding.
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from ..evaluation.tables import Table, is_na
 from .config import GateConfig
-from .text import content_stems, normalise, numbers, phrases, sentences
+from .text import content_stems, normalise, numbers, phrases, quantities, sentences
+
+if TYPE_CHECKING:  # numpy comes with the encoder's extra; the checks that need no encoder run without it
+    import numpy as np
 
 
 @dataclass
@@ -51,6 +54,8 @@ class _Pool:
 
     def encode(self, embedder, cache: dict[str, np.ndarray]) -> np.ndarray:
         """Vectors of the pool's strings; those in ``cache`` are not encoded again."""
+        import numpy as np
+
         missing = [text for text in self.index if text not in cache]
         if missing:
             if len(cache) + len(missing) > CACHE_SIZE:
@@ -64,19 +69,26 @@ def lexical_support(cell: str, text_norm: str, text_numbers: set[str], text_stem
     norm = normalise(cell)
     if norm and f" {norm} " in f" {text_norm} ":
         return True
-    missing = numbers(cell) - text_numbers
-    if missing:
-        return False
+    if any(not forms & text_numbers for forms in quantities(cell)):
+        return False  # a number or date of the cell is not in the text, in any way of writing it
     stems = content_stems(cell)
     if stems and sum(s in text_stems for s in stems) / len(stems) >= 0.6:
         return True
-    return None if stems else bool(numbers(cell))
+    return None if stems else bool(quantities(cell))
 
 
 def header_in_instruction(cell: str, instruction_stems: set[str]) -> bool:
     """Whether most content words of a header cell occur in the instruction."""
     stems = content_stems(cell)
     return bool(stems) and sum(s in instruction_stems for s in stems) / len(stems) >= 0.5
+
+
+ENCODER_MODULES = ("numpy", "sentence_transformers")  # what the "ml" extra brings for the encoder
+
+
+def missing_encoder_modules() -> list[str]:
+    """The encoder's packages this install lacks (empty: the encoder can load)."""
+    return [name for name in ENCODER_MODULES if importlib.util.find_spec(name) is None]
 
 
 CACHE_SIZE = 50_000  # vectors kept across batches (the plain and CoT tables of a record share text and instruction)
@@ -102,7 +114,9 @@ class OfflineJudge:
         """``{"faithfulness", "consistency", "relevance"}`` per item; None where a score cannot be computed."""
         pool = _Pool()
         plans = [self._plan(item, pool) for item in items]
-        vectors = pool.encode(self.embedder(), self._cache) if pool.index else None
+        vectors = None  # without the encoder (a core install), the scores that need it stay None: not_run
+        if pool.index and (self._embedder is not None or not missing_encoder_modules()):
+            vectors = pool.encode(self.embedder(), self._cache)
         return [self._finish(plan, vectors) for plan in plans]
 
     def _plan(self, item: Item, pool: _Pool) -> dict:
@@ -144,6 +158,8 @@ class OfflineJudge:
 
     def _finish(self, plan: dict, vectors) -> dict[str, float | None]:
         scores: dict[str, float | None] = {"faithfulness": None, "consistency": None, "relevance": None}
+        if vectors is None:
+            plan = {k: v for k, v in plan.items() if not _needs_vectors(k, v)}
         if "relevance" in plan:
             query, spans = plan["relevance"]
             scores["relevance"] = _clip(float((vectors[spans] @ vectors[query]).max()))
@@ -168,5 +184,11 @@ class OfflineJudge:
         return float((found + best) / n)
 
 
+def _needs_vectors(name: str, plan) -> bool:
+    if name == "faithfulness":
+        return bool(plan[1])  # cells the strings and numbers could not decide
+    return name == "relevance" or plan[0] == "open" or bool(plan[2])
+
+
 def _clip(value: float) -> float:
-    return float(np.clip(value, 0.0, 1.0))
+    return min(1.0, max(0.0, float(value)))

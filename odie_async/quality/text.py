@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import unicodedata
 
@@ -43,11 +44,79 @@ def content_stems(text: str) -> list[str]:
     return [stem(w) for w in words(text) if w not in STOPWORDS]
 
 
-def numbers(text: str) -> set[str]:
-    """The numbers in ``text``: digits (thousands separators dropped, ``3:15`` read as ``3.15``) and number words."""
+_MONTH_NAMES = "january february march april may june july august september october november december".split()
+MONTHS = {name: i for i, name in enumerate(_MONTH_NAMES, 1)} | {name[:3]: i for i, name in enumerate(_MONTH_NAMES, 1)} | {
+    "sept": 9}
+_MONTH = r"(" + "|".join(sorted(MONTHS, key=len, reverse=True)) + r")\.?"
+_DAY = r"(\d{1,2})(?:st|nd|rd|th)?"
+_DATES = (
+    ("ymd", re.compile(r"\b(\d{4})[-/.](\d{1,2})[-/.](\d{1,2})\b")),
+    ("either", re.compile(r"\b(\d{1,2})[/.](\d{1,2})[/.](\d{4})\b")),
+    ("mdy", re.compile(rf"\b{_MONTH}\s+{_DAY},?\s+(\d{{4}})\b", re.IGNORECASE)),
+    ("dmy", re.compile(rf"\b{_DAY}\s+(?:of\s+)?{_MONTH},?\s+(\d{{4}})\b", re.IGNORECASE)),
+    ("my", re.compile(rf"\b{_MONTH},?\s+(\d{{4}})\b", re.IGNORECASE)),
+)
+_SCALES = {"k": 1e3, "thousand": 1e3, "m": 1e6, "mn": 1e6, "million": 1e6, "b": 1e9, "bn": 1e9, "billion": 1e9,
+           "trillion": 1e12}
+_SCALED = re.compile(r"(\d+(?:[.,]\d+)*)\s*(k|mn|m|bn|b|thousand|million|billion|trillion)\b", re.IGNORECASE)
+
+
+def canonical_number(raw: str) -> str:
+    """``1,200`` -> ``1200``, ``3.50`` -> ``3.5``, ``007`` -> ``7`` (a number as any text may write it)."""
+    raw = raw.replace(",", "").rstrip(".")
+    try:
+        value = float(raw)
+    except ValueError:
+        return raw
+    return str(int(value)) if value.is_integer() else f"{value:.6f}".rstrip("0")
+
+
+def _date_forms(kind: str, groups: tuple[str, ...]) -> set[str]:
+    if kind == "my":
+        return {f"{int(groups[1]):04d}-{MONTHS[groups[0].lower()]:02d}"}
+    if kind == "ymd":
+        y, m, d = groups
+    elif kind == "mdy":
+        m, d, y = MONTHS[groups[0].lower()], groups[1], groups[2]
+    elif kind == "dmy":
+        d, m, y = groups[0], MONTHS[groups[1].lower()], groups[2]
+    else:  # 02/03/2024: March 2nd or February 3rd
+        return _date_forms("ymd", (groups[2], groups[1], groups[0])) | _date_forms("ymd", (groups[2], groups[0], groups[1]))
+    return {f"{int(y):04d}-{int(m):02d}-{int(d):02d}"} if 1 <= int(m) <= 12 and 1 <= int(d) <= 31 else set()
+
+
+def quantities(text: str) -> list[frozenset[str]]:
+    """Each date and number of ``text``, as the set of forms it may be written in elsewhere.
+
+    Dates become ISO (``February 19, 2022``, ``19 Feb 2022``, ``2022-02-19`` meet);
+    numbers lose thousands separators and trailing zeros, and ``1.2k`` or ``1.2 million``
+    also count as ``1200`` or ``1200000``; ``3:15`` is read as ``3.15``; number words count.
+    """
     text = str(text)
-    found = {n.replace(",", "").rstrip(".") for n in _NUMBER.findall(re.sub(r"(?<=\d):(?=\d)", ".", text))}
-    return found | {NUMBER_WORDS[w] for w in re.findall(r"[a-z]+", text.lower()) if w in NUMBER_WORDS}
+    found = []
+    for kind, pattern in _DATES:
+        for match in pattern.finditer(text):
+            if forms := _date_forms(kind, match.groups()):
+                found.append(frozenset(forms))
+        text = pattern.sub(" ", text)
+    text = re.sub(r"(?<=\d):(?=\d)", ".", text)
+    for match in _SCALED.finditer(text):
+        number, scale = match.groups()
+        with contextlib.suppress(ValueError):
+            scaled = canonical_number(str(float(number.replace(",", "")) * _SCALES[scale.lower()]))
+            found.append(frozenset({canonical_number(number), scaled}))
+        text = text.replace(match.group(), " ", 1)
+    found += [frozenset({canonical_number(n)}) for n in _NUMBER.findall(text)]
+    return found + [frozenset({NUMBER_WORDS[w]}) for w in re.findall(r"[a-z]+", text.lower()) if w in NUMBER_WORDS]
+
+
+def numbers(text: str) -> set[str]:
+    """Every form of every number and date in ``text``, and the year and day of each date (what a cell may cite)."""
+    out = set()
+    for forms in quantities(text):
+        out |= forms
+        out |= {str(int(part)) for form in forms if "-" in form for part in form.split("-")[::2]}
+    return out
 
 
 def sentences(text: str) -> list[str]:
