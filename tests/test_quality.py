@@ -556,7 +556,8 @@ def test_the_pipeline_keeps_the_original_where_a_paraphrase_is_a_refusal(tmp_pat
 
     teacher = responder()
     teacher._paraphrase = lambda body, rng, as_json, schema: (
-        json.dumps({"paraphrases": ["I'm not ready to talk about that."] * schema["properties"]["paraphrases"]["maxItems"]})
+        json.dumps({"paraphrases": [{"id": i, "request": "I'm not ready to talk about that."}
+                                    for i in schema["properties"]["paraphrases"]["items"]["properties"]["id"]["enum"]]})
         if as_json else "\n".join(f"{n}. I'm not ready to talk about that." for n in range(1, 11)))
 
     async def go():

@@ -35,8 +35,8 @@ DROPPED = "dropped.jsonl"
 SUMMARY = "summary.json"
 CARD = "README.md"
 SCORE_NAMES = ("faithfulness", "consistency", "relevance")
-STRONGER_TEACHER = ("a stronger teacher is configured through configs/generate-openai.yaml, "
-                    "or any OpenAI-compatible endpoint in endpoint.base_url")
+STRONGER_TEACHER = ("to point the run at a stronger teacher: --config openai (configs/generate-openai.yaml, "
+                    "key in OPENAI_API_KEY) or --base-url URL of any OpenAI-compatible endpoint")
 
 
 def _order(variants: list[str]):

@@ -171,19 +171,15 @@ class Flow:
         or it strayed from its own original (encoder similarity under ``verify.paraphrase_similarity``;
         a paraphrase keeping most of its original's content words needs no encoder)."""
         counts = self.ctx.counts["paraphrase"]
-        asked = [i for i, new in enumerate(rewritten) if new is not None and not _keeps_words(new, originals[i])]
-        similar = await self.scorer.similarities([(rewritten[i], originals[i]) for i in asked]) if asked else []
+        counts["kept_original"] += sum(new is None for new in rewritten)
+        chosen = [old if new is None else self._paraphrased(new, old) for new, old in zip(rewritten, originals)]
+        asked = [i for i, new in enumerate(chosen) if new != originals[i] and not _keeps_words(new, originals[i])]
+        similar = await self.scorer.similarities([(chosen[i], originals[i]) for i in asked]) if asked else []
         if similar is None:
             counts["similarity_not_run"] += len(asked)
-        far = {i for i, score in zip(asked, similar or []) if score < self.ctx.config.verify.paraphrase_similarity}
-        chosen = []
-        for i, (new, old) in enumerate(zip(rewritten, originals)):
-            if new is None:
-                counts["kept_original"] += 1
-            elif i in far:
-                counts["far_from_original_kept_original"] += 1
-            chosen.append(old if new is None or i in far else self._paraphrased(new, old))
-        return chosen
+        far = [i for i, score in zip(asked, similar or []) if score < self.ctx.config.verify.paraphrase_similarity]
+        counts["far_from_original_kept_original"] += len(far)
+        return [originals[i] if i in far else text for i, text in enumerate(chosen)]
 
     def _paraphrased(self, rewritten: str, original: str) -> str:
         """The paraphrase, or the original where the gate's instruction checks reject only the paraphrase."""

@@ -154,10 +154,12 @@ def feedback(record: Record, failed: Try) -> str:
         return "The answer held no table that could be read. "
     said = []
     reasons = set(failed.reasons)
-    if any(r.startswith("faithfulness.") for r in reasons):
+    if any(r.startswith(("faithfulness.", "leakage.")) for r in reasons):
         missing = unsupported_cells(table, record.text)
         if missing:
             said.append("these cells are not in the text: " + ", ".join(f"'{c}'" for c in missing[:MAX_NAMED]))
+        if any(r.startswith("leakage.") for r in reasons):
+            said.append("values were copied from the example answer; take every value from this text")
     repeated = [h for h, k in Counter(h.strip() for h in table.header if h.strip()).items() if k > 1]
     if repeated:
         said.append("the header repeats " + ", ".join(f"'{h}'" for h in repeated[:MAX_NAMED]))
