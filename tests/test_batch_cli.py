@@ -157,3 +157,36 @@ def test_wrong_key_fails_fast_and_never_leaks(tmp_path, mock_factory):
     assert proc.returncode == 3 and "refused the API key" in stderr
     everything = stdout + stderr + "".join(p.read_text() for p in tmp_path.iterdir() if p.suffix == ".json" or p.name.startswith("out"))
     assert secret not in everything
+
+
+def test_ray_takes_dry_run_and_sends_nothing(tmp_path, mock_factory):
+    write_requests(tmp_path / "in.jsonl", 40)
+    mock = mock_factory()
+    proc = _batch(tmp_path, mock.url, "--ray", "--workers", "2", "--dry-run")
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr[-2000:]
+    assert "40" in stdout and mock.stop().get("total", 0) == 0
+    assert not (tmp_path / "out.jsonl").exists() and not (tmp_path / "out.shards").exists()
+
+
+def test_ray_needs_an_endpoint_but_not_base_url(tmp_path):
+    write_requests(tmp_path / "in.jsonl", 5)
+    cmd = ODIE + ["batch", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "out.jsonl"), "--ray", "--no-progress"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--ray needs an endpoint" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_ray_run_is_refused_while_a_plain_run_holds_the_output(tmp_path, mock_factory):
+    write_requests(tmp_path / "in.jsonl", 200)
+    mock = mock_factory("--latency-ms", "100")
+    plain = _batch(tmp_path, mock.url, "--concurrency", "4")
+    deadline = time.monotonic() + 30
+    while not (tmp_path / "out.jsonl.lock").exists():
+        assert plain.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    ray_run = _batch(tmp_path, mock.url, "--ray", "--workers", "2")
+    _, stderr = ray_run.communicate(timeout=60)
+    assert ray_run.returncode == 2 and f"PID {plain.pid}" in stderr, stderr[-2000:]
+    plain.send_signal(signal.SIGTERM)
+    plain.communicate(timeout=30)
+    assert not (tmp_path / "out.shards").exists()

@@ -8,7 +8,9 @@ resets and stalls. Runs are disrupted by SIGINT, SIGTERM, a double SIGINT and
 a full disk, then rerun until they finish. The invariant: every record exactly
 once across output and errors, and every run's exit code and ledger agree with
 what its files gained. One more property kills real ``odie batch`` processes
-with SIGKILL against a real loopback server.
+with SIGKILL against a real loopback server, and a slow one does the same to
+``odie batch --ray`` drivers on a local Ray cluster, deletes lines of the
+output and the shards, and reruns on Ray or plainly, then ``--merge-only``.
 
 Profiles: ``ci`` (default; seconds) and ``long`` (``ODIE_CHAOS_PROFILE=long``,
 400 + 20 examples; about 6 minutes on 2 cores, going by the ci profile's pace).
@@ -23,6 +25,7 @@ import subprocess
 import time
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -31,6 +34,7 @@ from odie_async.engine.client import ChatClient
 from odie_async.engine.core import Engine, EngineSettings
 from odie_async.exceptions import EndpointStopped, OutputError, TransportError
 from tests.helpers import ids_in, write_requests
+from tests.ray_cluster import cluster, driver  # noqa: F401  (a fixture)
 from tests.test_batch_cli import ODIE, Mock
 
 settings.register_profile("ci", max_examples=12, deadline=None, derandomize=True,
@@ -214,3 +218,75 @@ def test_sigkill_against_a_real_loopback_server_then_reruns(tmp_path_factory, fa
     counts = ids_in(tmp_path / "out.jsonl", tmp_path / "out.errors.jsonl")
     assert len(counts) == 300 and set(counts.values()) == {1}
     assert final.returncode == (1 if _lines(tmp_path / "out.errors.jsonl") else 0)
+
+
+# -- Ray shards and the fold into the output ---------------------------------------------------------
+
+def _shard_writers_gone(tmp_path, timeout=40.0):
+    """Wait until no worker of a killed driver holds a shard's lock (they stop when the driver is silent)."""
+    from odie_async.engine.lockfile import LockBusy, take_lock
+
+    folder = tmp_path / "out.shards"
+    deadline = time.monotonic() + timeout
+    while folder.is_dir():
+        try:
+            for lock in [folder / f"{p.name}.lock" for p in folder.glob("shard-[0-9][0-9][0-9].jsonl")]:
+                os.close(take_lock(lock, "chaos"))
+            return
+        except LockBusy:
+            assert time.monotonic() < deadline, "shard workers outlived their driver"
+            time.sleep(0.2)
+
+
+def _delete_lines(paths, count, rng):
+    """Delete ``count`` random whole lines across ``paths`` (a user editing results by hand)."""
+    for _ in range(count):
+        path = rng.choice([p for p in paths if p.exists()] or [None])
+        if path is None or not path.read_bytes():
+            return
+        lines = path.read_bytes().splitlines(keepends=True)
+        del lines[rng.randrange(len(lines))]
+        path.write_bytes(b"".join(lines))
+
+
+def _ledger_holds(tmp_path):
+    ledger = orjson.loads((tmp_path / "out.summary.json").read_bytes())["ledger"]
+    assert ledger["read"] == ledger["already_done"] + ledger["output"] + ledger["errors"] + ledger["unfinished"]
+
+
+@pytest.mark.slow
+@settings(PROFILE, max_examples=max(2, PROFILE.max_examples // 40))  # a Ray driver takes seconds to start
+@given(kill_after=st.floats(3.0, 12.0), deleted=st.integers(0, 30), rerun_on_ray=st.booleans(),
+       fault_rate=st.sampled_from([0.0, 0.2]), seed=st.integers(0, 99))
+def test_ray_shards_and_the_fold_keep_every_record_once_through_sigkill_and_deleted_lines(
+        cluster, tmp_path_factory, kill_after, deleted, rerun_on_ray, fault_rate, seed):
+    tmp_path = tmp_path_factory.mktemp("raychaos")
+    n = 600
+    write_requests(tmp_path / "in.jsonl", n)
+    mock = Mock("--latency-ms", "5", "--fault-rate", str(fault_rate), "--seed", str(seed), "--stall-s", "0.5")
+    options = ("--no-progress", "--max-attempts", "2", "--concurrency", "8", "--timeout", "0.3")
+    try:
+        proc = driver(cluster, tmp_path, mock.url, *options)
+        time.sleep(kill_after)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        _shard_writers_gone(tmp_path)
+        shards = [p for p in (tmp_path / "out.shards").glob("shard-*.jsonl") if "metrics" not in p.name]
+        _delete_lines([tmp_path / "out.jsonl", tmp_path / "out.errors.jsonl", *shards], deleted, random.Random(seed))
+        for _ in range(4):
+            run = driver(cluster, tmp_path, mock.url, *options, ray=rerun_on_ray)
+            out, err = run.communicate(timeout=240)
+            if (tmp_path / "out.summary.json").exists():
+                _ledger_holds(tmp_path)
+            if run.returncode in (0, 1):
+                break
+        assert run.returncode in (0, 1), err[-2000:]
+        merged = driver(cluster, tmp_path, None, "--merge-only")
+        merged.communicate(timeout=120)
+    finally:
+        mock.proc.kill()
+        mock.proc.wait()
+    counts = ids_in(tmp_path / "out.jsonl", tmp_path / "out.errors.jsonl")
+    assert len(counts) == n and set(counts.values()) == {1}
+    failed = _lines(tmp_path / "out.errors.jsonl")
+    assert run.returncode == merged.returncode == (1 if failed else 0)

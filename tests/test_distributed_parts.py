@@ -1,4 +1,4 @@
-"""The Ray runner's parts without a cluster: sharding, shard files and locks, the merge, the budget."""
+"""The Ray runner's parts without a cluster: sharding, shard files, the fold into the output, the budget."""
 
 import asyncio
 import subprocess
@@ -8,9 +8,11 @@ from collections import Counter
 import pytest
 
 from odie_async.distributed.budget import Budget, LeasedLimits
-from odie_async.distributed.shards import RunLayout, ShardBusy, ShardLock, shard_of
-from odie_async.exceptions import ConfigError, RunAborted
-from odie_async.engine.checkpoint import Result
+import orjson
+
+from odie_async.distributed.shards import RunLayout, shard_of
+from odie_async.exceptions import ConfigError
+from odie_async.engine.checkpoint import Result, ResultStore
 from tests.helpers import ids_in
 
 
@@ -32,65 +34,82 @@ def _env():
     return {k: v for k, v in os.environ.items() if k != "PYTHONHASHSEED"}
 
 
-def _write_shard(path, ids, ok=True):
-    lines = [Result(i, ok, {"choices": []} if ok else None, None if ok else {"code": "x", "message": "m"},
-                    200 if ok else 500).to_line(f"line-{i}") for i in ids]
-    path.write_bytes(b"".join(lines))
+def _write(output, errors, ok_ids=(), failed_ids=(), digest=None):
+    """Lines as a store writes them (each line's id carries the writing store's token)."""
+    store = ResultStore(output, errors)
+    store.open()
+    for cid in [*ok_ids, *failed_ids]:
+        store.expect(cid, digest)
+    store.accept([Result(i, True, {"choices": []}, None, 200) for i in ok_ids]
+                 + [Result(i, False, None, {"code": "x", "message": "m"}, 500) for i in failed_ids])
+    store.close()
 
 
-def test_merge_concatenates_every_shard_and_counts(tmp_path):
+def test_the_output_store_folds_the_shards_in_and_keeps_answers_only_the_output_has(tmp_path):
     layout = RunLayout(tmp_path / "out.jsonl")
+    _write(layout.output, layout.errors, ["plain", "a"], digest="old")
     assert layout.prepare(3, tmp_path / "in.jsonl") == 3
-    _write_shard(layout.shard_output(0), ["a", "b"])
-    _write_shard(layout.shard_output(2), ["c"])
-    _write_shard(layout.shard_errors(1), ["d"], ok=False)
-    layout.shard_output(2).write_bytes(layout.shard_output(2).read_bytes() + b'{"custom_id": "to')  # torn tail
-    counts = layout.merge(3)
-    assert counts == {"output_records": 3, "error_records": 1}
-    assert ids_in(layout.output) == Counter({"a": 1, "b": 1, "c": 1})
+    _write(layout.shard_output(0), layout.shard_errors(0), ["a", "b"], digest="new")
+    _write(layout.shard_output(2), layout.shard_errors(2), ["c"], ["d"], digest="new")
+    shard = layout.shard_output(2)
+    shard.write_bytes(shard.read_bytes() + b'{"custom_id": "to')  # torn tail
+    store = ResultStore(layout.output)
+    store.open()
+    store.close()
+    assert store.folded == {"output_records": 3, "error_records": 1}
+    assert ids_in(layout.output) == Counter({"plain": 1, "a": 1, "b": 1, "c": 1})
     assert ids_in(layout.errors) == Counter({"d": 1})
-    assert not list(tmp_path.glob("*.merging"))
+    lines = {r["custom_id"]: r["request_digest"] for r in map(orjson.loads, layout.output.read_bytes().splitlines())}
+    assert lines == {"plain": "old", "a": "new", "b": "new", "c": "new"}  # the shard's answer replaced the old one
+    assert not layout.folder.exists() and not list(tmp_path.glob("*.compacting"))
 
 
-def test_merge_refuses_a_record_in_two_shards(tmp_path):
+def test_a_fold_cut_short_is_finished_by_the_next_store_without_a_line_twice(tmp_path, monkeypatch):
+    from odie_async.engine import compaction
+
+    layout = RunLayout(tmp_path / "out.jsonl")
+    _write(layout.output, layout.errors, ["a", "b"], digest="old")
+    layout.prepare(2, tmp_path / "in.jsonl")
+    _write(layout.shard_output(0), layout.shard_errors(0), ["a", "c"], ["e"], digest="new")
+    _write(layout.shard_output(1), layout.shard_errors(1), ["d"], digest="new")
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # stands for a SIGKILL after the lines were appended, before the compaction
+
+    monkeypatch.setattr(compaction, "compact", killed)
+    with pytest.raises(KeyboardInterrupt):
+        ResultStore(layout.output).open()
+    monkeypatch.undo()
+    assert ids_in(layout.output)["a"] == 2 and compaction.intent_path(layout.output).exists()
+    store = ResultStore(layout.output)
+    store.open()
+    store.close()
+    assert ids_in(layout.output, layout.errors) == Counter({"a": 1, "b": 1, "c": 1, "d": 1, "e": 1})
+
+
+def test_a_shard_being_written_is_not_folded(tmp_path):
     layout = RunLayout(tmp_path / "out.jsonl")
     layout.prepare(2, tmp_path / "in.jsonl")
-    _write_shard(layout.shard_output(0), ["a"])
-    _write_shard(layout.shard_errors(1), ["a"], ok=False)
-    with pytest.raises(RunAborted, match="shard-001.errors.jsonl:1: custom_id 'a' already merged"):
-        layout.merge(2)
-
-
-def test_shard_count_is_fixed_by_the_first_run(tmp_path):
-    layout = RunLayout(tmp_path / "out.jsonl")
-    assert layout.prepare(None, tmp_path / "in.jsonl") == 2
-    assert RunLayout(tmp_path / "out.jsonl").prepare(None, tmp_path / "in.jsonl") == 2
-    with pytest.raises(ConfigError, match="--workers 2"):
-        RunLayout(tmp_path / "out.jsonl").prepare(3, tmp_path / "in.jsonl")
-
-
-def test_an_output_from_a_one_machine_run_is_not_overwritten(tmp_path):
-    (tmp_path / "out.jsonl").write_bytes(b'{"custom_id": "x"}\n')
-    with pytest.raises(ConfigError, match="not written by a Ray run"):
-        RunLayout(tmp_path / "out.jsonl").prepare(2, tmp_path / "in.jsonl")
-
-
-def test_shard_lock_keeps_a_second_writer_out_until_the_first_dies(tmp_path):
-    lock_path = tmp_path / "shard-000.lock"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from odie_async.distributed.shards import ShardLock; "
-         f"ShardLock({str(lock_path)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
-        stdout=subprocess.PIPE, text=True)
+    _write(layout.shard_output(0), layout.shard_errors(0), ["a"])
+    writer = ResultStore(layout.shard_output(0), layout.shard_errors(0), base=(layout.output, layout.errors))
+    writer.open()
     try:
-        assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(ShardBusy, match=f"pid {holder.pid}"):
-            ShardLock(lock_path).acquire()
+        with pytest.raises(ConfigError, match="is being written"):
+            ResultStore(layout.output).open()
     finally:
-        holder.kill()
-        holder.wait()
-    with ShardLock(lock_path):  # the kernel released the dead holder's lock
-        with pytest.raises(ShardBusy):
-            ShardLock(lock_path).acquire()
+        writer.close()
+    assert not layout.output.exists() or not ids_in(layout.output)
+
+
+def test_a_shard_store_counts_the_outputs_records_as_done(tmp_path):
+    layout = RunLayout(tmp_path / "out.jsonl")
+    _write(layout.output, layout.errors, ["a"], ["b"], digest="d1")
+    layout.prepare(2, tmp_path / "in.jsonl")
+    shard = ResultStore(layout.shard_output(0), layout.shard_errors(0), base=(layout.output, layout.errors))
+    shard.open()
+    assert shard.done("a") and shard.failed_before("b") and shard.changed("a", "d2") and not shard.done("c")
+    assert (shard.resumed_ok, shard.resumed_failed) == (1, 1)
+    shard.close()
 
 
 class FakeClock:
@@ -204,11 +223,14 @@ def test_settled_tokens_travel_with_the_next_lease():
 def test_exit_codes_of_a_cluster_run():
     from odie_async.distributed.ray_batch import exit_code
 
-    base = {"shutdown": None, "worker_errors": None, "failed": 0}
+    base = {"shutdown": None, "worker_errors": None, "failed": 0,
+            "ledger": {"read": 5, "already_done": 1, "output": 4, "errors": 0, "unfinished": 0}}
     assert exit_code(base) == 0
     assert exit_code(base | {"failed": 2}) == 1
     assert exit_code(base | {"worker_errors": [{"type": "WorkerDied", "message": "m", "aborted": True}]}) == 3
+    assert exit_code(base | {"worker_errors": [{"type": "OutputError", "message": "m", "exit_code": 4}]}) == 4
     assert exit_code(base | {"shutdown": {"signals": [15]}}) == 143
+    assert exit_code(base | {"ledger": base["ledger"] | {"output": 3, "unfinished": 1}}) == 4  # nothing said why
 
 
 class _FakeActorMethod:

@@ -16,25 +16,16 @@ import orjson
 import pytest
 
 from tests.helpers import ids_in, write_requests
+from tests.ray_cluster import cluster, driver  # noqa: F401  (a fixture)
 from tests.test_batch_cli import Mock
 
 ray = pytest.importorskip("ray")
 
 from odie_async.distributed.cluster import NAMESPACE, run_key, worker_name  # noqa: E402
-from odie_async.distributed.shards import ShardBusy, ShardLock  # noqa: E402
+from odie_async.engine.lockfile import LockBusy, take_lock  # noqa: E402
 
 pytestmark = pytest.mark.slow
 ODIE = [sys.executable, "-m", "odie_async"]
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, namespace=NAMESPACE,
-             configure_logging=False, log_to_driver=False)
-    try:
-        yield ray.get_runtime_context().gcs_address
-    finally:
-        ray.shutdown()
 
 
 @pytest.fixture
@@ -52,10 +43,7 @@ def mock():
             m.proc.wait()
 
 
-def _driver(address, tmp_path, url, *extra):
-    cmd = ODIE + ["batch", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "out.jsonl"), "--base-url", url,
-                  "--ray", address, "--workers", "2", *extra]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+_driver = driver
 
 
 def _lines(path: Path) -> int:
@@ -120,7 +108,7 @@ def test_a_driver_killed_with_sigkill_leaves_no_writer_and_the_rerun_finishes_on
         assert time.monotonic() - killed < 20, "workers outlived their driver"
         time.sleep(0.2)
     print(f"writers gone {time.monotonic() - killed:.1f} s after the driver was killed")
-    shards = sorted((tmp_path / "out.shards").glob("shard-*.jsonl"))
+    shards = _shard_files(tmp_path)
     sizes = [p.stat().st_size for p in shards]
     time.sleep(2.0)
     assert [p.stat().st_size for p in shards] == sizes, "something still writes the shards"
@@ -134,11 +122,16 @@ def test_a_driver_killed_with_sigkill_leaves_no_writer_and_the_rerun_finishes_on
     assert summary["succeeded"] == n - done_before
 
 
+def _shard_files(tmp_path) -> list[Path]:
+    """The shards' output and errors files (not their metrics logs)."""
+    return [tmp_path / "out.shards" / f"shard-{i:03d}{kind}.jsonl" for i in range(2) for kind in ("", ".errors")]
+
+
 def _locks_free(tmp_path) -> bool:
     try:
         for i in range(2):
-            ShardLock(tmp_path / "out.shards" / f"shard-{i:03d}.lock").acquire().release()
-    except ShardBusy:
+            os.close(take_lock(tmp_path / "out.shards" / f"shard-{i:03d}.jsonl.lock", "test"))
+    except LockBusy:
         return False
     return True
 
@@ -174,3 +167,66 @@ def test_two_workers_hold_one_shared_rpm_budget_against_the_mock(cluster, tmp_pa
     assert summary["ray"]["budget_calls"]["lease"] == sum(w["lease_calls"] for w in workers)
     final = [line for line in err.splitlines() if line.startswith("[ray]")][-1]
     assert f"{n:,}/{n:,}" in final and "w0:" in final and "w1:" in final
+
+
+def _kill_driver(cluster, tmp_path, proc):
+    """SIGKILL the driver; wait until no worker writes a shard any more."""
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    killed = time.monotonic()
+    key = run_key(tmp_path / "out.jsonl")
+    while any(_alive(worker_name(key, i)) for i in range(2)) or not _locks_free(tmp_path):
+        assert time.monotonic() - killed < 30, "workers outlived their driver"
+        time.sleep(0.2)
+
+
+def test_a_ray_rerun_with_changed_requests_exits_2_unless_resend_changed(cluster, tmp_path, mock):
+    n = 200
+    write_requests(tmp_path / "in.jsonl", n)
+    server = mock()
+    assert _finish(_driver(cluster, tmp_path, server.url, "--no-progress"))[0] == 0
+    rc, _, err = _finish(_driver(cluster, tmp_path, server.url, "--no-progress", "--model", "other"))
+    assert rc == 2 and "--resend-changed" in err
+    rc, _, err = _finish(_driver(cluster, tmp_path, server.url, "--no-progress", "--model", "other",
+                                 "--resend-changed"))
+    assert rc == 0, err[-3000:]
+    lines = [orjson.loads(x) for x in (tmp_path / "out.jsonl").read_bytes().splitlines()]
+    assert len(lines) == n and {x["response"]["body"]["model"] for x in lines} == {"other"}
+    _expect_exactly_once(tmp_path, n)
+    assert server.stop()["total"] == 2 * n  # the refused rerun sent nothing
+
+
+def test_ray_and_plain_runs_share_one_output_and_merge_only_names_what_is_missing(cluster, tmp_path, mock):
+    n = 3000
+    proc, server = _start_mid_run(cluster, tmp_path, mock, n)
+    plain = _finish(_driver(cluster, tmp_path, server.url, "--no-progress", ray=False), timeout=60)
+    assert plain[0] == 2 and "in use by another run" in plain[2]  # a plain run waits for the Ray run's end
+    _kill_driver(cluster, tmp_path, proc)
+    rc, out, err = _finish(_driver(cluster, tmp_path, None, "--merge-only"))
+    assert rc == 1 and "have no line yet (first: 'r" in err, err[-2000:]
+    done_before = _lines(tmp_path / "out.jsonl")
+    assert 0 < done_before < n and not (tmp_path / "out.shards" / "shard-000.jsonl").exists()
+    rc, out, err = _finish(_driver(cluster, tmp_path, server.url, "--no-progress", ray=False))
+    assert rc == 0, err[-3000:]
+    summary = orjson.loads((tmp_path / "out.summary.json").read_bytes())
+    assert summary["skipped_already_done"] == done_before  # the plain run resent nothing the Ray run wrote
+    rc, out, err = _finish(_driver(cluster, tmp_path, server.url, "--no-progress"))
+    assert rc == 0, err[-3000:]
+    summary = orjson.loads((tmp_path / "out.summary.json").read_bytes())
+    assert summary["ledger"]["already_done"] == n and summary["ledger"]["output"] == 0
+    assert _finish(_driver(cluster, tmp_path, None, "--merge-only"))[0] == 0
+    _expect_exactly_once(tmp_path, n)  # nothing only the output held was deleted
+    assert server.stop()["total"] <= n + 8  # only requests in flight at the kill went twice
+
+
+def test_ray_takes_a_config_with_a_pool_of_two_endpoints(cluster, tmp_path, mock):
+    n = 400
+    write_requests(tmp_path / "in.jsonl", n)
+    first, second = mock("--latency-ms", "5"), mock("--latency-ms", "5")
+    config = tmp_path / "pool.yaml"
+    config.write_text(f"endpoints:\n  - base_url: {first.url}\n  - base_url: {second.url}\n")
+    rc, out, err = _finish(_driver(cluster, tmp_path, None, "--no-progress", "--config", str(config)))
+    assert rc == 0, err[-3000:]
+    _expect_exactly_once(tmp_path, n)
+    served = [first.stop().get("total", 0), second.stop().get("total", 0)]
+    assert sum(served) == n and min(served) > 0, served

@@ -101,3 +101,46 @@ def test_log_json_keeps_stderr_pure_json_and_a_closed_pipe_is_no_traceback(tmp_p
                            env=os.environ | {"MY_KEY": "right"}, timeout=60)
     os.close(write)
     assert "Traceback" not in piped.stderr and "BrokenPipe" not in piped.stderr and piped.returncode == 0
+
+
+def test_a_second_run_naming_the_output_through_a_symlink_is_refused(tmp_path, mock_factory):
+    write_requests(tmp_path / "in.jsonl", 200)
+    mock = mock_factory("--latency-ms", "100")
+    first = _batch(tmp_path, mock.url, "--concurrency", "4")
+    _started(tmp_path, first)
+    (tmp_path / "link.jsonl").symlink_to(tmp_path / "out.jsonl")
+    cmd = ODIE + ["batch", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "link.jsonl"), "--base-url", mock.url,
+                  "--no-progress"]
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    assert second.returncode == 2 and f"PID {first.pid}" in second.stderr
+    first.send_signal(signal.SIGTERM)
+    first.communicate(timeout=30)
+    assert set(ids_in(tmp_path / "out.jsonl", tmp_path / "out.errors.jsonl").values()) <= {1}
+    assert not (tmp_path / "link.errors.jsonl").exists()
+
+
+def test_sigkill_during_resend_changed_leaves_old_lines_that_the_next_run_drops(tmp_path, mock_factory):
+    n = 300
+    write_requests(tmp_path / "in.jsonl", n)
+    mock = mock_factory("--latency-ms", "20")
+    assert _batch(tmp_path, mock.url, "--concurrency", "32").wait(timeout=60) == 0
+    resend = ("--model", "other", "--resend-changed", "--concurrency", "2")
+    proc = _batch(tmp_path, mock.url, *resend)
+    out = tmp_path / "out.jsonl"
+    deadline = time.monotonic() + 30
+    while out.read_bytes().count(b"\n") < n + 40:
+        assert proc.poll() is None and time.monotonic() < deadline, "the resending run wrote too little"
+        time.sleep(0.02)
+    proc.kill()
+    proc.communicate(timeout=10)
+    assert out.read_bytes().count(b"\n") > n  # old and new lines of the records re-sent before the kill
+    refused = _batch(tmp_path, mock.url, "--model", "other")  # any next run finishes the compaction
+    _, stderr = refused.communicate(timeout=60)
+    assert refused.returncode == 2 and "--resend-changed" in stderr
+    assert out.read_bytes().count(b"\n") == n
+    done = _batch(tmp_path, mock.url, *resend[:-2], "--concurrency", "32")
+    done.communicate(timeout=60)
+    lines = [orjson.loads(x) for x in out.read_bytes().splitlines()]
+    assert done.returncode == 0 and len(lines) == n
+    assert {x["response"]["body"]["model"] for x in lines} == {"other"}
+    assert set(ids_in(out, tmp_path / "out.errors.jsonl").values()) == {1}

@@ -78,7 +78,18 @@ def add_arguments(parser) -> None:
                         help="count requests, tokens, time at the limits and cost; send nothing")
     parser.set_defaults(option_defaults={name: parser.get_default(name) for name in ENGINE_OPTIONS})
     add_provider_arguments(parser)  # --mode provider-batch and its options
-    ray_batch.add_arguments(parser)  # --ray, --workers, --merge-only
+    _add_ray_arguments(parser)
+
+
+def _add_ray_arguments(parser) -> None:
+    group = parser.add_argument_group("running on a Ray cluster (pip install 'odie-async[ray]')")
+    group.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                       help="run on Ray: 'auto', a cluster address, or none for a local Ray started for the run; "
+                            "--concurrency, --rpm and --tpm are then the whole cluster's")
+    group.add_argument("--workers", type=number(int, 1), default=None, help="shard workers (Ray actors; default: 2)")
+    group.add_argument("--merge-only", action="store_true",
+                       help="only fold the shards of an earlier --ray run into the output and name the records "
+                            "of the input that still have no line (exit 1 if any)")
 
 
 def _batch(args, base_url: str, model: str | None, api_key: str | None = None) -> BatchReport:
@@ -118,14 +129,16 @@ def stdin_file(output: str):
 
 
 def _run(args) -> int:
-    if ray_batch.wanted(args):
-        return ray_batch.run(args)
     configure_logging(json=args.log_json)
     if not os.path.isfile(args.input):
         raise ConfigError(f"input file {args.input} does not exist")
-    apply_config(args, args.option_defaults)
+    apply_config(args, args.option_defaults)  # every mode takes the config, the pool and the options alike
     if args.dry_run:
         return _dry_run(args)
+    if args.merge_only:
+        return _merge_only(args)
+    if args.ray is not None:
+        return _ray(args)
     if args.mode == "provider-batch":
         if args.stream:
             raise ConfigError("--stream times requests sent online; a provider's Batch API answers without streaming")
@@ -146,6 +159,37 @@ def _run(args) -> int:
     if report.resumable:
         _complain(args, "stopped early; to resume, rerun: " + shlex.join(["odie", *sys.argv[1:]]))
     return report.exit_code
+
+
+def _ray(args) -> int:
+    """``--ray``: the run's shards on a Ray cluster, sent to the same endpoint or pool as a plain run."""
+    if args.mode == "provider-batch":
+        raise ConfigError("--ray sends requests online; a provider's Batch API runs without it")
+    if not args.base_url:
+        raise ConfigError("--ray needs an endpoint every worker reaches: --base-url URL, --endpoint URL "
+                          "or a --config with endpoints")
+    job = ray_batch.ClusterJob(args.input, args.output, settings_from_args(args, args.base_url), errors=args.errors,
+                               address=args.ray, workers=args.workers, model=args.model,
+                               retry_failed=args.retry_failed, resend_changed=args.resend_changed,
+                               progress=not args.no_progress, log_json=args.log_json)
+    summary = ray_batch.run_on_ray(job, skip_invalid=args.skip_invalid)
+    _print(format_summary(summary))
+    return summary["exit_code"]
+
+
+def _merge_only(args) -> int:
+    """``--merge-only``: fold an earlier run's shards in; name the records still without a line."""
+    ledger = ray_batch.merge_only(args.input, args.output, args.errors, args.skip_invalid)
+    merged = ledger["merged"] or {"output_records": 0, "error_records": 0}
+    _print(f"folded {merged['output_records']:,} + {merged['error_records']:,} shard lines; "
+           f"{ledger['output']:,} record(s) of {args.input} are in {ledger['output_file']}, "
+           f"{ledger['errors']:,} in {ledger['errors_file']}")
+    if ledger["unfinished"]:
+        first = ", ".join(repr(cid) for cid in ledger["missing"])
+        _complain(args, f"{ledger['unfinished']:,} record(s) of {args.input} have no line yet (first: {first}); "
+                  "rerun without --merge-only to send them")
+        return 1
+    return 1 if ledger["errors"] else 0
 
 
 def _dry_run(args) -> int:

@@ -1,18 +1,22 @@
 """``odie batch --ray``: the driver that runs the engine on shards of the input across a Ray cluster.
 
-The driver checks the input, places a budget actor and N shard workers
-(``SPREAD`` across nodes), beats the heartbeat the workers poll, shows one
-live line for the whole cluster, restarts the shard of a worker that died
-(Ray restarts the actor; the shard resumes from its checkpoint), and at the
-end merges the shards into the output and writes one summary with per-worker
-figures. Rerunning the same command resumes every shard; ``--merge-only``
-redoes the merge.
+The driver opens the output's own ``ResultStore`` first: it holds the output's
+lock for the whole run (a plain run on the same output is refused, and the
+other way round), folds in whatever a killed run left in ``OUT.shards/``, and
+refuses changed requests unless ``--resend-changed``, before anything is spent.
+It then places a budget actor and N shard workers (``SPREAD`` across nodes),
+beats the heartbeat the workers poll, shows one live line for the whole
+cluster, restarts the shard of a worker that died (Ray restarts the actor; the
+shard resumes from its checkpoint), and at the end folds the shards into the
+output, checks the ledger (every record of the input in the output or the
+errors file, or counted as unfinished) and writes one summary with per-worker
+figures. Rerunning the same command, or a plain run, resumes; ``--merge-only``
+only folds and checks.
 """
 
 from __future__ import annotations
 
 import math
-import signal
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -20,38 +24,24 @@ from pathlib import Path
 
 import structlog
 
+from ..engine.batch import check_scan, scan_input
 from ..engine.batchfile import BatchReader
+from ..engine.checkpoint import ResultStore
 from ..engine.core import EngineSettings
 from ..engine.progress import ProgressLine, render, write_summary
 from ..engine.stats import RunStats
-from ..exceptions import ConfigError, RunAborted
+from ..runtime import StopSignals
 from .cluster import Placement, connected, is_actor_death, run_key
-from .shards import RunLayout
+from .shards import RunLayout, shard_of
 from .worker import ShardJob, merge_latencies
 
 log = structlog.get_logger(__name__)
 
 BEAT_INTERVAL_S = 0.5
+RESTART_WAIT_S = 120.0  # how long a dead worker's restarted actor may take to answer
 STATS_INTERVAL_S = 1.0
 _COUNTERS = {"succeeded": "succeeded", "failed": "failed", "skipped_already_done": "resumed",
              "retries": "retries", "rate_limited_429": "rate_limited", "attempts": "attempts"}
-
-
-def add_arguments(parser) -> None:
-    """The Ray options of ``odie batch``."""
-    group = parser.add_argument_group("running on a Ray cluster (pip install 'odie-async[ray]')")
-    group.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
-                       help="run on Ray: 'auto', a cluster address, or none for a local Ray started for the run; "
-                            "--concurrency, --rpm and --tpm are then the whole cluster's")
-    group.add_argument("--workers", type=int, default=None,
-                       help="shard workers (Ray actors; default: the earlier run's count, else 2)")
-    group.add_argument("--merge-only", action="store_true",
-                       help="only merge the shards of an earlier --ray run into the output")
-
-
-def wanted(args) -> bool:
-    """Whether the command line asks for the Ray runner."""
-    return getattr(args, "ray", None) is not None or getattr(args, "merge_only", False)
 
 
 @dataclass
@@ -66,6 +56,7 @@ class ClusterJob:
     workers: int | None = None
     model: str | None = None
     retry_failed: bool = False
+    resend_changed: bool = False
     progress: bool = True
     log_json: bool = False
     max_restarts: int = 3
@@ -73,53 +64,88 @@ class ClusterJob:
     interrupts: list = field(default_factory=list)  # signals received, filled by the signal handler
 
 
-def check_input(path: str, skip_invalid: bool) -> tuple[int, int]:
-    """Read every line before anything is spent; return (valid, invalid). Bad input raises InputError."""
-    reader = BatchReader(path, skip_invalid=skip_invalid)
-    valid = sum(1 for _line in reader)
-    return valid, reader.invalid
+@dataclass
+class Before:
+    """The input's records that had a line when the run began, per shard and by file."""
+
+    per_shard: Counter = field(default_factory=Counter)
+    ok: int = 0
+    failed: int = 0
 
 
 def run_on_ray(job: ClusterJob, skip_invalid: bool = False) -> dict:
-    """Run ``job`` on the cluster, merge the shards, write and return the summary."""
+    """Run ``job`` on the cluster, fold the shards into the output, check the ledger; write and return the summary."""
     layout = RunLayout(job.output, job.errors)
-    valid, invalid = check_input(job.input, skip_invalid)
-    shards = layout.prepare(job.workers, job.input)
-    if job.retry_failed:
-        _set_aside_failures(layout, shards)
-    stats = RunStats()
-    stats.total, stats.invalid = valid + invalid, invalid
-    with connected(job.address) as ray, _interrupts(job.interrupts):
-        placement = Placement(ray, run_key(layout.output), shards, job.settings.rpm, job.settings.tpm,
-                              job.max_restarts, job.worker_cpus)
-        try:
-            driver = _Driver(ray, placement, job, layout, shards, stats)
-            results = driver.run()
-            budget_calls = _budget_calls(ray, placement)
-        finally:
-            placement.release()
-    merged = layout.merge(shards)
+    store = ResultStore(layout.output, layout.errors)
+    store.check_paths(job.input)
+    store.open(retry_failed=job.retry_failed)
+    try:
+        scan = scan_input(job.input, store, job.model, skip_invalid)
+        check_scan(scan, job.input, job.resend_changed)
+        shards = layout.prepare(job.workers, job.input)
+        before = _done_before(job.input, store, shards, set(scan.changed))
+        stats = RunStats()
+        stats.total, stats.invalid = scan.lines + scan.invalid, scan.invalid
+        with connected(job.address) as ray, StopSignals(job.interrupts.append, job.interrupts.append):
+            placement = Placement(ray, run_key(layout.output), shards, job.settings.rpm, job.settings.tpm,
+                                  job.max_restarts, job.worker_cpus)
+            try:
+                driver = _Driver(ray, placement, job, layout, shards, stats, before)
+                results = driver.run()
+                budget_calls = _budget_calls(ray, placement)
+            finally:
+                placement.release()
+        merged = store.fold_shards()
+        ledger = record_ledger(job.input, store, before) | {"invalid_skipped": scan.invalid}
+    finally:
+        store.close()
     summary = _summary(stats, results, driver, merged, budget_calls, layout)
+    summary["ledger"] = ledger
+    summary["exit_code"] = exit_code(summary)
     write_summary(summary, layout.summary)
     return summary
 
 
-def merge_only(output: str, errors: str | None = None) -> dict:
-    """Merge the shards of an earlier run into the output again; return the counts."""
+def merge_only(input: str, output: str, errors: str | None = None, skip_invalid: bool = False) -> dict:
+    """Fold the shards of an earlier run into the output; return the ledger of ``input`` against it."""
     layout = RunLayout(output, errors)
-    shards = layout.recorded_shards()
-    if shards is None:
-        raise ConfigError(f"no sharded run writes {output} (no {layout.manifest})")
-    return layout.merge(shards) | {"shards": shards, "output": str(layout.output), "errors": str(layout.errors)}
+    store = ResultStore(layout.output, layout.errors)
+    store.check_paths(input)
+    store.open()
+    try:
+        return record_ledger(input, store, Before(), skip_invalid) | {
+            "merged": store.folded, "output_file": str(layout.output), "errors_file": str(layout.errors)}
+    finally:
+        store.close()
 
 
-def _set_aside_failures(layout: RunLayout, shards: int) -> None:
-    """``--retry-failed``: move each shard's errors file aside once, before any worker starts."""
-    stamp = int(time.time())
-    for i in range(shards):
-        path = layout.shard_errors(i)
-        if path.exists():
-            path.rename(path.with_name(f"{path.name}.{stamp}.bak"))
+def _done_before(input: str, store: ResultStore, shards: int, resent: set[str]) -> Before:
+    """Count the records with a line now (those to be sent again excepted), per shard and by file."""
+    before = Before()
+    for line in BatchReader(input, skip_invalid=True):
+        if store.done(line.custom_id) and line.custom_id not in resent:
+            before.per_shard[shard_of(line.custom_id, shards)] += 1
+            if store.failed_before(line.custom_id):
+                before.failed += 1
+            else:
+                before.ok += 1
+    return before
+
+
+def record_ledger(input: str, store: ResultStore, before: Before, skip_invalid: bool = True) -> dict:
+    """Where every valid record of ``input`` is now: read = already done + output + errors + unfinished."""
+    ok = failed = read = 0
+    missing: list[str] = []
+    for line in BatchReader(input, skip_invalid=skip_invalid):
+        read += 1
+        if not store.done(line.custom_id):
+            missing.append(line.custom_id)
+        elif store.failed_before(line.custom_id):
+            failed += 1
+        else:
+            ok += 1
+    return {"read": read, "already_done": before.ok + before.failed, "output": ok - before.ok,
+            "errors": failed - before.failed, "unfinished": len(missing), "not_read": 0, "missing": missing[:10]}
 
 
 def _budget_calls(ray, placement: Placement) -> dict:
@@ -130,23 +156,36 @@ def _budget_calls(ray, placement: Placement) -> dict:
         return {}
 
 
+def worker_settings(settings: EngineSettings, shards: int) -> EngineSettings:
+    """One worker's share: the concurrency split, and each pool endpoint's limits split, across ``shards``.
+
+    The run's own ``rpm``/``tpm`` stay whole: the budget actor shares them out.
+    """
+    endpoints = [replace(spec, rpm=spec.rpm / shards, tpm=spec.tpm / shards,
+                         max_concurrency=spec.max_concurrency and max(1, math.ceil(spec.max_concurrency / shards)))
+                 for spec in settings.endpoints]
+    return replace(settings, concurrency=max(1, math.ceil(settings.concurrency / shards)), endpoints=endpoints)
+
+
 class _Driver:
     """Submits the shards, keeps the heartbeat and the progress line, restarts dead workers' shards."""
 
     def __init__(self, ray, placement: Placement, job: ClusterJob, layout: RunLayout, shards: int,
-                 stats: RunStats) -> None:
+                 stats: RunStats, before: Before) -> None:
         self.ray, self.placement, self.job, self.layout, self.shards = ray, placement, job, layout, shards
         self.stats = stats
         self.restarts: Counter[int] = Counter()
         self.live: dict[int, dict] = {}
         self.carried: dict[int, Counter] = {i: Counter() for i in range(shards)}
-        self.done_before = [layout.done_lines(i) for i in range(shards)]
+        self.restarting: dict[int, float] = {}  # shard -> when its worker died, until the restarted actor answers
+        self.done_before = [before.per_shard[i] for i in range(shards)]
         self.progress = ClusterProgress(stats, self) if job.progress else None
 
     def shard_job(self, index: int) -> ShardJob:
-        per_worker = replace(self.job.settings, concurrency=max(1, math.ceil(self.job.settings.concurrency / self.shards)))
+        per_worker = worker_settings(self.job.settings, self.shards)
         return ShardJob(index, self.shards, str(Path(self.job.input).resolve()), str(self.layout.output),
-                        str(self.layout.errors), per_worker, self.job.model, self.job.log_json)
+                        str(self.layout.errors), per_worker, self.job.model, self.job.log_json,
+                        self.job.resend_changed)
 
     def run(self) -> dict[int, dict]:
         workers = self.placement.workers
@@ -166,8 +205,11 @@ class _Driver:
                     workers[i].stop.remote(cancel=stops_sent > 1)
             for ref in ready:
                 index = pending.pop(ref)
-                outcome = self._collect(ref, index)
-                if outcome is None:
+                outcome = self._restarted(ref, index) if index in self.restarting else self._collect(ref, index)
+                if outcome is None:  # the worker died: ask until its restarted actor answers
+                    self.restarting.setdefault(index, time.monotonic())
+                    pending[workers[index].ping.remote()] = index
+                elif outcome == "up":
                     pending[workers[index].run.remote(self.shard_job(index))] = index
                 else:
                     results[index] = outcome
@@ -178,6 +220,21 @@ class _Driver:
         if self.progress:
             self.progress.draw(final=True)
         return results
+
+    def _restarted(self, ref, index: int) -> dict | str | None:
+        """After a worker died: "up" once its restarted actor answers, None to ask again, or the shard's end."""
+        try:
+            self.ray.get(ref)
+        except Exception as exc:
+            waited = time.monotonic() - self.restarting[index]
+            if is_actor_death(exc) and waited < RESTART_WAIT_S and not self.job.interrupts:
+                time.sleep(0.2)
+                return None
+            log.error("shard worker did not come back; not restarting it", shard=index, waited_s=round(waited, 1))
+            return {"error": {"type": "WorkerDied", "message": str(exc)[:300], "aborted": True},
+                    **dict(self.carried[index])}
+        del self.restarting[index]
+        return "up"
 
     def _collect(self, ref, index: int) -> dict | None:
         """A worker's summary; None when it died and its shard goes again on the restarted actor."""
@@ -278,55 +335,23 @@ def _worker_figures(index: int, result: dict, restarts: int) -> dict:
     return {"shard": index, "restarts": restarts} | {k: result[k] for k in keep if k in result}
 
 
-def run(args) -> int:
-    """``odie batch --ray`` / ``--merge-only``: the command's exit code (see ``exit_code``)."""
-    from ..options import settings_from_args
-    from ..engine.progress import format_summary
-    from ..logs import configure_logging
-
-    configure_logging(json=args.log_json)
-    if args.merge_only:
-        counts = merge_only(args.output, args.errors)
-        print(f"merged {counts['shards']} shards: {counts['output_records']:,} records into {counts['output']}, "
-              f"{counts['error_records']:,} into {counts['errors']}")
-        return 1 if counts["error_records"] else 0
-    if not Path(args.input).is_file():
-        raise ConfigError(f"input file {args.input} does not exist")
-    if not args.base_url:
-        raise ConfigError("--ray needs --base-url: the endpoint every worker sends to")
-    if args.workers is not None and args.workers < 1:
-        raise ConfigError("--workers must be at least 1")
-    job = ClusterJob(args.input, args.output, settings_from_args(args, args.base_url), errors=args.errors,
-                     address=args.ray or "local", workers=args.workers, model=args.model,
-                     retry_failed=args.retry_failed, progress=not args.no_progress, log_json=args.log_json)
-    summary = run_on_ray(job, skip_invalid=args.skip_invalid)
-    print(format_summary(summary))
-    return exit_code(summary)
-
-
 def exit_code(summary: dict) -> int:
-    """0 all done, 1 some records failed, 3 a shard stopped early (endpoint, dead workers), 130/143 on a signal."""
+    """The run's exit code, from its signals, its shards' errors and its ledger.
+
+    130/143 on a signal; a shard that stopped early gives its own code (3 the
+    endpoint, 4 a local failure; 3 for a worker that kept dying); records left
+    without a line otherwise are an internal error (4); 1 when some records are
+    in the errors file or were skipped as invalid; else 0.
+    """
     if summary["shutdown"]:
         return 128 + summary["shutdown"]["signals"][0]
     if summary["worker_errors"]:
         for error in summary["worker_errors"]:
             log.error("a shard stopped early; rerun the same command to resume it", **error)
-        return 3
-    return 1 if summary["failed"] else 0
-
-
-class _interrupts:
-    """SIGINT/SIGTERM append to ``hits`` (the driver asks workers to drain, then to cancel)."""
-
-    def __init__(self, hits: list) -> None:
-        self.hits = hits
-        self._old: dict = {}
-
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._old[sig] = signal.signal(sig, lambda signum, _frame: self.hits.append(signum))
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        for sig, handler in self._old.items():
-            signal.signal(sig, handler)
+        return max(error.get("exit_code") or 3 for error in summary["worker_errors"])
+    ledger = summary.get("ledger") or {}
+    if ledger.get("unfinished"):
+        log.error("internal error: records have no line in the output or errors file; rerun to send them",
+                  count=ledger["unfinished"], first=ledger.get("missing"))
+        return 4
+    return 1 if summary["failed"] or ledger.get("errors") or ledger.get("invalid_skipped") else 0

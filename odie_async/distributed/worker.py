@@ -5,11 +5,14 @@ The class is plain Python; the driver makes it a Ray actor with
 of its own with its own event loop (uvloop) and waits for it, so ``stats`` and
 ``stop`` are served by the actor's other threads meanwhile. Every worker reads the input file itself (a path
 every node reaches) and keeps the records of its shard, so no record travels
-through Ray's object store.
+through Ray's object store. It runs the engine through ``run_batch``, the same
+producer as a one-machine run: the records the run's output holds are done
+(the shard's store reads it), and a record whose request changed is refused or,
+with ``--resend-changed``, sent again.
 
-A worker never writes without its shard's lock, and stops when the driver
-goes silent: it polls the budget actor, which the driver beats every half
-second and which dies with the driver.
+A worker never writes without its shard's lock (its store's), and stops when
+the driver goes silent: it polls the budget actor, which the driver beats every
+half second and which dies with the driver.
 """
 
 from __future__ import annotations
@@ -24,13 +27,14 @@ from dataclasses import dataclass
 
 import structlog
 
-from ..engine.batchfile import BatchReader
+from ..engine.batch import run_batch
+from ..engine.checkpoint import ResultStore
 from ..engine.core import Engine, EngineSettings
-from ..exceptions import OdieError, RunAborted
+from ..exceptions import RunAborted
 from ..logs import configure_logging
 from ..runtime import run_async
 from .budget import LeasedLimits
-from .shards import RunLayout, ShardLock, shard_of
+from .shards import InShard, RunLayout
 
 log = structlog.get_logger(__name__)
 
@@ -50,6 +54,7 @@ class ShardJob:
     settings: EngineSettings
     model: str | None = None
     log_json: bool = False
+    resend_changed: bool = False
 
 
 class ShardRun:
@@ -65,39 +70,26 @@ class ShardRun:
         self.limits: LeasedLimits | None = None
 
     async def run(self) -> dict:
-        """Send the shard's records; return the engine's summary."""
-        job, settings = self.job, self.job.settings
+        """Send the shard's records; return the engine's summary with the shard's ledger and exit code."""
+        job, settings, layout = self.job, self.job.settings, self.layout
         self.loop = asyncio.get_running_loop()
         self.limits = LeasedLimits(self.budget.lease.remote, self.budget.pause.remote, job.index,
                                    settings.rpm, settings.tpm, job.shards)
-        engine = Engine(settings, self.layout.shard_output(job.index), self.layout.shard_errors(job.index),
-                        keep_bodies=False, limits=self.limits)
+        output, errors = layout.shard_output(job.index), layout.shard_errors(job.index)
+        store = ResultStore(output, errors, base=(layout.output, layout.errors))
+        engine = Engine(settings, store=store, keep_bodies=False, limits=self.limits)
         self.engine = engine
-        error: Exception | None = None
+        if self.stop_requested is not None:  # asked before the engine existed
+            self._apply_stop()
         watchdog = asyncio.create_task(self._watch_driver())
         try:
-            async with engine:
-                if self.stop_requested is not None:  # asked before the engine existed
-                    self._apply_stop()
-                await self._produce()
-        except OdieError as exc:
-            error = exc
+            report = await run_batch(job.input, output, settings, errors, model=job.model, skip_invalid=True,
+                                     resend_changed=job.resend_changed, progress=False, handle_signals=False,
+                                     engine=engine, select=InShard(job.index, job.shards))
         finally:
             watchdog.cancel()
             await asyncio.gather(watchdog, return_exceptions=True)
-        return self._summary(error)
-
-    async def _produce(self) -> None:
-        job, engine = self.job, self.engine
-        reader = BatchReader(job.input, skip_invalid=True)  # the driver checked every line before the run
-        for line in reader:
-            if engine.stopping:
-                return
-            if shard_of(line.custom_id, job.shards) != job.index:
-                continue
-            if job.model:
-                line.body["model"] = job.model
-            await engine.submit(line.custom_id, line.body, line.url)
+        return self._summary(report)
 
     async def _watch_driver(self) -> None:
         """Stop (cancelling in-flight requests) once the driver is gone or silent."""
@@ -116,15 +108,16 @@ class ShardRun:
             self.engine.cancel_in_flight()
             return
 
-    def _summary(self, error: Exception | None) -> dict:
+    def _summary(self, report) -> dict:
         engine = self.engine
         summary = engine.stats.as_dict()
         summary["lease_calls"] = self.limits.lease_calls
         summary["latencies"] = engine.stats.latencies.tobytes()
         summary["shutdown"] = engine.shutdown_report if engine.interrupted else None
-        if error is not None:
-            summary["error"] = {"type": type(error).__name__, "message": str(error),
-                                "aborted": isinstance(error, RunAborted)}
+        summary["ledger"], summary["exit_code"] = report.ledger, report.exit_code
+        if report.error is not None and not engine.interrupted:
+            summary["error"] = {"type": type(report.error).__name__, "message": str(report.error),
+                                "aborted": isinstance(report.error, RunAborted), "exit_code": report.exit_code}
         return summary
 
     def stop(self, cancel: bool) -> None:
@@ -164,8 +157,7 @@ class ShardWorker:
         current = ShardRun(job, _actor(self._budget_name, self._namespace), self._stop_requested)
         self._current = current
         cpu0 = _cpu_seconds()
-        with ShardLock(current.layout.shard_lock(job.index)):
-            summary = _in_own_thread(lambda: run_async(current.run()))
+        summary = _in_own_thread(lambda: run_async(current.run()))
         summary["cpu_s"] = round(_cpu_seconds() - cpu0, 3)
         summary["pid"], summary["node"] = os.getpid(), os.uname().nodename
         return summary

@@ -24,13 +24,13 @@ import signal
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import orjson
 import structlog
 
 from .batchfile import BatchReader, RecordReader
-from .checkpoint import request_digest
+from .checkpoint import ResultStore, request_digest
 from .client import api_key_from_env  # noqa: F401  (re-exported: callers import it from here)
 from .core import Engine, EngineSettings
 from .metrics_log import MetricsLog, metrics_path_for
@@ -104,26 +104,35 @@ class _Stop:
                 loop.remove_signal_handler(sig)
 
 
+Select = Callable[[str], bool]  # which custom_ids a run takes (a shard's); None: all
+
+
 @dataclass
-class _Scan:
+class InputScan:
     """What a pass over the input found before anything is sent."""
 
-    records: int = 0
+    records: int = 0  # valid records this run takes
+    lines: int = 0  # valid records in the file
     invalid: int = 0
+    done: int = 0  # records this run takes that have a line already
     changed: list[str] = field(default_factory=list)
     first_changed: str = ""
     stopped: bool = False
 
 
-def _scan_input(path: str, engine: Engine, model: str | None, skip_invalid: bool, stop: threading.Event) -> _Scan:
-    """Validate every line and find done records whose request changed (runs in a thread)."""
-    scan = _Scan()
+def scan_input(path: str, store: ResultStore, model: str | None, skip_invalid: bool,
+               stop: threading.Event | None = None, select: Select | None = None) -> InputScan:
+    """Validate every line and find done records whose request changed (blocking: run it in a thread)."""
+    scan = InputScan()
     reader = BatchReader(path, skip_invalid=skip_invalid, stop=stop)
-    store = engine.store
     resuming = bool(store.resumed_ok or store.resumed_failed)
     for line in reader:
+        scan.lines += 1
+        if select is not None and not select(line.custom_id):
+            continue
         scan.records += 1
         if resuming and store.done(line.custom_id):
+            scan.done += 1
             if model:
                 line.body["model"] = model
             digest = request_digest(line.url, orjson.dumps(line.body))  # as the engine encodes it
@@ -132,6 +141,19 @@ def _scan_input(path: str, engine: Engine, model: str | None, skip_invalid: bool
                 scan.first_changed = scan.first_changed or f"{line.custom_id!r} on {path}:{line.line_no}"
     scan.invalid, scan.stopped = reader.invalid, reader.stopped
     return scan
+
+
+def check_scan(scan: InputScan, input, resend_changed: bool) -> None:
+    """Refuse an empty input, and changed requests unless they are to be sent again."""
+    if not scan.lines and not scan.invalid:
+        raise ConfigError(f"{input} holds no records")
+    if scan.changed and not resend_changed:
+        raise ConfigError(
+            f"{len(scan.changed)} record(s) already answered were asked differently this time (the body or "
+            f"--model changed), first {scan.first_changed}; rerun with --resend-changed to send them again, "
+            "or restore the old input")
+    if scan.changed:
+        log.warning("re-sending changed records", count=len(scan.changed), first=scan.first_changed)
 
 
 async def run_batch(
@@ -148,18 +170,20 @@ async def run_batch(
     log_json: bool = False,
     handle_signals: bool = True,
     engine: Engine | None = None,
+    select: Select | None = None,
 ) -> BatchReport:
     """Stream the input through the engine into ``output``; return how it ended.
 
     Unusable settings (a key that cannot be sent) raise ``ConfigError`` at once;
     every outcome of the run itself, errors included, is in the report.
+    ``select`` keeps only the records whose ``custom_id`` it accepts (a shard's).
     """
     stop = _Stop()
     stats = RunStats()
     engine = engine or Engine(settings, output, errors, keep_bodies=False, retry_failed=retry_failed, stats=stats)
     stats = engine.stats
     error: BaseException | None = None
-    scan = _Scan()
+    scan = InputScan()
     with stop.installed(handle_signals):
         try:
             engine.store.check_paths(*([input] if isinstance(input, (str, Path)) else []))
@@ -167,10 +191,10 @@ async def run_batch(
                 raise ConfigError(f"input file {input} does not exist")
             # the lock is taken before the input is read; a thread, so that a signal stops a long scan
             await asyncio.to_thread(engine.store.open, retry_failed, stop.flag)
-            scan = await _prepare(input, engine, model, skip_invalid, resend_changed, stop)
+            scan = await _prepare(input, engine, model, skip_invalid, resend_changed, stop, select)
             stats.total = scan.records + scan.invalid if isinstance(input, (str, Path)) else None
             if not stop.flag.is_set():
-                await _run(engine, input, model, skip_invalid, scan, stop, progress, log_json)
+                await _run(engine, input, model, skip_invalid, scan, stop, progress, log_json, select)
         except Exception as exc:  # every outcome goes into the report
             error = exc
         finally:
@@ -179,29 +203,22 @@ async def run_batch(
     return _report(engine, stats, scan, error, stop, output)
 
 
-async def _prepare(input, engine: Engine, model, skip_invalid: bool, resend_changed: bool, stop: _Stop) -> _Scan:
+async def _prepare(input, engine: Engine, model, skip_invalid: bool, resend_changed: bool, stop: _Stop,
+                   select: Select | None) -> InputScan:
     if stop.flag.is_set():
-        return _Scan(stopped=True)
+        return InputScan(stopped=True)
     if not isinstance(input, (str, Path)):
-        return _Scan()
-    scan = await asyncio.to_thread(_scan_input, str(input), engine, model, skip_invalid, stop.flag)
+        return InputScan()
+    scan = await asyncio.to_thread(scan_input, str(input), engine.store, model, skip_invalid, stop.flag, select)
     if scan.stopped or stop.flag.is_set():
         scan.stopped = True
         return scan
-    if not scan.records and not scan.invalid:
-        raise ConfigError(f"{input} holds no records")
-    if scan.changed and not resend_changed:
-        raise ConfigError(
-            f"{len(scan.changed)} record(s) already answered were asked differently this time (the body or "
-            f"--model changed), first {scan.first_changed}; rerun with --resend-changed to send them again, "
-            "or restore the old input")
-    if scan.changed:
-        log.warning("re-sending changed records", count=len(scan.changed), first=scan.first_changed)
+    check_scan(scan, input, resend_changed)
     return scan
 
 
-async def _run(engine: Engine, input, model, skip_invalid, scan: _Scan, stop: _Stop, progress: bool,
-               log_json: bool) -> None:
+async def _run(engine: Engine, input, model, skip_invalid, scan: InputScan, stop: _Stop, progress: bool,
+               log_json: bool, select: Select | None = None) -> None:
     reader = BatchReader(input, skip_invalid) if isinstance(input, (str, Path)) else RecordReader(input, skip_invalid)
     resend = set(scan.changed)
     engine.store.resend(resend)
@@ -213,16 +230,18 @@ async def _run(engine: Engine, input, model, skip_invalid, scan: _Scan, stop: _S
                 stop.engine = engine
                 if stop.hits:
                     engine.request_stop()
-                await _produce(engine, reader, model, resend)
+                await _produce(engine, reader, model, resend, select)
         finally:
             engine.stats.invalid = reader.invalid
 
 
-async def _produce(engine: Engine, reader, model: str | None, resend: set[str]) -> None:
+async def _produce(engine: Engine, reader, model: str | None, resend: set[str], select: Select | None) -> None:
     try:
         for count, line in enumerate(reader):
             if engine.stopping:
                 return
+            if select is not None and not select(line.custom_id):
+                continue
             if model:
                 line.body["model"] = model
             if line.body.get("model"):
@@ -240,7 +259,7 @@ async def _produce(engine: Engine, reader, model: str | None, resend: set[str]) 
             raise
 
 
-def _report(engine: Engine, stats: RunStats, scan: _Scan, error, stop: _Stop, output) -> BatchReport:
+def _report(engine: Engine, stats: RunStats, scan: InputScan, error, stop: _Stop, output) -> BatchReport:
     error = engine.aborted or error
     read = stats.resumed + engine.submitted
     ledger = engine.ledger() | {"read": read, "already_done": stats.resumed,

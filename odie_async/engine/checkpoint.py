@@ -11,18 +11,22 @@ rerun sends only what has no line yet.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import itertools
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 
 import orjson
 import structlog
 
 from ..exceptions import ConfigError, InputError, OutputError
+from . import compaction
+from .compaction import iter_records, repair_tail  # noqa: F401  (re-exported: the result files' readers)
 from .lockfile import LockBusy, take_lock
 
 log = structlog.get_logger(__name__)
@@ -88,52 +92,24 @@ class Result:
         )
 
 
+@dataclass(slots=True)
+class Accepted:
+    """What ``ResultStore.accept`` wrote, and the results it refused (by ``custom_id``)."""
+
+    ok: int = 0
+    failed: int = 0
+    unknown: list[str] = field(default_factory=list)  # never asked for by this run
+    repeated: list[str] = field(default_factory=list)  # already has a line (this run's or an earlier one's)
+
+    @property
+    def refused(self) -> int:
+        """How many results were not written."""
+        return len(self.unknown) + len(self.repeated)
+
+
 def request_digest(path: str, payload: bytes) -> str:
     """A short digest of one request as sent: its API path and body (model included)."""
     return hashlib.blake2b(payload, digest_size=8, person=path.encode()[-16:]).hexdigest()
-
-
-def repair_tail(path: Path) -> int:
-    """Cut a torn last line (no trailing newline) off ``path``; return bytes removed."""
-    if not path.exists():
-        return 0
-    size = path.stat().st_size
-    if size == 0:
-        return 0
-    with open(path, "rb+") as handle:
-        handle.seek(size - 1)
-        if handle.read(1) == b"\n":
-            return 0
-        keep = _last_newline_end(handle, size)
-        handle.truncate(keep)
-    log.warning("repaired torn last line", file=str(path), bytes_removed=size - keep)
-    return size - keep
-
-
-def _last_newline_end(handle, size: int) -> int:
-    block = 1 << 16
-    end = size
-    while end > 0:
-        start = max(0, end - block)
-        handle.seek(start)
-        chunk = handle.read(end - start)
-        index = chunk.rfind(b"\n")
-        if index >= 0:
-            return start + index + 1
-        end = start
-    return 0
-
-
-def iter_records(path: Path):
-    """Yield ``(line_no, record)`` for each line of a results file; a bad line is an InputError."""
-    with open(path, "rb") as handle:
-        for line_no, raw in enumerate(handle, 1):
-            try:
-                record = orjson.loads(raw)
-                record["custom_id"]
-            except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-                raise InputError(path, line_no, f"unreadable result line ({exc}); fix or remove it") from exc
-            yield line_no, record
 
 
 class ResultStore:
@@ -143,16 +119,25 @@ class ResultStore:
     answered from the checkpoint (the pipeline); otherwise only hashes of the
     done ids and of their request digests are kept.
 
-    ``open`` takes an exclusive lock beside the output (``OUTPUT.lock``, holding
-    the PID), so a second run on the same output refuses at once. A write that
-    fails (disk full, ...) is cut back to where it started, so no torn line is
-    left, and raises ``OutputError`` naming the file.
+    ``open`` takes an exclusive lock on the real file: ``REAL.lock`` beside the
+    output with every symlink resolved (holding the PID), and a ``flock`` on the
+    output itself (its inode), so a second run on the same output, of any kind
+    and under any name, refuses at once. It then finishes a compaction an
+    earlier run left unfinished and folds in the shards of a sharded run
+    (``OUT.shards/``), before it reads what is done. A write that fails (disk
+    full, ...) is cut back to where it started, so no torn line is left, and
+    raises ``OutputError`` naming the file.
+
+    ``base`` (an output and errors file, read only) adds their records to the
+    done ones: a shard of a sharded run skips what the run's output holds.
     """
 
-    def __init__(self, output: str | Path, errors: str | Path | None = None, keep_bodies: bool = False) -> None:
+    def __init__(self, output: str | Path, errors: str | Path | None = None, keep_bodies: bool = False,
+                 base: tuple[Path, Path] | None = None) -> None:
         self.output = Path(output)
-        self.errors = Path(errors) if errors else self.output.with_name(self.output.stem + ".errors.jsonl")
-        self.lock_path = self.output.with_name(self.output.name + ".lock")
+        named = Path(os.path.realpath(self.output)) if self.output.is_symlink() else self.output
+        self.errors = Path(errors) if errors else named.with_name(named.stem + ".errors.jsonl")
+        self.base = base
         self.keep_bodies = keep_bodies
         self.resumed_ok = 0
         self.resumed_failed = 0
@@ -163,10 +148,13 @@ class ResultStore:
         self._results: dict[str, Result] = {}
         self._fds: dict[str, int] = {}
         self._sizes: dict[str, int] = {}
-        self._opened_sizes: dict[str, int] = {}
-        self._superseded: set[str] = set()
+        self._opened = False
+        self._intent = False  # this run wrote a compaction intent: its lines supersede older ones
         self._resend: set[str] = set()
+        self._asked: dict[int, str | None] = {}  # hash(custom_id) -> request digest, until accepted
         self._lock_fd: int | None = None
+        self._lock_file: Path | None = None
+        self.folded: dict = {}  # the shards folded in at open (counts)
         self._stop: threading.Event | None = None
         self._ids = itertools.count()
         self._run = os.urandom(4).hex()
@@ -182,8 +170,19 @@ class ResultStore:
                 if _same_file(a, b):
                     raise ConfigError(f"the {label_a} and the {label_b} are the same file ({a}); name different files")
 
+    @property
+    def lock_path(self) -> Path:
+        """The lock file: beside the real output, symlinks resolved."""
+        real = self.real(self.output)
+        return real.with_name(real.name + ".lock")
+
+    @staticmethod
+    def real(path: Path) -> Path:
+        """``path`` with every symlink resolved: the file every name of it reaches."""
+        return Path(os.path.realpath(path))
+
     def open(self, retry_failed: bool = False, stop: threading.Event | None = None) -> None:
-        """Lock, repair, scan and open both files for appending.
+        """Lock, repair, finish what an earlier run left, scan and open both files for appending.
 
         ``stop`` (set by a signal while a thread runs this) cuts the scan short;
         the caller then stops without sending anything.
@@ -199,35 +198,77 @@ class ResultStore:
             raise
 
     def _open_files(self, retry_failed: bool) -> None:
+        for path in (self.output, self.errors):
+            _writable(path)
+            repair_tail(path)
+        self._finish_earlier()
         if retry_failed and self.errors.exists():
             backup = self.errors.with_name(f"{self.errors.name}.{int(time.time())}.bak")
             self.errors.rename(backup)
             log.info("previous failures will be retried", moved_to=str(backup))
-        for path in (self.output, self.errors):
-            _writable(path)
-            repair_tail(path)
-        self.resumed_ok = self._scan(self.output, failed=False)
-        self.resumed_failed = self._scan(self.errors, failed=True)
+        for path, failed in zip(self.base or (), (False, True)):
+            count = self._scan(path, failed)
+            self.resumed_ok, self.resumed_failed = (self.resumed_ok, self.resumed_failed + count) if failed \
+                else (self.resumed_ok + count, self.resumed_failed)
+        self.resumed_ok += self._scan(self.output, failed=False)
+        self.resumed_failed += self._scan(self.errors, failed=True)
         for name, path in (("ok", self.output), ("err", self.errors)):
             try:
                 self._fds[name] = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             except OSError as exc:
                 raise ConfigError(f"cannot open {path} for writing: {exc.strerror}") from exc
-            self._sizes[name] = self._opened_sizes[name] = os.fstat(self._fds[name]).st_size
+            self._sizes[name] = os.fstat(self._fds[name]).st_size
+        self._lock_inode(self._fds["ok"])
+        self._opened = True
+
+    def _finish_earlier(self) -> None:
+        """Finish the compaction of a run killed while resending, then fold in a sharded run's shards."""
+        files = (self.real(self.output), self.real(self.errors))
+        runs = compaction.read_intent(files[0])
+        if runs is not None:
+            log.warning("finishing the compaction an earlier run left unfinished", output=str(self.output))
+            compaction.compact(files, runs)
+            compaction.clear_intent(files[0])
+        self.folded = compaction.fold_shards(*files, repair=repair_tail)
+
+    def fold_shards(self) -> dict:
+        """Fold the shards written meanwhile into the output (the lock stays held) and read it again.
+
+        What ``done`` and ``failed_before`` say afterwards is the output's state
+        after the fold; the store writes nothing more. Returns the lines folded.
+        """
+        self.sync()
+        self._close_fds()
+        counts = compaction.fold_shards(self.real(self.output), self.real(self.errors), repair=repair_tail)
+        self._done.clear()
+        self._failed.clear()
+        self.resumed_ok = self._scan(self.output, failed=False)
+        self.resumed_failed = self._scan(self.errors, failed=True)
+        return counts
+
+    def _lock_inode(self, fd: int) -> None:
+        """``flock`` the output itself: another name of the same file (a hard link) is refused too."""
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"{self.output} is in use by another run under another name; "
+                              "wait for it to finish or stop it") from None
 
     def _lock(self) -> None:
-        _writable(self.lock_path)
+        path = self.lock_path
+        _writable(path)
         try:
-            self._lock_fd = take_lock(self.lock_path, str(os.getpid()))
+            self._lock_fd = take_lock(path, str(os.getpid()))
         except LockBusy as busy:
             raise ConfigError(
-                f"{self.output} is in use by another run (PID {busy.holder or 'unknown'}, lock {self.lock_path}); "
+                f"{self.output} is in use by another run (PID {busy.holder or 'unknown'}, lock {path}); "
                 "wait for it to finish or stop it") from None
+        self._lock_file = path
 
     def _unlock(self) -> None:
         if self._lock_fd is not None:
             with contextlib.suppress(OSError):
-                os.unlink(self.lock_path)
+                os.unlink(self._lock_file)
             os.close(self._lock_fd)
             self._lock_fd = None
 
@@ -252,7 +293,7 @@ class ResultStore:
         return count
 
     def done(self, custom_id: str) -> bool:
-        """Whether ``custom_id`` had a line in the output or errors file when they were opened."""
+        """Whether ``custom_id`` has a line in the output or errors file (from before, or accepted since)."""
         return hash(custom_id) in self._done
 
     def failed_before(self, custom_id: str) -> bool:
@@ -264,6 +305,55 @@ class ResultStore:
         stored = self._done.get(hash(custom_id))
         return bool(stored) and stored != hash(digest)
 
+    def expect(self, custom_id: str, digest: str | None = None) -> None:
+        """This run asks for ``custom_id`` (sent as ``digest``): ``accept`` takes its result once."""
+        self._asked[hash(custom_id)] = digest
+
+    def accept(self, results: Iterable[Result]) -> Accepted:
+        """Write the results this run may write: one write per file, each id at most once, ever.
+
+        A result is taken only if ``expect`` asked for its id and no result of
+        that id was accepted since; it goes to the output if ``ok``, else to the
+        errors file, with the digest given to ``expect``. The rest are returned
+        as refused (``unknown``: never asked for; ``repeated``: already has a
+        line). A failed write raises ``OutputError`` and takes nothing.
+        """
+        verdict, ok_lines, error_lines, taken = Accepted(), [], [], []
+        for result in results:
+            key = hash(result.custom_id)
+            if key not in self._asked:
+                seen = key in self._done or any(key == other for _r, other, _d in taken)
+                (verdict.repeated if seen else verdict.unknown).append(result.custom_id)
+                continue
+            digest = self._asked.pop(key)
+            taken.append((result, key, digest))
+            (ok_lines if result.ok else error_lines).append(self.encode(result, digest))
+        sizes = dict(self._sizes)
+        try:
+            self.append(ok_lines, error_lines)
+        except OutputError:
+            self._cut_back(sizes)  # the output's lines too, when the errors file failed after it
+            self._asked.update((key, digest) for _result, key, digest in taken)
+            raise
+        for result, key, digest in taken:
+            self._mark_done(result, key, digest)
+        verdict.ok, verdict.failed = len(ok_lines), len(error_lines)
+        return verdict
+
+    def _cut_back(self, sizes: dict[str, int]) -> None:
+        for name, size in sizes.items():
+            if self._sizes[name] != size:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fds[name], size)
+                self._sizes[name] = size
+
+    def _mark_done(self, result: Result, key: int, digest: str | None) -> None:
+        self._done[key] = hash(digest) if digest else 0
+        if result.ok:
+            self._failed.discard(key)
+        else:
+            self._failed.add(key)
+
     def get(self, custom_id: str) -> Result | None:
         """The stored result of ``custom_id`` (only with ``keep_bodies``)."""
         return self._results.get(custom_id)
@@ -272,7 +362,7 @@ class ResultStore:
         """Serialise ``result`` with a fresh line id (and keep it, with ``keep_bodies``)."""
         if self.keep_bodies:
             self._results[result.custom_id] = result
-        return result.to_line(f"batch_req_{self._run}{next(self._ids):010x}", digest)
+        return result.to_line(compaction.line_id(self._run, next(self._ids)), digest)
 
     def append(self, ok_lines: list[bytes], error_lines: list[bytes]) -> None:
         """Append encoded lines, one write per file."""
@@ -297,25 +387,23 @@ class ResultStore:
     @property
     def was_opened(self) -> bool:
         """Whether ``open`` got as far as opening the files."""
-        return bool(self._opened_sizes)
+        return self._opened
 
     @property
     def is_open(self) -> bool:
         """Whether the files are open (and the lock held)."""
         return bool(self._fds)
 
-    @property
-    def resending(self) -> bool:
-        """Whether done records are being sent again (their requests changed)."""
-        return bool(self._resend)
-
     def resend(self, custom_ids: set[str]) -> None:
-        """These done records are sent again; their old lines go once the new ones are written."""
-        self._resend = custom_ids
+        """These done records are sent again: their old lines go once the new ones are written.
 
-    def rewritten(self, custom_ids) -> None:
-        """New lines of these ids are on disk: lines stored before this run for them are dropped on close."""
-        self._superseded.update(cid for cid in custom_ids if cid in self._resend)
+        The intent is on disk before anything is sent, so if this run is killed,
+        the next run on the output (of any kind) drops the old lines the new ones replaced.
+        """
+        self._resend = custom_ids
+        if custom_ids and not self._intent:
+            compaction.write_intent(self.real(self.output), [self._run])
+            self._intent = True
 
     def sync(self) -> None:
         """Force both files to disk (power-loss safety; a crash needs no sync)."""
@@ -333,7 +421,7 @@ class ResultStore:
         finally:
             self._close_fds()
             try:
-                if self._superseded:
+                if self._intent:
                     self._compact()
             finally:
                 self._unlock()
@@ -344,31 +432,11 @@ class ResultStore:
         self._fds.clear()
 
     def _compact(self) -> None:
-        """Drop the old lines of re-sent records, each file rewritten and renamed atomically."""
-        for name, path in (("ok", self.output), ("err", self.errors)):
-            compact_file(path, self._opened_sizes.get(name, 0), self._superseded)
-        self._superseded.clear()
-
-
-def compact_file(path: Path, old_end: int, superseded: set[str]) -> int:
-    """Rewrite ``path`` without lines before byte ``old_end`` whose id is in ``superseded``."""
-    if not path.exists() or not old_end:
-        return 0
-    dropped = 0
-    temp = path.with_name(path.name + ".compact")
-    with open(path, "rb") as source, open(temp, "wb") as target:
-        offset = 0
-        for raw in source:
-            start, offset = offset, offset + len(raw)
-            if start < old_end and orjson.loads(raw)["custom_id"] in superseded:
-                dropped += 1
-                continue
-            target.write(raw)
-        target.flush()
-        os.fsync(target.fileno())
-    os.replace(temp, path)
-    log.info("compacted superseded lines", file=str(path), dropped=dropped)
-    return dropped
+        """Drop the old lines of re-sent records (each file rewritten and renamed atomically)."""
+        output = self.real(self.output)
+        compaction.compact((output, self.real(self.errors)), {self._run})
+        compaction.clear_intent(output)
+        self._intent = False
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -321,7 +321,9 @@ class Engine:
         payload = body if isinstance(body, bytes) else orjson.dumps(body)
         source = hint if hint is not None else (body if isinstance(body, dict) else {})
         tokens = estimate_tokens(source, len(payload), self.settings.default_max_tokens)
-        return Job(custom_id, payload, path, tokens, request_digest(path, payload))
+        digest = request_digest(path, payload)
+        self.store.expect(custom_id, digest)  # the store writes only what was asked for, once
+        return Job(custom_id, payload, path, tokens, digest)
 
     # -- workers ---------------------------------------------------------------------
 
@@ -490,17 +492,11 @@ class Engine:
                 return
 
     def _write_batch(self, batch: list) -> None:
-        ok_lines, error_lines = [], []
-        for job, result in batch:
-            (ok_lines if result.ok else error_lines).append(self.store.encode(result, job.digest))
-        if ok_lines:
-            self.store.append(ok_lines, ())
-            self.written_ok += len(ok_lines)
-        if error_lines:
-            self.store.append((), error_lines)
-            self.written_failed += len(error_lines)
-        if self.store.resending:
-            self.store.rewritten(job.custom_id for job, _ in batch)
+        accepted = self.store.accept(result for _job, result in batch)
+        self.written_ok += accepted.ok
+        self.written_failed += accepted.failed
+        if accepted.refused:
+            log.error("results refused by the store", unknown=accepted.unknown[:5], repeated=accepted.repeated[:5])
         for job, result in batch:
             if job.future is not None:
                 self._pending.pop(job.custom_id, None)
