@@ -1,9 +1,9 @@
 """``odie batch --mode provider-batch``: its options, live progress line, summary and exit code.
 
 Options are range-checked where they are parsed (``options.number``); the key
-is read through the engine's ``clean_api_key``; the exit code comes from
-``cli.exit_code``, an error of the provider counting as the endpoint stopping
-the run (3), a full disk or an internal crash as a local failure (4).
+is read through the engine's ``clean_api_key``. A run that stops raises an
+``OdieError`` for ``cli.exit_code``: an error of the provider as the endpoint
+stopping the run (3), a full disk or an internal crash as a local failure (4).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import sys
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from ..engine.progress import ProgressLine, _eta, write_summary
 from ..engine.stats import RunStats
 from ..exceptions import ConfigError, EndpointStopped, EngineCrashed, OdieError, RequestError
 from ..options import number
-from ..runtime import run_async
+from ..runtime import StopSignals, run_async
 from .base import BatchProvider
 from .runner import ProviderBatchRun, RunOptions, new_run_id
 
@@ -158,16 +157,15 @@ def run_provider_batch(args) -> int:
         print("odie batch: interrupted; the provider keeps the batches: rerun the same command to collect "
               "them, or add --cancel", file=sys.stderr)
         return exc.code
-    except Exception as exc:  # every way a run ends has its exit code, and the key is never shown
-        return _stopped(exc, key)
+    except Exception as exc:  # every way a run ends is an OdieError for cli.exit_code, the key never shown
+        raise stopped(exc, key) from None
     print(format_summary(summary))
     return 1 if summary["errors_file_lines"] or summary["unfinished"] else 0
 
 
-def _stopped(exc: Exception, key: str | None) -> int:
-    """Print why the run stopped (the key redacted) and return its exit code."""
-    from ..exceptions import exit_code
-
+def stopped(exc: Exception, key: str | None) -> OdieError:
+    """The error a run that ended with ``exc`` stops with, its message without the key: a provider's
+    error is the endpoint stopping the run (exit 3), anything not an ``OdieError`` an internal crash (4)."""
     if isinstance(exc, RequestError):
         error: OdieError = EndpointStopped(f"stopped by the endpoint: {exc}")
     elif isinstance(exc, OdieError):
@@ -176,8 +174,9 @@ def _stopped(exc: Exception, key: str | None) -> int:
         error = EngineCrashed(f"internal error ({type(exc).__name__}: {exc}); what was written is intact, "
                               "rerun to resume")
     message = redact(str(error).encode(), key.encode() if key else None).decode("utf-8", "replace")
-    print(f"odie batch: {'' if isinstance(error, EndpointStopped) else 'error: '}{message}", file=sys.stderr)
-    return exit_code(error)
+    if message != str(error):
+        error.args = (message,)
+    return error
 
 
 class _Interrupted(Exception):
@@ -187,19 +186,11 @@ class _Interrupted(Exception):
 
 
 async def _with_signals(coro):
-    loop = asyncio.get_running_loop()
     task = asyncio.ensure_future(coro)
-    hit: list[int] = []
-
-    def on_signal(sig: int) -> None:
-        hit.append(128 + sig)
-        task.cancel()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal, sig)
-    try:
-        return await task
-    except asyncio.CancelledError:
-        if hit:
-            raise _Interrupted(hit[0]) from None
-        raise
+    with StopSignals(lambda _sig: task.cancel()) as signals:
+        try:
+            return await task
+        except asyncio.CancelledError:
+            if signals.exit_code is not None:
+                raise _Interrupted(signals.exit_code) from None
+            raise

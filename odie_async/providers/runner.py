@@ -113,6 +113,8 @@ class ProviderBatchRun:
         scan = scan_input(self.opt.input, self.store, type(self.provider), limits, self.opt.model, self.opt.skip_invalid)
         self._check_changed(scan.changed, scan.first_changed)
         self.wanted = scan.wanted
+        for custom_id, digest in self.wanted.items():
+            self.store.expect(custom_id, digest)  # the store writes only these, each once, with its digest
         self.counts["invalid_skipped"] = scan.invalid
         self.counts["already_done"] = self.store.resumed_ok + self.store.resumed_failed - len(scan.changed)
         todo = set(self.wanted) - self._reconcile()
@@ -358,7 +360,7 @@ class ProviderBatchRun:
 
     async def _download(self, c: ChunkState, status: BatchStatus) -> bool:
         """Append the batch's new results; False when they show the batch is not this chunk's."""
-        block: list[tuple[Result, str]] = []
+        block: list[Result] = []
         async for custom_id, result, why in self.provider.results(status, c.chunk):
             if why == "foreign":
                 log.warning("adopted batch is not this run's; looking again", batch=c.batch_id)
@@ -369,29 +371,28 @@ class ProviderBatchRun:
                 continue
             if result is None:
                 continue
-            digest = self._accept(c, custom_id)
-            if digest is not None:
-                block.append((result, digest))
+            if self._accept(c, custom_id):
+                block.append(result)
             if len(block) >= WRITE_BLOCK:
                 self._write(block)
                 block = []
         self._write(block)
         return True
 
-    def _accept(self, c: ChunkState, custom_id: str) -> str | None:
-        """The digest to write a result of ``custom_id`` with, or None when it is not accepted.
+    def _accept(self, c: ChunkState, custom_id: str) -> bool:
+        """Whether a result of ``custom_id`` from this chunk's batch goes to the store.
 
-        Accepted are only ids this chunk asked for, with the request the run still wants, and each once
-        (the first answer wins): an id the provider invented or repeated, or one already written, is not."""
+        Only ids this chunk asked for, with the request the run still wants, each once (the first answer
+        wins); the store's ``accept`` then writes each id the run expects at most once, into one file."""
         asked = (self._asked(c) or {}).get(custom_id)
         if asked is None:
             self._refuse(c, "invented", custom_id)
-            return None
+            return False
         if self.wanted.get(custom_id) != asked:
             self.counts["results_not_wanted"] += 1  # answered twice, written before, or asked differently now
-            return None
+            return False
         del self.wanted[custom_id]
-        return asked
+        return True
 
     def _refuse(self, c: ChunkState, why: str, custom_id: str | None) -> None:
         self.counts[f"results_{why}"] += 1
@@ -412,29 +413,26 @@ class ProviderBatchRun:
         self._fail_records(c, leftover, {"code": code, "message": message})
         return "errors"
 
-    def _write(self, block: list[tuple[Result, str]]) -> None:
+    def _write(self, block: list[Result]) -> None:
         if not block:
             return
         crashpoint("write")
-        ok = [self.store.encode(r, digest) for r, digest in block if r.ok]
-        bad = [self.store.encode(r, digest) for r, digest in block if not r.ok]
-        self.store.append(ok, bad)
-        if self.store.resending:
-            self.store.rewritten(r.custom_id for r, _ in block)
-        for result, _ in block:
+        verdict = self.store.accept(block)
+        if verdict.refused:  # _accept lets through only what the store expects: a refusal here is a defect
+            raise RuntimeError(f"the record store refused {verdict.refused} result(s) the run accepted")
+        for result in block:
             usage = (result.body or {}).get("usage")
             usage = usage if isinstance(usage, dict) else {}
             self.tokens["prompt"] += usage.get("prompt_tokens") if type(usage.get("prompt_tokens")) is int else 0
             self.tokens["completion"] += usage.get("completion_tokens") if type(usage.get("completion_tokens")) is int else 0
-        self.counts["batch_ok"] += len(ok)
-        self.counts["batch_failed"] += len(bad)
+        self.counts["batch_ok"] += verdict.ok
+        self.counts["batch_failed"] += verdict.failed
 
     def _fail_records(self, c: ChunkState, lines: list, error: dict) -> None:
         block = []
         for line in lines:
-            digest = self._accept(c, line.custom_id)
-            if digest is not None:
-                block.append((Result(line.custom_id, False, error=dict(error), attempts=0), digest))
+            if self._accept(c, line.custom_id):
+                block.append(Result(line.custom_id, False, error=dict(error), attempts=0))
         for start in range(0, len(block), WRITE_BLOCK):
             self._write(block[start : start + WRITE_BLOCK])
 
