@@ -38,6 +38,7 @@ from ..exceptions import ConfigError, EndpointStopped, InputError, OdieError, Ru
 from .progress import ProgressLine, write_summary
 from .stats import RunStats
 from .. import __version__
+from ..option_types import input_file
 
 log = structlog.get_logger(__name__)
 
@@ -155,8 +156,8 @@ async def run_batch(
     with stop.installed(handle_signals):
         try:
             engine.store.check_paths(*([input] if isinstance(input, (str, Path)) else []))
-            if isinstance(input, (str, Path)) and not Path(input).is_file():
-                raise ConfigError(f"input file {input} does not exist")
+            if isinstance(input, (str, Path)):
+                input_file(input)  # missing, a folder, unreadable: each said apart (exit 2)
             # the lock is taken before the input is read; a thread, so that a signal stops a long scan
             await asyncio.to_thread(engine.store.open, retry_failed, stop.flag)
             scan = await _prepare(input, engine, model, skip_invalid, resend_changed, stop)
