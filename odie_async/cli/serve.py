@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from ..endpoints.embedded import EMBEDDED, MODEL_HELP
 from ..endpoints.serve import _DEFAULT_MAX_NUM_SEQS, API_KEY_ENV, ServeSettings, serve_until_stopped
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(json=args.log_json)
     settings = ServeSettings(model=args.model, loras=dict(args.lora), host=args.host, port=args.port,
                              max_model_len=args.max_model_len, served_model_name=args.served_model_name,
-                             start_timeout_s=args.start_timeout, log_path=args.log_file,
+                             start_timeout_s=args.start_timeout, log_path=Path(args.log_file) if args.log_file else None,
                              max_num_seqs=args.max_num_seqs, kv_cache_gib=args.kv_cache_gib)
     serve_until_stopped(settings, announce=_announce)
     return 0
