@@ -19,7 +19,8 @@ from typing import Any
 import orjson
 
 from . import notebook
-from .exceptions import ConfigError
+from .exceptions import ConfigError, EvalError
+from .option_types import count, duration, number
 from .runtime import run_sync
 
 PathLike = str | Path
@@ -78,9 +79,17 @@ def _prediction_sets(predictions) -> tuple[list[tuple[str, list[dict]]], bool]:
 
     if isinstance(predictions, (str, Path)):
         return [(str(predictions), load_predictions(predictions))], True
+    if not isinstance(predictions, Iterable) or isinstance(predictions, (bytes, dict)):
+        raise EvalError(f"predictions: expected a file, a list of files or a list of records, "
+                        f"not {type(predictions).__name__}")
     items = list(predictions)
-    if items and all(isinstance(p, dict) for p in items):
+    if not items:
+        raise EvalError("predictions: an empty list (no files, no records)")
+    if any(isinstance(p, dict) for p in items):
         return [("records", checked_records(items))], True
+    bad = next((p for p in items if not isinstance(p, (str, Path))), None)
+    if bad is not None:
+        raise EvalError(f"predictions: expected paths or records, got {type(bad).__name__} {bad!r:.40}")
     return [(str(p), load_predictions(p)) for p in items], False
 
 
@@ -99,14 +108,15 @@ async def aevaluate(predictions: PathLike | Sequence[PathLike] | Sequence[dict],
     from .evaluation.evaluate import plot_reports, score_sets, write_scores
 
     sets, one = _prediction_sets(predictions)
+    batch_size = DEFAULT_BATCH_SIZE if batch_size is None else _option("batch_size", count, batch_size)
+    threads = DEFAULT_THREADS if threads is None else _option("threads", number(int, 0, True, 4096), threads)
     done = [0]
     bar = contextlib.nullcontext()
     if progress and notebook.wanted():
         bar = notebook.NotebookBar("eval", lambda: (done[0], len(sets)), unit="file")
     async with bar:
         reports = await asyncio.to_thread(
-            score_sets, sets, compat, device, batch_size or DEFAULT_BATCH_SIZE,
-            DEFAULT_THREADS if threads is None else threads, lambda n: done.__setitem__(0, n))
+            score_sets, sets, compat, device, batch_size, threads, lambda n: done.__setitem__(0, n))
     if json_out:
         write_scores(reports, json_out)
     if plot_dir:
@@ -123,10 +133,36 @@ def _batch_records(requests, order: list[str]) -> Any:
     """Dicts in the Batch API's line shape, or bare chat bodies (numbered ``"0"``, ``"1"``...);
     ``order`` collects the custom_ids as they go by."""
     for i, record in enumerate(requests):
-        if "custom_id" not in record:
+        if isinstance(record, dict) and "custom_id" not in record:
             record = {"custom_id": str(i), "method": "POST", "url": "/v1/chat/completions", "body": record}
-        order.append(record["custom_id"])
-        yield record
+        order.append(record.get("custom_id") if isinstance(record, dict) else None)
+        yield record  # the engine's reader refuses anything else, naming the item (InputError)
+
+
+def _option(name: str, parse, value):
+    """``value`` checked by an option type; its error names the keyword."""
+    try:
+        return parse(value)
+    except ConfigError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+
+
+def _requests_source(requests, order: list[str]):
+    """The engine's input: a file's path, or the records, checked to be an iterable holding some."""
+    if isinstance(requests, (str, Path)):
+        return requests
+    if isinstance(requests, (bytes, dict)) or not isinstance(requests, Iterable):
+        raise ConfigError(f"requests: expected a Batch API file or an iterable of dicts, not {type(requests).__name__}")
+    if isinstance(requests, Sequence):  # in memory already: checked whole before anything is sent
+        from .engine.batchfile import RecordReader
+
+        if not requests:
+            raise ConfigError("requests: an empty list (nothing to send)")
+        records = list(_batch_records(requests, order))
+        for _line in RecordReader(records):
+            pass
+        return records
+    return _batch_records(requests, order)
 
 
 async def arun_batch(requests: PathLike | Iterable[dict], output: PathLike | None = None, *,
@@ -156,18 +192,26 @@ async def arun_batch(requests: PathLike | Iterable[dict], output: PathLike | Non
     from .options import AUTO_START, AUTO_WORKERS, PoolEndpoint, endpoint_spec
     from .settings import validate
 
+    if concurrency is not None:
+        concurrency = _option("concurrency", count, concurrency)
+    rpm, tpm = _option("rpm", number(float, 0), rpm), _option("tpm", number(float, 0), tpm)
+    max_attempts, timeout = _option("max_attempts", count, max_attempts), _option("timeout", duration, timeout)
+    order: list[str] = []
+    source = _requests_source(requests, order)
     key = api_key_from_env(api_key_env)
+    if isinstance(endpoints, (str, bytes, dict)) or not isinstance(endpoints, Iterable):
+        raise ConfigError(f"endpoints: expected a list of URLs or dicts, not {type(endpoints).__name__}")
     pool = [EndpointSpec(e, key, None, rpm, tpm) if isinstance(e, str)
             else endpoint_spec(validate(PoolEndpoint, e, f"endpoints[{i}]"), "endpoints") for i, e in enumerate(endpoints)]
     if not base_url and not pool:
         raise ConfigError("run_batch needs base_url= or endpoints=")
+    if base_url is not None and not isinstance(base_url, str):
+        raise ConfigError(f"base_url: expected a URL, not {type(base_url).__name__}")
     settings = EngineSettings(
         base_url=base_url or pool[0].base_url, api_key=key, endpoints=pool, concurrency=concurrency or AUTO_WORKERS,
-        initial_concurrency=None if concurrency else AUTO_START, rpm=rpm, tpm=tpm, max_attempts=max_attempts,
+        initial_concurrency=None if concurrency is not None else AUTO_START, rpm=rpm, tpm=tpm, max_attempts=max_attempts,
         timeout_s=timeout, stream=stream, max_cost=max_cost, price=price,
         prices_file=str(prices_file) if prices_file else None, cache=str(cache) if cache else None)
-    order: list[str] = []
-    source = requests if isinstance(requests, (str, Path)) else _batch_records(requests, order)
     with tempfile.TemporaryDirectory(prefix="odie-batch-") if output is None else contextlib.nullcontext() as tmp:
         target = Path(tmp) / "results.jsonl" if output is None else Path(output)
         report = await run_batch(source, target, settings, errors, model=model,
@@ -176,7 +220,7 @@ async def arun_batch(requests: PathLike | Iterable[dict], output: PathLike | Non
             raise report.error
         if output is not None:
             return report.summary
-        if not order:  # a file: its own order
+        if isinstance(requests, (str, Path)):  # a file: its own order
             order = [orjson.loads(raw)["custom_id"] for raw in Path(requests).read_bytes().splitlines() if raw.strip()]
         return _in_input_order(order, target, Path(report.summary["errors"]))
 

@@ -19,8 +19,11 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from .exceptions import ConfigError
+
+PathT = TypeVar("PathT", str, Path)
 
 # Upper bounds no real run reaches: a value above one is a typo, not a setting.
 MAX_DURATION_S = 30 * 86_400.0
@@ -141,8 +144,8 @@ def slo(text: str | None) -> dict[str, float]:
     return limits
 
 
-def output_file(path, what: str = "output") -> Path:
-    """``path`` as a file that can be written: not a folder, its folder creatable."""
+def output_file(path: PathT, what: str = "output") -> PathT:
+    """``path`` (returned as given) if it is a file that can be written: not a folder, its folder creatable."""
     target = Path(os.path.expanduser(str(path)))
     if not str(path).strip():
         raise ConfigError(f"{what}: an empty path")
@@ -151,18 +154,18 @@ def output_file(path, what: str = "output") -> Path:
     _creatable(target.parent, what, target)
     if target.exists() and not os.access(target, os.W_OK):
         raise ConfigError(f"cannot write {what} {target}: permission denied")
-    return target
+    return path
 
 
-def output_folder(path, what: str = "output folder") -> Path:
-    """``path`` as a folder that exists or can be created: not a file, nor under one."""
+def output_folder(path: PathT, what: str = "output folder") -> PathT:
+    """``path`` (returned as given) if it is a folder that exists or can be created: not a file, nor under one."""
     target = Path(os.path.expanduser(str(path)))
     if not str(path).strip():
         raise ConfigError(f"{what}: an empty path")
     if target.exists() and not target.is_dir():
         raise ConfigError(f"{what} {target} is a file, not a folder")
     _creatable(target, what, target)
-    return target
+    return path
 
 
 def _creatable(folder: Path, what: str, target: Path) -> None:
@@ -176,8 +179,9 @@ def _creatable(folder: Path, what: str, target: Path) -> None:
         raise ConfigError(f"cannot create {what} {target}: {current} is not writable")
 
 
-def input_file(path, what: str = "input file") -> Path:
-    """``path`` as a readable file: a missing path, a folder and an unreadable file each said apart."""
+def input_file(path: PathT, what: str = "input file") -> PathT:
+    """``path`` (returned as given) if it is a readable file; a missing path, a folder and an unreadable
+    file are each said apart."""
     target = Path(os.path.expanduser(str(path)))
     if target.is_dir():
         raise ConfigError(f"{what} {target} is a folder, not a file")
@@ -185,4 +189,4 @@ def input_file(path, what: str = "input file") -> Path:
         raise ConfigError(f"{what} {target} does not exist")
     if not os.access(target, os.R_OK):
         raise ConfigError(f"cannot read {what} {target}: permission denied")
-    return target
+    return path

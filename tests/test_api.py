@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import select
+import socket
 import threading
 
 import numpy as np
@@ -12,6 +14,7 @@ import pytest
 
 import odie_async
 from odie_async.evaluation import evaluate as evaluate_module
+from odie_async.exceptions import ConfigError, InputError
 from odie_async.runtime import called_from_loop, run_sync
 
 from .pipeline_support import config_data
@@ -152,3 +155,52 @@ def test_run_batch_writes_files_and_resumes(tmp_path):
     first, second, sent = asyncio.run(go())
     assert first["succeeded"] == 6 and second["succeeded"] == 4 and sent == 10, "the rerun sent only the rest"
     assert len((tmp_path / "out.jsonl").read_bytes().splitlines()) == 10
+
+
+# -- malformed input: an OdieError subclass every time, nothing sent ----------------------------------
+
+BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+BAD_BATCHES = {
+    "a non-dict record": (([BODY, 5],), {}, InputError),
+    "a line missing fields": (([BODY, {"custom_id": "x", "body": BODY}],), {}, InputError),
+    "no records": (([],), {}, ConfigError),
+    "not an iterable": ((5,), {}, ConfigError),
+    "concurrency 0": (([BODY],), {"concurrency": 0}, ConfigError),
+    "concurrency 1e8": (([BODY],), {"concurrency": 10 ** 8}, ConfigError),
+    "timeout 0": (([BODY],), {"timeout": 0}, ConfigError),
+    "timeout 1m30": (([BODY],), {"timeout": "1m30"}, ConfigError),
+    "rpm nan": (([BODY],), {"rpm": float("nan")}, ConfigError),
+    "tpm inf": (([BODY],), {"tpm": float("inf")}, ConfigError),
+    "max_attempts 0": (([BODY],), {"max_attempts": 0}, ConfigError),
+    "a base_url that is no URL": (([BODY],), {"base_url": 5}, ConfigError),
+    "no endpoint": (([BODY],), {"base_url": None}, ConfigError),
+    "endpoints as a string": (([BODY],), {"endpoints": "http://127.0.0.1:9/v1"}, ConfigError),
+    "an endpoint that is a number": (([BODY],), {"endpoints": [5]}, ConfigError),
+    "a missing input file": (("no-such-input.jsonl",), {}, ConfigError),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_BATCHES))
+def test_run_batch_refuses_malformed_input_with_an_odie_error_before_sending(case, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args, options, expected = BAD_BATCHES[case]
+    with socket.socket() as endpoint:  # listening, never accepting: a request would leave a connection queued
+        endpoint.bind(("127.0.0.1", 0))
+        endpoint.listen()
+        options = {"base_url": f"http://127.0.0.1:{endpoint.getsockname()[1]}/v1", "progress": False, **options}
+        with pytest.raises(expected):
+            odie_async.run_batch(*args, **options)
+        assert select.select([endpoint], [], [], 0)[0] == []  # nothing connected
+
+
+@pytest.mark.parametrize("predictions, options", [
+    ([], {}), (5, {}), ([5], {}), ([{"instruction": "i"}], {}), ("no-such-predictions.json", {}),
+    ([RECORD], {"batch_size": 0}), ([RECORD], {"threads": -1}),
+], ids=["empty list", "a number", "a list of numbers", "a record missing fields", "a missing file",
+        "batch_size 0", "threads -1"])
+def test_evaluate_refuses_malformed_input_with_an_odie_error(predictions, options, fake_encoder, tmp_path,
+                                                             monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(odie_async.OdieError):
+        odie_async.evaluate(predictions, progress=False, **options)

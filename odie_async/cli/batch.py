@@ -26,6 +26,7 @@ from ..exceptions import ConfigError
 from ..logs import configure_logging
 from ..engine.batchfile import BatchReader
 from ..engine.estimate import Estimate, format_estimate
+from ..option_types import input_file
 from ..options import AUTO_START, AUTO_WORKERS, ENGINE_OPTIONS, apply_config, number, settings_from_args
 from ..providers import add_arguments as add_provider_arguments
 from ..providers import run_provider_batch
@@ -144,8 +145,7 @@ def stdin_file(output: str):
 
 def _run(args) -> int:
     configure_logging(json=args.log_json)
-    if not os.path.isfile(args.input):
-        raise ConfigError(f"input file {args.input} does not exist")
+    input_file(args.input)  # missing, a folder, unreadable: each said apart (exit 2)
     apply_config(args, args.option_defaults)  # every mode takes the config, the pool and the options alike
     if args.dry_run:
         return _dry_run(args)

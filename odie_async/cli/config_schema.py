@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from ..files import write_atomic
 from ..option_types import output_file
@@ -31,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     """Print (or write) the schema."""
     text = json.dumps(schema_for(args.kind), indent=2) + "\n"
     if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         write_atomic(args.output, text.encode("utf-8"))
     else:
         print(text, end="")

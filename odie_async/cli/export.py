@@ -19,15 +19,16 @@ import sys
 from pathlib import Path
 
 from ..exceptions import InputError
+from ..option_types import output_file, output_folder
 from ..pipeline.export import export_dataset
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``odie export``."""
     parser.add_argument("run", help="an `odie generate` run folder")
-    parser.add_argument("--parquet", nargs="?", const="", default=None, metavar="FILE",
+    parser.add_argument("--parquet", nargs="?", const="", default=None, metavar="FILE", type=output_file,
                         help="write Parquet (default file: RUN/dataset.parquet)")
-    parser.add_argument("--save-to-disk", nargs="?", const="", default=None, metavar="DIR",
+    parser.add_argument("--save-to-disk", nargs="?", const="", default=None, metavar="DIR", type=output_folder,
                         help="write a datasets folder (default: RUN/dataset)")
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ..exceptions import ConfigError, InputError, RunAborted, ServeError
 from ..logs import configure_logging
+from ..option_types import output_file, output_folder
 from ..quality import Gate, load_gate_config
 from ..quality.records import validate
 from ..quality.runner import check_outputs, filter_file, judge_identity, tally
@@ -36,8 +37,8 @@ SCORERS = ("offline", "llm", "unieval")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``odie filter``."""
     parser.add_argument("input", help="records with instruction, text, table: a JSON array or JSONL")
-    parser.add_argument("--kept", required=True, help="kept records (.jsonl); also the checkpoint")
-    parser.add_argument("--dropped", required=True, help="dropped records with their reasons (.jsonl)")
+    parser.add_argument("--kept", required=True, type=output_file, help="kept records (.jsonl); also the checkpoint")
+    parser.add_argument("--dropped", required=True, type=output_file, help="dropped records with their reasons (.jsonl)")
     parser.add_argument("--config", default=None, help="filter config (default: configs/filter-default.yaml)")
     parser.add_argument("--scorer", choices=SCORERS, default="offline",
                         help="who scores faithfulness and consistency (default: offline, the sentence encoder)")
@@ -47,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key-env", default=None,
                         help="with --scorer llm: environment variable holding the judge's API key")
     parser.add_argument("--model", default=None, help="with --scorer llm: the judge's served model name")
-    parser.add_argument("--report", default=None, help="folder for report.png (reasons, score histograms) and summary.json")
+    parser.add_argument("--report", default=None, type=output_folder, help="folder for report.png (reasons, score histograms) and summary.json")
     parser.add_argument("--label-field", default="expected",
                         help="field holding keep/drop labels, for precision and recall in the report")
     parser.add_argument("--batch-size", type=int, default=32, help="records judged together")

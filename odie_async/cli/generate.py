@@ -9,7 +9,7 @@ from ..api import generate
 from ..logs import configure_logging
 from ..engine.answer_cache import default_location
 from ..engine.spend import parse_price
-from ..option_types import number
+from ..option_types import number, output_folder
 from ..pipeline.run import exit_code, format_summary
 
 
@@ -18,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None,
                         help="pipeline config: a file, or a packaged preset's name (default, mock, openai; "
                              "default: configs/generate-default.yaml)")
-    parser.add_argument("--output", "--out", dest="output", default="runs/generate",
+    parser.add_argument("--output", "--out", dest="output", type=output_folder, default="runs/generate",
                         help="run folder: checkpoint, exports, summary")
     _hide_alias(parser, "--out")
     parser.add_argument("--base-url", default=None, help="endpoint (overrides the config's endpoint.base_url)")

@@ -35,15 +35,16 @@ from .checkpoint import ResultStore, request_digest
 from .client import api_key_from_env  # noqa: F401  (re-exported: callers import it from here)
 from .core import Engine, EngineSettings
 from .metrics_log import MetricsLog, metrics_path_for
-from ..exceptions import ConfigError, EndpointStopped, InputError, OdieError, RunAborted, exit_code
+from ..exceptions import (EXIT_ENDPOINT, EXIT_FAILED_RECORDS, EXIT_LOCAL, ConfigError, InputError, RunAborted, exit_code,
+                          signal_exit_code)
 from .progress import ProgressLine, write_summary
 from .stats import RunStats
 from .. import __version__
+from ..option_types import input_file
+from ..runtime import StopSignals
 
 log = structlog.get_logger(__name__)
 
-EXIT_OK, EXIT_FAILED_RECORDS, EXIT_USAGE, EXIT_ENDPOINT, EXIT_LOCAL = 0, 1, 2, 3, 4
-_SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
 def exit_code_for(error: BaseException | None) -> int:
@@ -86,15 +87,8 @@ class _Stop:
 
     @contextlib.contextmanager
     def installed(self, enabled: bool):
-        loop = asyncio.get_running_loop()
-        sigs = (signal.SIGINT, signal.SIGTERM) if enabled else ()
-        for sig in sigs:
-            loop.add_signal_handler(sig, self, sig)
-        try:
+        with StopSignals(self, self) if enabled else contextlib.nullcontext():  # the one signal handler
             yield self
-        finally:
-            for sig in sigs:
-                loop.remove_signal_handler(sig)
 
 
 Select = Callable[[str], bool]  # which custom_ids a run takes (a shard's); None: all
@@ -182,8 +176,8 @@ async def run_batch(
     with stop.installed(handle_signals):
         try:
             engine.store.check_paths(*([input] if isinstance(input, (str, Path)) else []))
-            if isinstance(input, (str, Path)) and not Path(input).is_file():
-                raise ConfigError(f"input file {input} does not exist")
+            if isinstance(input, (str, Path)):
+                input_file(input)  # missing, a folder, unreadable: each said apart (exit 2)
             # the lock is taken before the input is read; a thread, so that a signal stops a long scan
             await asyncio.to_thread(engine.store.open, retry_failed, stop.flag)
             scan = await _prepare(input, engine, model, skip_invalid, resend_changed, stop, select)
@@ -281,7 +275,7 @@ def _report(engine: Engine, stats: RunStats, scan: InputScan, error, stop: _Stop
     code = exit_code_for(error)
     if error is None:
         if signame:
-            code = _SIGNAL_EXIT[stop.signum]
+            code = signal_exit_code(stop.signum)
         elif ledger["errors"] or ledger["invalid_skipped"] or _failed_before(engine):
             code = EXIT_FAILED_RECORDS
     summary = stats.as_dict() | {"shutdown": _shutdown(engine, ledger)}
