@@ -3,11 +3,14 @@
     python benchmarks/bench_engine.py [--quick] [--json OUT.json]
 
 1. zero latency, concurrency 256, 20,000 requests, checkpointing on, five rotating rounds: ``odie batch``
-   vs a bare aiohttp loop (target ≥ 0.8× its throughput);
+   vs a bare aiohttp loop (target ≥ 0.9× its throughput, ≤ 80 µs of client CPU per request), and
+   ``odie batch`` over a pool of three lanes (three keys, one mock) against one lane (within 5 %);
 2. 1 s latency, concurrency 500: throughput vs the bound concurrency ÷ latency (≥ 95 %);
 3. ``--rpm 6000`` against a mock enforcing 6,000 RPM: share of the limit achieved (≥ 97 %)
    and share of requests answered 429 (≤ 0.5 %);
-4. 1,000,000 input lines: peak RSS of ``odie batch`` (< 250 MB).
+4. 1,000,000 input lines: peak RSS of ``odie batch`` (< 250 MB);
+5. ``--only memory_slope``: peak RSS after 1,000,000 and after 5,000,000 zero-latency requests
+   (``--slope-sizes`` to choose others), target within 50 MB of each other: memory flat with run length.
 
 The mock runs pinned to one core and the client to the other when ``taskset`` exists.
 """
@@ -109,10 +112,12 @@ def run_child(cmd: list[str]) -> tuple[str, float, float, int]:
     return out.decode(), time.perf_counter() - start, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024
 
 
-def odie_batch(inp: Path, url: str, *options: str) -> dict:
+def odie_batch(inp: Path, url: str | None, *options: str) -> dict:
     """Run ``odie batch`` once on a fresh output; return its summary plus process figures."""
     out = inp.with_name(f"out-{time.monotonic_ns()}.jsonl")
-    cmd = [PY, "-m", "odie_async", "batch", str(inp), "-o", str(out), "--base-url", url, "--no-progress", *options]
+    cmd = [PY, "-m", "odie_async", "batch", str(inp), "-o", str(out), "--no-progress", *options]
+    if url is not None:
+        cmd += ["--base-url", url]
     _stdout, wall, cpu, rss = run_child(cmd)
     summary = orjson.loads(out.with_suffix(".summary.json").read_bytes())
     for path in out.parent.glob(out.stem + "*"):
@@ -130,35 +135,54 @@ ROUNDS = 5  # the overhead scenario's rounds; one run of each is too noisy on a 
 
 
 def scenario_overhead(tmp: Path, n: int) -> dict:
-    """Odie and both bare loops in rotating order, ``ROUNDS`` times; medians decide."""
+    """Odie (one lane and a pool of three) and both bare loops in rotating order, ``ROUNDS`` times;
+    medians decide."""
     inp = write_input(tmp / "overhead.jsonl", n)
-    runs: dict[str, list[dict]] = {"asyncio": [], "uvloop": [], "odie": []}
+    runs: dict[str, list[dict]] = {"asyncio": [], "uvloop": [], "odie": [], "odie_pool3": []}
     mock = MockProcess()
+    config = _pool_config(tmp / "pool3.yaml", mock.url)
     try:
         for r in range(ROUNDS):
-            order = list(runs)[r % 3:] + list(runs)[:r % 3]
+            order = list(runs)[r % 4:] + list(runs)[:r % 4]
             for kind in order:
-                runs[kind].append(_overhead_run(kind, inp, mock.url))
+                runs[kind].append(_overhead_run(kind, inp, mock.url, config))
     finally:
         mock.stop()
     med = {kind: statistics.median(x["requests_per_s"] for x in rs) for kind, rs in runs.items()}
+    cpu = {kind: statistics.median(x["cpu_us_per_request"] for x in rs) for kind, rs in runs.items()}
     ratios = [o["requests_per_s"] / max(a["requests_per_s"], u["requests_per_s"])
               for o, a, u in zip(runs["odie"], runs["asyncio"], runs["uvloop"])]
     return {
         "requests": n, "concurrency": 256, "rounds": ROUNDS,
-        "odie_requests_per_s": med["odie"],
-        "odie_cpu_us_per_request": statistics.median(x["cpu_us_per_request"] for x in runs["odie"]),
-        "bare_aiohttp": {k: {"requests_per_s": med[k], "cpu_us_per_request":
-                             statistics.median(x["cpu_us_per_request"] for x in runs[k])} for k in ("asyncio", "uvloop")},
+        "odie_requests_per_s": med["odie"], "odie_cpu_us_per_request": cpu["odie"],
+        "pool3_requests_per_s": med["odie_pool3"], "pool3_cpu_us_per_request": cpu["odie_pool3"],
+        "bare_aiohttp": {k: {"requests_per_s": med[k], "cpu_us_per_request": cpu[k]} for k in ("asyncio", "uvloop")},
         "ratio_vs_best_bare": med["odie"] / max(med["asyncio"], med["uvloop"]),
-        "ratio_per_round": [round(x, 3) for x in ratios], "target": 0.8,
+        "ratio_per_round": [round(x, 3) for x in ratios],
+        "pool3_vs_one_lane": med["odie_pool3"] / med["odie"],
+        "targets": {"ratio_vs_best_bare": 0.9, "odie_cpu_us_per_request": 80, "pool3_vs_one_lane": 0.95},
     }
 
 
-def _overhead_run(kind: str, inp: Path, url: str) -> dict:
-    if kind != "odie":
+POOL_KEYS = ("ODIE_BENCH_KEY_A", "ODIE_BENCH_KEY_B", "ODIE_BENCH_KEY_C")
+
+
+def _pool_config(path: Path, url: str) -> Path:
+    """Three lanes to one mock: three keys make three endpoints (the same URL and key would be one)."""
+    lines = ["endpoints:"] + [f"  - {{base_url: '{url}', api_key_env: {key}}}" for key in POOL_KEYS]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _overhead_run(kind: str, inp: Path, url: str, pool_config: Path) -> dict:
+    if kind in ("asyncio", "uvloop"):
         return bare_loop(inp, url, 256, kind)
-    odie = odie_batch(inp, url, "--concurrency", "256")
+    if kind == "odie_pool3":
+        for i, key in enumerate(POOL_KEYS):
+            os.environ[key] = f"bench-key-{i}"
+        odie = odie_batch(inp, None, "--concurrency", "256", "--config", str(pool_config))
+    else:
+        odie = odie_batch(inp, url, "--concurrency", "256")
     n = odie["summary"]["succeeded"]
     return {"requests_per_s": odie["summary"]["requests_per_s"], "cpu_us_per_request": 1e6 * odie["cpu_s"] / max(1, n)}
 
@@ -200,20 +224,45 @@ def scenario_memory(tmp: Path, n: int) -> dict:
             "requests_per_s": odie["summary"]["requests_per_s"], "target_mb": 250}
 
 
+def scenario_memory_slope(tmp: Path, sizes: list[int]) -> dict:
+    """Peak RSS of ``odie batch`` after each of ``sizes`` zero-latency requests: flat, or growing?"""
+    points = []
+    mock = MockProcess()
+    try:
+        for n in sizes:
+            inp = write_input(tmp / f"slope-{n}.jsonl", n)
+            odie = odie_batch(inp, mock.url, "--concurrency", "256")
+            inp.unlink()
+            points.append({"requests": n, "peak_rss_mb": round(odie["peak_rss_mb"], 1),
+                           "requests_per_s": odie["summary"]["requests_per_s"]})
+            print(orjson.dumps({"memory_slope_point": points[-1]}).decode(), file=sys.stderr, flush=True)
+    finally:
+        mock.stop()
+    first, last = points[0], points[-1]
+    growth = last["peak_rss_mb"] - first["peak_rss_mb"]
+    return {"points": points, "growth_mb": round(growth, 1),
+            "mb_per_million": round(growth / max(1e-9, (last["requests"] - first["requests"]) / 1e6), 1),
+            "target": "within 50 MB from 1,000,000 to 5,000,000"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run, not the targets)")
-    parser.add_argument("--only", choices=["overhead", "latency", "rpm", "memory"], action="append")
+    parser.add_argument("--only", choices=["overhead", "latency", "rpm", "memory", "memory_slope"], action="append")
+    parser.add_argument("--slope-sizes", default="1000000,5000000",
+                        help="request counts of the memory_slope scenario (default: 1,000,000 and 5,000,000)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     sizes = {"overhead": 20_000, "latency": 5_000, "rpm": 3_000, "memory": 1_000_000}
     if args.quick:
         sizes = {"overhead": 4_000, "latency": 1_000, "rpm": 600, "memory": 50_000}
-    runners = {"overhead": scenario_overhead, "latency": scenario_latency, "rpm": scenario_rpm, "memory": scenario_memory}
+    sizes["memory_slope"] = [int(x) for x in args.slope_sizes.split(",")]
+    runners = {"overhead": scenario_overhead, "latency": scenario_latency, "rpm": scenario_rpm, "memory": scenario_memory,
+               "memory_slope": scenario_memory_slope}
     results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
                            "pinned": bool(TASKSET)}}
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.only or list(runners):
+        for name in args.only or [name for name in runners if name != "memory_slope"]:
             results[name] = runners[name](Path(tmp), sizes[name])
             print(orjson.dumps({name: results[name]}).decode(), file=sys.stderr, flush=True)
     emit(results, args.json)

@@ -104,8 +104,8 @@ def _job():
 def test_one_breaker_per_mode(tmp_path):
     alone = Engine(_pool_settings(1), tmp_path / "a.jsonl")
     pooled = Engine(_pool_settings(3), tmp_path / "b.jsonl")
-    assert alone.breaker is not None and alone.pool.lanes[0].breaker is None, "a lane alone: the run's breaker"
-    assert pooled.breaker is None and all(lane.breaker is not None for lane in pooled.pool.lanes)
+    assert alone.policy.breaker is not None and alone.pool.lanes[0].breaker is None, "alone: the run's breaker"
+    assert pooled.policy.breaker is None and all(lane.breaker is not None for lane in pooled.pool.lanes)
 
 
 def test_a_lane_alone_that_keeps_failing_stops_the_run_through_the_run_breaker(tmp_path):

@@ -1,8 +1,13 @@
-"""When to stop a run that keeps failing: a failure rate over a window, or a streak of one final error."""
+"""Run policy: when to stop a run that keeps failing (a failure rate over a window, a streak of one
+final error) and how long to wait before a retry."""
 
 from __future__ import annotations
 
 import collections
+
+from tenacity import wait_random_exponential
+
+from ..exceptions import AuthenticationError, RateLimitError, RequestError
 
 
 class FailureBreaker:
@@ -56,3 +61,53 @@ class FinalStreak:
         self.count = self.count + 1 if key == self.key else 1
         self.key = key
         return self.count >= self.limit
+
+
+class _Attempt:
+    """The one field of tenacity's retry state that its wait strategies read."""
+
+    __slots__ = ("attempt_number",)
+
+    def __init__(self, attempt_number: int) -> None:
+        self.attempt_number = attempt_number
+
+
+class RunPolicy:
+    """The engine's run policy: backoff between attempts, the run breaker (only for a lane alone:
+    a pool's lanes have breakers of their own, one breaker per mode) and the final-error streak."""
+
+    def __init__(self, settings, alone: bool) -> None:
+        self.settings = settings
+        self.breaker = FailureBreaker(settings.breaker_window, settings.breaker_threshold) if alone else None
+        self.streak = FinalStreak()
+
+    def wait_for(self, exc: BaseException | None, attempt: int) -> float:
+        """Seconds before attempt ``attempt + 1``: the server's hint (capped), else backoff with full jitter."""
+        s = self.settings
+        if isinstance(exc, RateLimitError) and exc.retry_after is not None:
+            return min(exc.retry_after, s.max_retry_wait_s)
+        return wait_random_exponential(multiplier=s.backoff_base_s, max=s.backoff_max_s)(_Attempt(attempt))
+
+    def on_answer(self) -> None:
+        """An attempt was answered."""
+        if self.breaker is not None:
+            self.breaker.record(True)
+
+    def on_attempt_failed(self, exc: RequestError) -> str | None:
+        """An attempt failed; why the run must stop (the run breaker tripped), or None."""
+        if self.breaker is None or isinstance(exc, (RateLimitError, AuthenticationError)):
+            return None  # a 429 slows the lane; a refused key stops it on its own
+        if self.breaker.record(False, f"{exc.code}: {exc.message}"[:300]):
+            return f"the endpoint keeps failing: {self.breaker.describe()}"
+        return None
+
+    def on_record_failed(self, exc: RequestError) -> str | None:
+        """A record failed for good; a long streak of the same final error stops the run."""
+        if not exc.retryable and self.streak.failure((exc.code, exc.status, exc.message[:200])):
+            return f"{self.streak.count} records in a row failed with the same error: {exc.message[:300]}"
+        return None
+
+    def on_record_done(self) -> None:
+        """A record succeeded: a streak of final errors is broken."""
+        if self.streak.count:
+            self.streak.success()

@@ -32,14 +32,13 @@ from pathlib import Path
 import orjson
 import structlog
 from structlog.contextvars import bound_contextvars
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
-from .breaker import FailureBreaker, FinalStreak
+from .breaker import FailureBreaker, RunPolicy  # noqa: F401  (FailureBreaker re-exported)
 from .checkpoint import Result, ResultStore, request_digest
 from .client import ChatClient, Reply
 from .pool import Pool, PoolSettings, build_lanes
-from ..exceptions import (AuthenticationError, EndpointStopped, EngineCrashed, OutputError, RateLimitError,
-                          RequestError, RunAborted, SpendCapReached)
+from ..exceptions import EndpointStopped, EngineCrashed, OutputError, RequestError, RunAborted, SpendCapReached
 from .limits import RateLimits
 from .routes import requested_output_tokens, usage_tokens
 from .answer_cache import AnswerCache
@@ -72,15 +71,6 @@ class Job:
 def estimate_tokens(body: dict, payload_size: int, default_max_tokens: int = 256) -> float:
     """Prompt tokens (≈ payload bytes / 4, an overestimate) plus the completion budget."""
     return payload_size / 4.0 + requested_output_tokens(body, default_max_tokens)
-
-
-class _Attempt:
-    """The one field of tenacity's retry state that its wait strategies read."""
-
-    __slots__ = ("attempt_number",)
-
-    def __init__(self, attempt_number: int) -> None:
-        self.attempt_number = attempt_number
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -117,11 +107,7 @@ class Engine:
         lanes = build_lanes(settings, self.stats, client, limits)
         self.pool = Pool(lanes, PoolSettings(timeout_ceiling_s=settings.timeout_s, hedge_share=settings.hedge_share,
                                              max_outage_s=settings.max_outage_s), intake_idle=self._queue_empty)
-        # Run policy: a lane alone is judged by the run's breaker (a pool's lanes have their own),
-        # and a streak of one final error stops any run.
-        self.breaker = (FailureBreaker(settings.breaker_window, settings.breaker_threshold)
-                        if len(lanes) == 1 else None)
-        self.streak = FinalStreak()
+        self.policy = RunPolicy(settings, alone=len(lanes) == 1)  # retries, run breaker, final-error streak
         self.shutdown_report: dict | None = None
         self.written_ok = 0
         self.written_failed = 0
@@ -445,8 +431,7 @@ class Engine:
                     return self._failure(job, None)
                 except RequestError as exc:
                     return self._failure(job, exc)
-        if self.streak.count:
-            self.streak.success()
+        self.policy.on_record_done()
         self.stats.record_success(job.custom_id, reply.body, reply.timing)
         if job.cache_key is not None:
             self.cache.put(job.cache_key, reply.raw or orjson.dumps(reply.body))
@@ -480,11 +465,7 @@ class Engine:
         await asyncio.sleep(self._wait_for(exc, attempt))
 
     def _wait_for(self, exc: BaseException | None, attempt: int) -> float:
-        """Seconds before the next attempt: the server's hint, else exponential backoff with full jitter."""
-        s = self.settings
-        if isinstance(exc, RateLimitError) and exc.retry_after is not None:
-            return min(exc.retry_after, s.max_retry_wait_s)
-        return wait_random_exponential(multiplier=s.backoff_base_s, max=s.backoff_max_s)(_Attempt(attempt))
+        return self.policy.wait_for(exc, attempt)
 
     def _count_retry(self, exc: BaseException | None, attempt: int) -> None:
         self.stats.record_retry(getattr(exc, "code", None) or type(exc).__name__)
@@ -505,26 +486,17 @@ class Engine:
             self.stats.attempts += 1
             outcome = await self.pool.attempt(job, job.lane)
             if outcome.reply is not None:
-                if self.breaker is not None:
-                    self.breaker.record(True)
+                self.policy.on_answer()
                 return outcome.reply
             job.lane = outcome.lane  # a retry goes elsewhere when it can
             if not outcome.reroute:
                 break
             self.stats.record_retry("rerouted")
         exc = outcome.error
-        reason = outcome.stop or self._judge(exc)
+        reason = outcome.stop or self.policy.on_attempt_failed(exc)
         if reason is not None:
             self._trip(reason)
         raise exc
-
-    def _judge(self, exc: RequestError) -> str | None:
-        """The run breaker's verdict on a failed attempt of a lane alone: why to stop, or None."""
-        if self.breaker is None or isinstance(exc, (RateLimitError, AuthenticationError)):
-            return None
-        if self.breaker.record(False, f"{exc.code}: {exc.message}"[:300]):
-            return f"the endpoint keeps failing: {self.breaker.describe()}"
-        return None
 
     def pool_report(self) -> dict:
         """Per-endpoint figures, hedges, and the concurrency each lane ended at, for the summary."""
@@ -540,8 +512,9 @@ class Engine:
             return Result(job.custom_id, False, error={"code": "aborted", "message": str(self._abort)})
         self.stats.record_failure(job.custom_id, exc.code)
         log.warning("record failed", code=exc.code, attempts=job.attempts, detail=exc.message[:300])
-        if not exc.retryable and self.streak.failure((exc.code, exc.status, exc.message[:200])):
-            self._trip(f"{self.streak.count} records in a row failed with the same error: {exc.message[:300]}")
+        reason = self.policy.on_record_failed(exc)
+        if reason is not None:
+            self._trip(reason)
         body = _error_body(exc.body)
         error = {"code": exc.code, "message": exc.message}
         return Result(job.custom_id, False, body, error, exc.status, None, job.attempts)

@@ -78,7 +78,7 @@ class LaneBreaker:
         self.consecutive = consecutive
         self.base_cooldown_s = cooldown_s
         self.max_cooldown_s = max_cooldown_s
-        self.transitions: list[tuple[float, str]] = []
+        self.transitions: collections.deque[tuple[float, str]] = collections.deque(maxlen=64)  # the latest
         self._outcomes: collections.deque[bool] = collections.deque(maxlen=window)
         self._streak = 0
         self._cooldown_s = cooldown_s

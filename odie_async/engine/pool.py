@@ -124,7 +124,8 @@ class _Watch:
         """Past the deadline: cut a stuck or straggling attempt; otherwise let it wait (and maybe hedge)."""
         lane = self.lane
         if not lane.progressed_since(self.sent) or lane.later_answered(self.sent):
-            self.stuck = not lane.progressed_since(self.sent)
+            # Stuck: silent while the other lanes answered (when all are silent, the client may be the slow one).
+            self.stuck = not lane.progressed_since(self.sent) and self.pool.others_answered(lane, self.sent)
             self.expire()  # the lane is stuck, or answered requests sent after this one: a straggler
             return
         if self.hedge is None and self.pool.may_hedge():
@@ -389,6 +390,10 @@ class Pool:
         lane.counts["hedges_won"] += 1
         watch.won(outcome.reply)
 
+
+    def others_answered(self, lane: Lane, t: float) -> bool:
+        """Whether a lane other than ``lane`` got an answer after loop time ``t``."""
+        return any(other is not lane and other.progressed_since(t) for other in self.lanes)
 
     def in_flight(self) -> int:
         """Attempts holding a slot, over every lane."""
