@@ -37,6 +37,7 @@ NUMBERS = st.one_of(st.integers(-3, 30).map(str), st.integers(0, 2**70).map(str)
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz")
+    before = os.environ.get("XDG_CACHE_HOME")
     os.environ["XDG_CACHE_HOME"] = str(root / "cache")
     outside = root / "outside"
     outside.mkdir()
@@ -75,7 +76,10 @@ def server(tmp_path_factory):
     yield urlsplit(state["url"])
     state["loop"].call_soon_threadsafe(state["stop"].set)
     thread.join(30)
-    os.environ.pop("XDG_CACHE_HOME", None)
+    if before is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = before
 
 
 def _get(where, path: str) -> tuple[int, bytes]:
