@@ -86,9 +86,16 @@ def header_in_instruction(cell: str, instruction_stems: set[str]) -> bool:
 ENCODER_MODULES = ("numpy", "sentence_transformers")  # what the "ml" extra brings for the encoder
 
 
+def _installed(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a broken or refused package is as good as none
+        return False
+
+
 def missing_encoder_modules() -> list[str]:
     """The encoder's packages this install lacks (empty: the encoder can load)."""
-    return [name for name in ENCODER_MODULES if importlib.util.find_spec(name) is None]
+    return [name for name in ENCODER_MODULES if not _installed(name)]
 
 
 CACHE_SIZE = 50_000  # vectors kept across batches (the plain and CoT tables of a record share text and instruction)
