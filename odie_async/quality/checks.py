@@ -1,4 +1,4 @@
-"""The checks that need no model: instruction, text, table structure, degenerate tables, truncation.
+"""The checks that need no model: instruction, text, table structure, degenerate tables, truncation, leakage.
 
 Each returns the list of reasons it finds (empty: passed), named ``group.what``
 so a record's ``reasons`` say which check failed and the summary can count them.
