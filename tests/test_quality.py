@@ -242,8 +242,9 @@ def test_consistency_for_fixed_and_open_headers():
 
 def test_relevance_drops_an_instruction_about_something_else():
     other = "Count planets having moons or rings?"
-    verdict = gate().evaluate([GOOD | {"instruction": other}])[0]
-    assert verdict.scores["relevance"] < CFG.relevance.min_score and "relevance.low" in verdict.reasons
+    verdict = gate(relevance={"min_score": 0.05}).evaluate([GOOD | {"instruction": other}])[0]
+    assert verdict.scores["relevance"] < 0.05 and "relevance.low" in verdict.reasons
+    assert "belongs.low" in gate().evaluate([GOOD | {"instruction": other}])[0].reasons  # the default's floor
 
 
 def test_an_instruction_must_belong_to_its_text_and_header_together():
@@ -276,7 +277,7 @@ def test_every_failed_check_is_reported_not_just_the_first():
               "table": "| x | x |\n| --- | --- |\n| x | x |\n| x | x |"}
     reasons = gate().evaluate([record])[0].reasons
     assert {"instruction.refusal", "degenerate.duplicate_header", "degenerate.header_in_body",
-            "degenerate.repeated_rows", "relevance.low"} <= set(reasons)
+            "degenerate.repeated_rows", "belongs.low"} <= set(reasons)
 
 
 def test_another_scorers_scores_replace_the_encoders_and_its_failure_is_a_reason():
@@ -490,7 +491,7 @@ def test_the_garbage_the_default_run_kept_survives_no_part_of_the_real_gate(tmp_
     dropped = lines(tmp_path / "d.jsonl")
     assert stats.kept == 0 and len(dropped) == 4 and not (tmp_path / "k.jsonl").read_bytes()
     for line in dropped:  # every check ran: each score is there
-        assert set(line["scores"]) == {"faithfulness", "consistency", "relevance"}
+        assert set(line["scores"]) == {"faithfulness", "consistency", "relevance", "belongs"}
         assert all(value is not None for value in line["scores"].values())
 
 

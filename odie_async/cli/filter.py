@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     """Entry point of ``odie filter``."""
     configure_logging(json=args.log_json)
     try:
-        gate = Gate(load_gate_config(args.config))
+        gate = Gate(load_gate_config(args.config), external=args.scorer != "offline")
         if args.batch_size < 1:
             raise ConfigError("--batch-size must be at least 1")
         if not Path(args.input).is_file():
@@ -87,9 +87,8 @@ def run(args: argparse.Namespace) -> int:
     counts = tally(args.kept, args.dropped)
     print(format_summary(counts, stats, gate))
     if args.report:
-        from ..quality.report import write_report
-
         from ..quality.calibration import format_figures
+        from ..quality.report import write_report
 
         paths = write_report(Path(args.report), args.kept, args.dropped, gate.cfg, args.label_field)
         figures = json.loads(paths[1].read_bytes()).get("checks")

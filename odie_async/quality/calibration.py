@@ -120,9 +120,10 @@ SCORE_LIMITS = {"faithfulness": ("faithfulness", "min_score"), "faithfulness_ope
                 "consistency_fixed": ("consistency", "min_fixed"), "consistency_open": ("consistency", "min_open"),
                 "relevance": ("relevance", "min_score"), "belongs_fixed": ("belongs", "min_fixed"),
                 "belongs_open": ("belongs", "min_open")}
-# The thresholds ``choose`` searches; the others (consistency, relevance floors) stay as configured.
-GRID = {"faithfulness": [x / 20 for x in range(6, 15)], "faithfulness_open": [x / 20 for x in range(4, 13)],
-        "belongs_fixed": [x / 20 for x in range(14, 24)], "belongs_open": [x / 20 for x in range(6, 13)]}
+# The thresholds ``choose`` searches; the others (the open-header consistency floor) stay as configured.
+GRID = {"faithfulness": [x / 20 for x in range(6, 13)], "faithfulness_open": [x / 20 for x in range(4, 11)],
+        "belongs_fixed": [x / 20 for x in range(14, 24)], "belongs_open": [x / 20 for x in range(6, 13)],
+        "consistency_fixed": [0.3, 0.35, 0.4, 0.45], "relevance": [0.0, 0.025, 0.05]}
 
 
 def dropped(row: dict, limits: dict[str, float]) -> bool:

@@ -1,4 +1,4 @@
-"""The checks that need no model: instruction, text, table structure, degenerate tables, truncation.
+"""The checks that need no model: instruction, text, table structure, degenerate tables, truncation, leakage.
 
 Each returns the list of reasons it finds (empty: passed), named ``group.what``
 so a record's ``reasons`` say which check failed and the summary can count them.
@@ -231,9 +231,21 @@ def truncation_reasons(table: Table, cfg: TruncationChecks) -> list[str]:
     return []
 
 
+def _specific(value: str, text: str, min_chars: int) -> bool:
+    """Whether a few-shot table value is a fact of its example's text a copy can be told by: a name the
+    text capitalises mid-sentence, or a figure of three digits or more (not a label such as "Positive",
+    "No change", nor a clock time)."""
+    plain, value = flat(value), value.strip()
+    if len(plain) < min_chars or is_na(value) or f" {plain} " not in f" {flat(text)} ":
+        return False
+    if any(ch.isdigit() for ch in plain):
+        return sum(ch.isdigit() for ch in plain) >= 3 and not re.fullmatch(r"\d{1,2} \d{2}", plain)
+    return re.search(rf"[a-z0-9,;] {re.escape(value[0].upper() + value[1:])}\b", text) is not None
+
+
 @lru_cache(maxsize=8)
 def few_shot_values(seeds: str, min_chars: int) -> frozenset[str]:
-    """The normalised informative cells of the few-shot examples' tables (``seeds`` relative to configs/ or absolute)."""
+    """The specific values of the few-shot examples' tables, flattened (``seeds`` relative to configs/ or absolute)."""
     path = Path(seeds) if Path(seeds).is_absolute() else config_dir() / seeds
     try:
         lines = path.read_bytes().splitlines()
@@ -241,10 +253,10 @@ def few_shot_values(seeds: str, min_chars: int) -> frozenset[str]:
         raise ConfigError(f"leakage.seeds: cannot read {path}: {exc.strerror}") from exc
     values = set()
     for raw in filter(bytes.strip, lines):
-        markdown = orjson.loads(raw).get("table")
-        if isinstance(markdown, str):
-            cells = parse_table(markdown, strict=False).cells()
-            values |= {flat(c) for c in cells if not is_na(c) and len(flat(c)) >= min_chars}
+        seed = orjson.loads(raw)
+        if isinstance(seed.get("table"), str):
+            cells = parse_table(seed["table"], strict=False).cells()
+            values |= {flat(c) for c in cells if _specific(c, str(seed.get("text") or ""), min_chars)}
     return frozenset(values)
 
 

@@ -106,8 +106,8 @@ class RelevanceCheck(_Section):
 class BelongsCheck(_Section):
     """The instruction belongs to the text and to the header it produced: encoder consistency plus relevance."""
 
-    min_fixed: float = 1.0
-    min_open: float = 0.45
+    min_fixed: float = 0.75
+    min_open: float = 0.4
 
 
 class GateConfig(BaseModel):

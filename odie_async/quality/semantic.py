@@ -4,15 +4,20 @@ All strings of a batch of records go through the encoder in one call
 (``get_embedder()``: all-MiniLM-L6-v2, unit rows, dot product = cosine).
 
 - faithfulness: each informative body cell is supported when its normalised
-  string occurs in the text, or all its numbers occur in the text and most of its
-  content words do, or (no number missing) its best similarity with a sentence
-  of the text reaches ``paraphrase_similarity``. The score is the share of
-  supported cells.
+  string occurs in the text, or all its numbers and dates occur in the text (in
+  any format: ``1,200`` / ``1.2k``, ``2022-02-19`` / ``February 19, 2022``) and
+  most of its other content words do, or (no number missing) its best similarity
+  with a sentence of the text reaches ``paraphrase_similarity``. The score is the
+  share of supported cells.
 - consistency: fixed header, the mean over header cells of 1 when most of the
   cell's words are in the instruction, else the cell's best similarity with one of
   the instruction's 1–4-word phrases; open header, the similarity of the
   instruction and the header cells joined.
 - relevance: the best similarity of the instruction with a sentence of the text.
+
+numpy is imported only when the encoder runs: without the ``ml`` extra the
+scores that need it stay None (``<check>.not_run``), and ``Gate`` refuses a
+config whose encoder checks are on.
 
 On the calibration set, comparing cells with 8-word spans of the text as well as
 its sentences changed no verdict and cost five times the encoding.
@@ -86,9 +91,16 @@ def header_in_instruction(cell: str, instruction_stems: set[str]) -> bool:
 ENCODER_MODULES = ("numpy", "sentence_transformers")  # what the "ml" extra brings for the encoder
 
 
+def _installed(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a broken or refused package is as good as none
+        return False
+
+
 def missing_encoder_modules() -> list[str]:
     """The encoder's packages this install lacks (empty: the encoder can load)."""
-    return [name for name in ENCODER_MODULES if importlib.util.find_spec(name) is None]
+    return [name for name in ENCODER_MODULES if not _installed(name)]
 
 
 CACHE_SIZE = 50_000  # vectors kept across batches (the plain and CoT tables of a record share text and instruction)
