@@ -306,3 +306,31 @@ def test_a_shard_run_stops_when_the_driver_goes_silent(tmp_path, monkeypatch):
 
 def _lines(path) -> int:
     return path.read_bytes().count(b"\n") if path.exists() else 0
+
+
+def test_a_shard_run_skips_what_the_output_holds_and_refuses_changed_requests(tmp_path):
+    from dataclasses import replace
+
+    from odie_async.distributed.worker import ShardRun
+    from odie_async.endpoints.mock_server import MockServer
+
+    async def main(job, layout):
+        async with MockServer() as server:
+            job = replace(job, settings=replace(job.settings, base_url=server.base_url))
+            summary = await ShardRun(job, _FakeBudgetActor(Budget())).run()
+            return summary, server.request_count
+
+    job, layout = _shard_job(tmp_path, "http://unused.invalid/v1", 60, concurrency=4)
+    mine = sorted(f"r{i}" for i in range(60) if shard_of(f"r{i}", 2) == 0)
+    first, sent = asyncio.run(main(job, layout))
+    assert first["exit_code"] == 0 and sent == len(mine)
+    store = ResultStore(layout.output)
+    store.open()  # the run's end: the shard is folded into the output
+    store.close()
+    again, sent = asyncio.run(main(job, layout))
+    assert again["exit_code"] == 0 and sent == 0 and again["skipped_already_done"] == len(mine)
+    changed, sent = asyncio.run(main(replace(job, model="other"), layout))
+    assert changed["exit_code"] == 2 and sent == 0 and "--resend-changed" in changed["error"]["message"]
+    resent, sent = asyncio.run(main(replace(job, model="other", resend_changed=True), layout))
+    assert resent["exit_code"] == 0 and sent == len(mine)
+    assert sorted(ids_in(layout.shard_output(0))) == mine

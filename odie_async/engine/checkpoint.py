@@ -150,7 +150,6 @@ class ResultStore:
         self._sizes: dict[str, int] = {}
         self._opened = False
         self._intent = False  # this run wrote a compaction intent: its lines supersede older ones
-        self._resend: set[str] = set()
         self._asked: dict[int, str | None] = {}  # hash(custom_id) -> request digest, until accepted
         self._lock_fd: int | None = None
         self._lock_file: Path | None = None
@@ -400,7 +399,6 @@ class ResultStore:
         The intent is on disk before anything is sent, so if this run is killed,
         the next run on the output (of any kind) drops the old lines the new ones replaced.
         """
-        self._resend = custom_ids
         if custom_ids and not self._intent:
             compaction.write_intent(self.real(self.output), [self._run])
             self._intent = True
