@@ -328,6 +328,20 @@ def test_a_lost_journal_or_chunk_folder_bills_nothing_twice(tmp_path, mock_facto
     assert not _events(mock, "batch_cancel")
 
 
+def test_an_anthropic_journal_without_its_first_line_keeps_its_batches(tmp_path, mock_factory):
+    write_requests(tmp_path / "in.jsonl", 40)
+    mock = _mock(mock_factory, tmp_path, "--batch-processing-s", "2")
+    env = os.environ | {"ODIE_BATCH_KILL_AT": "poll:1"}
+    assert _batch(tmp_path, mock.url, "anthropic", "--batch-max-requests", "20", env=env).returncode == -signal.SIGKILL
+    journal = tmp_path / "out.batches.jsonl"
+    journal.write_bytes(b"".join(journal.read_bytes().splitlines(keepends=True)[1:]))  # the run's own line
+    for _ in range(2):  # the second start replays the run line the first one wrote after the chunks
+        rerun = _batch(tmp_path, mock.url, "anthropic", "--batch-max-requests", "20")
+        assert rerun.returncode == 0 and "not this run's" not in rerun.stderr, rerun.stderr[-2000:]
+    _assert_each_once(tmp_path, 40)
+    assert len(_events(mock, "batch_created")) == 2
+
+
 def test_a_changed_input_is_planned_again_and_the_unwanted_batch_cancelled(tmp_path, mock_factory):
     write_requests(tmp_path / "in.jsonl", 40)
     mock = _mock(mock_factory, tmp_path, "--batch-processing-s", "4")

@@ -61,7 +61,7 @@ class AnthropicBatches(BatchProvider):
 
     def request_id(self, chunk: Chunk, index: int) -> str:
         """The custom_id a chunk's ``index``-th line is sent under."""
-        return f"o{self.run_id}_{chunk.key}_{index}"
+        return f"o{chunk.run or self.run_id}_{chunk.key}_{index}"
 
     async def create(self, chunk: Chunk, file_id: str | None) -> str:
         """POST the chunk's requests, translated, in one message batch."""
@@ -114,7 +114,7 @@ class AnthropicBatches(BatchProvider):
     async def results(self, status: BatchStatus, chunk: Chunk) -> AsyncIterator[tuple[str, Result | None, str]]:
         """The results stream, mapped back to the input's custom_ids."""
         ids = [line.custom_id for line in chunk.lines()]
-        prefix, ours, lines = f"o{self.run_id}_{chunk.key}_", 0, 0
+        prefix, ours, lines = self.request_id(chunk, 0)[:-1], 0, 0
         async for raw in self.stream_lines(f"/messages/batches/{status.id}/results"):
             lines += 1
             try:

@@ -88,6 +88,7 @@ class Chunk:
     url: str
     model: str | None
     attempt: int = 0
+    run: str = ""  # the run that planned it (its file is named RUN-KEY.jsonl)
 
     def lines(self) -> list[BatchLine]:
         """The chunk's input lines, in order."""

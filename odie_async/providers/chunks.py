@@ -93,7 +93,7 @@ def write_chunk(workdir: Path, run_id: str, key: str, lines: list[bytes], url: s
     data = b"".join(lines)
     path = workdir / f"{run_id}-{key}.jsonl"
     write_atomic(path, data)
-    return Chunk(key, path, hashlib.sha256(data).hexdigest(), len(lines), url, model, attempt)
+    return Chunk(key, path, hashlib.sha256(data).hexdigest(), len(lines), url, model, attempt, run_id)
 
 
 def next_key(journal: Journal) -> str:

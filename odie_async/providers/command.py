@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import os
 import sys
+import time
+from collections import Counter
 from pathlib import Path
 
 from ..engine.client import clean_api_key, redact
@@ -83,6 +85,44 @@ def _api_key(args, provider_name: str, default_url: bool) -> str | None:
     return key
 
 
+def snapshot(run: ProviderBatchRun) -> dict:
+    """Batches by phase and records done, from the provider's counts."""
+    phases = Counter()
+    records_total = records_done = 0
+    for c in run.chunks:
+        status = run.live.get(c.chunk.key)
+        if c.settled:
+            phases["done"] += 1
+        elif status is not None:
+            phases["in_progress"] += 1
+        else:
+            phases["submitting" if c.batch_id is None else "submitted"] += 1
+        if c.chunk.attempt == 0:
+            records_total += c.chunk.count
+        records_done += c.chunk.count if c.outcome == "done" else (status.done if status else 0)
+    return {"phases": phases, "records_total": records_total, "records_done": min(records_done, records_total),
+            "elapsed": time.monotonic() - run.started}
+
+
+def run_summary(run: ProviderBatchRun) -> dict:
+    """Counts, tokens, and every batch with its id, state and outcome."""
+    batches = [{"chunk": c.chunk.key, "batch_id": c.batch_id, "status": c.status, "records": c.chunk.count,
+                "outcome": c.outcome, "adopted": c.adopted} for c in run.chunks]
+    return {"mode": "provider-batch", "provider": run.provider.name, "run_id": run.journal.state.run_id,
+            "records": dict(run.counts), "tokens": dict(run.tokens), "batches": batches,
+            "unfinished": len(run.wanted),
+            "errors_file_lines": _line_count(run.store.errors),
+            "wall_time_s": round(time.monotonic() - run.started, 2),
+            "output": str(run.store.output), "errors": str(run.store.errors)}
+
+
+def _line_count(path: Path) -> int:
+    if not path.exists():
+        return 0
+    with open(path, "rb") as handle:
+        return sum(1 for _ in handle)
+
+
 class BatchProgress(ProgressLine):
     """``[openai batches] 2 in progress 1 done | records 1,200/5,000 (24.0%) | ETA 3m10s``."""
 
@@ -92,7 +132,7 @@ class BatchProgress(ProgressLine):
 
     def line(self) -> str:
         """The current line, from the provider's counts."""
-        snap = self.run.snapshot()
+        snap = snapshot(self.run)
         phases = " ".join(f"{n} {name.replace('_', ' ')}" for name, n in sorted(snap["phases"].items()))
         done, total, elapsed = snap["records_done"], snap["records_total"], snap["elapsed"]
         share = f" ({100.0 * done / total:.1f}%)" if total else ""
@@ -133,7 +173,7 @@ async def _main(args, run: ProviderBatchRun, run_id: str) -> dict:
             await run.execute()
     finally:
         run.close()
-        summary = run.summary()
+        summary = run_summary(run)
         write_summary(summary, Path(args.output).with_suffix(".summary.json"))
     return summary
 

@@ -144,14 +144,16 @@ class Journal:
 
     def _apply(self, r: dict) -> None:
         state, event = self.state, r["e"]
-        if event == "run":
-            self.state = RunState(r["run_id"], r["provider"], r["t"], skipped=state.skipped)
+        if event == "run":  # the first one names the run; one written after a lost head adds nothing
+            if state.run_id is None:
+                state.run_id, state.provider, state.started_at = r["run_id"], r["provider"], r["t"]
             return
         if event == "planned":
             return  # written by earlier versions
         if event == "chunk":
-            chunk = Chunk(r["key"], self.workdir / Path(r["file"]).name, r["sha256"], r["count"], r["url"], r["model"],
-                          r["attempt"])
+            name = Path(r["file"]).name
+            chunk = Chunk(r["key"], self.workdir / name, r["sha256"], r["count"], r["url"], r["model"], r["attempt"],
+                          name.partition("-")[0])
             state.chunks.setdefault(r["key"], ChunkState(chunk, r.get("parent")))
             return
         c = state.chunks[r["key"]]

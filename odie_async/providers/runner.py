@@ -498,48 +498,10 @@ class ProviderBatchRun:
         self.tokens["prompt"] += engine.stats.prompt_tokens
         self.tokens["completion"] += engine.stats.completion_tokens
 
-    # -- what the progress line and the summary read ----------------------------------------
-
-    def snapshot(self) -> dict:
-        """Batches by phase and records done, from the provider's counts."""
-        phases = Counter()
-        records_total = records_done = 0
-        for c in self.chunks:
-            status = self.live.get(c.chunk.key)
-            if c.settled:
-                phases["done"] += 1
-            elif status is not None:
-                phases["in_progress"] += 1
-            else:
-                phases["submitting" if c.batch_id is None else "submitted"] += 1
-            if c.chunk.attempt == 0:
-                records_total += c.chunk.count
-            records_done += c.chunk.count if c.outcome == "done" else (status.done if status else 0)
-        return {"phases": phases, "records_total": records_total, "records_done": min(records_done, records_total),
-                "elapsed": time.monotonic() - self.started}
-
-    def summary(self) -> dict:
-        """Counts, tokens, and every batch with its id, state and outcome."""
-        batches = [{"chunk": c.chunk.key, "batch_id": c.batch_id, "status": c.status, "records": c.chunk.count,
-                    "outcome": c.outcome, "adopted": c.adopted} for c in self.chunks]
-        return {"mode": "provider-batch", "provider": self.provider.name, "run_id": self.journal.state.run_id,
-                "records": dict(self.counts), "tokens": dict(self.tokens), "batches": batches,
-                "unfinished": len(self.wanted),
-                "errors_file_lines": _line_count(self.store.errors),
-                "wall_time_s": round(time.monotonic() - self.started, 2),
-                "output": str(self.store.output), "errors": str(self.store.errors)}
-
     def close(self) -> None:
         """Close the files (idempotent)."""
         self.store.close()
         self.journal.close()
-
-
-def _line_count(path: Path) -> int:
-    if not path.exists():
-        return 0
-    with open(path, "rb") as handle:
-        return sum(1 for _ in handle)
 
 
 def new_run_id() -> str:
