@@ -222,10 +222,11 @@ async def predict_engine(base_url: str, path: str, bodies: list[dict], checkpoin
     """Send every body at once through the engine (answers checkpointed to ``checkpoint``)."""
     import contextlib
 
-    from ..engine.core import Engine, EngineSettings
+    from ..engine.core import Engine
+    from ..engine.settings import build_settings
     from ..engine.progress import ProgressLine
 
-    engine_settings = EngineSettings(base_url=base_url, api_key=settings.api_key, concurrency=settings.concurrency,
+    engine_settings = build_settings(base_url, api_key=settings.api_key, concurrency=settings.concurrency,
                                      timeout_s=settings.timeout_s, max_attempts=2, adaptive=False)
     key = _run_key(bodies[0]["model"], bodies)
     engine = Engine(engine_settings, checkpoint, keep_bodies=True)
