@@ -28,6 +28,7 @@ from pathlib import Path
 import structlog
 
 from . import chat_format
+from .adapter_files import SUMMARY, read_adapter_json
 from ..exceptions import ConfigError, InputError, OdieError, RunAborted
 from ..endpoints.embedded import EMBEDDED, require_ml_stack, resolve_model
 from ..evaluation.tables import TableError, split_around_table
@@ -133,13 +134,8 @@ def write_predictions(path: str | Path, records: list[dict]) -> None:
 
 def adapter_layout(lora: str | None) -> str | None:
     """The chat layout an adapter was trained with (from its ``train_summary.json``), if recorded."""
-    if not lora:
-        return None
-    path = Path(lora) / "train_summary.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8")).get("chat_layout")
-    except (OSError, ValueError):
-        return None
+    summary = read_adapter_json(lora, SUMMARY, required=False) if lora else None
+    return (summary or {}).get("chat_layout")
 
 
 def build_prompts(model_dir: str, items: list[dict], settings: PredictSettings) -> tuple[str, list, list[str]]:
