@@ -185,11 +185,10 @@ async def arun_batch(requests: PathLike | Iterable[dict], output: PathLike | Non
     price table (``prices_file``, else the packaged ``configs/prices.yaml``). ``cache`` (a folder) shares
     answers across runs and output files: a request asked before is answered from it, not sent.
     """
-    from .engine import EngineSettings
     from .engine.batch import run_batch
     from .engine.client import api_key_from_env
     from .engine.lanes import EndpointSpec
-    from .options import AUTO_START, AUTO_WORKERS, PoolEndpoint, endpoint_spec
+    from .engine.settings import PoolEndpoint, build_settings, endpoint_spec
     from .settings import validate
 
     if concurrency is not None:
@@ -207,10 +206,9 @@ async def arun_batch(requests: PathLike | Iterable[dict], output: PathLike | Non
         raise ConfigError("run_batch needs base_url= or endpoints=")
     if base_url is not None and not isinstance(base_url, str):
         raise ConfigError(f"base_url: expected a URL, not {type(base_url).__name__}")
-    settings = EngineSettings(
-        base_url=base_url or pool[0].base_url, api_key=key, endpoints=pool, concurrency=concurrency or AUTO_WORKERS,
-        initial_concurrency=None if concurrency is not None else AUTO_START, rpm=rpm, tpm=tpm, max_attempts=max_attempts,
-        timeout_s=timeout, stream=stream, max_cost=max_cost, price=price,
+    settings = build_settings(
+        base_url or pool[0].base_url, api_key=key, endpoints=pool, concurrency=concurrency, rpm=rpm, tpm=tpm,
+        max_attempts=max_attempts, timeout_s=timeout, stream=stream, max_cost=max_cost, price=price,
         prices_file=str(prices_file) if prices_file else None, cache=str(cache) if cache else None)
     with tempfile.TemporaryDirectory(prefix="odie-batch-") if output is None else contextlib.nullcontext() as tmp:
         target = Path(tmp) / "results.jsonl" if output is None else Path(output)

@@ -10,19 +10,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field
 
 from .engine.client import api_key_from_env
 from .engine.lanes import EndpointSpec
-from .engine.settings import EngineSettings
+from .engine.settings import (AUTO_START, AUTO_WORKERS, EndpointConfig, EngineConfig, EngineSettings,  # noqa: F401
+                              PoolEndpoint, build_settings, endpoint_spec)
 from .exceptions import ConfigError
 from .option_types import number  # noqa: F401  (the option types live in option_types; commands import it from here)
-from .pipeline.config import EndpointConfig, EngineConfig, PipelineConfig, PoolEndpoint
-from .settings import Section, load
+from .files import load_yaml
+from .settings import Section, validate
 
-# With no --concurrency: this many workers, the gate starting at AUTO_START and growing on success
-# (or, for a server that publishes its load, steered by it).
-AUTO_WORKERS, AUTO_START = 256, 64
 # engine-section keys and the option each one stands for
 ENGINE_KEYS = {"concurrency": "concurrency", "rpm": "rpm", "tpm": "tpm", "max_attempts": "max_attempts",
                 "timeout_s": "timeout", "drain_timeout_s": "drain_timeout", "stream": "stream",
@@ -39,20 +37,19 @@ class BatchConfig(Section):
     endpoints: list[PoolEndpoint] = Field(default_factory=list)
     engine: EngineConfig = Field(default_factory=EngineConfig)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _known_sections(cls, data):
-        # other sections are generate's, but a key no config knows (`endpoits:`) is a mistake
-        unknown = [key for key in (data if isinstance(data, dict) else ()) if key not in PipelineConfig.model_fields]
-        if unknown:
-            raise ValueError(f"unknown key {unknown[0]!r} (known: {', '.join(PipelineConfig.model_fields)})")
-        return data
 
 
-def apply_config(args, defaults: dict) -> None:
-    """Fill options still at their defaults from ``args.config``; build ``args.pool`` from it and --endpoint."""
+def apply_config(args, defaults: dict, sections=()) -> None:
+    """Fill options still at their defaults from ``args.config``; build ``args.pool`` from it and --endpoint.
+
+    ``sections`` are the top-level keys a config may hold (a generate config's): any other key
+    (``endpoits:``) is a mistake, refused with the file named."""
     if args.config:
-        config = load(BatchConfig, args.config, "batch config")
+        data = load_yaml(args.config, "batch config")
+        unknown = [key for key in (data if isinstance(data, dict) else ()) if sections and key not in sections]
+        if unknown:
+            raise ConfigError(f"{args.config}: unknown key {unknown[0]!r} (known: {', '.join(sections)})")
+        config = validate(BatchConfig, data, str(args.config))
         for key in config.engine.model_fields_set:
             if getattr(args, ENGINE_KEYS[key]) == defaults.get(ENGINE_KEYS[key]):
                 setattr(args, ENGINE_KEYS[key], getattr(config.engine, key))
@@ -69,16 +66,6 @@ def apply_config(args, defaults: dict) -> None:
         args.base_url = pool[0].base_url
 
 
-def endpoint_spec(endpoint: PoolEndpoint, source: str) -> EndpointSpec:
-    """The engine's ``EndpointSpec`` for a config's endpoint, its key read from the environment."""
-    try:
-        key = api_key_from_env(endpoint.api_key_env) if endpoint.api_key_env else None
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: endpoints: {exc}") from None
-    return EndpointSpec(endpoint.base_url, key, endpoint.model, endpoint.rpm, endpoint.tpm,
-                        endpoint.max_concurrency, endpoint.weight, endpoint.name)
-
-
 def parse_lora(text: str) -> tuple[str, str]:
     """An argparse type: ``NAME=PATH``, or a bare ``PATH`` named after its folder."""
     name, sep, path = text.partition("=")
@@ -91,11 +78,9 @@ def parse_lora(text: str) -> tuple[str, str]:
 
 def settings_from_args(args, base_url: str, api_key: str | None = None) -> EngineSettings:
     """Engine settings from the command line (a pool from ``args.pool`` when there is one)."""
-    auto = getattr(args, "concurrency", None) is None
     pool = list(getattr(args, "pool", None) or [])
-    return EngineSettings(
-        base_url=base_url, api_key=api_key or api_key_from_env(args.api_key_env),
-        concurrency=AUTO_WORKERS if auto else args.concurrency, initial_concurrency=AUTO_START if auto else None,
+    return build_settings(
+        base_url, api_key=api_key or api_key_from_env(args.api_key_env), concurrency=getattr(args, "concurrency", None),
         rpm=args.rpm, tpm=args.tpm, max_attempts=args.max_attempts, timeout_s=args.timeout,
         drain_timeout_s=args.drain_timeout, max_retry_wait_s=args.max_retry_wait, adaptive=not args.no_adaptive,
         endpoints=pool, max_outage_s=getattr(args, "max_outage", 300.0), hedge_share=getattr(args, "hedge_share", 0.02),

@@ -1,3 +1,4 @@
+import errno
 import socket
 
 import pytest
@@ -153,3 +154,14 @@ def test_an_internal_crash_is_one_line_and_exit_4(monkeypatch, capsys):
 ])
 def test_the_one_exit_code_map(error, code):
     assert exit_code(error) == code
+
+
+def test_a_full_disk_is_one_line_and_exit_4(place, monkeypatch, capsys):
+    import odie_async.cli.config_schema as config_schema
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(config_schema, "write_atomic", full)
+    code, err = _odie(["config-schema", "generate", "-o", "schema.json"], capsys)
+    assert code == 4 and _one_line(err) and "schema.json: No space left on device" in err, err

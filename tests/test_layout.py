@@ -184,3 +184,9 @@ def test_the_owner_checks_catch_a_stray_call(tmp_path, check, module, source):
     assert check(root) == []
     (root / module).write_text(source)
     assert len(check(root)) == 1
+
+
+def test_the_option_and_settings_modules_import_no_pipeline():
+    """The settings model lives in engine/: options and the API's settings need nothing of the pipeline."""
+    for module in ("options.py", "option_types.py", "engine/settings.py"):
+        assert not [m for m in imports_of(PACKAGE / module, PACKAGE) if m.startswith("odie_async.pipeline")], module

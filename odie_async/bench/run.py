@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -50,10 +49,8 @@ class BenchSettings:
     seed: int = 0
     embedded: bool = False  # the endpoint is the embedded model, served for this bench only
     name: str | None = None  # the endpoint's name in a pool's results
-
-
-def _say(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+    # Where progress lines go (the command prints them on stderr; the library says nothing itself).
+    say: Callable[[str], None] = field(default=lambda _text: None, repr=False, compare=False)
 
 
 async def _prepare(client: StreamingClient, settings: BenchSettings) -> str | None:
@@ -80,12 +77,12 @@ async def _measure_all(client: StreamingClient, settings: BenchSettings, points:
     async def measure(load: Load) -> dict:
         left = len(settings.loads) - len(points)
         eta = f", about {left * settings.duration_s:.0f} s left" if settings.loads else ""
-        _say(f"[bench] measuring {load.label} for {settings.duration_s:g} s (point {len(points) + 1}{eta})")
+        settings.say(f"[bench] measuring {load.label} for {settings.duration_s:g} s (point {len(points) + 1}{eta})")
         point = summarise(await drive(client, settings.workload, load, settings.duration_s,
                                       settings.max_in_flight, settings.seed + len(points)))
         point["at_s"] = round(time.monotonic() - started, 1)
         points.append(point)
-        _say(render(point))
+        settings.say(render(point))
         measured()
         return point
 
@@ -160,10 +157,11 @@ async def run_pool_bench(endpoints: list[BenchSettings], output: Path) -> list[d
     whose ``endpoints:`` list runs every endpoint at its own knee."""
     benches = []
     for settings in endpoints:
-        _say(f"[bench] endpoint {settings.name}: {settings.base_url}")
+        settings.say(f"[bench] endpoint {settings.name}: {settings.base_url}")
         benches.append(await run_bench(settings))
     path = report.write_pool(benches, output)
-    _say(f"[bench] pool settings: {path}")
+    if endpoints:
+        endpoints[0].say(f"[bench] pool settings: {path}")
     return benches
 
 

@@ -146,7 +146,10 @@ def stdin_file(output: str):
 def _run(args) -> int:
     configure_logging(json=args.log_json)
     input_file(args.input)  # missing, a folder, unreadable: each said apart (exit 2)
-    apply_config(args, args.option_defaults)  # every mode takes the config, the pool and the options alike
+    from ..pipeline.config import PipelineConfig
+
+    # every mode takes the config, the pool and the options alike
+    apply_config(args, args.option_defaults, PipelineConfig.model_fields)
     if args.dry_run:
         return _dry_run(args)
     if args.merge_only:

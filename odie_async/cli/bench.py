@@ -75,8 +75,12 @@ def settings_from_args(args, base_url: str):
         base_url=base_url, workload=workload, output=Path(args.output),
         api_key=api_key_from_env(args.api_key_env), api_key_env=args.api_key_env, model=model,
         loads=plan(concurrency, args.rate, args.rate_type), slo=args.slo or {}, duration_s=args.duration,
-        timeout_s=args.timeout, max_in_flight=args.max_in_flight, seed=args.seed,
+        timeout_s=args.timeout, max_in_flight=args.max_in_flight, seed=args.seed, say=_say,
     )
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
 
 
 async def _bench(benches: list, output: Path, stopped: list[StopSignals]) -> list[dict]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import orjson
+
 from ..endpoints.mock_batches import add_arguments as add_batch_arguments
 from ..endpoints.mock_batches import install as install_batches
 from ..endpoints.mock_server import EXTRA_FAULTS, FAULTS, MockServer, MockSettings, serve_forever
@@ -54,5 +56,6 @@ def run(args) -> int:
                             ttft_ms=args.ttft_ms, itl_ms=args.itl_ms, max_concurrency=args.max_concurrency)
     server = MockServer(args.host, args.port, settings, log_requests=args.log_requests)
     install_batches(server.state, args)
-    run_async(serve_forever(server))
+    counts = run_async(serve_forever(server, lambda url: print(f"mock server listening on {url}", flush=True)))
+    print(orjson.dumps(counts).decode(), flush=True)
     return 0

@@ -10,6 +10,7 @@ from ..endpoints.resolve import api_key_from_env
 from ..exceptions import ConfigError
 from ..logs import configure_logging
 from ..model import chat_format
+from ..model.adapter_files import read_adapter_json
 from ..model.predict import ADAPTER_NAME, CPU_LORA_STEP_TOKENS, PredictSettings, load_items, predict
 from ..option_types import count, input_file, number, output_file
 from ..options import parse_lora
@@ -56,9 +57,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def settings_from_args(args: argparse.Namespace) -> PredictSettings:
     """PredictSettings from the command line, checked."""
+    if args.limit is not None and args.limit < 1:  # parsed values are checked already; a built Namespace is not
+        raise ConfigError("--limit must be at least 1")
+    if args.step_tokens is not None and args.step_tokens < 16:
+        raise ConfigError("--step-tokens must be at least 16")
     lora_name, lora = args.lora or (None, None)
-    if lora and not Path(lora, "adapter_config.json").is_file():
-        raise ConfigError(f"--lora {lora}: no adapter_config.json there")
+    if lora:
+        read_adapter_json(lora)  # present and readable, or a ConfigError naming it
     backend = args.backend or ("server" if args.base_url else "offline")
     if args.base_url and backend != "server":
         raise ConfigError("--base-url needs the server backend")

@@ -420,15 +420,15 @@ class MockServer:
             self.state.log.close()
 
 
-async def serve_forever(server: MockServer) -> None:
-    """Run until SIGINT/SIGTERM, then print the request counts."""
+async def serve_forever(server: MockServer, ready: Callable[[str], None]) -> dict:
+    """Run until SIGINT/SIGTERM (``ready(base_url)`` once listening); return the request counts."""
     stop = asyncio.Event()
     async with server:
         with StopSignals(lambda _sig: stop.set()):
-            print(f"mock server listening on {server.base_url}", flush=True)
+            ready(server.base_url)
             while not stop.is_set():
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(stop.wait(), 0.1)
                 if server.state.log is not None:
                     server.state.log.flush()  # readable while the server runs
-    print(orjson.dumps(dict(server.state.requests)).decode(), flush=True)
+    return dict(server.state.requests)

@@ -1,12 +1,40 @@
-"""``EngineSettings``: how the engine talks to one endpoint, checked when made."""
+"""The one settings model of the engine: ``EngineSettings``, the config sections that fill it, one
+table of defaults and one factory.
+
+- ``EngineSettings``: how the engine talks to its endpoint(s), checked when made.
+- ``EndpointConfig``, ``PoolEndpoint``, ``EngineConfig``: the ``endpoint:``, ``endpoints:`` and
+  ``engine:`` sections of a config file (``odie generate``, ``odie batch --config``).
+- ``DEFAULTS``: the defaults of each preset (``batch`` for ``odie batch``, ``bench`` and the
+  API; ``generate`` for the pipeline, whose long prompts want fewer, longer requests).
+- ``build_settings``: the factory every command, config and the API builds settings through;
+  ``endpoint_spec`` turns a config's pool endpoint into the engine's ``EndpointSpec``.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from typing import Annotated, Literal
 
+from pydantic import Field, WithJsonSchema, field_validator
+
+from ..exceptions import ConfigError
 from ..option_types import MAX_COUNT, MAX_DURATION_S, MAX_RATE, check_number
+from ..settings import Section
+from .client import api_key_from_env
+from .lanes import EndpointSpec
 
-__all__ = ["EngineSettings", "check_number"]
+__all__ = ["AUTO_START", "AUTO_WORKERS", "DEFAULTS", "EndpointConfig", "EngineConfig", "EngineSettings",
+           "PoolEndpoint", "build_settings", "check_number", "endpoint_spec"]
+
+# The one table of defaults (docs/architecture.md, "Settings"). ``generate``'s are deliberate:
+# pipeline prompts are long and a stage waits on each answer, so fewer, more patient requests.
+DEFAULTS = {
+    "batch": {"concurrency": 64, "max_attempts": 5, "timeout_s": 120.0, "drain_timeout_s": 30.0},
+    "generate": {"concurrency": 16, "max_attempts": 4, "timeout_s": 300.0, "drain_timeout_s": 60.0},
+}
+# No concurrency given (command line or API): this many workers, the adaptive gate starting at
+# AUTO_START and growing on success (or steered by a server that publishes its load).
+AUTO_WORKERS, AUTO_START = 256, 64
 
 # name -> (smallest allowed, whether the smallest is allowed, option shown in messages, largest allowed)
 _BOUNDS = {
@@ -41,13 +69,13 @@ class EngineSettings:
 
     base_url: str
     api_key: str | None = field(default=None, repr=False)
-    concurrency: int = 64
+    concurrency: int = DEFAULTS["batch"]["concurrency"]
     rpm: float = 0
     tpm: float = 0
-    max_attempts: int = 5
-    timeout_s: float = 120.0
+    max_attempts: int = DEFAULTS["batch"]["max_attempts"]
+    timeout_s: float = DEFAULTS["batch"]["timeout_s"]
     queue_size: int = 0
-    drain_timeout_s: float = 30.0
+    drain_timeout_s: float = DEFAULTS["batch"]["drain_timeout_s"]
     max_retry_wait_s: float = 60.0
     fsync_interval_s: float = 1.0
     default_max_tokens: int = 256
@@ -81,3 +109,86 @@ class EngineSettings:
                 check_number(getattr(self, spec.name), *_BOUNDS[spec.name])
         if self.initial_concurrency is not None:
             check_number(self.initial_concurrency, 1, True, "initial_concurrency", MAX_COUNT)
+
+
+class EndpointConfig(Section):
+    """Where requests go. No ``base_url``: the embedded model is served for the run; ``mock``: a mock teacher."""
+
+    base_url: str | None = None
+    model: str | None = None
+    api_key_env: str | None = None
+    structured: Annotated[Literal["auto", "on", "off"], WithJsonSchema(
+        {"enum": ["auto", "on", "off", True, False], "description": "JSON-schema outputs; bare on/off read as booleans"}
+    )] = "auto"
+    schema_drop: list[str] = Field(default_factory=list)
+    strict: bool = True
+    send_seed: bool = True
+    mock_wrong_share: float = Field(0.0, ge=0, le=1, description="mock teacher only: share of its first answers "
+                                    "made wrong in ways the gate catches (deterministic by run seed)")
+
+    @field_validator("structured", mode="before")
+    @classmethod
+    def _on_off(cls, value):
+        # YAML 1.1 reads a bare on/off as a boolean
+        return ("on" if value else "off") if isinstance(value, bool) else value
+
+
+_GENERATE = DEFAULTS["generate"]
+
+
+class EngineConfig(Section):
+    """Concurrency, rate limits and retries of the engine: each key is an ``EngineSettings`` field.
+
+    Its defaults are the ``generate`` preset of ``DEFAULTS``; ``odie batch --config`` applies only
+    the keys a file sets."""
+
+    concurrency: int = Field(_GENERATE["concurrency"], ge=1, le=MAX_COUNT)
+    rpm: float = Field(0, ge=0, allow_inf_nan=False)
+    tpm: float = Field(0, ge=0, allow_inf_nan=False)
+    max_attempts: int = Field(_GENERATE["max_attempts"], ge=1, le=1000)
+    timeout_s: float = Field(_GENERATE["timeout_s"], gt=0, le=MAX_DURATION_S, allow_inf_nan=False)
+    drain_timeout_s: float = Field(_GENERATE["drain_timeout_s"], ge=0, le=MAX_DURATION_S, allow_inf_nan=False)
+    stream: bool = Field(False, description="stream every request; its output line records TTFT and inter-token latency")
+    max_cost: float = Field(0.0, ge=0, allow_inf_nan=False,
+                            description="a spending cap in USD (0: none): intake stops before it could be passed")
+    prices_file: str | None = Field(None, description="a price table shaped like configs/prices.yaml")
+    price: list[float] | None = Field(None, min_length=2, max_length=2,
+                                      description="[IN, OUT] USD per million tokens for every model")
+    cache: str | None = Field(None, description="a shared answer cache's folder: answers are taken from it "
+                                                "before sending (odie cache stats|prune manage it)")
+    metrics_port: int | None = Field(None, ge=1, le=65535,
+                                     description="serve Prometheus metrics on 127.0.0.1:PORT while the run lasts")
+
+
+class PoolEndpoint(Section):
+    """One endpoint of a pool in a config file's ``endpoints:`` list."""
+
+    base_url: str
+    api_key_env: str | None = None
+    model: str | None = Field(None, description="the model name this endpoint serves (rewritten per request)")
+    rpm: float = Field(0, ge=0, allow_inf_nan=False)
+    tpm: float = Field(0, ge=0, allow_inf_nan=False)
+    max_concurrency: int | None = Field(None, ge=1, le=MAX_COUNT)
+    weight: float = Field(1.0, gt=0, allow_inf_nan=False)
+    name: str | None = None
+
+
+def endpoint_spec(endpoint: PoolEndpoint, source: str) -> EndpointSpec:
+    """The engine's ``EndpointSpec`` for a config's endpoint, its key read from the environment."""
+    try:
+        key = api_key_from_env(endpoint.api_key_env) if endpoint.api_key_env else None
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: endpoints: {exc}") from None
+    return EndpointSpec(endpoint.base_url, key, endpoint.model, endpoint.rpm, endpoint.tpm,
+                        endpoint.max_concurrency, endpoint.weight, endpoint.name)
+
+
+def build_settings(base_url: str, *, concurrency: int | None = None, preset: str = "batch", **fields) -> EngineSettings:
+    """``EngineSettings`` from the ``preset``'s defaults and ``fields``; no ``concurrency``: the adaptive
+    start (``AUTO_WORKERS`` workers, the gate from ``AUTO_START``). Every caller builds them here."""
+    values = {**DEFAULTS[preset], **fields}
+    if concurrency is None and "initial_concurrency" not in fields:
+        values.update(concurrency=AUTO_WORKERS, initial_concurrency=AUTO_START)
+    elif concurrency is not None:
+        values["concurrency"] = concurrency
+    return EngineSettings(base_url=base_url, **values)

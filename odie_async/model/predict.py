@@ -28,6 +28,7 @@ from pathlib import Path
 import structlog
 
 from . import chat_format
+from .adapter_files import SUMMARY, read_adapter_json
 from ..exceptions import ConfigError, InputError, OdieError, RunAborted
 from ..endpoints.embedded import EMBEDDED, require_ml_stack, resolve_model
 from ..evaluation.tables import TableError, split_around_table
@@ -133,13 +134,8 @@ def write_predictions(path: str | Path, records: list[dict]) -> None:
 
 def adapter_layout(lora: str | None) -> str | None:
     """The chat layout an adapter was trained with (from its ``train_summary.json``), if recorded."""
-    if not lora:
-        return None
-    path = Path(lora) / "train_summary.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8")).get("chat_layout")
-    except (OSError, ValueError):
-        return None
+    summary = read_adapter_json(lora, SUMMARY, required=False) if lora else None
+    return (summary or {}).get("chat_layout")
 
 
 def build_prompts(model_dir: str, items: list[dict], settings: PredictSettings) -> tuple[str, list, list[str]]:
@@ -222,10 +218,11 @@ async def predict_engine(base_url: str, path: str, bodies: list[dict], checkpoin
     """Send every body at once through the engine (answers checkpointed to ``checkpoint``)."""
     import contextlib
 
-    from ..engine.core import Engine, EngineSettings
+    from ..engine.core import Engine
+    from ..engine.settings import build_settings
     from ..engine.progress import ProgressLine
 
-    engine_settings = EngineSettings(base_url=base_url, api_key=settings.api_key, concurrency=settings.concurrency,
+    engine_settings = build_settings(base_url, api_key=settings.api_key, concurrency=settings.concurrency,
                                      timeout_s=settings.timeout_s, max_attempts=2, adaptive=False)
     key = _run_key(bodies[0]["model"], bodies)
     engine = Engine(engine_settings, checkpoint, keep_bodies=True)

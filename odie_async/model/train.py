@@ -22,15 +22,16 @@ import structlog
 
 from ..endpoints.embedded import require_ml_stack, resolve_model
 from ..exceptions import InputError, TrainError
-from ..files import Entry, read_json_records
+from ..files import Entry, read_json_records, write_atomic
 from ..runtime import offline_hf
 from . import chat_format
+from .adapter_files import CONFIG, SUMMARY as SUMMARY_FILE, read_adapter_json
 from .train_config import VLLM_LORA_MODULES, TrainConfig
 
 log = structlog.get_logger(__name__)
 
 CHECKPOINTS = "checkpoints"
-SUMMARY = "train_summary.json"
+SUMMARY = SUMMARY_FILE  # odie train writes what adapter_files reads
 LOSS_PLOT = "loss.png"
 
 
@@ -183,11 +184,8 @@ def _resume_point(checkpoints: Path, resume: bool) -> str | None:
 
 def check_adapter(adapter_dir: str | Path) -> list[str]:
     """The adapter's target modules, after checking vLLM can serve every one of them."""
-    path = Path(adapter_dir) / "adapter_config.json"
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise TrainError(f"{path}: cannot read the adapter config: {exc}") from None
+    path = Path(adapter_dir) / CONFIG
+    config = read_adapter_json(adapter_dir, CONFIG, error=TrainError)
     targets = config.get("target_modules") or []
     targets = [targets] if isinstance(targets, str) else sorted(targets)
     bad = [t for t in targets if t not in VLLM_LORA_MODULES]
@@ -281,7 +279,7 @@ def train(job: TrainJob) -> dict:
         "wall_seconds": round(time.monotonic() - started, 1),
         "history": full_history(trainer.state.log_history, history),
     }
-    (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    write_atomic(out / SUMMARY, (json.dumps(summary, indent=2) + "\n").encode("utf-8"))  # the viewer reads it live
     if summary["history"]:
         plot_loss(summary["history"], out / LOSS_PLOT)
     log.info("adapter saved", adapter=summary["adapter"], steps=summary["steps"], last_loss=summary["last_loss"],

@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 from pydantic import Field, PrivateAttr, WithJsonSchema, create_model, field_validator, model_validator
 
 from ..endpoints.resolve import api_key_from_env
+from ..engine.settings import EndpointConfig, EngineConfig, PoolEndpoint  # noqa: F401  (sections defined once, in engine/)
 from ..exceptions import ConfigError
 from ..paths import config_dir, find_config
 from ..quality.config import GateConfig, from_section, load_gate_config
@@ -26,62 +27,6 @@ DEFAULT_CONFIG = "generate-default.yaml"
 STAGE_NAMES = registry.NAMES
 VARIANTS = registry.VARIANTS
 Variant = Literal[VARIANTS]  # type: ignore[valid-type]
-
-
-class EndpointConfig(Section):
-    """Where requests go. No ``base_url``: the embedded model is served for the run; ``mock``: a mock teacher."""
-
-    base_url: str | None = None
-    model: str | None = None
-    api_key_env: str | None = None
-    structured: Annotated[Literal["auto", "on", "off"], WithJsonSchema(
-        {"enum": ["auto", "on", "off", True, False], "description": "JSON-schema outputs; bare on/off read as booleans"}
-    )] = "auto"
-    schema_drop: list[str] = Field(default_factory=list)
-    strict: bool = True
-    send_seed: bool = True
-    mock_wrong_share: float = Field(0.0, ge=0, le=1, description="mock teacher only: share of its first answers "
-                                    "made wrong in ways the gate catches (deterministic by run seed)")
-
-    @field_validator("structured", mode="before")
-    @classmethod
-    def _on_off(cls, value):
-        # YAML 1.1 reads a bare on/off as a boolean
-        return ("on" if value else "off") if isinstance(value, bool) else value
-
-
-class EngineConfig(Section):
-    """Concurrency, rate limits and retries of the engine: each key is an ``EngineSettings`` field."""
-
-    concurrency: int = Field(16, ge=1)
-    rpm: float = Field(0, ge=0)
-    tpm: float = Field(0, ge=0)
-    max_attempts: int = Field(4, ge=1)
-    timeout_s: float = Field(300.0, gt=0)
-    drain_timeout_s: float = Field(60.0, ge=0)
-    stream: bool = Field(False, description="stream every request; its output line records TTFT and inter-token latency")
-    max_cost: float = Field(0.0, ge=0, allow_inf_nan=False,
-                            description="a spending cap in USD (0: none): intake stops before it could be passed")
-    prices_file: str | None = Field(None, description="a price table shaped like configs/prices.yaml")
-    price: list[float] | None = Field(None, min_length=2, max_length=2,
-                                      description="[IN, OUT] USD per million tokens for every model")
-    cache: str | None = Field(None, description="a shared answer cache's folder: answers are taken from it "
-                                                "before sending (odie cache stats|prune manage it)")
-    metrics_port: int | None = Field(None, ge=1, le=65535,
-                                     description="serve Prometheus metrics on 127.0.0.1:PORT while the run lasts")
-
-
-class PoolEndpoint(Section):
-    """One endpoint of a pool in a config file's ``endpoints:`` list."""
-
-    base_url: str
-    api_key_env: str | None = None
-    model: str | None = Field(None, description="the model name this endpoint serves (rewritten per request)")
-    rpm: float = Field(0, ge=0)
-    tpm: float = Field(0, ge=0)
-    max_concurrency: int | None = Field(None, ge=1)
-    weight: float = Field(1.0, gt=0)
-    name: str | None = None
 
 
 class RunConfig(Section):

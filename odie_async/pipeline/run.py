@@ -23,6 +23,7 @@ from ..endpoints.resolve import MOCK, Endpoint, resolve_endpoint
 from ..engine.prometheus import MetricsServer
 from ..engine.core import Engine, EngineSettings
 from ..engine.lockfile import held
+from ..engine.settings import build_settings, endpoint_spec
 from ..exceptions import OdieError
 from ..runtime import StopSignals
 from . import fingerprint, registry
@@ -56,10 +57,8 @@ async def endpoint_scope(config: PipelineConfig, prompts: Prompts):
 
 def engine_settings(config: PipelineConfig, endpoint: Endpoint) -> EngineSettings:
     """Engine settings from the config's engine section (its keys are ``EngineSettings`` fields)."""
-    from ..options import endpoint_spec
-
     pool = [endpoint_spec(e, f"{config.source}: endpoints") for e in config.endpoints]
-    return EngineSettings(base_url=endpoint.base_url, api_key=endpoint.api_key, endpoints=pool,
+    return build_settings(endpoint.base_url, preset="generate", api_key=endpoint.api_key, endpoints=pool,
                           **config.engine.model_dump())
 
 
