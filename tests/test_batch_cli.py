@@ -57,6 +57,17 @@ def _batch(tmp_path, url, *extra, env=None, **popen):
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **popen)
 
 
+def _wait_for_progress(proc, output, timeout: float = 120.0) -> None:
+    """Until the run has written an answer beyond those it found (or ended): a loaded machine can
+    take seconds to import, so a fixed sleep may land before the run has started."""
+    start_size = output.stat().st_size if output.exists() else 0
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        if output.exists() and output.stat().st_size > start_size:
+            return
+        time.sleep(0.05)
+
+
 def test_repeated_kill_9_then_rerun_leaves_every_record_exactly_once(tmp_path, mock_factory):
     write_requests(tmp_path / "in.jsonl", 1500)
     mock = mock_factory("--latency-ms", "20", "--latency-jitter-ms", "10", "--fault-rate", "0.2",
@@ -65,7 +76,8 @@ def test_repeated_kill_9_then_rerun_leaves_every_record_exactly_once(tmp_path, m
     options = ("--concurrency", "32", "--timeout", "0.5", "--max-attempts", "3", "--drain-timeout", "1")
     for _ in range(4):
         proc = _batch(tmp_path, mock.url, *options)
-        time.sleep(rng.uniform(0.4, 1.5))
+        _wait_for_progress(proc, tmp_path / "out.jsonl")  # a kill before the first write proves little
+        time.sleep(rng.uniform(0, 0.8))
         proc.kill()
         proc.wait()
     final = _batch(tmp_path, mock.url, *options)
@@ -82,7 +94,7 @@ def test_sigint_drains_and_a_rerun_sends_nothing_twice(tmp_path, mock_factory):
     write_requests(tmp_path / "in.jsonl", 3000)
     mock = mock_factory("--latency-ms", "100")
     proc = _batch(tmp_path, mock.url, "--concurrency", "16")
-    time.sleep(2.0)
+    _wait_for_progress(proc, tmp_path / "out.jsonl")  # past the imports: the run's own handlers are in place
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 130, stderr[-2000:]
