@@ -137,11 +137,19 @@ def write_atomic(path: str | Path, data: bytes, mode: int | None = None, durable
     ``durable=False`` skips both fsyncs, for caches that are checked when read and rebuilt
     when lost.
     """
+    with atomic_writer(path, mode, durable) as handle:
+        handle.write(data)
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str | Path, mode: int | None = None, durable: bool = True):
+    """``write_atomic`` for a writer that streams: yields the temporary's binary file object; the
+    file replaces ``path`` when the block ends, and nothing does when it raises."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+            yield handle
             handle.flush()
             if durable:
                 os.fsync(handle.fileno())

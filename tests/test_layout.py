@@ -141,25 +141,15 @@ def _subpackage(module: str) -> str:
 
 
 OWNERS = {
-    "signal handlers": (signal_handlers, ["distributed/ray_batch.py", "providers/command.py", "quality/runner.py"]),
-    "sys.exit and argparse": (exits_and_argparse, []),
-    "os.replace": (renames, ["engine/checkpoint.py", "viewer/facets.py", "viewer/index.py", "distributed/shards.py"]),
-    "yaml reads": (yaml_reads, []),
-    "private imports": (private_imports, ["engine.checkpoint._write_all (quality.runner)",
-                                          "engine.progress._eta (quality.runner, providers.command)",
-                                          "endpoints.serve._vllm_max_rank (model.predict)",
-                                          "endpoints.serve._DEFAULT_MAX_NUM_SEQS (cli.serve)"]),
+    "signal handlers": signal_handlers,
+    "sys.exit and argparse": exits_and_argparse,
+    "os.replace": renames,
+    "yaml reads": yaml_reads,
+    "private imports": private_imports,
 }
 
 
-def _owner_check(concept: str):
-    check, offenders = OWNERS[concept]
-    marks = [pytest.mark.xfail(strict=False, reason=f"still in other branches' files: {', '.join(offenders)}")] \
-        if offenders else []
-    return pytest.param(concept, check, id=concept, marks=marks)
-
-
-@pytest.mark.parametrize("concept, check", [_owner_check(concept) for concept in OWNERS])
+@pytest.mark.parametrize("concept, check", list(OWNERS.items()), ids=list(OWNERS))
 def test_each_concept_has_one_owner(concept, check):
     assert check(PACKAGE) == []
 

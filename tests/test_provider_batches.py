@@ -460,7 +460,7 @@ def test_a_full_disk_exits_4_and_the_rerun_completes(tmp_path, mock_factory, mon
     def full(fd, data):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(checkpoint, "_write_all", full)
+    monkeypatch.setattr(checkpoint, "write_all", full)
     assert _in_process(tmp_path, mock.url) == 4
     assert "No space left" in capsys.readouterr().err
     monkeypatch.undo()

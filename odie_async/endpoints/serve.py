@@ -104,7 +104,7 @@ def lora_rank(adapter_dir: str) -> int:
         raise ConfigError(f"{path}: cannot read the LoRA rank 'r' ({exc})") from None
 
 
-def _vllm_max_rank(rank: int) -> int:
+def vllm_max_rank(rank: int) -> int:
     """The smallest ``--max-lora-rank`` value vLLM accepts that holds ``rank``."""
     for allowed in _LORA_RANKS:
         if rank <= allowed:
@@ -217,7 +217,7 @@ class VLLMServer:
             argv += ["--enforce-eager"]
         if s.loras:
             argv += ["--enable-lora", "--max-loras", str(len(s.loras)),
-                     "--max-lora-rank", str(_vllm_max_rank(max(self.lora_ranks.values()))),
+                     "--max-lora-rank", str(vllm_max_rank(max(self.lora_ranks.values()))),
                      "--lora-modules"]
             argv += [json.dumps({"name": n, "path": str(Path(p).resolve())}) for n, p in s.loras.items()]
         return argv

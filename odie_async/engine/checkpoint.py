@@ -140,7 +140,7 @@ class ResultStore:
         self.resumed_ok = 0
         self.resumed_failed = 0
         self.undigested = 0
-        self.write = _write_all  # the one place bytes reach a file; tests inject faults here
+        self.write = write_all  # the one place bytes reach a file; tests inject faults here
         self._done: dict[int, int] = {}
         self._failed: set[int] = set()
         self._results: dict[str, Result] = {}
@@ -454,7 +454,8 @@ def _writable(path: Path) -> None:
         raise ConfigError(f"cannot write {path}: permission denied")
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to ``fd`` (``os.write`` may write less than it is given)."""
     view = memoryview(data)
     while view:
         written = os.write(fd, view)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import orjson
 import structlog
 
 from ..exceptions import ConfigError, InputError, OutputError
-from ..files import write_atomic
+from ..files import atomic_writer, write_atomic
 from .lockfile import LockBusy, take_lock
 
 log = structlog.get_logger(__name__)
@@ -155,21 +154,14 @@ def _rewrite(path: Path, drop) -> int:
     if not any(drop(rec) for _raw, rec in _records(path)):
         return 0
     dropped = 0
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".compact", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as target:
+        with atomic_writer(path) as target:
             for raw, rec in _records(path):
                 if drop(rec):
                     dropped += 1
                 else:
                     target.write(raw)
-            target.flush()
-            os.fsync(target.fileno())
-        os.chmod(temp, 0o644)
-        os.replace(temp, path)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
         raise OutputError(path, exc) from exc
     return dropped
 

@@ -16,7 +16,8 @@ from .stats import RunStats
 log = structlog.get_logger(__name__)
 
 
-def _eta(seconds: float | None) -> str:
+def format_eta(seconds: float | None) -> str:
+    """Seconds to go as ``1h05m`` or ``3m07s`` (``--`` when unknown)."""
     if seconds is None:
         return "--"
     seconds = int(seconds)
@@ -34,9 +35,9 @@ def render(stats: RunStats, label: str = "batch") -> str:
     if stats.total:
         remaining = max(0, stats.total - stats.resumed - stats.invalid - done)
         head = f"{done + stats.resumed:,}/{stats.total:,} ({100.0 * (done + stats.resumed) / stats.total:.1f}%)"
-        eta = _eta(remaining / rate) if rate > 0 else _eta(None)
+        eta = format_eta(remaining / rate) if rate > 0 else format_eta(None)
     else:
-        head, eta = f"{done:,}", _eta(None)
+        head, eta = f"{done:,}", format_eta(None)
     flight = ""
     if stats.gauges is not None:
         in_flight, limit = stats.gauges()

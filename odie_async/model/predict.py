@@ -175,11 +175,11 @@ def predict_offline(model_dir: str, conversations: list, layout: str,
     from vllm import LLM, SamplingParams
     from vllm.lora.request import LoRARequest
 
-    from ..endpoints.serve import _vllm_max_rank, lora_rank
+    from ..endpoints.serve import vllm_max_rank, lora_rank
 
     extra = {}
     if settings.lora:
-        extra = {"enable_lora": True, "max_loras": 1, "max_lora_rank": _vllm_max_rank(lora_rank(settings.lora))}
+        extra = {"enable_lora": True, "max_loras": 1, "max_lora_rank": vllm_max_rank(lora_rank(settings.lora))}
         if not on_gpu:
             extra["max_num_batched_tokens"] = CPU_LORA_STEP_TOKENS
     if settings.step_tokens:

@@ -17,7 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 from ..engine.client import clean_api_key, redact
-from ..engine.progress import ProgressLine, _eta, write_summary
+from ..engine.progress import ProgressLine, format_eta, write_summary
 from ..engine.stats import RunStats
 from ..exceptions import ConfigError, EndpointStopped, EngineCrashed, OdieError, RequestError
 from ..options import number
@@ -137,7 +137,7 @@ class BatchProgress(ProgressLine):
         done, total, elapsed = snap["records_done"], snap["records_total"], snap["elapsed"]
         share = f" ({100.0 * done / total:.1f}%)" if total else ""
         rate = done / elapsed if elapsed > 0 else 0
-        eta = _eta((total - done) / rate if rate > 0 else None)
+        eta = format_eta((total - done) / rate if rate > 0 else None)
         return f"[{self.label}] batches: {phases or 'none'} | records {done:,}/{total:,}{share} | ETA {eta}"
 
 

@@ -28,9 +28,9 @@ from pathlib import Path
 import orjson
 
 from .. import __version__
-from ..engine.checkpoint import ResultStore, _write_all
+from ..engine.checkpoint import ResultStore, write_all
 from ..engine.lockfile import held
-from ..engine.progress import ProgressLine, _eta
+from ..engine.progress import ProgressLine, format_eta
 from ..pipeline.fingerprint import keep_one
 from ..runtime import StopSignals
 from .gate import Gate, Prepared, Verdict
@@ -76,7 +76,7 @@ class FilterProgress(ProgressLine):
         finished = s.resumed + s.done
         share = 100.0 * finished / s.total if s.total else 100.0
         return (f"[filter] {finished:,}/{s.total:,} ({share:.1f}%) kept {s.kept:,} dropped {s.dropped:,} "
-                f"| {rate:,.1f} rec/s | ETA {_eta(left / rate) if rate > 0 else _eta(None)}")
+                f"| {rate:,.1f} rec/s | ETA {format_eta(left / rate) if rate > 0 else format_eta(None)}")
 
 
 def kept_line(record: dict, line_no: int, verdict: Verdict) -> dict:
@@ -105,7 +105,7 @@ class _Files:
 
     def append(self, name: str, lines: list[dict]) -> None:
         if lines:
-            _write_all(self.fds[name], b"".join(orjson.dumps(line) + b"\n" for line in lines))
+            write_all(self.fds[name], b"".join(orjson.dumps(line) + b"\n" for line in lines))
 
     def close(self) -> None:
         for fd in self.fds.values():
