@@ -78,9 +78,11 @@ def run_batch(tmp: Path, model_dir: Path, n: int, max_tokens: int, interrupt_at:
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)
     first_progress: list[float] = []
+    tail: list[str] = []
 
     def watch() -> None:
         for line in proc.stderr:
+            tail[:] = (tail + [line.rstrip()])[-5:]
             if not first_progress and ("Running batch" in line or "it/s]" in line or "Processed prompts" in line):
                 first_progress.append(time.monotonic())
 
@@ -97,7 +99,8 @@ def run_batch(tmp: Path, model_dir: Path, n: int, max_tokens: int, interrupt_at:
     gen_start = first_progress[0] if first_progress else start
     return {"exit_code": proc.returncode, "answers": lines_in(out), "wall_s": end - start,
             "generation_s": end - gen_start, "tokens_per_s": lines_in(out) * max_tokens / max(1e-9, end - gen_start),
-            "argv": cmd[1:], "kv_cache_space_gib": env.get("VLLM_CPU_KVCACHE_SPACE")}
+            "argv": cmd[1:], "kv_cache_space_gib": env.get("VLLM_CPU_KVCACHE_SPACE"),
+            "stderr_tail": tail if proc.returncode else []}
 
 
 def odie_batch(tmp: Path, base_url: str, model: str, n: int, max_tokens: int, interrupt_at: int | None = None,
@@ -150,7 +153,8 @@ def with_defaults(n: int, tokens: int, kv_gib: float | None) -> dict:
         with OdieServe() as served:
             report["odie_serve_start_s"] = served.start_s
             report["odie"] = odie_batch(tmp, served.base_url, EMBEDDED_NAME, n, tokens)
-    report["odie_vs_run_batch"] = report["odie"]["tokens_per_s"] / report["run_batch"]["tokens_per_s"]
+    rb = report["run_batch"]["tokens_per_s"]
+    report["odie_vs_run_batch"] = report["odie"]["tokens_per_s"] / rb if rb else None  # None: run-batch failed
     return report
 
 
