@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--served-model-name", default=None, help="name clients use for the base model")
     parser.add_argument("--max-num-seqs", type=count, default=None,
                         help="sequences served at once (default on a CPU: as many 512-token requests as the KV "
-                             "cache holds, 16 to 256; vLLM's own on a GPU)")
+                             "cache holds, 16 to 64; vLLM's own on a GPU)")
     parser.add_argument("--kv-cache-gib", type=number(float, 0, False, 1 << 20), default=None,
                         help="KV-cache memory in GiB (default on a CPU: a quarter of the memory free at start, "
                              "1 to 4 GiB, never more than is free beside the model)")

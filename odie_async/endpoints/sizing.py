@@ -8,7 +8,8 @@ answer of a few hundred), so the server is sized for throughput on those, not fo
 - the **context** (``--max-model-len``) is what a typical ODIE request needs, not the model's 8k
   maximum; a longer request is refused by vLLM with a clear error;
 - the **sequence limit** (``--max-num-seqs``) is how many typical requests the cache holds at once,
-  so the server runs as many streams as its memory allows. vLLM preempts (and later resumes) a
+  so the server runs as many streams as its memory allows, up to 64, where a wave of answers still
+  finishes within a request's timeout on a CPU. vLLM preempts (and later resumes) a
   sequence when a rare long request fills the cache: that is the safety valve, not a low ceiling.
 
 ``plan()`` returns the numbers and the reasons, printed when the server starts.
@@ -30,7 +31,10 @@ KV_CAP = 4 * GIB
 MARGIN = 1 * GIB         # the API server, the engine process and torch beside the weights and the cache
 DEFAULT_CONTEXT = 4096   # a table-stage prompt (few-shot examples and a text) plus its answer
 TYPICAL_REQUEST = 512    # tokens a bulk request holds in the cache on average
-SEQS_MIN, SEQS_MAX = 16, 256
+# At most 64: at 182 sequences the embedded model on 2 cores decoded about 145 tokens/s in all, so a
+# wave of 128-token answers took longer than a request's 120 s timeout and every request timed out
+# (benchmarks/bench_saturate.py --defaults); 64 keeps a wave near a minute.
+SEQS_MIN, SEQS_MAX = 16, 64
 _STEP = 64 << 20
 
 
