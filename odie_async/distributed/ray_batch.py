@@ -145,7 +145,8 @@ def record_ledger(input: str, store: ResultStore, before: Before, skip_invalid: 
         else:
             ok += 1
     return {"read": read, "already_done": before.ok + before.failed, "output": ok - before.ok,
-            "errors": failed - before.failed, "unfinished": len(missing), "not_read": 0, "missing": missing[:10]}
+            "errors": failed - before.failed, "unfinished": len(missing), "not_read": 0, "missing": missing[:10],
+            "in_errors_file": failed}
 
 
 def _budget_calls(ray, placement: Placement) -> dict:
@@ -341,7 +342,8 @@ def exit_code(summary: dict) -> int:
     130/143 on a signal; a shard that stopped early gives its own code (3 the
     endpoint, 4 a local failure; 3 for a worker that kept dying); records left
     without a line otherwise are an internal error (4); 1 when some records are
-    in the errors file or were skipped as invalid; else 0.
+    in the errors file (failed in this run or an earlier one, as a plain run says) or were skipped
+    as invalid; else 0.
     """
     if summary["shutdown"]:
         return 128 + summary["shutdown"]["signals"][0]
@@ -354,4 +356,5 @@ def exit_code(summary: dict) -> int:
         log.error("internal error: records have no line in the output or errors file; rerun to send them",
                   count=ledger["unfinished"], first=ledger.get("missing"))
         return 4
-    return 1 if summary["failed"] or ledger.get("errors") or ledger.get("invalid_skipped") else 0
+    return 1 if (summary["failed"] or ledger.get("errors") or ledger.get("in_errors_file")
+                 or ledger.get("invalid_skipped")) else 0
