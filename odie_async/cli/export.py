@@ -26,10 +26,16 @@ from ..pipeline.export import export_dataset
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``odie export``."""
     parser.add_argument("run", help="an `odie generate` run folder")
-    parser.add_argument("--parquet", nargs="?", const="", default=None, metavar="FILE", type=output_file,
+    parser.add_argument("--parquet", nargs="?", const="", default=None, metavar="FILE", type=_or_default(output_file),
                         help="write Parquet (default file: RUN/dataset.parquet)")
-    parser.add_argument("--save-to-disk", nargs="?", const="", default=None, metavar="DIR", type=output_folder,
+    parser.add_argument("--save-to-disk", nargs="?", const="", default=None, metavar="DIR",
+                        type=_or_default(output_folder),
                         help="write a datasets folder (default: RUN/dataset)")
+
+
+def _or_default(check):
+    """``check`` for a path given; the option alone (argparse passes its empty ``const``) means the default."""
+    return lambda text: text if text == "" else check(text)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -36,10 +36,9 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         check_address(args.host, args.port)
-        runs = load_runs(args.runs)
-    except (ConfigError, ValueError) as exc:
-        print(f"odie view: error: {exc}", file=sys.stderr)
-        return 2
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    runs = load_runs(args.runs)  # a ConfigError is one line and exit 2, through cli.main
 
     def ready(url: str) -> None:
         names = ", ".join(f"{r.name} ({r.kind})" for r in runs)

@@ -31,8 +31,9 @@ SHOWN = 6  # changes named in the error; the rest are counted
 HISTORY = "history.jsonl"
 LOCK = "run.json.lock"  # held by the run writing the folder
 # Left out of the config part: the engine's pacing changes how fast requests go, never what they
-# ask; the pool's lanes are part of the teacher; prompts and seeds count by content, not by path.
-OUTSIDE = ("engine", "endpoints", "seeds", "prompts")
+# ask; the pool's lanes are part of the teacher; prompts and seeds count by content, not by path;
+# the verification budget only adds tries (a larger one sends what it adds, as checkpointed requests).
+OUTSIDE = ("engine", "endpoints", "seeds", "prompts", "verify")
 # Files a run folder holds once a run has written into it.
 RUN_DATA = ("requests.jsonl", "errors.jsonl", "train.jsonl", "train_cot.jsonl", "dropped.jsonl", "summary.json")
 
