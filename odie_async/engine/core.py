@@ -283,7 +283,7 @@ class Engine:
         if self._abort is not None:
             raise self._abort
         if self._stopping:
-            raise RunAborted("the engine is stopping and takes no new records")
+            raise self.cap_error() or RunAborted("the engine is stopping and takes no new records")
 
     async def submit(self, custom_id: str, body: dict | bytes, path: str = CHAT_PATH,
                      max_tokens_hint: dict | None = None, resend: bool = False) -> bool:
