@@ -57,6 +57,7 @@ class Run:
     def describe(self) -> dict:
         """What the page needs to list this run (names only, never paths)."""
         return {"name": shown_name(self.name), "kind": self.kind, "files": list(self.data), "links": self.links,
+                "empty": [shown for shown, path in self.data.items() if _is_empty(path)],
                 "live": self.metrics is not None,
                 "eval": bool(self.evals), "summary": self.summary is not None,
                 "bench": self.bench is not None}
@@ -102,6 +103,13 @@ def _read_json(path: Path, scope: Scope):
 
 def _is_eval(report) -> bool:
     return isinstance(report, dict) and isinstance(report.get("header"), dict) and "overall" in report["header"]
+
+
+def _is_empty(path: Path) -> bool:
+    try:
+        return path.stat().st_size == 0
+    except OSError:
+        return False
 
 
 def _data_name(name: str) -> bool:

@@ -203,7 +203,9 @@ function selectRun(id) {
   $("read-run").value = String(run.id);
   $("read-file").replaceChildren(...run.files.map((f) => h("option", { value: f, text: f })),
     ...(run.links || []).map((f) => h("option", { value: "", disabled: "", class: "link", text: `${f} (a link out of the run: not served)` })));
-  const preferred = ["dropped.jsonl", "train.jsonl"].find((f) => run.files.includes(f)) || run.files[0];
+  const empty = run.empty || [];
+  const preferred = ["dropped.jsonl", "train.jsonl"].find((f) => run.files.includes(f) && !empty.includes(f)) ||
+    run.files.find((f) => !empty.includes(f)) || run.files[0];
   selectFile(preferred);
 }
 
