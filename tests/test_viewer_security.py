@@ -30,14 +30,7 @@ SECRET = b"TOP-SECRET-0xC0FFEE"
 ODIE = [sys.executable, "-m", "odie_async"]
 
 
-@pytest.fixture(autouse=True)
-def _own_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-
-
-def _jsonl(path, rows):
-    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
-    return path
+from tests.test_viewer import _jsonl, _own_cache  # noqa: E402,F401  (_own_cache: an autouse fixture)
 
 
 def _secret(tmp_path) -> Path:
