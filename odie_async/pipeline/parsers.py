@@ -69,10 +69,8 @@ def free_text(content: str | None, min_words: int = 3) -> str:
 
 def parse_instruction_list(content: str) -> list[tuple[str, str]]:
     """``[(domain, instruction)]`` from a list answer (JSON or numbered text)."""
-    data = load_json(content)
-    if isinstance(data, dict):
-        data = data.get("instructions")
-    if isinstance(data, list):
+    data = _json_list(content, "instructions")
+    if data is not None:
         pairs = [_pair_from_json(item) for item in data]
     else:
         pairs = [_pair_from_text(item) for item in _items(content) or _plain_lines(content)]
@@ -80,6 +78,14 @@ def parse_instruction_list(content: str) -> list[tuple[str, str]]:
     if not pairs:
         raise ParseError("no_items")
     return pairs
+
+
+def _json_list(content: str, key: str) -> list | None:
+    """The answer's JSON list: the answer itself, or its ``key`` field; None for a text answer."""
+    data = load_json(content)
+    if isinstance(data, dict):
+        data = data.get(key)
+    return data if isinstance(data, list) else None
 
 
 def _pair_from_json(item) -> tuple[str, str] | None:
@@ -127,10 +133,8 @@ def parse_paraphrases(content: str) -> list[tuple[int | None, str]]:
     JSON items carry ``id``; text lines carry their list number. An item without one
     gets ``None``: ``align_paraphrases`` never places it by position.
     """
-    data = load_json(content)
-    if isinstance(data, dict):
-        data = data.get("paraphrases")
-    if isinstance(data, list):
+    data = _json_list(content, "paraphrases")
+    if data is not None:
         items = [_paraphrase_from_json(x) for x in data]
     else:
         raw = [line for line in _FENCE.sub("", content).splitlines() if line.strip()]
