@@ -187,8 +187,7 @@ async def arun_batch(requests: PathLike | Iterable[dict], output: PathLike | Non
     """
     from .engine.batch import run_batch
     from .engine.client import api_key_from_env
-    from .engine.lanes import EndpointSpec
-    from .engine.settings import PoolEndpoint, build_settings, endpoint_spec
+    from .engine.settings import PoolEndpoint, build_settings
     from .settings import validate
 
     if concurrency is not None:
@@ -200,8 +199,8 @@ async def arun_batch(requests: PathLike | Iterable[dict], output: PathLike | Non
     key = api_key_from_env(api_key_env)
     if isinstance(endpoints, (str, bytes, dict)) or not isinstance(endpoints, Iterable):
         raise ConfigError(f"endpoints: expected a list of URLs or dicts, not {type(endpoints).__name__}")
-    pool = [EndpointSpec(e, key, None, rpm, tpm) if isinstance(e, str)
-            else endpoint_spec(validate(PoolEndpoint, e, f"endpoints[{i}]"), "endpoints") for i, e in enumerate(endpoints)]
+    pool = [PoolEndpoint.keyed(e, key, rpm=rpm, tpm=tpm) if isinstance(e, str)
+            else validate(PoolEndpoint, e, f"endpoints[{i}]").with_env_key("endpoints") for i, e in enumerate(endpoints)]
     if not base_url and not pool:
         raise ConfigError("run_batch needs base_url= or endpoints=")
     if base_url is not None and not isinstance(base_url, str):

@@ -13,9 +13,8 @@ from pathlib import Path
 from pydantic import ConfigDict, Field
 
 from .engine.client import api_key_from_env
-from .engine.lanes import EndpointSpec
 from .engine.settings import (AUTO_START, AUTO_WORKERS, EndpointConfig, EngineConfig, EngineSettings,  # noqa: F401
-                              PoolEndpoint, build_settings, endpoint_spec)
+                              PoolEndpoint, build_settings)
 from .exceptions import ConfigError
 from .option_types import number  # noqa: F401  (the option types live in option_types; commands import it from here)
 from .files import load_yaml
@@ -59,8 +58,8 @@ def apply_config(args, defaults: dict, sections=()) -> None:
     # Endpoints named on the command line (--base-url among them, when there are others) take --rpm/--tpm each.
     urls = ([args.base_url] if args.base_url and args.endpoint else []) + list(args.endpoint or ())
     key = api_key_from_env(args.api_key_env) if urls else None
-    pool = [EndpointSpec(url, key, None, args.rpm, args.tpm) for url in urls]
-    pool += [endpoint_spec(e, args.config) for e in config.endpoints] if args.config else []
+    pool = [PoolEndpoint.keyed(url, key, rpm=args.rpm, tpm=args.tpm) for url in urls]
+    pool += [e.with_env_key(args.config) for e in config.endpoints] if args.config else []
     args.pool = pool
     if pool and not args.base_url:
         args.base_url = pool[0].base_url

@@ -10,10 +10,10 @@ import orjson
 
 from odie_async.engine.core import Engine
 from odie_async.engine.flow import FlowControl
-from odie_async.engine.lanes import EndpointSpec, Lane
+from odie_async.engine.lanes import Lane
 from odie_async.engine.metrics_log import MetricsLog
 from odie_async.engine.pool import Pool
-from odie_async.engine.settings import EngineSettings
+from odie_async.engine.settings import EngineSettings, PoolEndpoint
 from odie_async.engine.stats import RunStats
 from odie_async.exceptions import AuthenticationError, RateLimitError, RunAborted, TransportError
 from tests.fake_upstream import FakeServer
@@ -23,7 +23,7 @@ BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_toke
 
 
 def _pool_settings(count, **kw):
-    specs = [EndpointSpec(f"http://127.0.0.1:{9000 + i}", name=f"e{i}") for i in range(count)]
+    specs = [PoolEndpoint.keyed(f"http://127.0.0.1:{9000 + i}", name=f"e{i}") for i in range(count)]
     kw = {"concurrency": 8, "learn_limits": False, "fsync_interval_s": 3600.0} | kw
     return EngineSettings(specs[0].base_url, endpoints=specs if count > 1 else [], **kw)
 
@@ -47,7 +47,7 @@ def test_metrics_lines_sum_every_lane_of_a_pool(tmp_path):
 
 def _lane(concurrency=32):
     settings = EngineSettings("http://127.0.0.1", concurrency=concurrency, learn_limits=False)
-    return Lane(EndpointSpec("http://127.0.0.1"), FakeServer(latency_s=0.0), FlowControl(settings, RunStats()))
+    return Lane(PoolEndpoint.keyed("http://127.0.0.1"), FakeServer(latency_s=0.0), FlowControl(settings, RunStats()))
 
 
 def test_aimd_moves_the_gate_until_the_server_load_steers_it_then_only_steering_does():

@@ -31,7 +31,8 @@ import structlog
 from ..exceptions import EndpointStopped, RequestError, TransportError
 from .client import ChatClient
 from .flow import FlowControl
-from .lanes import EndpointSpec, Lane, LaneBreaker, Router
+from .lanes import Lane, LaneBreaker, Router
+from .settings import PoolEndpoint
 from .streaming import StreamingChatClient
 
 log = structlog.get_logger(__name__)
@@ -63,7 +64,7 @@ def build_lanes(settings, stats, client=None, limits=None) -> list[Lane]:
     budget) go to the first lane.
     """
     specs = unique_endpoints(list(settings.endpoints) or [
-        EndpointSpec(settings.base_url, settings.api_key, None, settings.rpm, settings.tpm)])
+        PoolEndpoint.keyed(settings.base_url, settings.api_key, rpm=settings.rpm, tpm=settings.tpm)])
     pooled = len(specs) > 1
     clients = client if isinstance(client, (list, tuple)) else [client]
     lanes = []
@@ -84,10 +85,10 @@ def build_lanes(settings, stats, client=None, limits=None) -> list[Lane]:
     return lanes
 
 
-def unique_endpoints(specs: list[EndpointSpec]) -> list[EndpointSpec]:
+def unique_endpoints(specs: list[PoolEndpoint]) -> list[PoolEndpoint]:
     """``specs`` with each endpoint once: the same URL, key and model twice would get two budgets
     for one quota. The first one named keeps its settings."""
-    seen: dict[tuple, EndpointSpec] = {}
+    seen: dict[tuple, PoolEndpoint] = {}
     for spec in specs:
         key = (spec.base_url.rstrip("/"), spec.api_key, spec.model)
         if key in seen:

@@ -7,7 +7,8 @@ table of defaults and one factory.
 - ``DEFAULTS``: the defaults of each preset (``batch`` for ``odie batch``, ``bench`` and the
   API; ``generate`` for the pipeline, whose long prompts want fewer, longer requests).
 - ``build_settings``: the factory every command, config and the API builds settings through;
-  ``endpoint_spec`` turns a config's pool endpoint into the engine's ``EndpointSpec``.
+  ``PoolEndpoint`` is also what the engine's lanes take (``PoolEndpoint.keyed`` for one named on the
+  command line or the API, ``PoolEndpoint.with_env_key`` for one a config names).
 """
 
 from __future__ import annotations
@@ -15,16 +16,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Annotated, Literal
 
-from pydantic import Field, WithJsonSchema, field_validator
+from pydantic import Field, PrivateAttr, WithJsonSchema, field_validator
 
 from ..exceptions import ConfigError
 from ..option_types import MAX_COUNT, MAX_DURATION_S, MAX_RATE, check_number
 from ..settings import Section
 from .client import api_key_from_env
-from .lanes import EndpointSpec
 
 __all__ = ["AUTO_START", "AUTO_WORKERS", "DEFAULTS", "EndpointConfig", "EngineConfig", "EngineSettings",
-           "PoolEndpoint", "build_settings", "check_number", "endpoint_spec"]
+           "PoolEndpoint", "build_settings", "check_number"]
 
 # The one table of defaults (docs/architecture.md, "Settings"). ``generate``'s are deliberate:
 # pipeline prompts are long and a stage waits on each answer, so fewer, more patient requests.
@@ -85,7 +85,7 @@ class EngineSettings:
     backoff_max_s: float = 30.0
     breaker_window: int = 100
     breaker_threshold: float = 0.8
-    # A pool: more endpoints (``EndpointSpec``) beside, or instead of, ``base_url``.
+    # A pool: more endpoints (``PoolEndpoint``) beside, or instead of, ``base_url``.
     endpoints: list = field(default_factory=list)
     # Where the adaptive gate starts (None: at ``concurrency``); it grows from there on success.
     initial_concurrency: int | None = None
@@ -161,7 +161,11 @@ class EngineConfig(Section):
 
 
 class PoolEndpoint(Section):
-    """One endpoint of a pool in a config file's ``endpoints:`` list."""
+    """One endpoint of a pool: an entry of a config file's ``endpoints:`` list, an ``--endpoint``, or
+    one of the API's ``endpoints=``; the engine gives each its own lane.
+
+    Its key is never a config key (keys come from the environment): ``keyed`` makes one with a key
+    already read, ``with_env_key`` reads the one ``api_key_env`` names."""
 
     base_url: str
     api_key_env: str | None = None
@@ -171,16 +175,34 @@ class PoolEndpoint(Section):
     max_concurrency: int | None = Field(None, ge=1, le=MAX_COUNT)
     weight: float = Field(1.0, gt=0, allow_inf_nan=False)
     name: str | None = None
+    _api_key: str | None = PrivateAttr(None)
 
+    @classmethod
+    def keyed(cls, base_url: str, api_key: str | None = None, **fields) -> "PoolEndpoint":
+        """An endpoint whose key (if any) is already read."""
+        endpoint = cls(base_url=base_url, **fields)
+        endpoint._api_key = api_key
+        return endpoint
 
-def endpoint_spec(endpoint: PoolEndpoint, source: str) -> EndpointSpec:
-    """The engine's ``EndpointSpec`` for a config's endpoint, its key read from the environment."""
-    try:
-        key = api_key_from_env(endpoint.api_key_env) if endpoint.api_key_env else None
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: endpoints: {exc}") from None
-    return EndpointSpec(endpoint.base_url, key, endpoint.model, endpoint.rpm, endpoint.tpm,
-                        endpoint.max_concurrency, endpoint.weight, endpoint.name)
+    def with_env_key(self, source: str) -> "PoolEndpoint":
+        """A copy holding the key its ``api_key_env`` names, read from the environment now."""
+        try:
+            key = api_key_from_env(self.api_key_env) if self.api_key_env else None
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: endpoints: {exc}") from None
+        copy = self.model_copy()
+        copy._api_key = key
+        return copy
+
+    @property
+    def api_key(self) -> str | None:
+        """The key sent to this endpoint (None: none)."""
+        return self._api_key
+
+    @property
+    def label(self) -> str:
+        """The name used in progress lines and summaries."""
+        return self.name or self.base_url
 
 
 def build_settings(base_url: str, *, concurrency: int | None = None, preset: str = "batch", **fields) -> EngineSettings:
