@@ -27,12 +27,13 @@ from ..logs import configure_logging
 from ..engine.batchfile import BatchReader
 from ..engine.estimate import Estimate, format_estimate
 from ..option_types import input_file
-from ..options import AUTO_START, AUTO_WORKERS, ENGINE_OPTIONS, apply_config, number, settings_from_args
+from ..options import AUTO_START, AUTO_WORKERS, DEFAULTS, ENGINE_OPTIONS, apply_config, number, settings_from_args
 from ..providers import add_arguments as add_provider_arguments
 from ..providers import run_provider_batch
 from ..runtime import run_async
 
 log = structlog.get_logger(__name__)
+_D = DEFAULTS["batch"]  # the engine's one table of defaults
 
 
 def add_arguments(parser) -> None:
@@ -54,14 +55,14 @@ def add_arguments(parser) -> None:
                         help=f"requests in flight at most (default: adaptive, starting at {AUTO_START} and growing "
                              f"to {AUTO_WORKERS} while the endpoint keeps up; a vLLM/SGLang server's own load "
                              "figures steer it)")
-    parser.add_argument("--rpm", type=number(float, 0), default=0,
+    parser.add_argument("--rpm", type=number(float, 0), default=_D["rpm"],
                         help="requests per minute (0: learned from the endpoint's headers or 429s)")
-    parser.add_argument("--tpm", type=number(float, 0), default=0, help="tokens per minute (0: as --rpm)")
-    parser.add_argument("--max-attempts", type=number(int, 1), default=5, help="attempts per record, first included")
-    parser.add_argument("--timeout", type=number(float, 0, False), default=120.0, help="seconds per request")
-    parser.add_argument("--drain-timeout", type=number(float, 0), default=30.0,
+    parser.add_argument("--tpm", type=number(float, 0), default=_D["tpm"], help="tokens per minute (0: as --rpm)")
+    parser.add_argument("--max-attempts", type=number(int, 1), default=_D["max_attempts"], help="attempts per record, first included")
+    parser.add_argument("--timeout", type=number(float, 0, False), default=_D["timeout_s"], help="seconds per request")
+    parser.add_argument("--drain-timeout", type=number(float, 0), default=_D["drain_timeout_s"],
                         help="on the first SIGINT/SIGTERM, seconds in-flight requests get to finish before they are cancelled")
-    parser.add_argument("--max-retry-wait", type=number(float, 0, False), default=60.0,
+    parser.add_argument("--max-retry-wait", type=number(float, 0, False), default=_D["max_retry_wait_s"],
                         help="longest Retry-After to wait; a longer one stops the run (exit 3) for a later rerun")
     parser.add_argument("--resend-changed", action="store_true",
                         help="send again the records whose request changed since they were answered")
@@ -70,14 +71,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-adaptive", action="store_true", help="keep concurrency fixed (no AIMD back-off)")
     parser.add_argument("--log-json", action="store_true", help="log JSON lines instead of readable text")
     parser.add_argument("--no-progress", action="store_true", help="no live progress line")
-    parser.add_argument("--max-outage", type=number(float, 0, False), default=300.0,
+    parser.add_argument("--max-outage", type=number(float, 0, False), default=_D["max_outage_s"],
                         help="with a pool: seconds every endpoint may be down before the run stops (exit 3)")
-    parser.add_argument("--hedge-share", type=number(float, 0), default=0.02,
+    parser.add_argument("--hedge-share", type=number(float, 0), default=_D["hedge_share"],
                         help="at the tail of a run, the share of requests that may be sent twice to beat a straggler")
     parser.add_argument("--stream", action="store_true",
                         help="send every request streamed and record its time to first token and inter-token "
                              "latency in its output line (response.timing); the body stored is the whole answer")
-    parser.add_argument("--max-cost", type=number(float, 0), default=0.0, metavar="USD",
+    parser.add_argument("--max-cost", type=number(float, 0), default=_D["max_cost"], metavar="USD",
                         help="stop taking records before the spend could pass USD (exit 5; a rerun with a higher cap "
                              "resumes); 0: no cap")
     parser.add_argument("--prices", default=None, metavar="FILE",

@@ -26,12 +26,19 @@ from .client import api_key_from_env
 __all__ = ["AUTO_START", "AUTO_WORKERS", "DEFAULTS", "EndpointConfig", "EngineConfig", "EngineSettings",
            "PoolEndpoint", "build_settings", "check_number"]
 
-# The one table of defaults (docs/architecture.md, "Settings"). ``generate``'s are deliberate:
-# pipeline prompts are long and a stage waits on each answer, so fewer, more patient requests.
+# The one table of defaults (docs/architecture.md, "Settings"): every command's options, the API's
+# arguments and the config sections take theirs from here. ``generate``'s are deliberate: pipeline
+# prompts are long and a stage waits on each answer, so fewer, more patient requests. ``predict``
+# sends a test set to a model server it trusts: all at once, no back-off, a long per-answer wait.
+_SHARED = {"rpm": 0.0, "tpm": 0.0, "max_retry_wait_s": 60.0, "max_outage_s": 300.0, "hedge_share": 0.02,
+           "max_cost": 0.0}
 DEFAULTS = {
-    "batch": {"concurrency": 64, "max_attempts": 5, "timeout_s": 120.0, "drain_timeout_s": 30.0},
-    "generate": {"concurrency": 16, "max_attempts": 4, "timeout_s": 300.0, "drain_timeout_s": 60.0},
+    "batch": {"concurrency": 64, "max_attempts": 5, "timeout_s": 120.0, "drain_timeout_s": 30.0, **_SHARED},
+    "generate": {"concurrency": 16, "max_attempts": 4, "timeout_s": 300.0, "drain_timeout_s": 60.0, **_SHARED},
+    "predict": {"concurrency": 256, "max_attempts": 2, "timeout_s": 3600.0, "drain_timeout_s": 30.0,
+                "adaptive": False, **_SHARED},
 }
+_BATCH = DEFAULTS["batch"]
 # No concurrency given (command line or API): this many workers, the adaptive gate starting at
 # AUTO_START and growing on success (or steered by a server that publishes its load).
 AUTO_WORKERS, AUTO_START = 256, 64
@@ -69,14 +76,14 @@ class EngineSettings:
 
     base_url: str
     api_key: str | None = field(default=None, repr=False)
-    concurrency: int = DEFAULTS["batch"]["concurrency"]
-    rpm: float = 0
-    tpm: float = 0
-    max_attempts: int = DEFAULTS["batch"]["max_attempts"]
-    timeout_s: float = DEFAULTS["batch"]["timeout_s"]
+    concurrency: int = _BATCH["concurrency"]
+    rpm: float = _BATCH["rpm"]
+    tpm: float = _BATCH["tpm"]
+    max_attempts: int = _BATCH["max_attempts"]
+    timeout_s: float = _BATCH["timeout_s"]
     queue_size: int = 0
-    drain_timeout_s: float = DEFAULTS["batch"]["drain_timeout_s"]
-    max_retry_wait_s: float = 60.0
+    drain_timeout_s: float = _BATCH["drain_timeout_s"]
+    max_retry_wait_s: float = _BATCH["max_retry_wait_s"]
     fsync_interval_s: float = 1.0
     default_max_tokens: int = 256
     adaptive: bool = True
@@ -89,13 +96,13 @@ class EngineSettings:
     endpoints: list = field(default_factory=list)
     # Where the adaptive gate starts (None: at ``concurrency``); it grows from there on success.
     initial_concurrency: int | None = None
-    max_outage_s: float = 300.0
-    hedge_share: float = 0.02
+    max_outage_s: float = _BATCH["max_outage_s"]
+    hedge_share: float = _BATCH["hedge_share"]
     # Send every request streamed and record its time to first token and inter-token latency.
     stream: bool = False
     # A spending cap in USD (0: none), and the prices it counts at: a price table file (None: the
     # packaged one) or one (input, output) price per million tokens for every model.
-    max_cost: float = 0.0
+    max_cost: float = _BATCH["max_cost"]
     prices_file: str | None = None
     price: tuple[float, float] | None = None
     # A shared answer cache's folder (None: no cache): answers are taken from it before sending.
@@ -143,13 +150,13 @@ class EngineConfig(Section):
     the keys a file sets."""
 
     concurrency: int = Field(_GENERATE["concurrency"], ge=1, le=MAX_COUNT)
-    rpm: float = Field(0, ge=0, allow_inf_nan=False)
-    tpm: float = Field(0, ge=0, allow_inf_nan=False)
+    rpm: float = Field(_GENERATE["rpm"], ge=0, allow_inf_nan=False)
+    tpm: float = Field(_GENERATE["tpm"], ge=0, allow_inf_nan=False)
     max_attempts: int = Field(_GENERATE["max_attempts"], ge=1, le=1000)
     timeout_s: float = Field(_GENERATE["timeout_s"], gt=0, le=MAX_DURATION_S, allow_inf_nan=False)
     drain_timeout_s: float = Field(_GENERATE["drain_timeout_s"], ge=0, le=MAX_DURATION_S, allow_inf_nan=False)
     stream: bool = Field(False, description="stream every request; its output line records TTFT and inter-token latency")
-    max_cost: float = Field(0.0, ge=0, allow_inf_nan=False,
+    max_cost: float = Field(_GENERATE["max_cost"], ge=0, allow_inf_nan=False,
                             description="a spending cap in USD (0: none): intake stops before it could be passed")
     prices_file: str | None = Field(None, description="a price table shaped like configs/prices.yaml")
     price: list[float] | None = Field(None, min_length=2, max_length=2,
