@@ -147,6 +147,25 @@ def test_the_latency_histogram_reads_percentiles_within_one_percent_in_fixed_mem
     assert again.total == histogram.total and again.percentile(95) == histogram.percentile(95)
 
 
+def test_the_bench_the_run_summary_and_a_lane_summarise_a_distribution_one_way():
+    from odie_async.bench.points import distribution
+    from odie_async.engine.stats import LogHistogram, RunStats, Samples, nearest_rank, percentile, summary
+
+    # nearest rank: the smallest value at or above q % of them (p50 of five is the third)
+    assert [nearest_rank(q, 5) for q in (0, 20, 50, 90, 100)] == [1, 1, 3, 5, 5]
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.0 and percentile([], 50) is None
+    values = [0.010 * (1 + i % 97) for i in range(5_000)]
+    stats = RunStats()
+    for value in values:
+        stats.latencies.add(value)
+    exact, engine = distribution(values), stats.as_dict()["latency_ms"]
+    assert list(exact) == list(engine) == ["p50", "p90", "p95", "p99", "mean", "max"]
+    assert exact == summary(Samples(values), 1000)
+    for key in exact:  # the histogram reads at most 1 % high, never low
+        assert exact[key] * 0.9999 <= engine[key] <= exact[key] * 1.01 + 0.01, key
+    assert summary(LogHistogram()) == dict.fromkeys(exact) and distribution([]) is None
+
+
 def test_the_answer_is_written_as_it_came_and_a_multi_line_one_is_re_encoded(tmp_path):
     from odie_async.engine.checkpoint import Result
     from odie_async.engine.client import ChatClient

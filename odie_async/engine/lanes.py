@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from ..exceptions import RateLimitError, RequestError
 from .server_load import ServerLoad
-from .stats import LogHistogram
+from .stats import LogHistogram, percentile
 
 if TYPE_CHECKING:
     from .settings import PoolEndpoint
@@ -164,7 +164,7 @@ class LatencyModel:
             self._sorted = sorted(self._per_token)
             self._fastest = min(self._floor)
         values = self._sorted
-        per_token = values[min(len(values) - 1, int(self.quantile * len(values)))]
+        per_token = percentile(values, self.quantile * 100)
         return max(per_token * max(1.0, max_tokens), self._fastest)
 
     def timeout(self, max_tokens: float, factor: float, floor_s: float, ceiling_s: float) -> float:

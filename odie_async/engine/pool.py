@@ -33,6 +33,7 @@ from .client import ChatClient
 from .flow import FlowControl
 from .lanes import Lane, LaneBreaker, Router
 from .settings import PoolEndpoint
+from .stats import summary
 from .streaming import StreamingChatClient
 
 log = structlog.get_logger(__name__)
@@ -411,15 +412,11 @@ class Pool:
 
 
 def _lane_summary(lane: Lane, total_ok: int) -> dict:
-    def q(p: float):
-        value = lane.latencies.percentile(p)
-        return round(value * 1000, 1) if value is not None else None
-
     return {
         "endpoint": lane.label,
         "counts": dict(lane.counts),
         "share": round(lane.counts["ok"] / total_ok, 4),
-        "latency_ms": {"p50": q(50), "p95": q(95)},
+        "latency_ms": summary(lane.latencies, 1000),
         "concurrency": lane.gate.limit,
         "breaker": [f"{state}@{t:.1f}" for t, state in lane.breaker.transitions] if lane.breaker else [],
         "out_of_pool": lane.disabled,
