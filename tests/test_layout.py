@@ -100,9 +100,10 @@ def signal_handlers(root: Path) -> list[str]:
 
 
 def exits_and_argparse(root: Path) -> list[str]:
-    """``sys.exit(`` or argparse outside the command line."""
+    """``sys.exit(``, argparse or an option declared (``add_argument``) outside the command line."""
     edge = ("cli/", "__main__.py")
-    return _calls(root, "sys.exit(", edge) + _calls(root, "import argparse", edge) + _calls(root, "argparse.", edge)
+    return (_calls(root, "sys.exit(", edge) + _calls(root, "import argparse", edge) + _calls(root, "argparse.", edge)
+            + _calls(root, ".add_argument(", edge) + _calls(root, ".add_argument_group(", edge))
 
 
 def renames(root: Path) -> list[str]:
@@ -180,6 +181,7 @@ def test_each_concept_has_one_owner(concept, check):
     (signal_handlers, "quality/runner.py", "loop.add_signal_handler(2, print)\n"),
     (exits_and_argparse, "engine/core.py", "import sys\nsys.exit(3)\n"),
     (exits_and_argparse, "pipeline/run.py", "import argparse\n"),
+    (exits_and_argparse, "endpoints/mock_batches.py", "def add_arguments(parser):\n    parser.add_argument('--x')\n"),
     (renames, "viewer/index.py", "import os\nos.replace('a', 'b')\n"),
     (yaml_reads, "quality/config.py", "import yaml\nyaml.safe_load('a: 1')\n"),
     (private_imports, "cli/train.py", "from ..engine.core import _private\n"),
@@ -188,7 +190,7 @@ def test_each_concept_has_one_owner(concept, check):
 ])
 def test_the_owner_checks_catch_a_stray_call(tmp_path, check, module, source):
     root = tmp_path / "odie_async"
-    for folder in ("engine", "cli", "pipeline", "quality", "viewer", "providers"):
+    for folder in ("engine", "cli", "pipeline", "quality", "viewer", "providers", "endpoints"):
         (root / folder).mkdir(parents=True)
         (root / folder / "__init__.py").write_text("")
     (root / "__init__.py").write_text("")

@@ -28,8 +28,8 @@ from ..engine.batchfile import BatchReader
 from ..engine.estimate import Estimate, format_estimate
 from ..option_types import input_file
 from ..options import AUTO_START, AUTO_WORKERS, DEFAULTS, ENGINE_OPTIONS, apply_config, number, settings_from_args
-from ..providers import add_arguments as add_provider_arguments
 from ..providers import run_provider_batch
+from ..providers.runner import RunOptions
 from ..runtime import run_async
 
 log = structlog.get_logger(__name__)
@@ -93,8 +93,31 @@ def add_arguments(parser) -> None:
     parser.add_argument("--dry-run", action="store_true",
                         help="count requests, tokens, time at the limits and cost; send nothing")
     parser.set_defaults(option_defaults={name: parser.get_default(name) for name in ENGINE_OPTIONS})
-    add_provider_arguments(parser)  # --mode provider-batch and its options
+    _add_provider_arguments(parser)  # --mode provider-batch and its options
     _add_ray_arguments(parser)
+
+
+def _add_provider_arguments(parser) -> None:
+    """The options of ``odie batch`` that choose and tune provider batches (defaults: ``RunOptions``')."""
+    group = parser.add_argument_group("provider batch APIs (half price, results within 24 h)")
+    group.add_argument("--mode", choices=("online", "provider-batch"), default="online",
+                       help="online: request by request (default); provider-batch: the provider's Batch API")
+    group.add_argument("--provider", choices=("openai", "anthropic"), default="openai",
+                       help="whose batch API (--base-url defaults to that provider's)")
+    seconds, at_least_0 = number(float, 0, inclusive=False), number(float, 0)
+    group.add_argument("--deadline", type=seconds, metavar="SECONDS",
+                       help="hybrid: when the deadline (from the run's start) is near, cancel the batches and "
+                            "send what they have not done through the online path")
+    group.add_argument("--online-reserve", type=at_least_0, default=RunOptions.online_reserve_s, metavar="SECONDS",
+                       help="time kept for the online rest before the deadline (at most half of it)")
+    group.add_argument("--online-base-url", help="endpoint of the online rest (default: --base-url)")
+    group.add_argument("--poll-interval", type=seconds, default=RunOptions.poll_interval_s, help="first seconds between polls (grows 1.5x)")
+    group.add_argument("--poll-max", type=seconds, default=RunOptions.poll_max_s, help="longest seconds between polls")
+    group.add_argument("--batch-max-requests", type=number(int, 1), help="requests per batch (default: the provider's limit)")
+    group.add_argument("--batch-max-bytes", type=number(int, 1), help="bytes per batch file (default: the provider's limit)")
+    group.add_argument("--reconcile-grace", type=at_least_0, default=RunOptions.reconcile_grace_s,
+                       help="seconds to wait before looking for what an unanswered call created")
+    group.add_argument("--cancel", action="store_true", help="cancel this output's batches, keep what they finished")
 
 
 def _add_ray_arguments(parser) -> None:
