@@ -186,7 +186,7 @@ async def arun_batch(requests: PathLike | Iterable[dict], output: PathLike | Non
     answers across runs and output files: a request asked before is answered from it, not sent.
     An option left at None takes ``odie batch``'s default (engine/settings.py ``DEFAULTS``).
     """
-    from .engine.batch import run_batch
+    from .engine.batch import run_engine_batch
     from .engine.client import api_key_from_env
     from .engine.settings import PoolEndpoint, build_settings
     from .settings import validate
@@ -217,7 +217,7 @@ async def arun_batch(requests: PathLike | Iterable[dict], output: PathLike | Non
         prices_file=str(prices_file) if prices_file else None, cache=str(cache) if cache else None)
     with tempfile.TemporaryDirectory(prefix="odie-batch-") if output is None else contextlib.nullcontext() as tmp:
         target = Path(tmp) / "results.jsonl" if output is None else Path(output)
-        report = await run_batch(source, target, settings, errors, model=model,
+        report = await run_engine_batch(source, target, settings, errors, model=model,
                                  progress=progress and not notebook.wanted(), handle_signals=False)
         if report.error is not None:
             raise report.error

@@ -188,7 +188,7 @@ def test_batch_options_the_api_and_the_factory_share_one_table_of_defaults(monke
         built["api"] = settings
         raise ConfigError("captured")
 
-    monkeypatch.setattr(engine_batch, "run_batch", capture)
+    monkeypatch.setattr(engine_batch, "run_engine_batch", capture)
     with pytest.raises(ConfigError, match="captured"):
         odie_async.run_batch([{"model": "m", "messages": []}], "out.jsonl", base_url="http://127.0.0.1:9/v1")
 

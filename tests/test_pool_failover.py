@@ -11,7 +11,7 @@ import dataclasses
 import orjson
 
 from odie_async.endpoints.mock_server import MockServer, MockSettings
-from odie_async.engine.batch import run_batch
+from odie_async.engine.batch import run_engine_batch
 from odie_async.engine.core import Engine
 from odie_async.engine.pool import build_lanes
 from odie_async.engine.progress import format_summary
@@ -103,7 +103,7 @@ def test_odie_batch_on_a_healthy_and_a_key_refusing_endpoint_exits_0_naming_the_
                      PoolEndpoint.keyed(refusing.base_url, "mine", name="refusing")]
             settings = EngineSettings(healthy.base_url, api_key="mine", endpoints=specs, concurrency=16,
                                       timeout_s=5)
-            return await run_batch(tmp_path / "in.jsonl", tmp_path / "out.jsonl", settings, progress=False,
+            return await run_engine_batch(tmp_path / "in.jsonl", tmp_path / "out.jsonl", settings, progress=False,
                                    handle_signals=False)
 
     report = asyncio.run(asyncio.wait_for(go(), 60))

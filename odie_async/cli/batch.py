@@ -1,6 +1,6 @@
 """``odie batch``: an OpenAI Batch API input file through any OpenAI-compatible endpoint.
 
-A thin shell over ``odie_async.engine.batch.run_batch``: options in, exit code
+A thin shell over ``odie_async.engine.batch.run_engine_batch``: options in, exit code
 out (0 all succeeded, 1 some records failed, 2 usage or input error, 3 stopped
 by the endpoint, 4 a local error, 130/143 interrupted; see the README).
 """
@@ -20,7 +20,7 @@ import structlog
 from ..engine.answer_cache import default_location
 from ..engine.spend import parse_price
 from ..distributed import ray_batch
-from ..engine.batch import BatchReport, run_batch
+from ..engine.batch import BatchReport, run_engine_batch
 from ..engine.progress import format_summary
 from ..exceptions import ConfigError
 from ..logs import configure_logging
@@ -133,7 +133,7 @@ def _add_ray_arguments(parser) -> None:
 
 def _batch(args, base_url: str, model: str | None, api_key: str | None = None) -> BatchReport:
     settings = settings_from_args(args, base_url, api_key)
-    return run_async(run_batch(
+    return run_async(run_engine_batch(
         args.input, args.output, settings, args.errors, model=model, skip_invalid=args.skip_invalid,
         retry_failed=args.retry_failed, resend_changed=args.resend_changed, progress=not args.no_progress,
         log_json=args.log_json))
