@@ -206,7 +206,8 @@ async def arun_batch(requests: PathLike | Iterable[dict], output: PathLike | Non
         raise ConfigError(f"endpoints: expected a list of URLs or dicts, not {type(endpoints).__name__}")
     limits = {name: given[name] for name in ("rpm", "tpm") if name in given}
     pool = [PoolEndpoint.keyed(e, key, **limits) if isinstance(e, str)
-            else validate(PoolEndpoint, e, f"endpoints[{i}]").with_env_key("endpoints") for i, e in enumerate(endpoints)]
+            else validate(PoolEndpoint, e, f"endpoints[{i}]").with_env_key("endpoints")
+            for i, e in enumerate(endpoints)]
     if not base_url and not pool:
         raise ConfigError("run_batch needs base_url= or endpoints=")
     if base_url is not None and not isinstance(base_url, str):

@@ -58,7 +58,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--rpm", type=number(float, 0), default=_D["rpm"],
                         help="requests per minute (0: learned from the endpoint's headers or 429s)")
     parser.add_argument("--tpm", type=number(float, 0), default=_D["tpm"], help="tokens per minute (0: as --rpm)")
-    parser.add_argument("--max-attempts", type=number(int, 1), default=_D["max_attempts"], help="attempts per record, first included")
+    parser.add_argument("--max-attempts", type=number(int, 1), default=_D["max_attempts"],
+                        help="attempts per record, first included")
     parser.add_argument("--timeout", type=number(float, 0, False), default=_D["timeout_s"], help="seconds per request")
     parser.add_argument("--drain-timeout", type=number(float, 0), default=_D["drain_timeout_s"],
                         help="on the first SIGINT/SIGTERM, seconds in-flight requests get to finish before they are cancelled")
@@ -111,7 +112,8 @@ def _add_provider_arguments(parser) -> None:
     group.add_argument("--online-reserve", type=at_least_0, default=RunOptions.online_reserve_s, metavar="SECONDS",
                        help="time kept for the online rest before the deadline (at most half of it)")
     group.add_argument("--online-base-url", help="endpoint of the online rest (default: --base-url)")
-    group.add_argument("--poll-interval", type=seconds, default=RunOptions.poll_interval_s, help="first seconds between polls (grows 1.5x)")
+    group.add_argument("--poll-interval", type=seconds, default=RunOptions.poll_interval_s,
+                       help="first seconds between polls (grows 1.5x)")
     group.add_argument("--poll-max", type=seconds, default=RunOptions.poll_max_s, help="longest seconds between polls")
     group.add_argument("--batch-max-requests", type=number(int, 1), help="requests per batch (default: the provider's limit)")
     group.add_argument("--batch-max-bytes", type=number(int, 1), help="bytes per batch file (default: the provider's limit)")

@@ -32,7 +32,7 @@ from ..exceptions import EndpointStopped, RequestError, TransportError
 from .client import ChatClient
 from .flow import FlowControl
 from .lanes import Lane, LaneBreaker, Router
-from .settings import PoolEndpoint
+from .settings import DEFAULTS, PoolEndpoint
 from .stats import summary
 from .streaming import StreamingChatClient
 
@@ -45,9 +45,9 @@ class PoolSettings:
 
     timeout_factor: float = 4.0
     timeout_floor_s: float = 2.0
-    timeout_ceiling_s: float = 120.0
-    hedge_share: float = 0.02
-    max_outage_s: float = 300.0
+    timeout_ceiling_s: float = DEFAULTS["batch"]["timeout_s"]
+    hedge_share: float = DEFAULTS["batch"]["hedge_share"]
+    max_outage_s: float = DEFAULTS["batch"]["max_outage_s"]
 
 
 # A request whose lane keeps answering others is let run this many --timeout's before it is cut.
