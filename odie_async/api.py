@@ -168,9 +168,9 @@ def _requests_source(requests, order: list[str]):
 async def arun_batch(requests: PathLike | Iterable[dict], output: PathLike | None = None, *,
                      base_url: str | None = None, endpoints: Sequence[str | dict] = (),
                      api_key_env: str | None = None, model: str | None = None, concurrency: int | None = None,
-                     rpm: float = 0, tpm: float = 0, max_attempts: int = 5, timeout: float = 120.0,
-                     errors: PathLike | None = None, progress: bool = True, stream: bool = False,
-                     max_cost: float = 0.0, price: tuple[float, float] | None = None,
+                     rpm: float | None = None, tpm: float | None = None, max_attempts: int | None = None,
+                     timeout: float | None = None, errors: PathLike | None = None, progress: bool = True,
+                     stream: bool = False, max_cost: float | None = None, price: tuple[float, float] | None = None,
                      prices_file: PathLike | None = None, cache: PathLike | None = None) -> dict | list[dict]:
     """Send requests through the engine (``odie batch``), exactly once, resumable.
 
@@ -184,35 +184,41 @@ async def arun_batch(requests: PathLike | Iterable[dict], output: PathLike | Non
     pass it (``SpendCapReached``), counted at ``price`` (``(IN, OUT)`` USD per million tokens) or the
     price table (``prices_file``, else the packaged ``configs/prices.yaml``). ``cache`` (a folder) shares
     answers across runs and output files: a request asked before is answered from it, not sent.
+    An option left at None takes ``odie batch``'s default (engine/settings.py ``DEFAULTS``).
     """
-    from .engine.batch import run_batch
+    from .engine.batch import run_engine_batch
     from .engine.client import api_key_from_env
-    from .engine.lanes import EndpointSpec
-    from .engine.settings import PoolEndpoint, build_settings, endpoint_spec
+    from .engine.settings import PoolEndpoint, build_settings
     from .settings import validate
 
     if concurrency is not None:
         concurrency = _option("concurrency", count, concurrency)
-    rpm, tpm = _option("rpm", number(float, 0), rpm), _option("tpm", number(float, 0), tpm)
-    max_attempts, timeout = _option("max_attempts", count, max_attempts), _option("timeout", duration, timeout)
+    given = {field: _option(name, parse, value) for name, field, parse, value in (
+        ("rpm", "rpm", number(float, 0), rpm), ("tpm", "tpm", number(float, 0), tpm),
+        ("max_attempts", "max_attempts", count, max_attempts), ("timeout", "timeout_s", duration, timeout))
+        if value is not None}
+    if max_cost is not None:
+        given["max_cost"] = max_cost
     order: list[str] = []
     source = _requests_source(requests, order)
     key = api_key_from_env(api_key_env)
     if isinstance(endpoints, (str, bytes, dict)) or not isinstance(endpoints, Iterable):
         raise ConfigError(f"endpoints: expected a list of URLs or dicts, not {type(endpoints).__name__}")
-    pool = [EndpointSpec(e, key, None, rpm, tpm) if isinstance(e, str)
-            else endpoint_spec(validate(PoolEndpoint, e, f"endpoints[{i}]"), "endpoints") for i, e in enumerate(endpoints)]
+    limits = {name: given[name] for name in ("rpm", "tpm") if name in given}
+    pool = [PoolEndpoint.keyed(e, key, **limits) if isinstance(e, str)
+            else validate(PoolEndpoint, e, f"endpoints[{i}]").with_env_key("endpoints")
+            for i, e in enumerate(endpoints)]
     if not base_url and not pool:
         raise ConfigError("run_batch needs base_url= or endpoints=")
     if base_url is not None and not isinstance(base_url, str):
         raise ConfigError(f"base_url: expected a URL, not {type(base_url).__name__}")
     settings = build_settings(
-        base_url or pool[0].base_url, api_key=key, endpoints=pool, concurrency=concurrency, rpm=rpm, tpm=tpm,
-        max_attempts=max_attempts, timeout_s=timeout, stream=stream, max_cost=max_cost, price=price,
+        base_url or pool[0].base_url, api_key=key, endpoints=pool, concurrency=concurrency, **given,
+        stream=stream, price=price,
         prices_file=str(prices_file) if prices_file else None, cache=str(cache) if cache else None)
     with tempfile.TemporaryDirectory(prefix="odie-batch-") if output is None else contextlib.nullcontext() as tmp:
         target = Path(tmp) / "results.jsonl" if output is None else Path(output)
-        report = await run_batch(source, target, settings, errors, model=model,
+        report = await run_engine_batch(source, target, settings, errors, model=model,
                                  progress=progress and not notebook.wanted(), handle_signals=False)
         if report.error is not None:
             raise report.error

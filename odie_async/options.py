@@ -13,9 +13,8 @@ from pathlib import Path
 from pydantic import ConfigDict, Field
 
 from .engine.client import api_key_from_env
-from .engine.lanes import EndpointSpec
-from .engine.settings import (AUTO_START, AUTO_WORKERS, EndpointConfig, EngineConfig, EngineSettings,  # noqa: F401
-                              PoolEndpoint, build_settings, endpoint_spec)
+from .engine.settings import (AUTO_START, AUTO_WORKERS, DEFAULTS, EndpointConfig, EngineConfig, EngineSettings,  # noqa: F401
+                              PoolEndpoint, build_settings)
 from .exceptions import ConfigError
 from .option_types import number  # noqa: F401  (the option types live in option_types; commands import it from here)
 from .files import load_yaml
@@ -26,6 +25,7 @@ ENGINE_KEYS = {"concurrency": "concurrency", "rpm": "rpm", "tpm": "tpm", "max_at
                 "timeout_s": "timeout", "drain_timeout_s": "drain_timeout", "stream": "stream",
                 "max_cost": "max_cost", "prices_file": "prices", "price": "price", "cache": "cache"}
 ENGINE_OPTIONS = tuple(ENGINE_KEYS.values())
+_D = DEFAULTS["batch"]
 
 
 class BatchConfig(Section):
@@ -59,8 +59,8 @@ def apply_config(args, defaults: dict, sections=()) -> None:
     # Endpoints named on the command line (--base-url among them, when there are others) take --rpm/--tpm each.
     urls = ([args.base_url] if args.base_url and args.endpoint else []) + list(args.endpoint or ())
     key = api_key_from_env(args.api_key_env) if urls else None
-    pool = [EndpointSpec(url, key, None, args.rpm, args.tpm) for url in urls]
-    pool += [endpoint_spec(e, args.config) for e in config.endpoints] if args.config else []
+    pool = [PoolEndpoint.keyed(url, key, rpm=args.rpm, tpm=args.tpm) for url in urls]
+    pool += [e.with_env_key(args.config) for e in config.endpoints] if args.config else []
     args.pool = pool
     if pool and not args.base_url:
         args.base_url = pool[0].base_url
@@ -83,8 +83,9 @@ def settings_from_args(args, base_url: str, api_key: str | None = None) -> Engin
         base_url, api_key=api_key or api_key_from_env(args.api_key_env), concurrency=getattr(args, "concurrency", None),
         rpm=args.rpm, tpm=args.tpm, max_attempts=args.max_attempts, timeout_s=args.timeout,
         drain_timeout_s=args.drain_timeout, max_retry_wait_s=args.max_retry_wait, adaptive=not args.no_adaptive,
-        endpoints=pool, max_outage_s=getattr(args, "max_outage", 300.0), hedge_share=getattr(args, "hedge_share", 0.02),
-        stream=getattr(args, "stream", False), max_cost=getattr(args, "max_cost", 0.0),
+        endpoints=pool, max_outage_s=getattr(args, "max_outage", _D["max_outage_s"]),
+        hedge_share=getattr(args, "hedge_share", _D["hedge_share"]),
+        stream=getattr(args, "stream", False), max_cost=getattr(args, "max_cost", _D["max_cost"]),
         prices_file=getattr(args, "prices", None), price=getattr(args, "price", None),
         cache=getattr(args, "cache", None), metrics_port=getattr(args, "metrics_port", None),
     )

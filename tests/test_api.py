@@ -138,6 +138,33 @@ def test_run_batch_returns_results_in_input_order_even_inside_a_running_loop():
     assert all(r["response"]["status_code"] == 200 for r in results) and server["mock"].request_count == 30
 
 
+def test_run_batch_and_arun_batch_are_one_pair_returning_the_same_thing(tmp_path):
+    from odie_async.endpoints.mock_server import MockServer
+
+    bodies = [{"model": "m", "messages": [{"role": "user", "content": f"item {i}"}], "max_tokens": 8} for i in range(5)]
+
+    async def both():
+        async with MockServer() as mock:
+            lines = await odie_async.arun_batch(bodies, base_url=mock.base_url, progress=False)
+            summary = await odie_async.arun_batch(bodies, tmp_path / "a.jsonl", base_url=mock.base_url, progress=False)
+            return lines, summary, mock.base_url
+
+    async_lines, async_summary, _ = asyncio.run(both())
+    assert [line["custom_id"] for line in async_lines] == [str(i) for i in range(5)]
+    assert isinstance(async_summary, dict) and async_summary["succeeded"] == 5
+
+    async def sync_inside_a_loop():
+        async with MockServer() as mock:
+            return (await asyncio.to_thread(odie_async.run_batch, bodies, base_url=mock.base_url, progress=False),
+                    await asyncio.to_thread(odie_async.run_batch, bodies, tmp_path / "s.jsonl",
+                                            base_url=mock.base_url, progress=False))
+
+    sync_lines, sync_summary = asyncio.run(sync_inside_a_loop())
+    assert [line["custom_id"] for line in sync_lines] == [line["custom_id"] for line in async_lines]
+    assert type(sync_summary) is type(async_summary) and set(sync_summary) == set(async_summary)
+    assert sync_summary["succeeded"] == 5 and not hasattr(odie_async.engine.batch, "run_batch")
+
+
 def test_run_batch_writes_files_and_resumes(tmp_path):
     from odie_async.endpoints.mock_server import MockServer
 

@@ -29,7 +29,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from odie_async.engine.batch import run_batch
+from odie_async.engine.batch import run_engine_batch
 from odie_async.engine.client import ChatClient
 from odie_async.engine.core import Engine, EngineSettings
 from odie_async.exceptions import EndpointStopped, OutputError, TransportError
@@ -150,7 +150,7 @@ async def _one_run(tmp_path, cfg, disruption, seed, final):
 
     async def guarded():
         try:
-            return await run_batch(tmp_path / "in.jsonl", out, engine_settings, progress=False, engine=engine)
+            return await run_engine_batch(tmp_path / "in.jsonl", out, engine_settings, progress=False, engine=engine)
         finally:
             for timer in timers:  # no signal may outlive the run's handlers
                 timer.cancel()

@@ -94,3 +94,22 @@ def test_a_generate_config_may_name_a_pool():
     settings = engine_settings(config, Endpoint(config.endpoint.base_url, "a"))
     assert [(e.base_url, e.rpm, e.weight, e.model) for e in settings.endpoints] == [
         ("http://127.0.0.1:9001/v1", 600, 1.0, "a"), ("http://127.0.0.1:9002/v1", 0, 2.0, "b")]
+
+
+def test_a_pool_endpoint_is_the_lanes_endpoint_its_key_from_the_environment_never_the_file(monkeypatch):
+    from odie_async.endpoints.resolve import Endpoint
+    from odie_async.engine.pool import build_lanes
+    from odie_async.engine.stats import RunStats
+    from odie_async.pipeline.config import PipelineConfig
+    from odie_async.pipeline.run import engine_settings
+
+    with pytest.raises(ConfigError, match="unknown key 'api_key'"):
+        from_dict({"endpoints": [{"base_url": "http://127.0.0.1:9001/v1", "api_key": "written-down"}]})
+    monkeypatch.setenv("POOL_KEY", "from-env")
+    config = PipelineConfig.model_validate({"endpoints": [
+        {"base_url": "http://127.0.0.1:9001/v1", "api_key_env": "POOL_KEY", "name": "first"},
+        {"base_url": "http://127.0.0.1:9002/v1"}]})
+    lanes = build_lanes(engine_settings(config, Endpoint(config.endpoint.base_url, None)), RunStats())
+    assert [(lane.label, lane.spec.api_key, lane.client._headers.get("Authorization")) for lane in lanes] == [
+        ("first", "from-env", "Bearer from-env"), ("http://127.0.0.1:9002/v1", None, None)]
+    assert "from-env" not in repr(lanes[0].spec)

@@ -10,10 +10,10 @@ import orjson
 
 from odie_async.engine.core import Engine
 from odie_async.engine.flow import FlowControl
-from odie_async.engine.lanes import EndpointSpec, Lane
+from odie_async.engine.lanes import Lane
 from odie_async.engine.metrics_log import MetricsLog
 from odie_async.engine.pool import Pool
-from odie_async.engine.settings import EngineSettings
+from odie_async.engine.settings import EngineSettings, PoolEndpoint
 from odie_async.engine.stats import RunStats
 from odie_async.exceptions import AuthenticationError, RateLimitError, RunAborted, TransportError
 from tests.fake_upstream import FakeServer
@@ -23,7 +23,7 @@ BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_toke
 
 
 def _pool_settings(count, **kw):
-    specs = [EndpointSpec(f"http://127.0.0.1:{9000 + i}", name=f"e{i}") for i in range(count)]
+    specs = [PoolEndpoint.keyed(f"http://127.0.0.1:{9000 + i}", name=f"e{i}") for i in range(count)]
     kw = {"concurrency": 8, "learn_limits": False, "fsync_interval_s": 3600.0} | kw
     return EngineSettings(specs[0].base_url, endpoints=specs if count > 1 else [], **kw)
 
@@ -47,7 +47,7 @@ def test_metrics_lines_sum_every_lane_of_a_pool(tmp_path):
 
 def _lane(concurrency=32):
     settings = EngineSettings("http://127.0.0.1", concurrency=concurrency, learn_limits=False)
-    return Lane(EndpointSpec("http://127.0.0.1"), FakeServer(latency_s=0.0), FlowControl(settings, RunStats()))
+    return Lane(PoolEndpoint.keyed("http://127.0.0.1"), FakeServer(latency_s=0.0), FlowControl(settings, RunStats()))
 
 
 def test_aimd_moves_the_gate_until_the_server_load_steers_it_then_only_steering_does():
@@ -145,6 +145,25 @@ def test_the_latency_histogram_reads_percentiles_within_one_percent_in_fixed_mem
     assert 5.0 <= histogram.percentile(50, since=before) <= 5.05, "an interval's own percentiles"
     again = LogHistogram.frombytes(histogram.tobytes())
     assert again.total == histogram.total and again.percentile(95) == histogram.percentile(95)
+
+
+def test_the_bench_the_run_summary_and_a_lane_summarise_a_distribution_one_way():
+    from odie_async.bench.points import distribution
+    from odie_async.engine.stats import LogHistogram, RunStats, Samples, nearest_rank, percentile, summary
+
+    # nearest rank: the smallest value at or above q % of them (p50 of five is the third)
+    assert [nearest_rank(q, 5) for q in (0, 20, 50, 90, 100)] == [1, 1, 3, 5, 5]
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.0 and percentile([], 50) is None
+    values = [0.010 * (1 + i % 97) for i in range(5_000)]
+    stats = RunStats()
+    for value in values:
+        stats.latencies.add(value)
+    exact, engine = distribution(values), stats.as_dict()["latency_ms"]
+    assert list(exact) == list(engine) == ["p50", "p90", "p95", "p99", "mean", "max"]
+    assert exact == summary(Samples(values), 1000)
+    for key in exact:  # the histogram reads at most 1 % high, never low
+        assert exact[key] * 0.9999 <= engine[key] <= exact[key] * 1.01 + 0.01, key
+    assert summary(LogHistogram()) == dict.fromkeys(exact) and distribution([]) is None
 
 
 def test_the_answer_is_written_as_it_came_and_a_multi_line_one_is_re_encoded(tmp_path):

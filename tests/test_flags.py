@@ -170,3 +170,35 @@ def test_the_console_summary_names_model_endpoint_concurrency_and_retry_reasons(
                            "endpoints": [{"endpoint": "http://127.0.0.1:9/v1"}], "concurrency_final": 48})
     assert "10 retries (server_error 7, timeout 3)" in text
     assert "model m at http://127.0.0.1:9/v1; concurrency ended at 48" in text
+
+
+def test_batch_options_the_api_and_the_factory_share_one_table_of_defaults(monkeypatch, tmp_path):
+    import dataclasses
+
+    import odie_async
+    from odie_async.engine import batch as engine_batch
+    from odie_async.engine.settings import DEFAULTS, build_settings
+    from odie_async.options import settings_from_args
+
+    monkeypatch.chdir(tmp_path)
+    args = _parse("batch", "in.jsonl", "--output", "out.jsonl", "--base-url", "http://127.0.0.1:9/v1")
+    built = {}
+
+    async def capture(source, target, settings, *rest, **options):
+        built["api"] = settings
+        raise ConfigError("captured")
+
+    monkeypatch.setattr(engine_batch, "run_engine_batch", capture)
+    with pytest.raises(ConfigError, match="captured"):
+        odie_async.run_batch([{"model": "m", "messages": []}], "out.jsonl", base_url="http://127.0.0.1:9/v1")
+
+    def shown(settings) -> dict:
+        return {k: v for k, v in dataclasses.asdict(settings).items() if k in DEFAULTS["batch"]}
+
+    factory = shown(build_settings("http://127.0.0.1:9/v1", concurrency=DEFAULTS["batch"]["concurrency"]))
+    assert factory == DEFAULTS["batch"]
+    command = shown(settings_from_args(args, args.base_url))
+    api = shown(built["api"])
+    # no --concurrency / concurrency=: the adaptive start, the same in both
+    assert command.pop("concurrency") == api.pop("concurrency")
+    assert command == api == {k: v for k, v in DEFAULTS["batch"].items() if k != "concurrency"}

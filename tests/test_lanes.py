@@ -1,16 +1,16 @@
 """Lanes of an endpoint pool: breaker transitions, latency model, routing by capacity, server load."""
 
-from odie_async.engine.lanes import CLOSED, HALF_OPEN, OPEN, EndpointSpec, Lane, LaneBreaker, LatencyModel, Router
+from odie_async.engine.lanes import CLOSED, HALF_OPEN, OPEN, Lane, LaneBreaker, LatencyModel, Router
 from odie_async.engine.flow import FlowControl
 from odie_async.engine.server_load import ServerLoad, parse_metrics
-from odie_async.engine.settings import EngineSettings
+from odie_async.engine.settings import EngineSettings, PoolEndpoint
 from odie_async.engine.stats import RunStats
 
 
 def _lane(name, concurrency=10, weight=1.0, rpm=0):
     settings = EngineSettings("http://127.0.0.1", concurrency=concurrency, rpm=rpm, learn_limits=False)
     flow = FlowControl(settings, RunStats())
-    return Lane(EndpointSpec(f"http://127.0.0.1/{name}", name=name, weight=weight), client=None, flow=flow)
+    return Lane(PoolEndpoint.keyed(f"http://127.0.0.1/{name}", name=name, weight=weight), client=None, flow=flow)
 
 
 def test_breaker_opens_on_a_failure_streak_probes_once_and_closes_on_success():

@@ -100,9 +100,10 @@ def signal_handlers(root: Path) -> list[str]:
 
 
 def exits_and_argparse(root: Path) -> list[str]:
-    """``sys.exit(`` or argparse outside the command line."""
+    """``sys.exit(``, argparse or an option declared (``add_argument``) outside the command line."""
     edge = ("cli/", "__main__.py")
-    return _calls(root, "sys.exit(", edge) + _calls(root, "import argparse", edge) + _calls(root, "argparse.", edge)
+    return (_calls(root, "sys.exit(", edge) + _calls(root, "import argparse", edge) + _calls(root, "argparse.", edge)
+            + _calls(root, ".add_argument(", edge) + _calls(root, ".add_argument_group(", edge))
 
 
 def renames(root: Path) -> list[str]:
@@ -113,6 +114,26 @@ def renames(root: Path) -> list[str]:
 def yaml_reads(root: Path) -> list[str]:
     """YAML parsed outside the one reader (``files.py``, which reads 3e-4 as a float)."""
     return _calls(root, "yaml.safe_load(", ("files.py",)) + _calls(root, "yaml.load(", ("files.py",))
+
+
+# The HTTP clients: the engine's, the streaming one (the bench's too), the provider batch backends.
+HTTP_CLIENTS = ("engine/client.py", "engine/streaming.py", "providers/", "bench/")
+
+
+def http_errors(root: Path) -> list[str]:
+    """aiohttp's or orjson's errors caught in an HTTP client outside the one boundary (``engine/client.py``:
+    ``transport_errors``, ``json_object``, ``json_or_none``, ``status_error``)."""
+    found = []
+    for needle in ("aiohttp.Client", "aiohttp.ServerDisconnectedError", "asyncio.TimeoutError", "JSONDecodeError"):
+        found += [hit for hit in _calls(root, needle, ("engine/client.py",))
+                  if hit.startswith(HTTP_CLIENTS) and not hit.startswith("providers/journal.py")]
+    return [hit for hit in found if "aiohttp.ClientTimeout" not in _line(root, hit)
+            and "aiohttp.ClientSession" not in _line(root, hit)]
+
+
+def _line(root: Path, hit: str) -> str:
+    relative, line_no = hit.rsplit(":", 1)
+    return (root / relative).read_text(encoding="utf-8").splitlines()[int(line_no) - 1]
 
 
 def private_imports(root: Path) -> list[str]:
@@ -146,6 +167,7 @@ OWNERS = {
     "os.replace": renames,
     "yaml reads": yaml_reads,
     "private imports": private_imports,
+    "HTTP and JSON errors": http_errors,
 }
 
 
@@ -159,18 +181,23 @@ def test_each_concept_has_one_owner(concept, check):
     (signal_handlers, "quality/runner.py", "loop.add_signal_handler(2, print)\n"),
     (exits_and_argparse, "engine/core.py", "import sys\nsys.exit(3)\n"),
     (exits_and_argparse, "pipeline/run.py", "import argparse\n"),
+    (exits_and_argparse, "endpoints/mock_batches.py", "def add_arguments(parser):\n    parser.add_argument('--x')\n"),
     (renames, "viewer/index.py", "import os\nos.replace('a', 'b')\n"),
     (yaml_reads, "quality/config.py", "import yaml\nyaml.safe_load('a: 1')\n"),
     (private_imports, "cli/train.py", "from ..engine.core import _private\n"),
+    (http_errors, "providers/base.py", "try:\n    pass\nexcept aiohttp.ClientError:\n    pass\n"),
+    (http_errors, "engine/streaming.py", "try:\n    pass\nexcept orjson.JSONDecodeError:\n    pass\n"),
 ])
 def test_the_owner_checks_catch_a_stray_call(tmp_path, check, module, source):
     root = tmp_path / "odie_async"
-    for folder in ("engine", "cli", "pipeline", "quality", "viewer"):
+    for folder in ("engine", "cli", "pipeline", "quality", "viewer", "providers", "endpoints"):
         (root / folder).mkdir(parents=True)
         (root / folder / "__init__.py").write_text("")
     (root / "__init__.py").write_text("")
     (root / "cli" / "batch.py").write_text("import argparse\nimport sys\nsys.exit(2)\n")  # the edge may
     (root / "engine" / "flow.py").write_text("from .core import _private\n")  # within its subpackage
+    (root / "engine" / "client.py").write_text(
+        "try:\n    pass\nexcept (aiohttp.ClientError, asyncio.TimeoutError):\n    pass\n")  # the boundary
     assert check(root) == []
     (root / module).write_text(source)
     assert len(check(root)) == 1

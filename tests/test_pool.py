@@ -6,9 +6,9 @@ import pytest
 
 from odie_async.engine.core import Job
 from odie_async.engine.flow import FlowControl
-from odie_async.engine.settings import EngineSettings
+from odie_async.engine.settings import EngineSettings, PoolEndpoint
 from odie_async.engine.stats import RunStats
-from odie_async.engine.lanes import OPEN, EndpointSpec, Lane
+from odie_async.engine.lanes import OPEN, Lane
 from odie_async.engine.pool import Pool, PoolSettings
 from odie_async.exceptions import RequestError, RunAborted, TransportError
 from tests.fake_upstream import FakeServer
@@ -20,7 +20,7 @@ def _flow(concurrency=8):
 
 
 def _lanes(*servers, concurrency=8):
-    return [Lane(EndpointSpec(f"http://127.0.0.1:{i}", name=f"e{i}"), server, _flow(concurrency))
+    return [Lane(PoolEndpoint.keyed(f"http://127.0.0.1:{i}", name=f"e{i}"), server, _flow(concurrency))
             for i, server in enumerate(servers)]
 
 
@@ -158,7 +158,7 @@ def test_per_endpoint_model_rewrites_the_body():
             seen.append(payload)
             return await super().post(path, payload)
 
-    lane = Lane(EndpointSpec("http://127.0.0.1:1", model="served-name"), Recorder(latency_s=0.0), _flow(4))
+    lane = Lane(PoolEndpoint.keyed("http://127.0.0.1:1", model="served-name"), Recorder(latency_s=0.0), _flow(4))
     run_fake(Pool([lane]).attempt(_job()))
     assert b'"model":"served-name"' in seen[0]
 

@@ -11,12 +11,11 @@ import dataclasses
 import orjson
 
 from odie_async.endpoints.mock_server import MockServer, MockSettings
-from odie_async.engine.batch import run_batch
+from odie_async.engine.batch import run_engine_batch
 from odie_async.engine.core import Engine
-from odie_async.engine.lanes import EndpointSpec
 from odie_async.engine.pool import build_lanes
 from odie_async.engine.progress import format_summary
-from odie_async.engine.settings import EngineSettings
+from odie_async.engine.settings import EngineSettings, PoolEndpoint
 from odie_async.engine.stats import RunStats
 from odie_async.exceptions import RunAborted
 from tests.fake_upstream import FakeServer
@@ -27,7 +26,7 @@ BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_toke
 
 
 def _settings(*names, **kw):
-    specs = [EndpointSpec(f"http://127.0.0.1:{9000 + i}", name=name) for i, name in enumerate(names)]
+    specs = [PoolEndpoint.keyed(f"http://127.0.0.1:{9000 + i}", name=name) for i, name in enumerate(names)]
     kw = {"concurrency": 8, "learn_limits": False, "fsync_interval_s": 3600.0} | kw
     return EngineSettings(specs[0].base_url, endpoints=specs if len(specs) > 1 else [], **kw)
 
@@ -87,9 +86,9 @@ def test_a_hung_lane_is_cut_at_the_straggler_deadline_and_its_records_rerouted(t
 
 
 def test_the_same_endpoint_named_twice_is_one_lane_with_one_budget():
-    same = EndpointSpec("http://127.0.0.1:9000/v1", api_key="k", rpm=600)
-    again = EndpointSpec("http://127.0.0.1:9000/v1/", api_key="k", rpm=600, name="again")
-    other_key = EndpointSpec("http://127.0.0.1:9000/v1", api_key="k2", rpm=600)
+    same = PoolEndpoint.keyed("http://127.0.0.1:9000/v1", api_key="k", rpm=600)
+    again = PoolEndpoint.keyed("http://127.0.0.1:9000/v1/", api_key="k", rpm=600, name="again")
+    other_key = PoolEndpoint.keyed("http://127.0.0.1:9000/v1", api_key="k2", rpm=600)
     settings = EngineSettings(same.base_url, endpoints=[same, again])
     assert len(build_lanes(settings, RunStats())) == 1
     assert len(build_lanes(dataclasses.replace(settings, endpoints=[same, other_key]), RunStats())) == 2
@@ -100,11 +99,11 @@ def test_odie_batch_on_a_healthy_and_a_key_refusing_endpoint_exits_0_naming_the_
 
     async def go():
         async with MockServer() as healthy, MockServer(settings=MockSettings(api_key="another")) as refusing:
-            specs = [EndpointSpec(healthy.base_url, "mine", name="healthy"),
-                     EndpointSpec(refusing.base_url, "mine", name="refusing")]
+            specs = [PoolEndpoint.keyed(healthy.base_url, "mine", name="healthy"),
+                     PoolEndpoint.keyed(refusing.base_url, "mine", name="refusing")]
             settings = EngineSettings(healthy.base_url, api_key="mine", endpoints=specs, concurrency=16,
                                       timeout_s=5)
-            return await run_batch(tmp_path / "in.jsonl", tmp_path / "out.jsonl", settings, progress=False,
+            return await run_engine_batch(tmp_path / "in.jsonl", tmp_path / "out.jsonl", settings, progress=False,
                                    handle_signals=False)
 
     report = asyncio.run(asyncio.wait_for(go(), 60))

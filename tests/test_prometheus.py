@@ -8,7 +8,7 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from odie_async.engine.batch import run_batch
+from odie_async.engine.batch import run_engine_batch
 from odie_async.engine.core import Engine
 from odie_async.engine.prometheus import EngineCollector, histogram_buckets
 from odie_async.engine.settings import EngineSettings
@@ -44,7 +44,7 @@ def test_a_scrape_during_a_run_parses_and_the_counters_match_the_summary(tmp_pat
         async with MockServer(settings=MockSettings(latency_ms=100)) as mock:
             settings = EngineSettings(base_url=mock.base_url, concurrency=4, metrics_port=port)
             engine = Engine(settings, tmp_path / "out.jsonl", keep_bodies=False)
-            report = await run_batch(tmp_path / "in.jsonl", tmp_path / "out.jsonl", settings, engine=engine,
+            report = await run_engine_batch(tmp_path / "in.jsonl", tmp_path / "out.jsonl", settings, engine=engine,
                                      progress=False, handle_signals=False)
             return engine, report
 

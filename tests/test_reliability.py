@@ -1,6 +1,6 @@
 """One test per way a run used to lose records, hang or lie in its exit code.
 
-In-process runs go through ``run_batch`` (the library behind ``odie batch``)
+In-process runs go through ``run_engine_batch`` (the library behind ``odie batch``)
 against loopback servers; signals, locks and pipes are tested on real
 ``odie batch`` subprocesses.
 """
@@ -20,7 +20,7 @@ from structlog.testing import capture_logs
 
 from odie_async.cli import main
 from odie_async.endpoints.mock_server import MockServer, MockSettings
-from odie_async.engine.batch import run_batch
+from odie_async.engine.batch import run_engine_batch
 from odie_async.engine.client import api_key_from_env
 from odie_async.engine.routes import check_shape as check_answer
 from odie_async.engine.core import Engine, EngineSettings
@@ -46,7 +46,7 @@ async def _batch(tmp_path, url, n=20, engine=None, **kw):
         write_requests(path, n)
     options = {k: kw.pop(k) for k in list(kw) if k in ("model", "resend_changed", "retry_failed", "skip_invalid")}
     settings = _settings(url, **kw)
-    return await run_batch(path, tmp_path / "out.jsonl", settings, progress=False, handle_signals=False,
+    return await run_engine_batch(path, tmp_path / "out.jsonl", settings, progress=False, handle_signals=False,
                            engine=engine, **options)
 
 
@@ -189,7 +189,7 @@ def test_output_folder_or_unwritable_path_is_refused_before_sending(tmp_path):
     for output in (tmp_path, tmp_path / "a_file" / "out.jsonl"):
         async def go():
             async with ScriptedServer() as server:
-                report = await run_batch(tmp_path / "in.jsonl", output, _settings(server.base_url),
+                report = await run_engine_batch(tmp_path / "in.jsonl", output, _settings(server.base_url),
                                          progress=False, handle_signals=False)
                 return report, len(server.seen)
 
@@ -203,7 +203,7 @@ def test_input_output_and_errors_must_be_three_files(tmp_path):
 
     async def go(output, errors=None):
         async with ScriptedServer() as server:
-            report = await run_batch(path, output, _settings(server.base_url), errors, progress=False,
+            report = await run_engine_batch(path, output, _settings(server.base_url), errors, progress=False,
                                      handle_signals=False)
             return report, len(server.seen)
 

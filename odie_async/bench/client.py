@@ -11,7 +11,7 @@ import asyncio
 import time
 from array import array
 
-from ..engine.stats import percentile
+from ..engine.stats import percentile, scaled
 
 TICK_S = 0.05  # cheap enough not to weigh on the CPU per request at low rates
 MAX_CPU_SHARE = 0.85  # of one core, by the event-loop thread
@@ -58,8 +58,8 @@ class ClientMeter:
             "cpu_us_per_request": round(thread_cpu / per * 1e6, 1),
             "process_cpu_us_per_request": round(process_cpu / per * 1e6, 1),
             "cpu_share": round(thread_cpu / wall, 3),
-            "loop_lag_p95_ms": round((percentile(lags, 95) or 0.0) * 1000, 2),
-            "loop_lag_max_ms": round((lags[-1] if lags else 0.0) * 1000, 2),
+            "loop_lag_p95_ms": scaled(percentile(lags, 95) or 0.0, 1000),
+            "loop_lag_max_ms": scaled(lags[-1] if lags else 0.0, 1000),
         }
 
 

@@ -4,22 +4,14 @@ from __future__ import annotations
 
 from collections import Counter
 
-from ..engine.stats import percentile
+from ..engine.stats import Samples, summary
 from .client import bottleneck
 from .load import LoadRun
 
-QUANTILES = (50, 90, 95, 99)
-
 
 def distribution(values: list[float]) -> dict | None:
-    """p50/p90/p95/p99, mean and max in milliseconds; None without values."""
-    if not values:
-        return None
-    values = sorted(values)
-    out = {f"p{q}": percentile(values, q) for q in QUANTILES}
-    out["mean"] = sum(values) / len(values)
-    out["max"] = values[-1]
-    return {k: round(v * 1000, 2) for k, v in out.items()}
+    """The engine's one ``summary`` (p50/p90/p95/p99, mean, max) of seconds, in milliseconds; None without values."""
+    return summary(Samples(values), 1000) if values else None
 
 
 def throughput(run: LoadRun) -> float:

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 import structlog
 
+from ..engine.settings import DEFAULTS
 from ..engine.streaming import StreamingClient
 from ..exceptions import AuthenticationError, EndpointStopped, RequestError
 from . import report
@@ -44,7 +45,7 @@ class BenchSettings:
     loads: list[Load] = field(default_factory=list)  # empty: the knee sweep
     slo: dict[str, float] = field(default_factory=dict)
     duration_s: float = 30.0
-    timeout_s: float = 120.0
+    timeout_s: float = DEFAULTS["batch"]["timeout_s"]
     max_in_flight: int = 1024
     seed: int = 0
     embedded: bool = False  # the endpoint is the embedded model, served for this bench only

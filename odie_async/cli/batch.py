@@ -1,6 +1,6 @@
 """``odie batch``: an OpenAI Batch API input file through any OpenAI-compatible endpoint.
 
-A thin shell over ``odie_async.engine.batch.run_batch``: options in, exit code
+A thin shell over ``odie_async.engine.batch.run_engine_batch``: options in, exit code
 out (0 all succeeded, 1 some records failed, 2 usage or input error, 3 stopped
 by the endpoint, 4 a local error, 130/143 interrupted; see the README).
 """
@@ -20,19 +20,20 @@ import structlog
 from ..engine.answer_cache import default_location
 from ..engine.spend import parse_price
 from ..distributed import ray_batch
-from ..engine.batch import BatchReport, run_batch
+from ..engine.batch import BatchReport, run_engine_batch
 from ..engine.progress import format_summary
 from ..exceptions import ConfigError
 from ..logs import configure_logging
 from ..engine.batchfile import BatchReader
 from ..engine.estimate import Estimate, format_estimate
 from ..option_types import input_file
-from ..options import AUTO_START, AUTO_WORKERS, ENGINE_OPTIONS, apply_config, number, settings_from_args
-from ..providers import add_arguments as add_provider_arguments
+from ..options import AUTO_START, AUTO_WORKERS, DEFAULTS, ENGINE_OPTIONS, apply_config, number, settings_from_args
 from ..providers import run_provider_batch
+from ..providers.runner import RunOptions
 from ..runtime import run_async
 
 log = structlog.get_logger(__name__)
+_D = DEFAULTS["batch"]  # the engine's one table of defaults
 
 
 def add_arguments(parser) -> None:
@@ -54,14 +55,15 @@ def add_arguments(parser) -> None:
                         help=f"requests in flight at most (default: adaptive, starting at {AUTO_START} and growing "
                              f"to {AUTO_WORKERS} while the endpoint keeps up; a vLLM/SGLang server's own load "
                              "figures steer it)")
-    parser.add_argument("--rpm", type=number(float, 0), default=0,
+    parser.add_argument("--rpm", type=number(float, 0), default=_D["rpm"],
                         help="requests per minute (0: learned from the endpoint's headers or 429s)")
-    parser.add_argument("--tpm", type=number(float, 0), default=0, help="tokens per minute (0: as --rpm)")
-    parser.add_argument("--max-attempts", type=number(int, 1), default=5, help="attempts per record, first included")
-    parser.add_argument("--timeout", type=number(float, 0, False), default=120.0, help="seconds per request")
-    parser.add_argument("--drain-timeout", type=number(float, 0), default=30.0,
+    parser.add_argument("--tpm", type=number(float, 0), default=_D["tpm"], help="tokens per minute (0: as --rpm)")
+    parser.add_argument("--max-attempts", type=number(int, 1), default=_D["max_attempts"],
+                        help="attempts per record, first included")
+    parser.add_argument("--timeout", type=number(float, 0, False), default=_D["timeout_s"], help="seconds per request")
+    parser.add_argument("--drain-timeout", type=number(float, 0), default=_D["drain_timeout_s"],
                         help="on the first SIGINT/SIGTERM, seconds in-flight requests get to finish before they are cancelled")
-    parser.add_argument("--max-retry-wait", type=number(float, 0, False), default=60.0,
+    parser.add_argument("--max-retry-wait", type=number(float, 0, False), default=_D["max_retry_wait_s"],
                         help="longest Retry-After to wait; a longer one stops the run (exit 3) for a later rerun")
     parser.add_argument("--resend-changed", action="store_true",
                         help="send again the records whose request changed since they were answered")
@@ -70,14 +72,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-adaptive", action="store_true", help="keep concurrency fixed (no AIMD back-off)")
     parser.add_argument("--log-json", action="store_true", help="log JSON lines instead of readable text")
     parser.add_argument("--no-progress", action="store_true", help="no live progress line")
-    parser.add_argument("--max-outage", type=number(float, 0, False), default=300.0,
+    parser.add_argument("--max-outage", type=number(float, 0, False), default=_D["max_outage_s"],
                         help="with a pool: seconds every endpoint may be down before the run stops (exit 3)")
-    parser.add_argument("--hedge-share", type=number(float, 0), default=0.02,
+    parser.add_argument("--hedge-share", type=number(float, 0), default=_D["hedge_share"],
                         help="at the tail of a run, the share of requests that may be sent twice to beat a straggler")
     parser.add_argument("--stream", action="store_true",
                         help="send every request streamed and record its time to first token and inter-token "
                              "latency in its output line (response.timing); the body stored is the whole answer")
-    parser.add_argument("--max-cost", type=number(float, 0), default=0.0, metavar="USD",
+    parser.add_argument("--max-cost", type=number(float, 0), default=_D["max_cost"], metavar="USD",
                         help="stop taking records before the spend could pass USD (exit 5; a rerun with a higher cap "
                              "resumes); 0: no cap")
     parser.add_argument("--prices", default=None, metavar="FILE",
@@ -92,8 +94,32 @@ def add_arguments(parser) -> None:
     parser.add_argument("--dry-run", action="store_true",
                         help="count requests, tokens, time at the limits and cost; send nothing")
     parser.set_defaults(option_defaults={name: parser.get_default(name) for name in ENGINE_OPTIONS})
-    add_provider_arguments(parser)  # --mode provider-batch and its options
+    _add_provider_arguments(parser)  # --mode provider-batch and its options
     _add_ray_arguments(parser)
+
+
+def _add_provider_arguments(parser) -> None:
+    """The options of ``odie batch`` that choose and tune provider batches (defaults: ``RunOptions``')."""
+    group = parser.add_argument_group("provider batch APIs (half price, results within 24 h)")
+    group.add_argument("--mode", choices=("online", "provider-batch"), default="online",
+                       help="online: request by request (default); provider-batch: the provider's Batch API")
+    group.add_argument("--provider", choices=("openai", "anthropic"), default="openai",
+                       help="whose batch API (--base-url defaults to that provider's)")
+    seconds, at_least_0 = number(float, 0, inclusive=False), number(float, 0)
+    group.add_argument("--deadline", type=seconds, metavar="SECONDS",
+                       help="hybrid: when the deadline (from the run's start) is near, cancel the batches and "
+                            "send what they have not done through the online path")
+    group.add_argument("--online-reserve", type=at_least_0, default=RunOptions.online_reserve_s, metavar="SECONDS",
+                       help="time kept for the online rest before the deadline (at most half of it)")
+    group.add_argument("--online-base-url", help="endpoint of the online rest (default: --base-url)")
+    group.add_argument("--poll-interval", type=seconds, default=RunOptions.poll_interval_s,
+                       help="first seconds between polls (grows 1.5x)")
+    group.add_argument("--poll-max", type=seconds, default=RunOptions.poll_max_s, help="longest seconds between polls")
+    group.add_argument("--batch-max-requests", type=number(int, 1), help="requests per batch (default: the provider's limit)")
+    group.add_argument("--batch-max-bytes", type=number(int, 1), help="bytes per batch file (default: the provider's limit)")
+    group.add_argument("--reconcile-grace", type=at_least_0, default=RunOptions.reconcile_grace_s,
+                       help="seconds to wait before looking for what an unanswered call created")
+    group.add_argument("--cancel", action="store_true", help="cancel this output's batches, keep what they finished")
 
 
 def _add_ray_arguments(parser) -> None:
@@ -109,7 +135,7 @@ def _add_ray_arguments(parser) -> None:
 
 def _batch(args, base_url: str, model: str | None, api_key: str | None = None) -> BatchReport:
     settings = settings_from_args(args, base_url, api_key)
-    return run_async(run_batch(
+    return run_async(run_engine_batch(
         args.input, args.output, settings, args.errors, model=model, skip_invalid=args.skip_invalid,
         retry_failed=args.retry_failed, resend_changed=args.resend_changed, progress=not args.no_progress,
         log_json=args.log_json))

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from ..engine.batch import api_key_from_env
+from ..engine.settings import DEFAULTS
 from ..exceptions import exit_code
 from ..option_types import count, duration, number, number_list, output_folder, rate, slo
 from ..logs import configure_logging
@@ -44,7 +45,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--rate-type", choices=("constant", "poisson"), default="constant", help="arrivals of --rate")
     parser.add_argument("--slo", type=slo, help="limits a usable load meets, e.g. ttft_p95=2s,latency_p95=20s")
     parser.add_argument("--duration", type=duration, default="30s", help="time per load level (30s, 2m, 500ms)")
-    parser.add_argument("--timeout", type=duration, default=120.0, help="per request (seconds, or 30s, 2m)")
+    parser.add_argument("--timeout", type=duration, default=DEFAULTS["batch"]["timeout_s"],
+                        help="per request (seconds, or 30s, 2m)")
     parser.add_argument("--max-in-flight", type=count, default=1024, help="--rate: requests outstanding at most")
     parser.add_argument("--seed", type=number(int, 0), default=0, help="seed of Poisson arrivals")
     parser.add_argument("--output", type=output_folder, default="bench-results",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from ..endpoints.mock_batches import add_arguments as add_batch_arguments
+from ..endpoints.mock_batches import BATCH_FAULTS, BatchMockSettings
 from ..endpoints.mock_batches import install as install_batches
 from ..endpoints.mock_server import EXTRA_FAULTS, FAULTS, MockServer, MockSettings, serve_forever
 from ..engine.client import api_key_from_env
@@ -38,7 +38,29 @@ def add_arguments(parser) -> None:
     parser.add_argument("--itl-ms", type=number(float, 0), default=0.0, help="streamed: time between tokens")
     parser.add_argument("--max-concurrency", type=number(int, 0), default=0,
                         help="serve this many requests at a time and queue the rest (0: no limit)")
-    add_batch_arguments(parser)  # provider batch APIs: processing time, failures, expiry, faults, log
+    _add_batch_arguments(parser)  # provider batch APIs: processing time, failures, expiry, faults, log
+
+
+def _add_batch_arguments(parser) -> None:
+    """The mock server's options for the batch APIs (defaults: ``BatchMockSettings``')."""
+    given = BatchMockSettings
+    parser.add_argument("--batch-processing-s", type=number(float, 0), default=given.processing_s,
+                        help="seconds a batch takes to complete")
+    parser.add_argument("--batch-fail-rate", type=number(float, 0, True, 1), default=given.fail_rate,
+                        help="share of batch requests answered with an error")
+    parser.add_argument("--batch-expire-after-s", type=number(float, 0), default=given.expire_after_s,
+                        help="batches expire at this age with the share done so far (0: never)")
+    parser.add_argument("--batch-drop-after-create", type=number(int, 0), default=given.drop_after_create, metavar="N",
+                        help="the first N batch creations drop the connection instead of answering")
+    parser.add_argument("--batch-log", metavar="FILE", help="append a JSON line per file or batch created (with its custom_ids)")
+    parser.add_argument("--batch-faults", default="", metavar="LIST",
+                        help=f"comma-separated wrong answers to give: {', '.join(BATCH_FAULTS)}")
+
+
+def _batch_settings(args) -> BatchMockSettings:
+    return BatchMockSettings(args.batch_processing_s, args.batch_fail_rate, args.batch_expire_after_s,
+                             args.batch_drop_after_create, args.batch_log,
+                             tuple(f for f in args.batch_faults.split(",") if f))
 
 
 def run(args) -> int:
@@ -55,7 +77,7 @@ def run(args) -> int:
                             limit_headers=not args.no_limit_headers, faults=faults, stream=args.stream,
                             ttft_ms=args.ttft_ms, itl_ms=args.itl_ms, max_concurrency=args.max_concurrency)
     server = MockServer(args.host, args.port, settings, log_requests=args.log_requests)
-    install_batches(server.state, args)
+    install_batches(server.state, _batch_settings(args))
     counts = run_async(serve_forever(server, lambda url: print(f"mock server listening on {url}", flush=True)))
     print(orjson.dumps(counts).decode(), flush=True)
     return 0

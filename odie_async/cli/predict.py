@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..endpoints.embedded import EMBEDDED, MODEL_HELP
 from ..endpoints.resolve import api_key_from_env
+from ..engine.settings import DEFAULTS
 from ..exceptions import ConfigError
 from ..logs import configure_logging
 from ..model import chat_format
@@ -51,7 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--step-tokens", type=number(int, 16), default=None,
                         help=f"offline: vLLM's max tokens per engine step (default vLLM's; {CPU_LORA_STEP_TOKENS} "
                              "with an adapter on a CPU)")
-    parser.add_argument("--concurrency", type=count, default=256, help="requests in flight (server backend)")
+    parser.add_argument("--concurrency", type=count, default=DEFAULTS["predict"]["concurrency"],
+                        help="requests in flight (server backend)")
     parser.add_argument("--log-json", action="store_true", help="log JSON lines on stderr")
 
 

@@ -162,9 +162,10 @@ def worker_settings(settings: EngineSettings, shards: int) -> EngineSettings:
 
     The run's own ``rpm``/``tpm`` stay whole: the budget actor shares them out.
     """
-    endpoints = [replace(spec, rpm=spec.rpm / shards, tpm=spec.tpm / shards,
-                         max_concurrency=spec.max_concurrency and max(1, math.ceil(spec.max_concurrency / shards)))
-                 for spec in settings.endpoints]
+    endpoints = [spec.model_copy(update={
+        "rpm": spec.rpm / shards, "tpm": spec.tpm / shards,
+        "max_concurrency": spec.max_concurrency and max(1, math.ceil(spec.max_concurrency / shards))})
+        for spec in settings.endpoints]
     return replace(settings, concurrency=max(1, math.ceil(settings.concurrency / shards)), endpoints=endpoints)
 
 

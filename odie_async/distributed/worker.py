@@ -5,7 +5,7 @@ The class is plain Python; the driver makes it a Ray actor with
 of its own with its own event loop (uvloop) and waits for it, so ``stats`` and
 ``stop`` are served by the actor's other threads meanwhile. Every worker reads the input file itself (a path
 every node reaches) and keeps the records of its shard, so no record travels
-through Ray's object store. It runs the engine through ``run_batch``, the same
+through Ray's object store. It runs the engine through ``run_engine_batch``, the same
 producer as a one-machine run: the records the run's output holds are done
 (the shard's store reads it), and a record whose request changed is refused or,
 with ``--resend-changed``, sent again.
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from ..engine.batch import run_batch
+from ..engine.batch import run_engine_batch
 from ..engine.checkpoint import ResultStore
 from ..engine.core import Engine, EngineSettings
 from ..engine.stats import LogHistogram
@@ -83,7 +83,7 @@ class ShardRun:
             self._apply_stop()
         watchdog = asyncio.create_task(self._watch_driver())
         try:
-            report = await run_batch(job.input, output, settings, errors, model=job.model, skip_invalid=True,
+            report = await run_engine_batch(job.input, output, settings, errors, model=job.model, skip_invalid=True,
                                      resend_changed=job.resend_changed, progress=False, handle_signals=False,
                                      engine=engine, select=InShard(job.index, job.shards))
         finally:

@@ -50,6 +50,11 @@ class BatchMockSettings:
     log_path: str | None = None
     faults: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        unknown = set(self.faults) - set(BATCH_FAULTS)
+        if unknown:
+            raise ConfigError(f"unknown --batch-faults {', '.join(sorted(unknown))}; choose from {', '.join(BATCH_FAULTS)}")
+
 
 @dataclass
 class _Batch:
@@ -437,28 +442,8 @@ def _iso(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, timezone.utc).isoformat().replace("+00:00", "Z")
 
 
-def add_arguments(parser) -> None:
-    """The mock server's options for the batch APIs."""
-    parser.add_argument("--batch-processing-s", type=float, default=1.0, help="seconds a batch takes to complete")
-    parser.add_argument("--batch-fail-rate", type=float, default=0.0, help="share of batch requests answered with an error")
-    parser.add_argument("--batch-expire-after-s", type=float, default=0.0,
-                        help="batches expire at this age with the share done so far (0: never)")
-    parser.add_argument("--batch-drop-after-create", type=int, default=0, metavar="N",
-                        help="the first N batch creations drop the connection instead of answering")
-    parser.add_argument("--batch-log", metavar="FILE", help="append a JSON line per file or batch created (with its custom_ids)")
-    parser.add_argument("--batch-faults", default="", metavar="LIST",
-                        help=f"comma-separated wrong answers to give: {', '.join(BATCH_FAULTS)}")
-
-
-def install(state: MockState, args=None, settings: BatchMockSettings | None = None) -> BatchMock:
-    """Add the batch APIs to a mock server's routes, from its command-line ``args`` or ``settings``."""
-    if settings is None:
-        faults = tuple(f for f in args.batch_faults.split(",") if f)
-        unknown = set(faults) - set(BATCH_FAULTS)
-        if unknown:
-            raise ConfigError(f"unknown --batch-faults {', '.join(sorted(unknown))}; choose from {', '.join(BATCH_FAULTS)}")
-        settings = BatchMockSettings(args.batch_processing_s, args.batch_fail_rate, args.batch_expire_after_s,
-                                     args.batch_drop_after_create, args.batch_log, faults)
-    mock = BatchMock(state, settings)
+def install(state: MockState, settings: BatchMockSettings | None = None) -> BatchMock:
+    """Add the batch APIs to a mock server's routes (``odie mock-server`` builds ``settings`` from its options)."""
+    mock = BatchMock(state, settings or BatchMockSettings())
     state.routes.append(mock.route)
     return mock

@@ -1,6 +1,6 @@
 """The library runner behind ``odie batch``: a Batch API input through an endpoint, resumably.
 
-``run_batch`` takes plain parameters (an input path or an iterable of records,
+``run_engine_batch`` takes plain parameters (an input path or an iterable of records,
 an output path, an ``EngineSettings``) and returns a ``BatchReport`` whose
 ``exit_code`` follows the project's convention:
 
@@ -145,7 +145,7 @@ def check_scan(scan: InputScan, input, resend_changed: bool) -> None:
         log.warning("re-sending changed records", count=len(scan.changed), first=scan.first_changed)
 
 
-async def run_batch(
+async def run_engine_batch(
     input: str | Path | Iterable[dict],
     output: str | Path,
     settings: EngineSettings,
@@ -161,7 +161,10 @@ async def run_batch(
     engine: Engine | None = None,
     select: Select | None = None,
 ) -> BatchReport:
-    """Stream the input through the engine into ``output``; return how it ended.
+    """Stream the input through the engine into ``output``; return how it ended (a ``BatchReport``).
+
+    The public ``odie_async.run_batch``/``arun_batch`` pair runs on this and returns the summary
+    (or the result lines) instead.
 
     Unusable settings (a key that cannot be sent) raise ``ConfigError`` at once;
     every outcome of the run itself, errors included, is in the report.

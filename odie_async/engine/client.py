@@ -1,5 +1,8 @@
-"""HTTP client for OpenAI-compatible endpoints: the one boundary where aiohttp and
-orjson errors become ``odie_async.exceptions``.
+"""HTTP client for OpenAI-compatible endpoints, and the one boundary where aiohttp and
+orjson errors become ``odie_async.exceptions``: ``transport_errors`` (timeouts, connection
+errors), ``json_object``/``json_or_none`` (bodies and lines that must be JSON) and
+``status_error`` (non-2xx answers). The streaming client, the provider batch backends and
+the bench (through the streaming client) translate through these, never on their own.
 
 The design names httpx; measured on this project's 2-core machine against a
 zero-latency loopback server, httpx's ``AsyncClient`` managed 150–650 requests/s
@@ -11,6 +14,7 @@ one-off calls (health checks) where its ergonomics cost nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from dataclasses import dataclass
@@ -99,12 +103,43 @@ def redact(data: bytes, secret: bytes | None) -> bytes:
     return data
 
 
-def _error_message(status: int, raw: bytes) -> str:
+@contextlib.contextmanager
+def transport_errors(what: str = "", redact_text=str):
+    """aiohttp's timeouts and connection errors (and its own bad-header ``ValueError``) as
+    ``TransportError``; ``what`` (``GET /path``) leads the message, ``redact_text`` hides the key."""
+    lead = f"{what}: " if what else ""
     try:
-        error = orjson.loads(raw).get("error")
-        message = error.get("message") if isinstance(error, dict) else error
-    except (orjson.JSONDecodeError, AttributeError):
-        message = None
+        yield
+    except asyncio.TimeoutError as exc:
+        raise TransportError(f"{lead}no answer within the timeout") from exc
+    except (aiohttp.ClientError, ValueError) as exc:
+        raise TransportError(redact_text(f"{lead}{type(exc).__name__}: {exc}")) from exc
+
+
+def json_object(raw: bytes, what: str, status: int | None = None, body: bytes | None = None) -> dict:
+    """``raw`` parsed as a JSON object, else ``MalformedResponseError`` (``what``: ``HTTP 200 body``)."""
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedResponseError(f"{what} is not JSON: {exc}", status=status,
+                                     body=raw if body is None else body) from exc
+    if not isinstance(value, dict):
+        raise MalformedResponseError(f"{what} is not a JSON object", status=status, body=raw if body is None else body)
+    return value
+
+
+def json_or_none(raw: bytes):
+    """``raw`` parsed as JSON, or None where it is not (a line the caller counts as unreadable)."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _error_message(status: int, raw: bytes) -> str:
+    parsed = json_or_none(raw)
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    message = error.get("message") if isinstance(error, dict) else error
     text = message or raw[:200].decode("utf-8", "replace")
     return f"HTTP {status}: {text}".strip()
 
@@ -178,9 +213,10 @@ class ChatClient:
             return None
         root = self.base_url[:-3] if self.base_url.endswith("/v1") else self.base_url
         try:
-            async with self._session.get(root + "/metrics", timeout=aiohttp.ClientTimeout(total=5)) as resp:
-                return await resp.text() if resp.status == 200 else None
-        except (aiohttp.ClientError, asyncio.TimeoutError, UnicodeDecodeError):
+            with transport_errors():
+                async with self._session.get(root + "/metrics", timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                    return await resp.text() if resp.status == 200 else None
+        except (TransportError, UnicodeDecodeError):
             return None
 
     async def post(self, path: str, payload: bytes) -> Reply:
@@ -191,25 +227,16 @@ class ChatClient:
 
     async def _exchange(self, path: str, payload: bytes):
         """The HTTP round trip: ``(status, headers, raw body)``; transport failures become ``TransportError``."""
-        try:
+        with transport_errors(redact_text=self._redact_text):
             async with self._session.post(self.url_for(path), data=payload) as resp:
                 return resp.status, resp.headers, await resp.read()
-        except asyncio.TimeoutError as exc:
-            raise TransportError("no answer within the timeout") from exc
-        except (aiohttp.ClientError, ValueError) as exc:  # ValueError: aiohttp's own bad-header checks
-            raise TransportError(self._redact_text(f"{type(exc).__name__}: {exc}")) from exc
 
     def reply(self, path: str, status: int, headers, raw: bytes, start: float) -> Reply:
         """Judge one answer: a ``Reply``, or the ``RequestError`` that says what to do next."""
         raw = redact(raw, self._secret)  # a server that echoes the key back
         if status >= 300:
             raise status_error(status, raw, headers)
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise MalformedResponseError(f"HTTP {status} body is not JSON: {exc}", status=status, body=raw) from exc
-        if not isinstance(body, dict):
-            raise MalformedResponseError(f"HTTP {status} body is not a JSON object", status=status, body=raw)
+        body = json_object(raw, f"HTTP {status} body", status)
         try:
             check_shape(path, body)
         except MalformedResponseError as exc:

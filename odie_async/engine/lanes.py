@@ -11,33 +11,16 @@ lanes whose breaker is open.
 from __future__ import annotations
 
 import collections
-from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..exceptions import RateLimitError, RequestError
 from .server_load import ServerLoad
-from .stats import LogHistogram
+from .stats import LogHistogram, percentile
+
+if TYPE_CHECKING:
+    from .settings import PoolEndpoint
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
-
-
-@dataclass
-class EndpointSpec:
-    """One endpoint of a pool, as the command line or a config names it."""
-
-    base_url: str
-    api_key: str | None = field(default=None, repr=False)
-    model: str | None = None
-    rpm: float = 0
-    tpm: float = 0
-    max_concurrency: int | None = None
-    weight: float = 1.0
-    name: str | None = None
-
-    @property
-    def label(self) -> str:
-        """The name used in progress lines and summaries."""
-        return self.name or self.base_url
 
 
 class Transport(Protocol):
@@ -181,7 +164,7 @@ class LatencyModel:
             self._sorted = sorted(self._per_token)
             self._fastest = min(self._floor)
         values = self._sorted
-        per_token = values[min(len(values) - 1, int(self.quantile * len(values)))]
+        per_token = percentile(values, self.quantile * 100)
         return max(per_token * max(1.0, max_tokens), self._fastest)
 
     def timeout(self, max_tokens: float, factor: float, floor_s: float, ceiling_s: float) -> float:
@@ -196,7 +179,7 @@ class Lane:
     """One endpoint with its own flow control (``FlowControl``: budgets, learned limits, AIMD gate),
     breaker, latency model and server-load reading. ``client`` is anything with ``post``."""
 
-    def __init__(self, spec: EndpointSpec, client: Transport, flow, breaker: LaneBreaker | None | object = ...) -> None:
+    def __init__(self, spec: "PoolEndpoint", client: Transport, flow, breaker: LaneBreaker | None | object = ...) -> None:
         self.spec = spec
         self.client = client
         self.flow = flow

@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import orjson
 import structlog
 
+from .stats import scaled
 
 log = structlog.get_logger(__name__)
 
@@ -98,7 +99,8 @@ class MetricsLog:
             "cached": stats.resumed, "attempts": stats.attempts, "retries": stats.retries,
             "rate_limited": stats.rate_limited, "tokens": tokens,
             "rps": round((stats.done - done_before) / span, 2), "tps": round((tokens - tokens_before) / span, 1),
-            "p50_ms": _ms(latencies.percentile(50, since)), "p95_ms": _ms(latencies.percentile(95, since)),
+            "p50_ms": scaled(latencies.percentile(50, since), 1000),
+            "p95_ms": scaled(latencies.percentile(95, since), 1000),
             "in_flight": pool.in_flight(), "concurrency_limit": pool.concurrency_limit(),
             "errors": dict(stats.error_codes), "stages": {k: dict(v) for k, v in stats.stages.items()},
         }
@@ -108,6 +110,3 @@ class MetricsLog:
             line["final"] = True
         return line
 
-
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000, 2)

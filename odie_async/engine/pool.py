@@ -31,7 +31,9 @@ import structlog
 from ..exceptions import EndpointStopped, RequestError, TransportError
 from .client import ChatClient
 from .flow import FlowControl
-from .lanes import EndpointSpec, Lane, LaneBreaker, Router
+from .lanes import Lane, LaneBreaker, Router
+from .settings import DEFAULTS, PoolEndpoint
+from .stats import summary
 from .streaming import StreamingChatClient
 
 log = structlog.get_logger(__name__)
@@ -43,9 +45,9 @@ class PoolSettings:
 
     timeout_factor: float = 4.0
     timeout_floor_s: float = 2.0
-    timeout_ceiling_s: float = 120.0
-    hedge_share: float = 0.02
-    max_outage_s: float = 300.0
+    timeout_ceiling_s: float = DEFAULTS["batch"]["timeout_s"]
+    hedge_share: float = DEFAULTS["batch"]["hedge_share"]
+    max_outage_s: float = DEFAULTS["batch"]["max_outage_s"]
 
 
 # A request whose lane keeps answering others is let run this many --timeout's before it is cut.
@@ -63,7 +65,7 @@ def build_lanes(settings, stats, client=None, limits=None) -> list[Lane]:
     budget) go to the first lane.
     """
     specs = unique_endpoints(list(settings.endpoints) or [
-        EndpointSpec(settings.base_url, settings.api_key, None, settings.rpm, settings.tpm)])
+        PoolEndpoint.keyed(settings.base_url, settings.api_key, rpm=settings.rpm, tpm=settings.tpm)])
     pooled = len(specs) > 1
     clients = client if isinstance(client, (list, tuple)) else [client]
     lanes = []
@@ -84,10 +86,10 @@ def build_lanes(settings, stats, client=None, limits=None) -> list[Lane]:
     return lanes
 
 
-def unique_endpoints(specs: list[EndpointSpec]) -> list[EndpointSpec]:
+def unique_endpoints(specs: list[PoolEndpoint]) -> list[PoolEndpoint]:
     """``specs`` with each endpoint once: the same URL, key and model twice would get two budgets
     for one quota. The first one named keeps its settings."""
-    seen: dict[tuple, EndpointSpec] = {}
+    seen: dict[tuple, PoolEndpoint] = {}
     for spec in specs:
         key = (spec.base_url.rstrip("/"), spec.api_key, spec.model)
         if key in seen:
@@ -410,15 +412,11 @@ class Pool:
 
 
 def _lane_summary(lane: Lane, total_ok: int) -> dict:
-    def q(p: float):
-        value = lane.latencies.percentile(p)
-        return round(value * 1000, 1) if value is not None else None
-
     return {
         "endpoint": lane.label,
         "counts": dict(lane.counts),
         "share": round(lane.counts["ok"] / total_ok, 4),
-        "latency_ms": {"p50": q(50), "p95": q(95)},
+        "latency_ms": summary(lane.latencies, 1000),
         "concurrency": lane.gate.limit,
         "breaker": [f"{state}@{t:.1f}" for t, state in lane.breaker.transitions] if lane.breaker else [],
         "out_of_pool": lane.disabled,

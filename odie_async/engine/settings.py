@@ -7,7 +7,8 @@ table of defaults and one factory.
 - ``DEFAULTS``: the defaults of each preset (``batch`` for ``odie batch``, ``bench`` and the
   API; ``generate`` for the pipeline, whose long prompts want fewer, longer requests).
 - ``build_settings``: the factory every command, config and the API builds settings through;
-  ``endpoint_spec`` turns a config's pool endpoint into the engine's ``EndpointSpec``.
+  ``PoolEndpoint`` is also what the engine's lanes take (``PoolEndpoint.keyed`` for one named on the
+  command line or the API, ``PoolEndpoint.with_env_key`` for one a config names).
 """
 
 from __future__ import annotations
@@ -15,23 +16,29 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Annotated, Literal
 
-from pydantic import Field, WithJsonSchema, field_validator
+from pydantic import Field, PrivateAttr, WithJsonSchema, field_validator
 
 from ..exceptions import ConfigError
 from ..option_types import MAX_COUNT, MAX_DURATION_S, MAX_RATE, check_number
 from ..settings import Section
 from .client import api_key_from_env
-from .lanes import EndpointSpec
 
 __all__ = ["AUTO_START", "AUTO_WORKERS", "DEFAULTS", "EndpointConfig", "EngineConfig", "EngineSettings",
-           "PoolEndpoint", "build_settings", "check_number", "endpoint_spec"]
+           "PoolEndpoint", "build_settings", "check_number"]
 
-# The one table of defaults (docs/architecture.md, "Settings"). ``generate``'s are deliberate:
-# pipeline prompts are long and a stage waits on each answer, so fewer, more patient requests.
+# The one table of defaults (docs/architecture.md, "Settings"): every command's options, the API's
+# arguments and the config sections take theirs from here. ``generate``'s are deliberate: pipeline
+# prompts are long and a stage waits on each answer, so fewer, more patient requests. ``predict``
+# sends a test set to a model server it trusts: all at once, no back-off, a long per-answer wait.
+_SHARED = {"rpm": 0.0, "tpm": 0.0, "max_retry_wait_s": 60.0, "max_outage_s": 300.0, "hedge_share": 0.02,
+           "max_cost": 0.0}
 DEFAULTS = {
-    "batch": {"concurrency": 64, "max_attempts": 5, "timeout_s": 120.0, "drain_timeout_s": 30.0},
-    "generate": {"concurrency": 16, "max_attempts": 4, "timeout_s": 300.0, "drain_timeout_s": 60.0},
+    "batch": {"concurrency": 64, "max_attempts": 5, "timeout_s": 120.0, "drain_timeout_s": 30.0, **_SHARED},
+    "generate": {"concurrency": 16, "max_attempts": 4, "timeout_s": 300.0, "drain_timeout_s": 60.0, **_SHARED},
+    "predict": {"concurrency": 256, "max_attempts": 2, "timeout_s": 3600.0, "drain_timeout_s": 30.0,
+                "adaptive": False, **_SHARED},
 }
+_BATCH = DEFAULTS["batch"]
 # No concurrency given (command line or API): this many workers, the adaptive gate starting at
 # AUTO_START and growing on success (or steered by a server that publishes its load).
 AUTO_WORKERS, AUTO_START = 256, 64
@@ -69,14 +76,14 @@ class EngineSettings:
 
     base_url: str
     api_key: str | None = field(default=None, repr=False)
-    concurrency: int = DEFAULTS["batch"]["concurrency"]
-    rpm: float = 0
-    tpm: float = 0
-    max_attempts: int = DEFAULTS["batch"]["max_attempts"]
-    timeout_s: float = DEFAULTS["batch"]["timeout_s"]
+    concurrency: int = _BATCH["concurrency"]
+    rpm: float = _BATCH["rpm"]
+    tpm: float = _BATCH["tpm"]
+    max_attempts: int = _BATCH["max_attempts"]
+    timeout_s: float = _BATCH["timeout_s"]
     queue_size: int = 0
-    drain_timeout_s: float = DEFAULTS["batch"]["drain_timeout_s"]
-    max_retry_wait_s: float = 60.0
+    drain_timeout_s: float = _BATCH["drain_timeout_s"]
+    max_retry_wait_s: float = _BATCH["max_retry_wait_s"]
     fsync_interval_s: float = 1.0
     default_max_tokens: int = 256
     adaptive: bool = True
@@ -85,17 +92,17 @@ class EngineSettings:
     backoff_max_s: float = 30.0
     breaker_window: int = 100
     breaker_threshold: float = 0.8
-    # A pool: more endpoints (``EndpointSpec``) beside, or instead of, ``base_url``.
+    # A pool: more endpoints (``PoolEndpoint``) beside, or instead of, ``base_url``.
     endpoints: list = field(default_factory=list)
     # Where the adaptive gate starts (None: at ``concurrency``); it grows from there on success.
     initial_concurrency: int | None = None
-    max_outage_s: float = 300.0
-    hedge_share: float = 0.02
+    max_outage_s: float = _BATCH["max_outage_s"]
+    hedge_share: float = _BATCH["hedge_share"]
     # Send every request streamed and record its time to first token and inter-token latency.
     stream: bool = False
     # A spending cap in USD (0: none), and the prices it counts at: a price table file (None: the
     # packaged one) or one (input, output) price per million tokens for every model.
-    max_cost: float = 0.0
+    max_cost: float = _BATCH["max_cost"]
     prices_file: str | None = None
     price: tuple[float, float] | None = None
     # A shared answer cache's folder (None: no cache): answers are taken from it before sending.
@@ -143,13 +150,13 @@ class EngineConfig(Section):
     the keys a file sets."""
 
     concurrency: int = Field(_GENERATE["concurrency"], ge=1, le=MAX_COUNT)
-    rpm: float = Field(0, ge=0, allow_inf_nan=False)
-    tpm: float = Field(0, ge=0, allow_inf_nan=False)
+    rpm: float = Field(_GENERATE["rpm"], ge=0, allow_inf_nan=False)
+    tpm: float = Field(_GENERATE["tpm"], ge=0, allow_inf_nan=False)
     max_attempts: int = Field(_GENERATE["max_attempts"], ge=1, le=1000)
     timeout_s: float = Field(_GENERATE["timeout_s"], gt=0, le=MAX_DURATION_S, allow_inf_nan=False)
     drain_timeout_s: float = Field(_GENERATE["drain_timeout_s"], ge=0, le=MAX_DURATION_S, allow_inf_nan=False)
     stream: bool = Field(False, description="stream every request; its output line records TTFT and inter-token latency")
-    max_cost: float = Field(0.0, ge=0, allow_inf_nan=False,
+    max_cost: float = Field(_GENERATE["max_cost"], ge=0, allow_inf_nan=False,
                             description="a spending cap in USD (0: none): intake stops before it could be passed")
     prices_file: str | None = Field(None, description="a price table shaped like configs/prices.yaml")
     price: list[float] | None = Field(None, min_length=2, max_length=2,
@@ -161,7 +168,11 @@ class EngineConfig(Section):
 
 
 class PoolEndpoint(Section):
-    """One endpoint of a pool in a config file's ``endpoints:`` list."""
+    """One endpoint of a pool: an entry of a config file's ``endpoints:`` list, an ``--endpoint``, or
+    one of the API's ``endpoints=``; the engine gives each its own lane.
+
+    Its key is never a config key (keys come from the environment): ``keyed`` makes one with a key
+    already read, ``with_env_key`` reads the one ``api_key_env`` names."""
 
     base_url: str
     api_key_env: str | None = None
@@ -171,16 +182,34 @@ class PoolEndpoint(Section):
     max_concurrency: int | None = Field(None, ge=1, le=MAX_COUNT)
     weight: float = Field(1.0, gt=0, allow_inf_nan=False)
     name: str | None = None
+    _api_key: str | None = PrivateAttr(None)
 
+    @classmethod
+    def keyed(cls, base_url: str, api_key: str | None = None, **fields) -> "PoolEndpoint":
+        """An endpoint whose key (if any) is already read."""
+        endpoint = cls(base_url=base_url, **fields)
+        endpoint._api_key = api_key
+        return endpoint
 
-def endpoint_spec(endpoint: PoolEndpoint, source: str) -> EndpointSpec:
-    """The engine's ``EndpointSpec`` for a config's endpoint, its key read from the environment."""
-    try:
-        key = api_key_from_env(endpoint.api_key_env) if endpoint.api_key_env else None
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: endpoints: {exc}") from None
-    return EndpointSpec(endpoint.base_url, key, endpoint.model, endpoint.rpm, endpoint.tpm,
-                        endpoint.max_concurrency, endpoint.weight, endpoint.name)
+    def with_env_key(self, source: str) -> "PoolEndpoint":
+        """A copy holding the key its ``api_key_env`` names, read from the environment now."""
+        try:
+            key = api_key_from_env(self.api_key_env) if self.api_key_env else None
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: endpoints: {exc}") from None
+        copy = self.model_copy()
+        copy._api_key = key
+        return copy
+
+    @property
+    def api_key(self) -> str | None:
+        """The key sent to this endpoint (None: none)."""
+        return self._api_key
+
+    @property
+    def label(self) -> str:
+        """The name used in progress lines and summaries."""
+        return self.name or self.base_url
 
 
 def build_settings(base_url: str, *, concurrency: int | None = None, preset: str = "batch", **fields) -> EngineSettings:

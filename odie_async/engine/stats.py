@@ -23,12 +23,59 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+# The one summary of a distribution (latencies, TTFT, ITL, a bench point's, a lane's): these
+# percentiles, the mean and the maximum, each scaled (seconds to milliseconds) and rounded to
+# DIGITS places, by ``summary``. Exact samples (``Samples``) and the engine's ``LogHistogram`` give
+# the same keys from the same quantile definition (``nearest_rank``).
+QUANTILES = (50, 90, 95, 99)
+DIGITS = 2
+
+
+def nearest_rank(q: float, count: int) -> int:
+    """The 1-based rank of the ``q``-th percentile (0–100) among ``count`` sorted values: the
+    smallest value at or above ``q`` % of them (nearest rank)."""
+    return min(count, max(1, math.ceil(q * count / 100.0)))
+
+
 def percentile(sorted_values, q: float) -> float | None:
-    """The ``q``-th percentile (0–100) of already sorted values, nearest-rank."""
+    """The ``q``-th percentile (0–100) of already sorted values, nearest rank; None without values."""
     if not sorted_values:
         return None
-    index = min(len(sorted_values) - 1, max(0, round(q / 100.0 * len(sorted_values)) - 1))
-    return sorted_values[index]
+    return sorted_values[nearest_rank(q, len(sorted_values)) - 1]
+
+
+def scaled(value: float | None, scale: float = 1.0) -> float | None:
+    """``value`` times ``scale``, rounded the one way every summary rounds (None stays None)."""
+    return None if value is None else round(value * scale, DIGITS)
+
+
+def summary(distribution, scale: float = 1.0) -> dict:
+    """p50/p90/p95/p99, mean and max of a ``LogHistogram`` or ``Samples``, times ``scale``, rounded;
+    every value None when it holds nothing."""
+    empty = not distribution.total
+    out = {f"p{q}": distribution.percentile(q) for q in QUANTILES}
+    out["mean"] = None if empty else distribution.sum / distribution.total
+    out["max"] = None if empty else distribution.max
+    return {key: scaled(value, scale) for key, value in out.items()}
+
+
+class Samples:
+    """Exact values, read like a ``LogHistogram`` (``percentile``, ``total``, ``sum``, ``max``)."""
+
+    __slots__ = ("values", "total", "sum", "max")
+
+    def __init__(self, values) -> None:
+        self.values = sorted(values)
+        self.total = len(self.values)
+        self.sum = sum(self.values)
+        self.max = self.values[-1] if self.values else 0.0
+
+    def __len__(self) -> int:
+        return self.total
+
+    def percentile(self, q: float) -> float | None:
+        """The ``q``-th percentile, nearest rank."""
+        return percentile(self.values, q)
 
 
 _LOW = 1e-6  # values at or below land in the first bucket
@@ -41,18 +88,20 @@ class LogHistogram:
     """Counts of values in fixed log-spaced buckets: memory that stays the same however long a run
     goes, an ``add`` without a sort or an allocation, and every percentile read from it."""
 
-    __slots__ = ("counts", "total", "max")
+    __slots__ = ("counts", "total", "max", "sum")
 
     def __init__(self) -> None:
         self.counts = array("q", bytes(8 * _SIZE))
         self.total = 0
         self.max = 0.0
+        self.sum = 0.0
 
     def add(self, value: float) -> None:
         """Count one value."""
         index = int(math.log(value / _LOW) * _K) if value > _LOW else 0
         self.counts[index if index < _SIZE else _SIZE - 1] += 1
         self.total += 1
+        self.sum += value
         if value > self.max:
             self.max = value
 
@@ -66,7 +115,7 @@ class LogHistogram:
         total = sum(counts) if since is not None else self.total
         if not total:
             return None
-        rank = min(total, max(1, round(q / 100.0 * total)))
+        rank = nearest_rank(q, total)
         seen = 0
         for index, count in enumerate(counts):
             seen += count
@@ -84,20 +133,21 @@ class LogHistogram:
             if count:
                 self.counts[index] += count
         self.total += other.total
+        self.sum += other.sum
         self.max = max(self.max, other.max)
         return self
 
     def tobytes(self) -> bytes:
         """The histogram as bytes (to send it to another process); ``frombytes`` reads it back."""
-        return array("d", [self.max]).tobytes() + self.counts.tobytes()
+        return array("d", [self.max, self.sum]).tobytes() + self.counts.tobytes()
 
     @classmethod
     def frombytes(cls, data: bytes) -> "LogHistogram":
         """A histogram from ``tobytes``' bytes (empty bytes: an empty histogram)."""
         histogram = cls()
         if data:
-            histogram.max = array("d", data[:8])[0]
-            histogram.counts = array("q", data[8:])
+            histogram.max, histogram.sum = array("d", data[:16])
+            histogram.counts = array("q", data[16:])
             histogram.total = sum(histogram.counts)
         return histogram
 
@@ -212,8 +262,8 @@ class RunStats:
             self.stages[stage_of(custom_id)]["cached"] += 1
 
     def latency_summary(self) -> dict:
-        """p50/p95/p99/max of successful request latencies, in milliseconds."""
-        return _summary(self.latencies, 1000)
+        """The ``summary`` of successful request latencies, in milliseconds."""
+        return summary(self.latencies, 1000)
 
     def as_dict(self) -> dict:
         """The summary as plain JSON-ready data."""
@@ -234,7 +284,7 @@ class RunStats:
             "error_codes": dict(self.error_codes),
             "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens, "total": tokens},
             "latency_ms": self.latency_summary(),
-            **({"ttft_ms": _summary(self.ttfts), "itl_ms": _summary(self.itls)} if self.ttfts else {}),
+            **({"ttft_ms": summary(self.ttfts), "itl_ms": summary(self.itls)} if self.ttfts else {}),
             "wall_time_s": round(wall, 3),
             "prepare_s": round(self.prepare_s, 3),
             "requests_per_s": round(self.done / wall, 2) if wall > 0 else None,
@@ -242,9 +292,3 @@ class RunStats:
             "stages": {name: dict(c) for name, c in sorted(self.stages.items())},
         }
 
-
-def _summary(histogram: LogHistogram, scale: float = 1.0) -> dict:
-    """p50/p95/p99/max of ``histogram`` times ``scale``, rounded."""
-    out = {f"p{q}": histogram.percentile(q) for q in (50, 95, 99)}
-    out["max"] = histogram.max if histogram.total else None
-    return {k: (round(v * scale, 2) if v is not None else None) for k, v in out.items()}

@@ -10,16 +10,13 @@ first token arrives with the whole answer.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from dataclasses import dataclass
 
-import aiohttp
 import orjson
 
 from ..exceptions import MalformedResponseError, ServerError, TransportError
-from .client import ChatClient, Reply, status_error
+from .client import ChatClient, Reply, json_object, status_error, transport_errors
 
 
 @dataclass(slots=True)
@@ -128,12 +125,7 @@ class _Reader:
         self.done = False  # [DONE] seen
 
     def event(self, data: bytes, now: float) -> None:
-        try:
-            chunk = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            raise MalformedResponseError(f"stream event is not JSON: {exc}", body=data[:200]) from exc
-        if not isinstance(chunk, dict):
-            raise MalformedResponseError("stream event is not a JSON object", body=data[:200])
+        chunk = json_object(data, "stream event", body=data[:200])
         if "error" in chunk:
             error = chunk["error"]
             message = error.get("message") if isinstance(error, dict) else error
@@ -197,7 +189,7 @@ class StreamingClient(ChatClient):
 
     async def _streamed(self, path: str, data: bytes, start: float):
         """``(status, headers, a _Reader)``; ``(status, headers, raw body)`` where the endpoint did not stream."""
-        with _transport_errors(self._redact_text):
+        with transport_errors(redact_text=self._redact_text):
             async with self._session.post(self.url_for(path), data=data) as resp:
                 if resp.status >= 300:
                     raise status_error(resp.status, await resp.read(), resp.headers)
@@ -216,14 +208,15 @@ class StreamingClient(ChatClient):
 
     async def models(self) -> list[str]:
         """The model ids ``GET /v1/models`` lists."""
-        with _transport_errors(self._redact_text):
+        with transport_errors(redact_text=self._redact_text):
             async with self._session.get(self.url_for("/v1/models")) as resp:
                 raw = await resp.read()
                 if resp.status >= 300:
                     raise status_error(resp.status, raw, resp.headers)
+        listing = json_object(raw, "/v1/models answer", resp.status, raw[:200])
         try:
-            return [m["id"] for m in orjson.loads(raw)["data"]]
-        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            return [m["id"] for m in listing["data"]]
+        except (KeyError, TypeError) as exc:
             raise MalformedResponseError(f"/v1/models answer is not a model list: {exc}", body=raw[:200]) from exc
 
 
@@ -254,25 +247,14 @@ class StreamingChatClient(StreamingClient):
         return reply
 
 
-@contextlib.contextmanager
-def _transport_errors(redact=str):
-    """aiohttp's timeouts and connection errors as ``TransportError``."""
-    try:
-        yield
-    except asyncio.TimeoutError as exc:
-        raise TransportError("no answer within the timeout") from exc
-    except (aiohttp.ClientError, ValueError) as exc:  # ValueError: aiohttp's own bad-header checks
-        raise TransportError(redact(f"{type(exc).__name__}: {exc}")) from exc
-
-
 def _whole(status: int, raw: bytes, start: float) -> StreamReply:
     """An endpoint that answered without streaming: the first token came with everything."""
     end = time.perf_counter()
+    body = json_object(raw, f"HTTP {status} body", status)
     try:
-        body = orjson.loads(raw)
         choice = body["choices"][0]
         text = (choice.get("message") or {}).get("content") or choice.get("text") or ""
-    except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError) as exc:
+    except (KeyError, IndexError, TypeError, AttributeError) as exc:
         raise MalformedResponseError(f"HTTP {status} body is not a completion: {exc}", status=status, body=raw) from exc
     usage = body.get("usage") or {}
     latency = end - start

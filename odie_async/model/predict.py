@@ -65,8 +65,9 @@ class PredictSettings:
     base_url: str | None = None
     model_name: str | None = None
     api_key: str | None = None
-    concurrency: int = 256
-    timeout_s: float = 3600.0
+    # None: the engine's ``predict`` preset (engine/settings.py DEFAULTS)
+    concurrency: int | None = None
+    timeout_s: float | None = None
     merge_lora: bool = False
     step_tokens: int | None = None
 
@@ -219,11 +220,13 @@ async def predict_engine(base_url: str, path: str, bodies: list[dict], checkpoin
     import contextlib
 
     from ..engine.core import Engine
-    from ..engine.settings import build_settings
+    from ..engine.settings import DEFAULTS, build_settings
     from ..engine.progress import ProgressLine
 
-    engine_settings = build_settings(base_url, api_key=settings.api_key, concurrency=settings.concurrency,
-                                     timeout_s=settings.timeout_s, max_attempts=2, adaptive=False)
+    preset = DEFAULTS["predict"]
+    engine_settings = build_settings(base_url, preset="predict", api_key=settings.api_key,
+                                     concurrency=settings.concurrency or preset["concurrency"],
+                                     timeout_s=settings.timeout_s or preset["timeout_s"])
     key = _run_key(bodies[0]["model"], bodies)
     engine = Engine(engine_settings, checkpoint, keep_bodies=True)
     engine.stats.total = len(bodies)

@@ -23,7 +23,7 @@ from ..endpoints.resolve import MOCK, Endpoint, resolve_endpoint
 from ..engine.prometheus import MetricsServer
 from ..engine.core import Engine, EngineSettings
 from ..engine.lockfile import held
-from ..engine.settings import build_settings, endpoint_spec
+from ..engine.settings import build_settings
 from ..exceptions import OdieError
 from ..runtime import StopSignals
 from . import fingerprint, registry
@@ -57,7 +57,7 @@ async def endpoint_scope(config: PipelineConfig, prompts: Prompts):
 
 def engine_settings(config: PipelineConfig, endpoint: Endpoint) -> EngineSettings:
     """Engine settings from the config's engine section (its keys are ``EngineSettings`` fields)."""
-    pool = [endpoint_spec(e, f"{config.source}: endpoints") for e in config.endpoints]
+    pool = [e.with_env_key(str(config.source)) for e in config.endpoints]
     return build_settings(endpoint.base_url, preset="generate", api_key=endpoint.api_key, endpoints=pool,
                           **config.engine.model_dump())
 

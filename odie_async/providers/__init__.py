@@ -6,6 +6,6 @@ created once, ``chunks.py`` splits the input within the provider's limits,
 ``runner.py`` drives a run and ``command.py`` is ``odie batch --mode provider-batch``.
 """
 
-from .command import add_arguments, make_provider, run_provider_batch
+from .command import make_provider, run_provider_batch
 
-__all__ = ["add_arguments", "make_provider", "run_provider_batch"]
+__all__ = ["make_provider", "run_provider_batch"]

@@ -20,10 +20,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import AsyncIterator
 
-import orjson
-
 from ..engine.batchfile import BatchLine
 from ..engine.checkpoint import Result
+from ..engine.client import json_or_none
 from .base import BatchProvider, BatchStatus, Chunk, Limits, answer_id, as_error, count, text
 
 VERSION = "2023-06-01"
@@ -117,10 +116,7 @@ class AnthropicBatches(BatchProvider):
         prefix, ours, lines = self.request_id(chunk, 0)[:-1], 0, 0
         async for raw in self.stream_lines(f"/messages/batches/{status.id}/results"):
             lines += 1
-            try:
-                line = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                line = None
+            line = json_or_none(raw)
             sent = line.get("custom_id") if isinstance(line, dict) else None
             if not isinstance(sent, str) or not sent:
                 yield None, None, "unreadable"

@@ -15,7 +15,6 @@ batch, never an exception of ours.
 
 from __future__ import annotations
 
-import asyncio
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,8 +27,8 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from ..engine.batchfile import BatchLine, BatchReader
 from ..engine.checkpoint import Result
-from ..engine.client import redact, status_error
-from ..exceptions import MalformedResponseError, RequestError, TransportError
+from ..engine.client import json_object, redact, status_error, transport_errors
+from ..exceptions import MalformedResponseError, RequestError
 
 log = structlog.get_logger(__name__)
 
@@ -156,26 +155,16 @@ class BatchProvider(ABC):
                    params: dict | None = None) -> dict:
         """One call, answered with a JSON object; any failure is a ``RequestError``."""
         raw = await self._send_raw(method, path, json=json, data=data, params=params)
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError as exc:
-            raise MalformedResponseError(f"{method} {path}: body is not JSON", body=raw[:500]) from exc
-        if not isinstance(body, dict):
-            raise MalformedResponseError(f"{method} {path}: body is not a JSON object", body=raw[:500])
-        return body
+        return json_object(raw, f"{method} {path}: body", body=raw[:500])
 
     async def _send_raw(self, method, path, *, json=None, data=None, params=None) -> bytes:
         payload = orjson.dumps(json) if json is not None else data
         headers = {"Content-Type": "application/json"} if json is not None else None
-        try:
+        with transport_errors(f"{method} {path}", self.redacted):
             async with self._session.request(method, self.url(path), data=payload, params=params,
                                              headers=headers) as resp:
                 raw = await resp.read()
                 status, resp_headers = resp.status, resp.headers
-        except asyncio.TimeoutError as exc:
-            raise TransportError(f"{method} {path}: no answer within the timeout") from exc
-        except aiohttp.ClientError as exc:
-            raise TransportError(self.redacted(f"{method} {path}: {type(exc).__name__}: {exc}")) from exc
         raw = redact(raw, self.secret)
         if status >= 300:
             raise status_error(status, raw, resp_headers)
@@ -196,7 +185,7 @@ class BatchProvider(ABC):
 
     async def stream_lines(self, path: str) -> AsyncIterator[bytes]:
         """The lines of a JSONL download, as they arrive (a line may exceed any buffer)."""
-        try:
+        with transport_errors(f"GET {path}", self.redacted):
             async with self._session.get(self.url(path)) as resp:
                 if resp.status >= 300:
                     raise status_error(resp.status, redact(await resp.read(), self.secret), resp.headers)
@@ -209,10 +198,6 @@ class BatchProvider(ABC):
                             yield redact(line, self.secret)
                 if tail.strip():
                     yield redact(tail, self.secret)
-        except asyncio.TimeoutError as exc:
-            raise TransportError(f"GET {path}: no answer within the timeout") from exc
-        except aiohttp.ClientError as exc:
-            raise TransportError(self.redacted(f"GET {path}: {type(exc).__name__}: {exc}")) from exc
 
     def file_name(self, chunk: Chunk) -> str:
         """The uploaded file's name: the content hash, so that any run can find it again."""

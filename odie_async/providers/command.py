@@ -1,6 +1,6 @@
-"""``odie batch --mode provider-batch``: its options, live progress line, summary and exit code.
+"""``odie batch --mode provider-batch``: its run options, live progress line, summary and exit code.
 
-Options are range-checked where they are parsed (``options.number``); the key
+Its options are declared with ``odie batch``'s (``cli/batch.py``) and range-checked there; the key
 is read through the engine's ``clean_api_key``. A run that stops raises an
 ``OdieError`` for ``cli.exit_code``: an error of the provider as the endpoint
 stopping the run (3), a full disk or an internal crash as a local failure (4).
@@ -20,7 +20,6 @@ from ..engine.client import clean_api_key, redact
 from ..engine.progress import ProgressLine, format_eta, write_summary
 from ..engine.stats import RunStats
 from ..exceptions import ConfigError, EndpointStopped, EngineCrashed, OdieError, RequestError
-from ..options import number
 from ..runtime import StopSignals, run_async
 from .base import BatchProvider
 from .runner import ProviderBatchRun, RunOptions, new_run_id
@@ -40,29 +39,6 @@ def make_provider(name: str, base_url: str | None, api_key: str | None, run_id: 
     """The backend for ``name``, on ``base_url`` or the provider's own API."""
     cls = provider_class(name)
     return cls(base_url or cls.default_base_url, api_key, run_id, **kw)
-
-
-def add_arguments(parser) -> None:
-    """The options of ``odie batch`` that choose and tune provider batches."""
-    group = parser.add_argument_group("provider batch APIs (half price, results within 24 h)")
-    group.add_argument("--mode", choices=("online", "provider-batch"), default="online",
-                       help="online: request by request (default); provider-batch: the provider's Batch API")
-    group.add_argument("--provider", choices=("openai", "anthropic"), default="openai",
-                       help="whose batch API (--base-url defaults to that provider's)")
-    seconds, at_least_0 = number(float, 0, inclusive=False), number(float, 0)
-    group.add_argument("--deadline", type=seconds, metavar="SECONDS",
-                       help="hybrid: when the deadline (from the run's start) is near, cancel the batches and "
-                            "send what they have not done through the online path")
-    group.add_argument("--online-reserve", type=at_least_0, default=600.0, metavar="SECONDS",
-                       help="time kept for the online rest before the deadline (at most half of it)")
-    group.add_argument("--online-base-url", help="endpoint of the online rest (default: --base-url)")
-    group.add_argument("--poll-interval", type=seconds, default=10.0, help="first seconds between polls (grows 1.5x)")
-    group.add_argument("--poll-max", type=seconds, default=300.0, help="longest seconds between polls")
-    group.add_argument("--batch-max-requests", type=number(int, 1), help="requests per batch (default: the provider's limit)")
-    group.add_argument("--batch-max-bytes", type=number(int, 1), help="bytes per batch file (default: the provider's limit)")
-    group.add_argument("--reconcile-grace", type=at_least_0, default=5.0,
-                       help="seconds to wait before looking for what an unanswered call created")
-    group.add_argument("--cancel", action="store_true", help="cancel this output's batches, keep what they finished")
 
 
 def options_from_args(args) -> RunOptions:

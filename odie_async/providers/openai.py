@@ -13,9 +13,9 @@ import time
 from typing import AsyncIterator
 
 import aiohttp
-import orjson
 
 from ..engine.checkpoint import Result
+from ..engine.client import json_or_none
 from ..engine.routes import check_shape
 from ..exceptions import MalformedResponseError
 from .base import ADOPT_WINDOW_S, STATES, BatchProvider, BatchStatus, Chunk, Limits, answer_id, as_error, count, text
@@ -121,10 +121,7 @@ class OpenAIBatches(BatchProvider):
 
 def _result(raw: bytes, url: str) -> tuple[str | None, Result | None, str]:
     """One result line, every field checked: a line that names no record is ``unreadable``."""
-    try:
-        line = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        return None, None, "unreadable"
+    line = json_or_none(raw)
     custom_id = line.get("custom_id") if isinstance(line, dict) else None
     if not isinstance(custom_id, str) or not custom_id:
         return None, None, "unreadable"

@@ -33,6 +33,7 @@ import structlog
 
 from ..engine.checkpoint import Result, ResultStore
 from ..engine.core import Engine, EngineSettings
+from ..engine.settings import DEFAULTS
 from ..exceptions import ConfigError, RequestError
 from .base import BatchProvider, BatchStatus
 from .chunks import line_digest, plan, resubmission, scan_input
@@ -59,7 +60,7 @@ class RunOptions:
     poll_interval_s: float = 10.0
     poll_max_s: float = 300.0
     reconcile_grace_s: float = 5.0
-    max_attempts: int = 5
+    max_attempts: int = DEFAULTS["batch"]["max_attempts"]
     deadline_s: float | None = None
     online_reserve_s: float = 600.0
     cancel: bool = False
