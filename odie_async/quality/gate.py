@@ -163,6 +163,8 @@ class Gate:
             if scores["columns"] < cfg.faithfulness.min_column:
                 reasons.append("faithfulness.column")
         if belongs is not None:
+            if fixed:
+                kept_scores["header"] = round(float(scores["header"]), 4)
             kept_scores["belongs"] = round(belongs, 4)
             if belongs < (cfg.belongs.min_fixed if fixed else cfg.belongs.min_open):
                 reasons.append("belongs.low")
