@@ -8,12 +8,15 @@ All strings of a batch of records go through the encoder in one call
   any format: ``1,200`` / ``1.2k``, ``2022-02-19`` / ``February 19, 2022``) and
   most of its other content words do, or (no number missing) its best similarity
   with a sentence of the text reaches ``paraphrase_similarity``. The score is the
-  share of supported cells.
+  share of supported cells; ``columns`` is ``worst_column``, how near the text the
+  unsupported cells of the worst mostly-unsupported column come.
 - consistency: fixed header, the mean over header cells of 1 when most of the
   cell's words are in the instruction, else the cell's best similarity with one of
   the instruction's 1–4-word phrases; open header, the similarity of the
   instruction and the header cells joined.
 - relevance: the best similarity of the instruction with a sentence of the text.
+- header: the similarity of the instruction and the header cells joined (``belongs``
+  adds it for fixed headers, whose consistency counts header words the instruction names).
 
 numpy is imported only when the encoder runs: without the ``ml`` extra the
 scores that need it stay None (``<check>.not_run``), and ``Gate`` refuses a
@@ -239,8 +242,9 @@ def worst_column(judged: list[tuple[int, bool, float | None]]) -> float | None:
 
     ``judged`` holds ``(column, supported, closeness)`` per informative cell (column -1: a row number, not
     judged), closeness being the cell's best encoder similarity with a sentence of the text (None when the
-    strings support it). A column of two or more cells, more than half of them unsupported, scores the mean closeness of its unsupported cells: a column the annotator
-    derived ("Positive", "2h 30m") stays near the text's words, one made of values from elsewhere does not.
+    strings support it). A column of two or more cells, more than half of them unsupported, scores the mean
+    closeness of its unsupported cells: a column the annotator derived ("Positive", "2h 30m") stays near the
+    text's words, one made of values from elsewhere does not.
     None when the closeness of such a column could not be computed (no encoder).
     """
     columns: dict[int, list[tuple[bool, float | None]]] = {}
