@@ -1,6 +1,6 @@
 """Build the quality gate's calibration set from the InstructIE test set's gold records.
 
-    python benchmarks/build_calibration.py [--per-corruption 50] [--out benchmarks/calibration/calibration.jsonl]
+    python benchmarks/build_calibration.py [--per-corruption 0] [--out benchmarks/calibration/calibration.jsonl]
 
 Writes every gold record (expected: keep) and, per corruption kind, corruptions of
 a seeded sample of records (expected: drop); see ``odie_async.quality.calibration``.
@@ -22,7 +22,7 @@ HERE = Path(__file__).resolve().parent
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--test-data", type=Path, default=shared_dir() / "instructie" / "test_data.json")
-    parser.add_argument("--per-corruption", type=int, default=50, help="records corrupted per kind (0: all)")
+    parser.add_argument("--per-corruption", type=int, default=0, help="records corrupted per kind (0: all)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=HERE / "calibration" / "calibration.jsonl")
     args = parser.parse_args()

@@ -19,7 +19,7 @@ from odie_async.quality.checks import (degenerate_reasons, few_shot_values, inst
                                        structure_reasons, text_reasons, truncation_reasons)
 from odie_async.quality.config import from_section
 from odie_async.quality.runner import filter_file
-from odie_async.quality.semantic import lexical_support
+from odie_async.quality.semantic import lexical_support, worst_column
 from odie_async.quality.text import content_stems, flat, normalise, numbers
 from odie_async.runtime import run_async
 
@@ -223,12 +223,32 @@ def test_a_good_record_is_kept_with_every_score():
 
 def test_faithfulness_is_per_cell():
     invented = TABLE.replace("Elm Street Theatre | 1955 | 430", "Grand Opera | 1901 | 999").replace("Harbor Hall | 1998", "Blue Dome | 1877")
-    verdict = gate().evaluate([GOOD | {"table": invented}])[0]
+    verdict = gate(faithfulness={"min_score": 0.4}).evaluate([GOOD | {"table": invented}])[0]
     assert verdict.scores["faithfulness"] == pytest.approx(3 / 8) and "faithfulness.low" in verdict.reasons
     # a cell the words of which are elsewhere in a sentence counts through the encoder
     paraphrase = gate(faithfulness={"paraphrase_similarity": 0.3}).evaluate(
         [GOOD | {"table": TABLE.replace("Harbor Hall", "council venues reviewed")}])[0]
     assert paraphrase.scores["faithfulness"] == 1.0
+
+
+def test_a_column_of_values_from_elsewhere_drops_a_table_whose_other_columns_hold():
+    names = TABLE.replace("Harbor Hall", "Blue Dome").replace("Elm Street Theatre", "Grand Opera").replace(
+        "Northgate Arena", "Red Barn")
+    verdict = gate().evaluate([GOOD | {"table": names}])[0]
+    assert verdict.scores["faithfulness"] == pytest.approx(5 / 8) and "faithfulness.low" not in verdict.reasons
+    assert verdict.scores["columns"] == 0.0 and verdict.reasons == ["faithfulness.column"]
+    numbered = ("| # | Name | Opening Year | Seating Capacity |\n| --- | --- | --- | --- |\n| 1 | Harbor Hall | 1998 | 1,200 |\n"
+                "| 2 | Elm Street Theatre | 1955 | 430 |\n| 3 | Northgate Arena | 2019 | N/A |")
+    kept = gate().evaluate([GOOD | {"table": numbered}])[0]  # row numbers no text states are not a column to judge
+    assert kept.kept and kept.scores["columns"] == 1.0 and kept.scores["faithfulness"] < 1.0
+
+
+def test_a_column_is_judged_by_how_near_the_text_its_unsupported_cells_stay():
+    derived = [(0, True, None), (0, True, None), (1, False, 0.4), (1, False, 0.3), (1, True, None)]
+    assert worst_column(derived) == pytest.approx(0.35)
+    assert worst_column([(0, True, None), (0, False, 0.1)]) == 1.0  # half unsupported is not most
+    assert worst_column([(0, False, 0.1), (-1, False, 0.0), (-1, False, 0.0)]) == 1.0  # one cell; row numbers
+    assert worst_column([(2, False, None), (2, False, 0.1)]) is None  # no encoder: no verdict
 
 
 def test_consistency_for_fixed_and_open_headers():
@@ -248,14 +268,16 @@ def test_relevance_drops_an_instruction_about_something_else():
 
 
 def test_an_instruction_must_belong_to_its_text_and_header_together():
-    """Consistency and relevance each above their floor, their sum (``belongs``) below its own."""
+    """Consistency and relevance each above their floor, their sum with the header similarity (``belongs``) below its own."""
     half = "Extract the name and opening year of each venue and the colour of its roof."
-    floors = {"consistency": {"min_fixed": 0.45}, "relevance": {"min_score": 0.05}, "belongs": {"min_fixed": 1.0}}
+    floors = {"consistency": {"min_fixed": 0.45}, "relevance": {"min_score": 0.05}, "belongs": {"min_fixed": 1.3}}
     verdict = gate(**floors).evaluate([GOOD | {"instruction": half}])[0]
     scores = verdict.scores
     assert scores["consistency"] >= 0.45 and scores["relevance"] >= 0.05
-    assert scores["belongs"] == pytest.approx(scores["consistency"] + scores["relevance"], abs=1e-3)
+    assert scores["belongs"] == pytest.approx(scores["consistency"] + scores["relevance"] + scores["header"], abs=1e-3)
     assert verdict.reasons == ["belongs.low"]
+    opened = gate(**floors).evaluate([GOOD | {"instruction": half, "category": "open header"}])[0].scores
+    assert "header" not in opened and opened["belongs"] == pytest.approx(opened["consistency"] + opened["relevance"], abs=1e-3)
     assert gate(**floors).evaluate([GOOD])[0].kept
     assert "belongs" not in gate(belongs={"enabled": False}).evaluate([GOOD | {"instruction": half}])[0].scores
 
@@ -491,7 +513,7 @@ def test_the_garbage_the_default_run_kept_survives_no_part_of_the_real_gate(tmp_
     dropped = lines(tmp_path / "d.jsonl")
     assert stats.kept == 0 and len(dropped) == 4 and not (tmp_path / "k.jsonl").read_bytes()
     for line in dropped:  # every check ran: each score is there
-        assert set(line["scores"]) == {"faithfulness", "consistency", "relevance", "belongs"}
+        assert {"faithfulness", "columns", "consistency", "relevance", "belongs"} <= set(line["scores"])
         assert all(value is not None for value in line["scores"].values())
 
 

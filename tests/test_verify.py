@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import orjson
-import pytest
 
 from odie_async.endpoints.mock_server import MockServer
 from odie_async.engine.checkpoint import Result
@@ -126,20 +125,37 @@ def test_requests_never_answered_come_back_as_none(tmp_path):
     assert result == [None, None, None] and len(asked) == 3  # max_tries, each time all three, unnumbered never placed
 
 
-def test_a_paraphrase_swapped_with_another_keeps_its_original(tmp_path):
+def _closest(tmp_path, rewritten: list[str], originals: list[str]):
     from odie_async.pipeline.scorers import make_scorer
 
     config = make_config(tmp_path, scorer={"kind": "offline"})
 
-    async def run() -> list[str]:
+    async def run():
         ctx = Context(config, PROMPTS, [], ScriptedEngine(lambda cid, body: []), "m")
         flow = Flow(ctx, make_scorer(config))
-        swapped = [REWRITES[1], REWRITES[0], REWRITES[2]]  # requests 1 and 2 got each other's rewrite
-        return await flow._close_to_original(swapped, ORIGINALS), ctx.counts["paraphrase"]
+        return await flow._close_to_original(rewritten, originals), ctx.counts["paraphrase"]
 
-    chosen, counts = asyncio.run(run())
+    return asyncio.run(run())
+
+
+def test_a_paraphrase_swapped_with_another_keeps_its_original(tmp_path):
+    swapped = [REWRITES[1], REWRITES[0], REWRITES[2]]  # requests 1 and 2 got each other's rewrite
+    chosen, counts = _closest(tmp_path, swapped, ORIGINALS)
     assert chosen == [ORIGINALS[0], ORIGINALS[1], REWRITES[2]]
     assert counts["far_from_original_kept_original"] == 2
+
+
+def test_swapped_rewrites_of_requests_one_word_apart_keep_their_originals(tmp_path):
+    # each rewrite is still close to its own original, but closer to the other's
+    originals = ["Summarise what the text says about every site in a table.",
+                 "Summarise what the text says about every festival in a table.",
+                 "Extract the name and price of each coffee blend on the menu."]
+    rewritten = ["Please summarise what the text says about every festival in a table.",
+                 "Please summarise what the text says about every site in a table.",
+                 "Kindly extract the name and the price of each coffee blend on the menu."]
+    chosen, counts = _closest(tmp_path, rewritten, originals)
+    assert chosen == [originals[0], originals[1], rewritten[2]]
+    assert counts["closer_to_another_kept_original"] == 2 and counts["far_from_original_kept_original"] == 0
 
 
 # -- verified tables ----------------------------------------------------------------------------------
@@ -222,8 +238,6 @@ def _mock_preset(tmp_path, wrong: float, records: int = 24, **budget):
     return config
 
 
-@pytest.mark.xfail(strict=False, reason="issue 29, open: after the stricter gate and the engine changes were merged, "
-                   "the flawed mock kept 22 of the 24 a perfect teacher keeps (0.917, target 0.95)")
 def test_half_the_first_answers_wrong_still_keeps_what_a_perfect_teacher_keeps(tmp_path):
     perfect, _ = asyncio.run(_generate(_mock_preset(tmp_path, 0.0), tmp_path / "perfect"))
     flawed, _ = asyncio.run(_generate(_mock_preset(tmp_path, 0.5), tmp_path / "flawed"))

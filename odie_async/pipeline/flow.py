@@ -52,10 +52,17 @@ class Outcome:
     tokens: int = 0   # tokens this record's table tries spent
 
 
-def _keeps_words(paraphrase: str, original: str) -> bool:
-    """Whether a paraphrase keeps most (70 %) of its original's content words."""
+def _word_share(paraphrase: str, original: str) -> float:
+    """Share of the original's content words the paraphrase keeps."""
     wanted = set(content_stems(original))
-    return bool(wanted) and len(wanted & set(content_stems(paraphrase))) / len(wanted) >= 0.7
+    return len(wanted & set(content_stems(paraphrase))) / len(wanted) if wanted else 0.0
+
+
+def _keeps_words(paraphrase: str, original: str, chunk: list[str]) -> bool:
+    """Whether a paraphrase keeps most (70 %) of its original's content words, and no more of another
+    request's of the chunk (two rewrites of templated requests swapped keep most words of either)."""
+    own = _word_share(paraphrase, original)
+    return own >= 0.7 and all(_word_share(paraphrase, other) <= own for other in chunk)
 
 
 def fixed_id(i: int) -> str:
@@ -168,17 +175,29 @@ class Flow:
 
     async def _close_to_original(self, rewritten: list[str | None], originals: list[str]) -> list[str]:
         """Each paraphrase, or its original where none came back, the gate rejects only the paraphrase,
-        or it strayed from its own original (encoder similarity under ``verify.paraphrase_similarity``;
-        a paraphrase keeping most of its original's content words needs no encoder)."""
+        or it strayed from its own original (encoder similarity under ``verify.paraphrase_similarity``)
+        or came closer to another request's original of the chunk (two rewrites swapped). A paraphrase
+        keeping most of its own original's content words, and fewer of any other's, needs no encoder."""
         counts = self.ctx.counts["paraphrase"]
         counts["kept_original"] += sum(new is None for new in rewritten)
         chosen = [old if new is None else self._paraphrased(new, old) for new, old in zip(rewritten, originals)]
-        asked = [i for i, new in enumerate(chosen) if new != originals[i] and not _keeps_words(new, originals[i])]
-        similar = await self.scorer.similarities([(chosen[i], originals[i]) for i in asked]) if asked else []
+        asked = [i for i, new in enumerate(chosen)
+                 if new != originals[i] and not _keeps_words(new, originals[i], originals)]
+        chunk = list(dict.fromkeys(originals))
+        similar = await self.scorer.similarities([(chosen[i], old) for i in asked for old in chunk]) if asked else []
         if similar is None:
             counts["similarity_not_run"] += len(asked)
-        far = [i for i, score in zip(asked, similar or []) if score < self.ctx.config.verify.paraphrase_similarity]
-        counts["far_from_original_kept_original"] += len(far)
+        far = set()
+        for k, i in enumerate(asked if similar else []):
+            row = dict(zip(chunk, similar[k * len(chunk) : (k + 1) * len(chunk)]))
+            own = row[originals[i]]
+            if own < self.ctx.config.verify.paraphrase_similarity:
+                counts["far_from_original_kept_original"] += 1
+            elif own < max(row.values()):
+                counts["closer_to_another_kept_original"] += 1
+            else:
+                continue
+            far.add(i)
         return [originals[i] if i in far else text for i, text in enumerate(chosen)]
 
     def _paraphrased(self, rewritten: str, original: str) -> str:

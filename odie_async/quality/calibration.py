@@ -119,11 +119,12 @@ def build(items: list[dict], per_corruption: int | None = None, seed: int = 0) -
 SCORE_LIMITS = {"faithfulness": ("faithfulness", "min_score"), "faithfulness_open": ("faithfulness", "min_open"),
                 "consistency_fixed": ("consistency", "min_fixed"), "consistency_open": ("consistency", "min_open"),
                 "relevance": ("relevance", "min_score"), "belongs_fixed": ("belongs", "min_fixed"),
-                "belongs_open": ("belongs", "min_open")}
-# The thresholds ``choose`` searches; the others (the open-header consistency floor) stay as configured.
+                "belongs_open": ("belongs", "min_open"), "columns": ("faithfulness", "min_column")}
+# The thresholds ``choose`` searches; the others (the open-header consistency floor, the fixed-header
+# consistency and relevance floors, which count through ``belongs``) stay as configured.
 GRID = {"faithfulness": [x / 20 for x in range(6, 13)], "faithfulness_open": [x / 20 for x in range(4, 11)],
-        "belongs_fixed": [x / 20 for x in range(14, 24)], "belongs_open": [x / 20 for x in range(6, 13)],
-        "consistency_fixed": [0.3, 0.35, 0.4, 0.45], "relevance": [0.0, 0.025, 0.05]}
+        "belongs_fixed": [x / 20 for x in range(20, 40)], "belongs_open": [x / 20 for x in range(6, 13)],
+        "columns": [0.1, 0.15, 0.2, 0.25, 0.3]}
 
 
 def dropped(row: dict, limits: dict[str, float]) -> bool:
@@ -135,6 +136,8 @@ def dropped(row: dict, limits: dict[str, float]) -> bool:
              ("consistency", limits[f"consistency_{kind}"]), ("relevance", limits["relevance"]),
              ("belongs", limits[f"belongs_{kind}"]))
     scores = row["scores"]
+    if scores.get("columns") is not None and scores["columns"] < limits["columns"]:
+        return True
     return any(scores[name] is None or scores[name] < limit for name, limit in pairs if name in scores)
 
 

@@ -86,6 +86,7 @@ class FaithfulnessCheck(_Section):
     min_score: float = 0.4
     min_open: float | None = None  # for open-header records (None: min_score)
     paraphrase_similarity: float = 0.7
+    min_column: float = 0.2  # a column mostly unsupported: the least mean similarity of those cells with the text
     min_judge: float = 0.5  # with the llm or unieval scorer: its table-level score (the paper's 0.5)
 
 
@@ -137,7 +138,7 @@ class GateConfig(BaseModel):
                 "consistency_open": self.consistency.min_open, "relevance": self.relevance.min_score,
                 "faithfulness_open": self.faithfulness.min_score if self.faithfulness.min_open is None
                 else self.faithfulness.min_open, "belongs_fixed": self.belongs.min_fixed,
-                "belongs_open": self.belongs.min_open}
+                "belongs_open": self.belongs.min_open, "columns": self.faithfulness.min_column}
 
 
 def _merge(base: dict, override: dict) -> dict:

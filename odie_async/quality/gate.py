@@ -158,18 +158,28 @@ class Gate:
                 reasons.append(f"{name}.not_run")
             elif value < limits[name]:
                 reasons.append(f"{name}.low")
+        if cfg.faithfulness.enabled and scores.get("columns") is not None and "faithfulness" not in external:
+            kept_scores["columns"] = round(float(scores["columns"]), 4)
+            if scores["columns"] < cfg.faithfulness.min_column:
+                reasons.append("faithfulness.column")
         if belongs is not None:
+            if fixed:
+                kept_scores["header"] = round(float(scores["header"]), 4)
             kept_scores["belongs"] = round(belongs, 4)
             if belongs < (cfg.belongs.min_fixed if fixed else cfg.belongs.min_open):
                 reasons.append("belongs.low")
         return Verdict(not reasons, reasons, kept_scores)
 
     def _belongs(self, scores: dict, external: dict | None, fixed: bool) -> float | None:
-        """The encoder's consistency plus relevance: does the instruction belong to this text and this header?
+        """The encoder's consistency plus relevance, plus for a fixed header the similarity of the instruction
+        and the header cells joined: does the instruction belong to this text and this header?
 
-        None (no score, no reason) when the check is off, or either part is off, missing or the judge's.
+        A fixed-header consistency counts header cells the instruction names word for word, so another
+        record's instruction that shares a word or two with the header still scores high on it; the
+        similarity with the whole header does not. (An open header's consistency is that similarity already.)
+        None (no score, no reason) when the check is off, or a part is off, missing or the judge's.
         """
         if not self.cfg.belongs.enabled or (external and "consistency" in external):
             return None
-        parts = (scores.get("consistency"), scores.get("relevance"))
+        parts = (scores.get("consistency"), scores.get("relevance")) + ((scores.get("header"),) if fixed else ())
         return None if None in parts else float(sum(parts))

@@ -8,12 +8,15 @@ All strings of a batch of records go through the encoder in one call
   any format: ``1,200`` / ``1.2k``, ``2022-02-19`` / ``February 19, 2022``) and
   most of its other content words do, or (no number missing) its best similarity
   with a sentence of the text reaches ``paraphrase_similarity``. The score is the
-  share of supported cells.
+  share of supported cells; ``columns`` is ``worst_column``, how near the text the
+  unsupported cells of the worst mostly-unsupported column come.
 - consistency: fixed header, the mean over header cells of 1 when most of the
   cell's words are in the instruction, else the cell's best similarity with one of
   the instruction's 1–4-word phrases; open header, the similarity of the
   instruction and the header cells joined.
 - relevance: the best similarity of the instruction with a sentence of the text.
+- header: the similarity of the instruction and the header cells joined (``belongs``
+  adds it for fixed headers, whose consistency counts header words the instruction names).
 
 numpy is imported only when the encoder runs: without the ``ml`` extra the
 scores that need it stay None (``<check>.not_run``), and ``Gate`` refuses a
@@ -26,6 +29,7 @@ its sentences changed no verdict and cost five times the encoding.
 from __future__ import annotations
 
 import importlib.util
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -144,19 +148,25 @@ class OfflineJudge:
         if (cfg.consistency.enabled and "consistency" not in item.judged and item.instruction.strip()
                 and any(h.strip() for h in table.header)):
             plan["consistency"] = self._plan_header(item, table, pool)
+            header = ", ".join(h for h in table.header if h.strip())
+            plan["header"] = (pool.add(item.instruction), pool.add(header))
         return plan
 
-    def _plan_cells(self, item: Item, table: Table, pool: _Pool) -> tuple[list[bool], list[int], list[int]]:
+    def _plan_cells(self, item: Item, table: Table, pool: _Pool) -> tuple[list[tuple[int, bool | None, int]], list[int]]:
+        """Per informative cell: its column, the strings' verdict (None: ask the encoder), its pool index
+        (-1 when the strings support it); and the text's sentences."""
         text_norm = flat(item.text)
         text_numbers, text_stems = numbers(item.text), set(content_stems(item.text))
-        decided, asked = [], []
-        for cell in table.cells():
-            if is_na(cell) or not normalise(cell):
-                continue
-            verdict = lexical_support(cell, text_norm, text_numbers, text_stems)
-            (asked.append(pool.add(cell)) if verdict is None else decided.append(verdict))
-        spans = [pool.add(w) for w in sentences(item.text) or [item.text]] if asked else []
-        return decided, asked, spans
+        numbering = row_number_columns(table)
+        cells = []
+        for row in table.rows:
+            for column, cell in enumerate(row):
+                if is_na(cell) or not normalise(cell):
+                    continue
+                verdict = lexical_support(cell, text_norm, text_numbers, text_stems)
+                cells.append((-1 if column in numbering else column, verdict, -1 if verdict else pool.add(cell)))
+        spans = [pool.add(w) for w in sentences(item.text) or [item.text]] if any(i >= 0 for *_, i in cells) else []
+        return cells, spans
 
     def _plan_header(self, item: Item, table: Table, pool: _Pool):
         header = [h for h in table.header if h.strip()]
@@ -176,15 +186,27 @@ class OfflineJudge:
             query, spans = plan["relevance"]
             scores["relevance"] = _clip(float((vectors[spans] @ vectors[query]).max()))
         if "faithfulness" in plan:
-            decided, asked, spans = plan["faithfulness"]
-            threshold = self.cfg.faithfulness.paraphrase_similarity
-            if asked:
-                best = (vectors[asked] @ vectors[spans].T).max(axis=1)
-                decided = decided + [bool(b >= threshold) for b in best]
-            scores["faithfulness"] = sum(decided) / len(decided) if decided else None
+            scores["faithfulness"], scores["columns"] = self._faithfulness(*plan["faithfulness"], vectors)
         if "consistency" in plan:
             scores["consistency"] = self._consistency(plan["consistency"], vectors)
+        if "header" in plan:
+            query, header = plan["header"]
+            scores["header"] = _clip(float(vectors[query] @ vectors[header]))
         return scores
+
+    def _faithfulness(self, cells: list, spans: list[int], vectors) -> tuple[float | None, float | None]:
+        """The share of supported cells, and ``worst_column`` of the cells' support and closeness to the text."""
+        if not cells:
+            return None, None
+        asked = [i for *_, i in cells if i >= 0]
+        best = dict(zip(asked, (vectors[asked] @ vectors[spans].T).max(axis=1))) if asked and vectors is not None else {}
+        threshold = self.cfg.faithfulness.paraphrase_similarity
+        judged = []
+        for column, verdict, i in cells:
+            closeness = float(best[i]) if i in best else None
+            supported = bool(verdict) or (verdict is None and closeness is not None and closeness >= threshold)
+            judged.append((column, supported, closeness))
+        return sum(s for _, s, _ in judged) / len(judged), worst_column(judged)
 
     @staticmethod
     def _consistency(plan, vectors) -> float:
@@ -198,8 +220,46 @@ class OfflineJudge:
 
 def _needs_vectors(name: str, plan) -> bool:
     if name == "faithfulness":
-        return bool(plan[1])  # cells the strings and numbers could not decide
-    return name == "relevance" or plan[0] == "open" or bool(plan[2])
+        return any(verdict is None for _, verdict, _ in plan[0])  # cells the strings and numbers could not decide
+    return name in ("relevance", "header") or plan[0] == "open" or bool(plan[2])
+
+
+_ROW_NUMBER = re.compile(r"#?\d{1,3}(?:st|nd|rd|th)?\.?")
+
+
+def row_number_columns(table: Table) -> set[int]:
+    """The columns that number the rows (``1``, ``2.``, ``#3``, ``4th``): no text states them."""
+    out = set()
+    for j in range(table.n_columns):
+        values = [row[j].strip() for row in table.rows if j < len(row) and not is_na(row[j]) and row[j].strip()]
+        if values and all(_ROW_NUMBER.fullmatch(v) for v in values):
+            out.add(j)
+    return out
+
+
+def worst_column(judged: list[tuple[int, bool, float | None]]) -> float | None:
+    """How close to the text the worst column's unsupported cells come (1.0 when no column is mostly unsupported).
+
+    ``judged`` holds ``(column, supported, closeness)`` per informative cell (column -1: a row number, not
+    judged), closeness being the cell's best encoder similarity with a sentence of the text (None when the
+    strings support it). A column of two or more cells, more than half of them unsupported, scores the mean
+    closeness of its unsupported cells: a column the annotator derived ("Positive", "2h 30m") stays near the
+    text's words, one made of values from elsewhere does not.
+    None when the closeness of such a column could not be computed (no encoder).
+    """
+    columns: dict[int, list[tuple[bool, float | None]]] = {}
+    for column, supported, closeness in judged:
+        if column >= 0:
+            columns.setdefault(column, []).append((supported, closeness))
+    worst: float | None = 1.0
+    for cells in columns.values():
+        missing = [closeness for supported, closeness in cells if not supported]
+        if len(cells) < 2 or 2 * len(missing) <= len(cells):
+            continue
+        if None in missing:
+            return None
+        worst = min(worst, _clip(sum(missing) / len(missing)))
+    return worst
 
 
 def _clip(value: float) -> float:
