@@ -97,8 +97,7 @@ class Engine:
         self.settings = settings
         self.store = store or ResultStore(output, errors, keep_bodies=keep_bodies)
         self.stats = stats or RunStats()
-        self.spend = (SpendCap(settings.max_cost, Prices.load(settings.prices_file, settings.price))
-                      if settings.max_cost else None)
+        self.spend = SpendCap.from_settings(settings)
         self._settled = asyncio.Condition()  # a spend reservation was settled
         self.cache = AnswerCache(settings.cache) if settings.cache else None
         self._cache_prices = self.spend.prices if self.spend else None

@@ -82,6 +82,13 @@ class SpendCap:
         self.spent = self.reserved = 0.0
         self.capped = False
 
+    @classmethod
+    def from_settings(cls, settings, mode: str = "online") -> "SpendCap | None":
+        """The cap of ``settings`` (``max_cost``, ``prices_file``, ``price``) at ``mode`` prices; None without one."""
+        if not settings.max_cost:
+            return None
+        return cls(settings.max_cost, Prices.load(settings.prices_file, settings.price, mode))
+
     def require_prices(self, models) -> None:
         """Refuse the cap when a model the run will ask has no known price."""
         missing = sorted(str(m) for m in models if self.prices.rates(m) is None)
@@ -104,13 +111,26 @@ class SpendCap:
         self.reserved += charge.worst
         return True
 
-    def settle(self, charge: Charge, usage) -> float:
-        """Release the reservation and count what the answer cost (0 for an answer without usage)."""
+    def hold(self, charge: Charge) -> None:
+        """Reserve ``charge`` whether or not it fits: what was sent before this run (a provider's batch
+        still running) will be billed anyway."""
+        self.reserved += charge.worst
+
+    def release(self, charge: Charge) -> None:
+        """Give back the reservation of ``charge`` (its answers are counted with ``bill``)."""
         self.reserved = max(0.0, self.reserved - charge.worst)
+
+    def bill(self, charge: Charge, usage) -> float:
+        """Count what one answer cost at ``charge``'s rates (0 for an answer without usage)."""
         prompt, completion = usage_tokens(usage)
         cost = (prompt * charge.rate_in + completion * charge.rate_out) / 1e6
         self.spent += cost
         return cost
+
+    def settle(self, charge: Charge, usage) -> float:
+        """Release the reservation and count what the answer cost (0 for an answer without usage)."""
+        self.release(charge)
+        return self.bill(charge, usage)
 
     def report(self, done: int, total: int | None) -> dict:
         """Spend so far, the cap, and the total projected from the records done (None before any)."""

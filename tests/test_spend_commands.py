@@ -1,0 +1,80 @@
+"""The spending cap beyond ``odie batch``'s online path: provider batches at batch prices, ``odie filter``
+with an LLM judge and ``odie bench`` each stop at ``--max-cost`` with exit 5, and show what they spent."""
+
+import subprocess
+import sys
+from collections import Counter
+
+import orjson
+import pytest
+
+from odie_async.engine.spend import Prices
+from odie_async.exceptions import EXIT_SPEND_CAP
+from tests.helpers import ids_in
+from tests.test_batch_cli import mock_factory  # noqa: F401  (a fixture)
+
+ODIE = [sys.executable, "-m", "odie_async"]
+PROVIDER = ("--mode", "provider-batch", "--poll-interval", "0.05", "--poll-max", "0.2", "--reconcile-grace", "0.1",
+            "--no-progress", "--batch-max-requests", "10")
+
+
+def _priced_requests(path, n: int, model: str = "gpt-4o-mini") -> None:
+    """``n`` requests of about 300 prompt tokens and a 400-token budget each, to a model with a price."""
+    with open(path, "wb") as out:
+        for i in range(n):
+            body = {"model": model, "messages": [{"role": "user", "content": f"prompt r{i} " + "word " * 200}],
+                    "max_tokens": 400}
+            out.write(orjson.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+                                    "body": body}) + b"\n")
+
+
+def _billed_at(path, rates) -> float:
+    """What the answers in ``path`` cost at ``(input, output)`` USD per million tokens."""
+    usage = [orjson.loads(raw)["response"]["body"]["usage"] for raw in path.read_bytes().splitlines()]
+    return sum(u["prompt_tokens"] * rates[0] + u["completion_tokens"] * rates[1] for u in usage) / 1e6
+
+
+def _provider_batch(tmp_path, url, *extra):
+    return subprocess.run(ODIE + ["batch", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "out.jsonl"),
+                                  "--base-url", url, *PROVIDER, *extra], capture_output=True, text=True, timeout=120)
+
+
+def test_provider_batches_stop_at_the_cap_at_batch_prices_and_a_higher_cap_finishes_none_twice(tmp_path, mock_factory):  # noqa: F811
+    log = tmp_path / "mock.jsonl"
+    mock = mock_factory("--batch-log", str(log), "--batch-processing-s", "0.2")
+    _priced_requests(tmp_path / "in.jsonl", 60)  # six chunks of ten, each a worst case of about $0.0021
+    first = _provider_batch(tmp_path, mock.url, "--max-cost", "0.003")
+    assert first.returncode == EXIT_SPEND_CAP, first.stderr[-2000:]
+    assert "spending cap of $0.003" in first.stderr
+    summary = orjson.loads((tmp_path / "out.summary.json").read_bytes())
+    spend, done = summary["spend"], ids_in(tmp_path / "out.jsonl")
+    assert spend["capped"] and 0 < len(done) < 60 and summary["unfinished"] == 60 - len(done)
+    batch, online = Prices.load(mode="batch").rates("gpt-4o-mini"), Prices.load().rates("gpt-4o-mini")
+    assert batch == (online[0] / 2, online[1] / 2)  # the packaged table: batches bill at half price
+    assert spend["spent_usd"] == pytest.approx(_billed_at(tmp_path / "out.jsonl", batch), abs=1e-6)
+    assert spend["spent_usd"] < 0.003 and spend["projected_total_usd"] > spend["spent_usd"]
+    assert "spend: $" in first.stdout and "cap $0.003 (reached)" in first.stdout
+    created = [orjson.loads(raw) for raw in log.read_bytes().splitlines()]
+    sent_first = Counter(cid for e in created if e["event"] == "batch_created" for cid in e["custom_ids"])
+    assert set(sent_first) == set(done)  # nothing was submitted that the cap did not let through
+
+    second = _provider_batch(tmp_path, mock.url, "--max-cost", "1")
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert ids_in(tmp_path / "out.jsonl") == {f"r{i}": 1 for i in range(60)}
+    created = [orjson.loads(raw) for raw in log.read_bytes().splitlines()]
+    billed = Counter(cid for e in created if e["event"] == "batch_created" for cid in e["custom_ids"])
+    assert len(billed) == 60 and set(billed.values()) == {1}  # no batch submitted twice
+
+
+def test_a_provider_batch_cap_on_a_model_without_a_price_is_refused_until_one_is_given(tmp_path, mock_factory):  # noqa: F811
+    log = tmp_path / "mock.jsonl"
+    mock = mock_factory("--batch-log", str(log), "--batch-processing-s", "0.1")
+    _priced_requests(tmp_path / "in.jsonl", 5, model="mock-model")
+    refused = _provider_batch(tmp_path, mock.url, "--max-cost", "1")
+    assert refused.returncode == 2 and "needs a price for mock-model" in refused.stderr
+    assert not log.exists() or b"batch_created" not in log.read_bytes()
+    priced = _provider_batch(tmp_path, mock.url, "--max-cost", "1", "--price", "1,2")
+    assert priced.returncode == 0, priced.stderr[-2000:]
+    spend = orjson.loads((tmp_path / "out.summary.json").read_bytes())["spend"]
+    assert spend["spent_usd"] > 0
+    assert spend["spent_usd"] == pytest.approx(_billed_at(tmp_path / "out.jsonl", (1, 2)), abs=1e-6)
