@@ -14,6 +14,7 @@ from tests.helpers import ids_in
 from tests.test_batch_cli import mock_factory  # noqa: F401  (a fixture)
 
 ODIE = [sys.executable, "-m", "odie_async"]
+PRICE_PER_M = "1000,1000"  # USD per million tokens: a judge request costs about $0.25
 PROVIDER = ("--mode", "provider-batch", "--poll-interval", "0.05", "--poll-max", "0.2", "--reconcile-grace", "0.1",
             "--no-progress", "--batch-max-requests", "10")
 
@@ -78,3 +79,34 @@ def test_a_provider_batch_cap_on_a_model_without_a_price_is_refused_until_one_is
     spend = orjson.loads((tmp_path / "out.summary.json").read_bytes())["spend"]
     assert spend["spent_usd"] > 0
     assert spend["spent_usd"] == pytest.approx(_billed_at(tmp_path / "out.jsonl", (1, 2)), abs=1e-6)
+
+
+def _filter(tmp_path, *extra):
+    args = ["filter", str(tmp_path / "in.jsonl"), "--kept", str(tmp_path / "k.jsonl"), "--dropped",
+            str(tmp_path / "d.jsonl"), "--config", str(tmp_path / "gate.yaml"), "--scorer", "llm",
+            "--pipeline-config", "generate-mock.yaml", "--no-progress", "--batch-size", "2", *extra]
+    return subprocess.run(ODIE + args, capture_output=True, text=True, timeout=300)
+
+
+def _records(tmp_path) -> Counter:
+    return Counter(orjson.loads(raw)["id"] for name in ("k.jsonl", "d.jsonl") if (tmp_path / name).exists()
+                   for raw in (tmp_path / name).read_bytes().splitlines())
+
+
+def test_filter_with_an_llm_judge_stops_at_the_cap_and_a_higher_cap_judges_the_rest_once(tmp_path):
+    from tests.test_quality import GOOD
+
+    (tmp_path / "gate.yaml").write_text("relevance: {enabled: false}\n")  # every check the judge's or cheap
+    (tmp_path / "in.jsonl").write_bytes(b"".join(orjson.dumps(GOOD | {"id": f"g{i}", "text": f"{GOOD['text']} {i}."})
+                                                 + b"\n" for i in range(12)))
+    refused = _filter(tmp_path, "--max-cost", "1")  # the mock teacher's model has no price
+    assert refused.returncode == 2 and "needs a price for mock-model" in refused.stderr
+    capped = _filter(tmp_path, "--max-cost", "1", "--price", PRICE_PER_M)
+    assert capped.returncode == EXIT_SPEND_CAP, capped.stderr[-2000:]
+    assert "spending cap of $1" in capped.stderr
+    assert len(_records(tmp_path)) < 12
+    rest = _filter(tmp_path, "--max-cost", "100", "--price", PRICE_PER_M)
+    assert rest.returncode == 0, rest.stderr[-2000:]
+    assert _records(tmp_path) == {f"g{i}": 1 for i in range(12)}
+    judged = Counter(cid for cid in ids_in(tmp_path / "k.jsonl.judge.jsonl") if cid.startswith("judge:"))
+    assert len(judged) == 12 and set(ids_in(tmp_path / "k.jsonl.judge.jsonl").values()) == {1}
