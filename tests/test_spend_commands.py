@@ -110,3 +110,63 @@ def test_filter_with_an_llm_judge_stops_at_the_cap_and_a_higher_cap_judges_the_r
     assert _records(tmp_path) == {f"g{i}": 1 for i in range(12)}
     judged = Counter(cid for cid in ids_in(tmp_path / "k.jsonl.judge.jsonl") if cid.startswith("judge:"))
     assert len(judged) == 12 and set(ids_in(tmp_path / "k.jsonl.judge.jsonl").values()) == {1}
+
+
+def test_bench_stops_its_load_at_the_cap_with_exit_5_and_keeps_what_it_measured(tmp_path):
+    from tests.test_batch_cli import Mock
+
+    mock = Mock("--latency-ms", "20", "--log-requests", str(tmp_path / "requests.log"))
+    try:
+        proc = subprocess.run(ODIE + ["bench", "--base-url", mock.url, "--output", str(tmp_path / "b"),
+                                      "--concurrency", "1,2,4", "--duration", "1s", "--synthetic",
+                                      "prompt_tokens=16,output_tokens=8", "--max-cost", "0.5", "--price", PRICE_PER_M],
+                              capture_output=True, text=True, timeout=120)
+    finally:
+        mock.stop()
+    assert proc.returncode == EXIT_SPEND_CAP, proc.stderr[-2000:]
+    results = orjson.loads((tmp_path / "b" / "results.json").read_bytes())
+    assert results["spend"]["capped"] and 0 < results["spend"]["spent_usd"] <= 0.5
+    assert "spending cap of $0.5" in results["stop_reason"] and len(results["points"]) == 1
+    sent = len((tmp_path / "requests.log").read_bytes().splitlines())
+    assert sent == results["points"][0]["requests"] + 1  # the levels' requests and the first probe, no more
+
+
+def test_bench_serves_its_load_on_the_metrics_port(tmp_path):
+    import socket
+    import time
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.test_batch_cli import Mock
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mock = Mock("--latency-ms", "20")
+    proc = subprocess.Popen(ODIE + ["bench", "--base-url", mock.url, "--output", str(tmp_path / "b"),
+                                    "--concurrency", "1,2", "--duration", "2s", "--synthetic",
+                                    "prompt_tokens=16,output_tokens=8", "--metrics-port", str(port),
+                                    "--max-cost", "100", "--price", "1,1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        families, deadline = {}, time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+            except OSError:
+                time.sleep(0.1)
+                continue
+            families = {f.name: f for f in text_string_to_metric_families(text)}
+            if families["odie_bench_requests"].samples[0].value > 5:
+                break
+            time.sleep(0.1)
+        assert proc.wait(timeout=60) == 0, proc.stderr.read()[-2000:]
+    finally:
+        proc.kill()
+        mock.stop()
+    assert families["odie_bench_requests"].samples[0].value > 5
+    assert families["odie_spend_usd"].samples[0].value > 0
+    assert {s.labels["kind"] for s in families["odie_tokens"].samples} == {"prompt", "completion"}
+    assert any(s.name == "odie_request_latency_seconds_count" and s.value > 0
+               for s in families["odie_request_latency_seconds"].samples)
