@@ -170,3 +170,22 @@ def test_bench_serves_its_load_on_the_metrics_port(tmp_path):
     assert {s.labels["kind"] for s in families["odie_tokens"].samples} == {"prompt", "completion"}
     assert any(s.name == "odie_request_latency_seconds_count" and s.value > 0
                for s in families["odie_request_latency_seconds"].samples)
+
+
+def test_the_progress_line_summary_and_live_metrics_show_spend_and_the_projected_total(tmp_path, mock_factory):  # noqa: F811
+    from tests.helpers import write_requests
+
+    mock = mock_factory()
+    write_requests(tmp_path / "in.jsonl", 40)
+    proc = subprocess.run(ODIE + ["batch", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "out.jsonl"),
+                                  "--base-url", mock.url, "--max-cost", "0.2", "--price", "1000,1000",
+                                  "--concurrency", "4"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == EXIT_SPEND_CAP, proc.stderr[-2000:]
+    spend = orjson.loads((tmp_path / "out.summary.json").read_bytes())["spend"]
+    done = len(ids_in(tmp_path / "out.jsonl"))
+    assert spend["projected_total_usd"] == pytest.approx(spend["spent_usd"] * 40 / done, rel=1e-3)
+    final = [line for line in proc.stderr.splitlines() if line.startswith("[batch]")][-1]
+    assert f"${spend['spent_usd']:,.4f} spent, ${spend['projected_total_usd']:,.4f} projected, cap $0.2 (reached)" in final
+    assert f"spend: ${spend['spent_usd']:,.4f} spent" in proc.stdout
+    last = orjson.loads((tmp_path / "out.metrics.jsonl").read_bytes().splitlines()[-1])
+    assert last["spend"] == spend  # the viewer's Live tab reads it from here

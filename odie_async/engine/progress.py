@@ -45,7 +45,7 @@ def render(stats: RunStats, label: str = "batch") -> str:
     line = (f"[{label}] {head} ok {stats.succeeded:,} failed {stats.failed:,}{flight} | {rate:,.0f} req/s "
             f"{tps:,.0f} tok/s | retries {stats.retries:,} 429s {stats.rate_limited:,} | ETA {eta}")
     if stats.spend is not None:
-        line += f" | {spend_text(stats.spend.report(stats.succeeded, max(0, (stats.total or 0) - stats.resumed - stats.invalid)))}"
+        line += f" | {spend_text(stats.spend_report())}"
     if stats.stages:
         stages = " ".join(f"{name}:{sum(c.values())}" for name, c in sorted(stats.stages.items()))
         line += f" | {stages}"

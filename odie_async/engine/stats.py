@@ -167,6 +167,13 @@ class RunStats:
         """Seconds since the run started."""
         return time.monotonic() - self.started
 
+    def spend_report(self) -> dict | None:
+        """The spending cap's report, its total projected from the records this run answered over those
+        it set out to answer (None without a cap)."""
+        if self.spend is None:
+            return None
+        return self.spend.report(self.succeeded, max(0, (self.total or 0) - self.resumed - self.invalid))
+
     def record_success(self, custom_id: str, body: dict, timing: dict | None = None) -> None:
         """Count one record answered successfully (``timing``: a streamed request's, in ms); its
         latency was counted by its lane."""
