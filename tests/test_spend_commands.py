@@ -84,7 +84,7 @@ def test_a_provider_batch_cap_on_a_model_without_a_price_is_refused_until_one_is
 def _filter(tmp_path, *extra):
     args = ["filter", str(tmp_path / "in.jsonl"), "--kept", str(tmp_path / "k.jsonl"), "--dropped",
             str(tmp_path / "d.jsonl"), "--config", str(tmp_path / "gate.yaml"), "--scorer", "llm",
-            "--pipeline-config", "generate-mock.yaml", "--no-progress", "--batch-size", "2", *extra]
+            "--pipeline-config", "generate-mock.yaml", "--batch-size", "2", *extra]
     return subprocess.run(ODIE + args, capture_output=True, text=True, timeout=300)
 
 
@@ -104,9 +104,12 @@ def test_filter_with_an_llm_judge_stops_at_the_cap_and_a_higher_cap_judges_the_r
     capped = _filter(tmp_path, "--max-cost", "1", "--price", PRICE_PER_M)
     assert capped.returncode == EXIT_SPEND_CAP, capped.stderr[-2000:]
     assert "spending cap of $1" in capped.stderr
+    final = [line for line in capped.stderr.splitlines() if line.startswith("[filter]")][-1]
+    assert " spent, $" in final and " projected, cap $1 (reached)" in final
     assert len(_records(tmp_path)) < 12
     rest = _filter(tmp_path, "--max-cost", "100", "--price", PRICE_PER_M)
     assert rest.returncode == 0, rest.stderr[-2000:]
+    assert "the judge's spend: $" in rest.stdout and "cap $100" in rest.stdout
     assert _records(tmp_path) == {f"g{i}": 1 for i in range(12)}
     judged = Counter(cid for cid in ids_in(tmp_path / "k.jsonl.judge.jsonl") if cid.startswith("judge:"))
     assert len(judged) == 12 and set(ids_in(tmp_path / "k.jsonl.judge.jsonl").values()) == {1}

@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 from ..exceptions import ConfigError, InputError, RunAborted, ServeError, SpendCapReached, exit_code
+from ..engine.progress import spend_text
 from ..logs import configure_logging
 from ..option_types import output_file, output_folder
 from ..options import add_spend_arguments, spend_overrides
@@ -65,6 +66,8 @@ def format_summary(counts: dict, stats, gate: Gate) -> str:
     lines = [f"kept {counts['kept']:,} of {total:,}, dropped {counts['dropped']:,} "
              f"({stats.resumed:,} were already written, {stats.done:,} judged now)"]
     lines += [f"  {count:>6,}  {reason}" for reason, count in counts["reasons"].items()]
+    if stats.spend is not None:
+        lines.append(f"the judge's spend: {spend_text(stats.spend_report())}")
     off = gate.cfg.switched_off()
     lines.append(f"checks off: {', '.join(off)}" if off else "all checks on")
     if stats.interrupted:
