@@ -52,7 +52,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=number(int, 0), default=0, help="seed of Poisson arrivals")
     parser.add_argument("--output", type=output_folder, default="bench-results",
                         help="folder for results.json, bench.png, recommended.yaml")
-    add_spend_arguments(parser, "requests")
+    add_spend_arguments(parser, "requests", after="the levels measured so far are written")
     parser.add_argument("--metrics-port", type=number(int, 1, True, 65535), default=None, metavar="PORT",
                         help="serve Prometheus metrics on 127.0.0.1:PORT while the bench runs")
     parser.add_argument("--log-json", action="store_true", help="log JSON lines instead of readable text")
