@@ -192,3 +192,36 @@ def test_the_progress_line_summary_and_live_metrics_show_spend_and_the_projected
     assert f"spend: ${spend['spent_usd']:,.4f} spent" in proc.stdout
     last = orjson.loads((tmp_path / "out.metrics.jsonl").read_bytes().splitlines()[-1])
     assert last["spend"] == spend  # the viewer's Live tab reads it from here
+
+
+def test_without_a_cap_spend_is_shown_where_prices_are_known_and_never_as_a_free_zero(tmp_path, mock_factory):  # noqa: F811
+    mock = mock_factory("--batch-processing-s", "0.1")
+    _priced_requests(tmp_path / "in.jsonl", 20)
+    online = subprocess.run(ODIE + ["batch", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "out.jsonl"),
+                                    "--base-url", mock.url], capture_output=True, text=True, timeout=120)
+    assert online.returncode == 0, online.stderr[-2000:]
+    spend = orjson.loads((tmp_path / "out.summary.json").read_bytes())["spend"]
+    assert spend["cap_usd"] is None and not spend["capped"]
+    assert spend["spent_usd"] == pytest.approx(_billed_at(tmp_path / "out.jsonl", Prices.load().rates("gpt-4o-mini")),
+                                               abs=1e-6)
+    assert spend["projected_total_usd"] == pytest.approx(spend["spent_usd"], abs=1e-4)  # every record done
+    final = [line for line in online.stderr.splitlines() if line.startswith("[batch]")][-1]
+    assert f"${spend['spent_usd']:,.4f} spent, $" in final and "cap $" not in final
+
+    batch_dir = tmp_path / "provider"
+    batch_dir.mkdir()
+    (batch_dir / "in.jsonl").write_bytes((tmp_path / "in.jsonl").read_bytes())
+    provider = _provider_batch(batch_dir, mock.url)
+    assert provider.returncode == 0, provider.stderr[-2000:]
+    spend = orjson.loads((batch_dir / "out.summary.json").read_bytes())["spend"]
+    assert spend["spent_usd"] == pytest.approx(_billed_at(batch_dir / "out.jsonl", Prices.load(mode="batch").rates(
+        "gpt-4o-mini")), abs=1e-6)
+
+    unpriced = tmp_path / "unpriced"
+    unpriced.mkdir()
+    from tests.helpers import write_requests
+
+    write_requests(unpriced / "in.jsonl", 5)  # mock-model: no price
+    plain = _provider_batch(unpriced, mock.url)
+    assert plain.returncode == 0, plain.stderr[-2000:]
+    assert "spend" not in orjson.loads((unpriced / "out.summary.json").read_bytes())

@@ -66,7 +66,7 @@ def format_summary(counts: dict, stats, gate: Gate) -> str:
     lines = [f"kept {counts['kept']:,} of {total:,}, dropped {counts['dropped']:,} "
              f"({stats.resumed:,} were already written, {stats.done:,} judged now)"]
     lines += [f"  {count:>6,}  {reason}" for reason, count in counts["reasons"].items()]
-    if stats.spend is not None:
+    if stats.spend_report() is not None:
         lines.append(f"the judge's spend: {spend_text(stats.spend_report())}")
     off = gate.cfg.switched_off()
     lines.append(f"checks off: {', '.join(off)}" if off else "all checks on")

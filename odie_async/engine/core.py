@@ -102,6 +102,8 @@ class Engine:
         self.cache = AnswerCache(settings.cache) if settings.cache else None
         self._cache_prices = self.spend.prices if self.spend else None
         self.stats.spend = self.spend  # the progress line shows it
+        if self.spend is None:  # no cap: the spend is still counted, and shown where prices are known
+            self.stats.meter = SpendCap.meter(Prices.load(settings.prices_file, settings.price))
         # A caller may hand in its own transport (tests) or limiter (a cluster-wide budget).
         lanes = build_lanes(settings, self.stats, client, limits)
         self.pool = Pool(lanes, PoolSettings(timeout_ceiling_s=settings.timeout_s, hedge_share=settings.hedge_share,

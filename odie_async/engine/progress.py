@@ -44,8 +44,9 @@ def render(stats: RunStats, label: str = "batch") -> str:
         flight = f" | in flight {in_flight:,}/{limit:,}"
     line = (f"[{label}] {head} ok {stats.succeeded:,} failed {stats.failed:,}{flight} | {rate:,.0f} req/s "
             f"{tps:,.0f} tok/s | retries {stats.retries:,} 429s {stats.rate_limited:,} | ETA {eta}")
-    if stats.spend is not None:
-        line += f" | {spend_text(stats.spend_report())}"
+    spend = stats.spend_report()
+    if spend is not None:
+        line += f" | {spend_text(spend)}"
     if stats.stages:
         stages = " ".join(f"{name}:{sum(c.values())}" for name, c in sorted(stats.stages.items()))
         line += f" | {stages}"
@@ -58,7 +59,8 @@ def spend_text(spend: dict) -> str:
     text = f"${spend['spent_usd']:,.4f} spent"
     if projected is not None:
         text += f", ${projected:,.4f} projected"
-    text += f", cap ${spend['cap_usd']:,g}"
+    if spend.get("cap_usd") is not None:
+        text += f", cap ${spend['cap_usd']:,g}"
     return text + (" (reached)" if spend.get("capped") else "")
 
 

@@ -60,9 +60,10 @@ class EngineCollector:
         tokens.add_metric(["completion"], stats.completion_tokens)
         yield tokens
         yield _counter("odie_cache_hits", "records answered from the shared answer cache", stats.cache_hits)
-        if stats.spend is not None:
+        spend = stats.spend if stats.spend is not None else stats.meter
+        if spend is not None and stats.spend_report() is not None:
             yield GaugeMetricFamily("odie_spend_usd", "money spent so far (answered usage at the run's prices)",
-                                    value=stats.spend.spent)
+                                    value=spend.spent)
         yield from self._lanes()
 
     def _lanes(self):

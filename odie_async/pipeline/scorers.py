@@ -288,5 +288,5 @@ async def external_scope(kind: str, config_path: str | None, checkpoint: Path, e
             async def score_llm(prepared: list[Prepared]) -> list[dict | None]:
                 return list(await asyncio.gather(*(_judge_one(judge, ctx, p) for p in prepared)))
 
-            score_llm.spend = engine.spend  # the filter's progress line shows what the judge spent
+            score_llm.spend = engine.spend or engine.stats.meter  # the filter's progress line shows what the judge spent
             yield score_llm

@@ -106,10 +106,12 @@ def snapshot(run: ProviderBatchRun) -> dict:
 
 
 def spend_report(run: ProviderBatchRun) -> dict | None:
-    """The cap, the spend so far at batch prices and the total projected from the records answered."""
-    if run.spend is None:
+    """The cap, the spend so far at batch prices and the total projected from the records answered
+    (None without a cap when a model has no price)."""
+    spend = run.spend.cap if run.spend is not None else run.meter
+    if spend is None:
         return None
-    return run.spend.cap.report(run.counts["batch_ok"] + run.counts["online_ok"], run.planned or None)
+    return spend.report(run.counts["batch_ok"] + run.counts["online_ok"], run.planned or None)
 
 
 def run_summary(run: ProviderBatchRun) -> dict:
@@ -122,7 +124,7 @@ def run_summary(run: ProviderBatchRun) -> dict:
             "errors_file_lines": _line_count(run.store.errors),
             "wall_time_s": round(time.monotonic() - run.started, 2),
             "output": str(run.store.output), "errors": str(run.store.errors),
-            **({"spend": spend_report(run)} if run.spend is not None else {})}
+            **({"spend": spend_report(run)} if spend_report(run) is not None else {})}
 
 
 def _line_count(path: Path) -> int:
@@ -204,7 +206,8 @@ def run_provider_batch(args) -> int:
             from ..options import settings_from_args
 
             online = settings_from_args(args, args.online_base_url or provider.base_url, key)
-        cap = SpendCap(args.max_cost, Prices.load(args.prices, args.price, "batch")) if args.max_cost else None
+        prices = Prices.load(args.prices, args.price, "batch")
+        cap = SpendCap(args.max_cost, prices) if args.max_cost else SpendCap.meter(prices)
         run = ProviderBatchRun(options, provider, online, cap)
         summary = run_async(_with_signals(_main(args, run, run_id)))
     except _Interrupted as exc:

@@ -81,7 +81,9 @@ class ProviderBatchRun:
     def __init__(self, options: RunOptions, provider: BatchProvider, online: EngineSettings | None,
                  spend: SpendCap | None = None) -> None:
         self.opt = options
-        self.spend = ChunkSpend(spend) if spend is not None else None  # at batch prices
+        capping = spend is not None and spend.cap is not None
+        self.spend = ChunkSpend(spend) if capping else None  # at batch prices
+        self.meter = spend if not capping else None  # without a cap: SpendCap.meter, counting only
         self.planned = 0  # records this run set out to answer (the projection's total)
         self.provider = provider
         self.online_settings = online
@@ -457,6 +459,8 @@ class ProviderBatchRun:
             self.tokens["completion"] += usage.get("completion_tokens") if type(usage.get("completion_tokens")) is int else 0
             if c is not None and self.spend is not None:
                 self.spend.bill(c, usage)
+            elif c is not None and self.meter is not None:
+                self.meter.count(c.chunk.model, usage)
         self.counts["batch_ok"] += verdict.ok
         self.counts["batch_failed"] += verdict.failed
 

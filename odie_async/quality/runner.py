@@ -55,7 +55,7 @@ class FilterStats:
     started: float = field(default_factory=time.monotonic)
     interrupted: str | None = None
     exit_code: int | None = None  # the shell's code for the signal that stopped the run (130, 143)
-    spend: object | None = None  # the judge's SpendCap, under --max-cost
+    spend: object | None = None  # the judge's SpendCap (under --max-cost) or its meter
 
     @property
     def done(self) -> int:
@@ -63,7 +63,7 @@ class FilterStats:
         return self.kept + self.dropped
 
     def spend_report(self) -> dict | None:
-        """The judge's spend, its total projected from the records judged over those to judge (None without a cap)."""
+        """The judge's spend, its total projected from the records judged over those to judge (None when unknown)."""
         return self.spend.report(self.done, self.total - self.resumed) if self.spend is not None else None
 
 
@@ -82,7 +82,8 @@ class FilterProgress(ProgressLine):
         share = 100.0 * finished / s.total if s.total else 100.0
         line = (f"[filter] {finished:,}/{s.total:,} ({share:.1f}%) kept {s.kept:,} dropped {s.dropped:,} "
                 f"| {rate:,.1f} rec/s | ETA {format_eta(left / rate) if rate > 0 else format_eta(None)}")
-        return line + f" | {spend_text(s.spend_report())}" if s.spend is not None else line
+        spend = s.spend_report()
+        return line + f" | {spend_text(spend)}" if spend is not None else line
 
 
 def kept_line(record: dict, line_no: int, verdict: Verdict) -> dict:
