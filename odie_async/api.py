@@ -28,7 +28,7 @@ PathLike = str | Path
 
 def _pipeline_config(config, limit: int | None, structured: str | None, endpoint: dict | None = None,
                      engine: dict | None = None):
-    from .pipeline.config import PipelineConfig, from_dict, load_config, override_endpoint
+    from .pipeline.config import PipelineConfig, from_dict, load_config, override_endpoint, override_engine
 
     if isinstance(config, PipelineConfig):
         config = config.model_copy(deep=True)
@@ -41,9 +41,7 @@ def _pipeline_config(config, limit: int | None, structured: str | None, endpoint
     if structured:
         config.endpoint.structured = structured
     override_endpoint(config, endpoint)
-    overrides = {key: value for key, value in (engine or {}).items() if value is not None}
-    if overrides:
-        config.engine = type(config.engine).model_validate(config.engine.model_dump() | overrides)
+    override_engine(config, engine)
     return config
 
 

@@ -66,6 +66,28 @@ def apply_config(args, defaults: dict, sections=()) -> None:
         args.base_url = pool[0].base_url
 
 
+def add_spend_arguments(parser, what: str = "records", default: float | None = 0.0,
+                        after: str = "a rerun with a higher cap resumes") -> None:
+    """``--max-cost``, ``--prices`` and ``--price``: the spending cap and the prices it counts at, the same
+    in every command that sends paid requests (``what`` names what the cap stops taking, ``after`` what
+    is left when it did)."""
+    from .engine.spend import parse_price
+
+    at_least = number(float, 0) if default is not None else number(float, 0, False)
+    parser.add_argument("--max-cost", type=at_least, default=default, metavar="USD",
+                        help=f"stop taking {what} before the spend could pass USD (exit 5; {after})"
+                             + ("; 0: no cap" if default is not None else ""))
+    parser.add_argument("--prices", default=None, metavar="FILE",
+                        help="a price table in the shape of configs/prices.yaml, instead of the packaged one")
+    parser.add_argument("--price", type=parse_price, default=None, metavar="IN,OUT",
+                        help="one price for every model, USD per million input and output tokens")
+
+
+def spend_overrides(args) -> dict:
+    """The engine-section keys ``add_spend_arguments`` fills, for a config's ``engine:`` overrides."""
+    return {"max_cost": args.max_cost, "prices_file": args.prices, "price": list(args.price) if args.price else None}
+
+
 def parse_lora(text: str) -> tuple[str, str]:
     """An argparse type: ``NAME=PATH``, or a bare ``PATH`` named after its folder."""
     name, sep, path = text.partition("=")

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from ..engine.streaming import StreamingClient
 from ..exceptions import AuthenticationError, EndpointStopped, RequestError, RunAborted
 from .client import ClientMeter
+from .live import LiveLoad
 from .workload import Workload
 
 KINDS = ("concurrency", "constant", "poisson")
@@ -59,29 +60,42 @@ class LoadRun:
     client: dict = field(default_factory=dict)
 
 
-async def _one(client: StreamingClient, workload: Workload) -> Sample:
+async def _one(client: StreamingClient, workload: Workload, live: LiveLoad) -> Sample | None:
+    """Send the workload's next request and time it; None when the spending cap keeps it unsent."""
     path, body = workload.next()
+    charge = await live.admit(body)
+    if charge is False:
+        return None
+    live.sent()
     start = time.perf_counter()
+    sample = Sample(start, start, error="cancelled")
     try:
         reply = await client.stream(path, body)
+        sample = Sample(start, start + reply.latency, reply.ttft, reply.itl, reply.output_tokens, reply.prompt_tokens)
     except AuthenticationError as exc:
+        sample.error = exc.code
         raise EndpointStopped(f"the endpoint refused the key: {exc.message}") from exc
     except RequestError as exc:
-        return Sample(start, time.perf_counter(), error=exc.code)
-    return Sample(start, start + reply.latency, reply.ttft, reply.itl, reply.output_tokens, reply.prompt_tokens)
+        sample = Sample(start, time.perf_counter(), error=exc.code)
+    finally:
+        live.answered(charge, sample)
+    return sample
 
 
-async def _closed(client, workload, run: LoadRun, deadline: float) -> None:
+async def _closed(client, workload, run: LoadRun, deadline: float, live: LiveLoad) -> None:
     async def worker() -> None:
-        while time.perf_counter() < deadline:
-            run.samples.append(await _one(client, workload))
+        while time.perf_counter() < deadline and not live.capped:
+            sample = await _one(client, workload, live)
+            if sample is not None:
+                run.samples.append(sample)
 
     async with asyncio.TaskGroup() as group:
         for _ in range(int(run.load.value)):
             group.create_task(worker())
 
 
-async def _open(client, workload, run: LoadRun, deadline: float, max_in_flight: int, seed: int) -> None:
+async def _open(client, workload, run: LoadRun, deadline: float, max_in_flight: int, seed: int,
+                live: LiveLoad) -> None:
     rng = random.Random(seed)
     rate = run.load.value
     in_flight = 0
@@ -90,7 +104,9 @@ async def _open(client, workload, run: LoadRun, deadline: float, max_in_flight: 
         nonlocal in_flight
         in_flight += 1
         try:
-            run.samples.append(await _one(client, workload))
+            sample = await _one(client, workload, live)
+            if sample is not None:
+                run.samples.append(sample)
         finally:
             in_flight -= 1
 
@@ -98,7 +114,7 @@ async def _open(client, workload, run: LoadRun, deadline: float, max_in_flight: 
         due = time.perf_counter()
         while True:
             due += rng.expovariate(rate) if run.load.kind == "poisson" else 1.0 / rate
-            if due >= deadline:
+            if due >= deadline or live.capped:
                 break
             wait = due - time.perf_counter()
             if wait > 0:
@@ -110,8 +126,10 @@ async def _open(client, workload, run: LoadRun, deadline: float, max_in_flight: 
 
 
 async def drive(client: StreamingClient, workload: Workload, load: Load, duration_s: float,
-                max_in_flight: int = 1024, seed: int = 0) -> LoadRun:
-    """Run ``load`` for ``duration_s`` (requests sent by then are awaited) and measure it."""
+                max_in_flight: int = 1024, seed: int = 0, live: LiveLoad | None = None) -> LoadRun:
+    """Run ``load`` for ``duration_s`` (requests sent by then are awaited) and measure it; under a
+    spending cap (``live``) the level ends early when the cap is reached."""
+    live = live if live is not None else LiveLoad()
     if load.kind not in KINDS or load.value <= 0:
         raise ValueError(f"bad load {load}")
     run = LoadRun(load, duration_s)
@@ -119,9 +137,9 @@ async def drive(client: StreamingClient, workload: Workload, load: Load, duratio
         deadline = time.perf_counter() + duration_s
         try:
             if load.kind == "concurrency":
-                await _closed(client, workload, run, deadline)
+                await _closed(client, workload, run, deadline, live)
             else:
-                await _open(client, workload, run, deadline, max_in_flight, seed)
+                await _open(client, workload, run, deadline, max_in_flight, seed, live)
         except* RunAborted as group:
             raise group.exceptions[0] from None
     run.client = meter.figures(len(run.samples))

@@ -9,6 +9,7 @@ interrupted part-way (``interrupted`` in ``results.json`` says so).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import time
@@ -20,11 +21,14 @@ from urllib.parse import urlsplit
 
 import structlog
 
+from ..engine.prometheus import MetricsServer
 from ..engine.settings import DEFAULTS
+from ..engine.spend import SpendCap
 from ..engine.streaming import StreamingClient
-from ..exceptions import AuthenticationError, EndpointStopped, RequestError
+from ..exceptions import AuthenticationError, EndpointStopped, RequestError, SpendCapReached
 from . import report
-from .load import Load, drive
+from .live import LiveLoad, LoadCollector
+from .load import Load, Sample, drive
 from .points import render, summarise
 from .sweep import MAX_SWEEP_CONCURRENCY, knee_sweep, recommend
 from .workload import Workload
@@ -50,20 +54,33 @@ class BenchSettings:
     seed: int = 0
     embedded: bool = False  # the endpoint is the embedded model, served for this bench only
     name: str | None = None  # the endpoint's name in a pool's results
+    cap: SpendCap | None = None  # --max-cost: no request is sent whose worst case could pass it
+    metrics_port: int | None = None  # serve the load's figures to Prometheus on 127.0.0.1 while it runs
     # Where progress lines go (the command prints them on stderr; the library says nothing itself).
     say: Callable[[str], None] = field(default=lambda _text: None, repr=False, compare=False)
 
 
-async def _prepare(client: StreamingClient, settings: BenchSettings) -> str | None:
-    """Find the model when no body names one, and send one request to see that the endpoint answers."""
+async def _prepare(client: StreamingClient, settings: BenchSettings, live: LiveLoad) -> str | None:
+    """Find the model when no body names one, and send one request to see that the endpoint answers
+    (under the spending cap too: a model without a price is refused before it)."""
     model = settings.model or next(iter(sorted(settings.workload.models)), None)
     try:
         if model is None:
             served = await client.models()
             model = served[0] if served else None
             settings.workload.with_model(model)
+        if live.cap is not None:
+            live.cap.require_prices(settings.workload.models or {model})
         path, body = settings.workload.next()
-        await client.stream(path, body)
+        charge = await live.admit(body)
+        if charge is False:
+            raise live.error()
+        live.sent()
+        reply = None
+        try:
+            reply = await client.stream(path, body)
+        finally:
+            live.answered(charge, _probe_sample(reply))
     except AuthenticationError as exc:
         raise EndpointStopped(f"the endpoint refused the key: {exc.message}") from exc
     except RequestError as exc:
@@ -71,8 +88,14 @@ async def _prepare(client: StreamingClient, settings: BenchSettings) -> str | No
     return model
 
 
+def _probe_sample(reply) -> Sample:
+    if reply is None:
+        return Sample(0.0, 0.0, error="probe_failed")
+    return Sample(0.0, reply.latency, reply.ttft, reply.itl, reply.output_tokens, reply.prompt_tokens)
+
+
 async def _measure_all(client: StreamingClient, settings: BenchSettings, points: list[dict],
-                       measured: Callable[[], object]) -> str:
+                       measured: Callable[[], object], live: LiveLoad) -> str:
     started = time.monotonic()
 
     async def measure(load: Load) -> dict:
@@ -80,19 +103,24 @@ async def _measure_all(client: StreamingClient, settings: BenchSettings, points:
         eta = f", about {left * settings.duration_s:.0f} s left" if settings.loads else ""
         settings.say(f"[bench] measuring {load.label} for {settings.duration_s:g} s (point {len(points) + 1}{eta})")
         point = summarise(await drive(client, settings.workload, load, settings.duration_s,
-                                      settings.max_in_flight, settings.seed + len(points)))
+                                      settings.max_in_flight, settings.seed + len(points), live))
         point["at_s"] = round(time.monotonic() - started, 1)
         points.append(point)
         settings.say(render(point))
         measured()
+        if live.capped:
+            raise live.error()
         return point
 
-    if not settings.loads:
-        measured, reason = await knee_sweep(measure, settings.slo)
-        points[:] = measured
-        return reason
-    for load in settings.loads:
-        await measure(load)
+    try:
+        if not settings.loads:
+            measured, reason = await knee_sweep(measure, settings.slo)
+            points[:] = measured
+            return reason
+        for load in settings.loads:
+            await measure(load)
+    except SpendCapReached as exc:
+        return str(exc)
     return "every listed load measured"
 
 
@@ -116,25 +144,30 @@ async def run_bench(settings: BenchSettings) -> dict:
     machine = {"cpus": os.cpu_count(), "load_average_at_start": round(os.getloadavg()[0], 2)}
     in_flight = [int(l.value) for l in settings.loads if l.kind == "concurrency"] if settings.loads else [MAX_SWEEP_CONCURRENCY]
     connections = max(in_flight + [settings.max_in_flight])
-    async with StreamingClient(settings.base_url, settings.api_key, max_connections=connections,
-                               timeout_s=settings.timeout_s) as client:
-        model = await _prepare(client, settings)
-        try:
-            stop = await _measure_all(client, settings, points, lambda: report.write_results(
-                _results(settings, model, points, machine), settings.output))
-        except asyncio.CancelledError:
-            interrupted, stop = True, "interrupted"
-    results = _results(settings, model, points, machine, stop, interrupted)
+    live = LiveLoad(settings.cap)
+    exporter = MetricsServer(LoadCollector(live), settings.metrics_port) if settings.metrics_port else contextlib.nullcontext()
+    with exporter:
+        async with StreamingClient(settings.base_url, settings.api_key, max_connections=connections,
+                                   timeout_s=settings.timeout_s) as client:
+            model = await _prepare(client, settings, live)
+            try:
+                stop = await _measure_all(client, settings, points, lambda: report.write_results(
+                    _results(settings, model, points, machine, live=live), settings.output), live)
+            except asyncio.CancelledError:
+                interrupted, stop = True, "interrupted"
+    results = _results(settings, model, points, machine, stop, interrupted, live)
     results["files"] = {k: str(v) for k, v in report.write(results, settings.output).items()}
     for warning in results["warnings"]:
         log.warning(warning)
     if interrupted:
         raise asyncio.CancelledError
+    if live.capped:
+        raise live.error()
     return results
 
 
 def _results(settings: BenchSettings, model: str | None, points: list[dict], machine: dict,
-             stop: str | None = None, interrupted: bool = False) -> dict:
+             stop: str | None = None, interrupted: bool = False, live: LiveLoad | None = None) -> dict:
     """``results.json``'s content: a finished bench when ``stop`` says why it ended, else one running."""
     finished = stop is not None
     knee = recommend(points, settings.slo) if finished else None
@@ -150,6 +183,7 @@ def _results(settings: BenchSettings, model: str | None, points: list[dict], mac
         "points": sorted(points, key=lambda p: (p["kind"], p["load"])), "recommended": knee,
         "warnings": _warnings(points, knee) if finished else [],
         "client_machine": machine | {"load_average_at_end": round(os.getloadavg()[0], 2)},
+        **({"spend": live.cap.report(live.requests, None)} if live is not None and live.cap is not None else {}),
     }
 
 

@@ -18,7 +18,6 @@ from pathlib import Path
 import structlog
 
 from ..engine.answer_cache import default_location
-from ..engine.spend import parse_price
 from ..distributed import ray_batch
 from ..engine.batch import BatchReport, run_engine_batch
 from ..engine.progress import format_summary
@@ -27,7 +26,8 @@ from ..logs import configure_logging
 from ..engine.batchfile import BatchReader
 from ..engine.estimate import Estimate, format_estimate
 from ..option_types import input_file
-from ..options import AUTO_START, AUTO_WORKERS, DEFAULTS, ENGINE_OPTIONS, apply_config, number, settings_from_args
+from ..options import (AUTO_START, AUTO_WORKERS, DEFAULTS, ENGINE_OPTIONS, add_spend_arguments, apply_config, number,
+                       settings_from_args)
 from ..providers import run_provider_batch
 from ..providers.runner import RunOptions
 from ..runtime import run_async
@@ -79,13 +79,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--stream", action="store_true",
                         help="send every request streamed and record its time to first token and inter-token "
                              "latency in its output line (response.timing); the body stored is the whole answer")
-    parser.add_argument("--max-cost", type=number(float, 0), default=_D["max_cost"], metavar="USD",
-                        help="stop taking records before the spend could pass USD (exit 5; a rerun with a higher cap "
-                             "resumes); 0: no cap")
-    parser.add_argument("--prices", default=None, metavar="FILE",
-                        help="a price table in the shape of configs/prices.yaml, instead of the packaged one")
-    parser.add_argument("--price", type=parse_price, default=None, metavar="IN,OUT",
-                        help="one price for every model, USD per million input and output tokens")
+    add_spend_arguments(parser)
     parser.add_argument("--cache", nargs="?", const=str(default_location()), default=None, metavar="DIR",
                         help="take answers from a cache shared across runs and output files before sending, and "
                              f"store new ones there (DIR, or alone: {default_location()})")

@@ -4,8 +4,9 @@ Exit codes: 0 every request answered; 1 finished, some requests failed (counted
 in ``results.json``); 2 a usage or input error, before anything was sent; 3 the
 endpoint did not answer a first request or refused the key; 4 a local failure: a result
 file could not be written (disk full: the levels written before stay) or an internal
-error. Errors end through ``odie_async.cli``'s one exit-code map; 130/143 interrupted
-(the points measured so far are written).
+error; 5 the spending cap (``--max-cost``) stopped the load (the points measured so
+far are written). Errors end through ``odie_async.cli``'s one exit-code map; 130/143
+interrupted (the points measured so far are written).
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from pathlib import Path
 from ..engine.batch import api_key_from_env
 from ..engine.settings import DEFAULTS
 from ..exceptions import exit_code
+from ..exceptions import SpendCapReached
 from ..option_types import count, duration, number, number_list, output_folder, rate, slo
+from ..options import add_spend_arguments
 from ..logs import configure_logging
 from ..runtime import StopSignals, run_async
 
@@ -51,6 +54,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=number(int, 0), default=0, help="seed of Poisson arrivals")
     parser.add_argument("--output", type=output_folder, default="bench-results",
                         help="folder for results.json, bench.png, recommended.yaml")
+    add_spend_arguments(parser, "requests", after="the levels measured so far are written")
+    parser.add_argument("--metrics-port", type=number(int, 1, True, 65535), default=None, metavar="PORT",
+                        help="serve Prometheus metrics on 127.0.0.1:PORT while the bench runs")
     parser.add_argument("--log-json", action="store_true", help="log JSON lines instead of readable text")
 
 
@@ -66,6 +72,7 @@ def settings_from_args(args, base_url: str):
     from ..bench.run import BenchSettings
     from ..bench.sweep import plan
     from ..bench.workload import from_file, parse_synthetic, synthetic
+    from ..engine.spend import Prices, SpendCap
 
     concurrency = [1] if args.synchronous else args.concurrency
     model = args.model
@@ -78,6 +85,8 @@ def settings_from_args(args, base_url: str):
         api_key=api_key_from_env(args.api_key_env), api_key_env=args.api_key_env, model=model,
         loads=plan(concurrency, args.rate, args.rate_type), slo=args.slo or {}, duration_s=args.duration,
         timeout_s=args.timeout, max_in_flight=args.max_in_flight, seed=args.seed, say=_say,
+        cap=SpendCap(args.max_cost, Prices.load(args.prices, args.price)) if args.max_cost else None,
+        metrics_port=args.metrics_port,
     )
 
 
@@ -104,6 +113,9 @@ def _run(benches: list, output: Path) -> int:
     except (asyncio.CancelledError, KeyboardInterrupt) as exc:
         print(f"odie bench: interrupted; the points measured so far are in {output}", file=sys.stderr)
         return (stopped and stopped[0].exit_code) or exit_code(KeyboardInterrupt() if isinstance(exc, asyncio.CancelledError) else exc)
+    except SpendCapReached as exc:
+        print(f"odie bench: {exc}: {output}", file=sys.stderr)
+        return exit_code(exc)
     for one in results:
         _print_knee(one)
     if len(results) > 1:
@@ -128,6 +140,7 @@ def pool_settings(args, urls: list[str]) -> list:
     for url, name in zip(urls, names):
         one = settings_from_args(args, url)
         one.name, one.output = name, Path(args.output) / name
+        one.cap = benches[0].cap if benches else one.cap  # one cap over the whole pool
         benches.append(one)
     return benches
 

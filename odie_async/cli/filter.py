@@ -12,7 +12,8 @@ scores. Rerunning the same command resumes. The input is never written: a
 a second run on the same ``--kept`` is refused while the first runs, and so is a
 rerun with another gate, scorer or judge (``KEPT.run.json``). Exit codes: 0
 finished, 2 bad input or settings (nothing written), 3 the judge's endpoint
-stopped the run, 130/143 interrupted (rerun to resume).
+stopped the run, 5 the judge's spending cap (``--max-cost``) stopped it (a rerun
+with a higher cap goes on), 130/143 interrupted (rerun to resume).
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ import json
 import sys
 from pathlib import Path
 
-from ..exceptions import ConfigError, InputError, RunAborted, ServeError
+from ..exceptions import ConfigError, InputError, RunAborted, ServeError, SpendCapReached, exit_code
+from ..engine.progress import spend_text
 from ..logs import configure_logging
 from ..option_types import output_file, output_folder
+from ..options import add_spend_arguments, spend_overrides
 from ..quality import Gate, load_gate_config
 from ..quality.records import validate
 from ..quality.runner import check_outputs, filter_file, judge_identity, tally
@@ -48,6 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key-env", default=None,
                         help="with --scorer llm: environment variable holding the judge's API key")
     parser.add_argument("--model", default=None, help="with --scorer llm: the judge's served model name")
+    add_spend_arguments(parser.add_argument_group("with --scorer llm: the judge's spending cap"), "records", default=None)
     parser.add_argument("--report", default=None, type=output_folder, help="folder for report.png (reasons, score histograms) and summary.json")
     parser.add_argument("--label-field", default="expected",
                         help="field holding keep/drop labels, for precision and recall in the report")
@@ -62,6 +66,8 @@ def format_summary(counts: dict, stats, gate: Gate) -> str:
     lines = [f"kept {counts['kept']:,} of {total:,}, dropped {counts['dropped']:,} "
              f"({stats.resumed:,} were already written, {stats.done:,} judged now)"]
     lines += [f"  {count:>6,}  {reason}" for reason, count in counts["reasons"].items()]
+    if stats.spend_report() is not None:
+        lines.append(f"the judge's spend: {spend_text(stats.spend_report())}")
     off = gate.cfg.switched_off()
     lines.append(f"checks off: {', '.join(off)}" if off else "all checks on")
     if stats.interrupted:
@@ -79,8 +85,13 @@ def run(args: argparse.Namespace) -> int:
         if not Path(args.input).is_file():
             raise InputError(args.input, 0, "no such file")
         check_outputs(Path(args.input), Path(args.kept), Path(args.dropped))
+        if args.max_cost and args.scorer != "llm":
+            raise ConfigError(f"--max-cost caps what the LLM judge spends: --scorer {args.scorer} sends no paid request")
         validate(args.input)  # every line checked before a model is loaded or a request sent
         stats = run_async(_filter(args, gate))
+    except SpendCapReached as exc:  # what was judged is written: a rerun with a higher cap goes on
+        print(f"odie filter: {exc}", file=sys.stderr)
+        return exit_code(exc)
     except (RunAborted, ServeError) as exc:  # the judge's endpoint stopped the run: rerun to resume
         print(f"odie filter: stopped by the endpoint: {exc}", file=sys.stderr)
         return 3
@@ -110,5 +121,5 @@ async def _filter(args: argparse.Namespace, gate: Gate):
     from ..pipeline.scorers import external_scope
 
     async with external_scope(args.scorer, args.pipeline_config, Path(args.kept + ".judge.jsonl"),
-                              endpoint) as external:
+                              endpoint, spend_overrides(args)) as external:
         return await judge(external)

@@ -8,8 +8,8 @@ import sys
 from ..api import generate
 from ..logs import configure_logging
 from ..engine.answer_cache import default_location
-from ..engine.spend import parse_price
 from ..option_types import number, output_folder
+from ..options import add_spend_arguments, spend_overrides
 from ..pipeline.run import exit_code, format_summary
 
 
@@ -31,11 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "requests whose content changed, keep the rest, record the change in its history")
     parser.add_argument("--structured", choices=("auto", "on", "off"), default=None,
                         help="override endpoint.structured (JSON-schema outputs)")
-    parser.add_argument("--max-cost", type=number(float, 0, False), default=None, metavar="USD",
-                        help="stop taking requests before the spend could pass USD (exit 5; a rerun with a higher "
-                             "cap resumes)")
-    parser.add_argument("--price", type=parse_price, default=None, metavar="IN,OUT",
-                        help="one price for every model, USD per million input and output tokens")
+    add_spend_arguments(parser, "requests", default=None)
     parser.add_argument("--cache", nargs="?", const=str(default_location()), default=None, metavar="DIR",
                         help="take answers from the shared answer cache before sending (DIR, or alone: the per-user one)")
     parser.add_argument("--metrics-port", type=number(int, 1, True, 65535), default=None, metavar="PORT",
@@ -57,7 +53,6 @@ def run(args: argparse.Namespace) -> int:
     endpoint = {"base_url": args.base_url, "api_key_env": args.api_key_env, "model": args.model}
     summary = generate(args.config, args.output, limit=args.limit, structured=args.structured,
                        progress=not args.no_progress, handle_signals=True, endpoint=endpoint, update=args.update,
-                       engine={"metrics_port": args.metrics_port, "max_cost": args.max_cost,
-                               "price": list(args.price) if args.price else None, "cache": args.cache})
+                       engine={"metrics_port": args.metrics_port, "cache": args.cache, **spend_overrides(args)})
     print(format_summary(summary), file=sys.stdout)
     return exit_code(summary)

@@ -288,8 +288,10 @@ def _report(engine: Engine, stats: RunStats, scan: InputScan, error, stop: _Stop
         summary["cache"] = {"path": str(engine.cache.folder), "hits": stats.cache_hits,
                             "stored": engine.cache.stored, "saved_usd": round(stats.cache_saved_usd, 6),
                             "hits_without_a_price": stats.cache_saved_unpriced}
-    if engine.spend is not None:
-        summary["spend"] = engine.spend.report(stats.succeeded, max(0, scan.records - stats.resumed) or None)
+    spend = engine.spend if engine.spend is not None else stats.meter
+    report = spend.report(stats.succeeded, max(0, scan.records - stats.resumed) or None) if spend else None
+    if report is not None:
+        summary["spend"] = report
     summary.update(output=str(engine.store.output), errors=str(engine.store.errors), ledger=ledger,
                    exit_code=code, stopped_by=signame or (type(error).__name__ if error else None))
     if error is not None:

@@ -97,12 +97,13 @@ class Engine:
         self.settings = settings
         self.store = store or ResultStore(output, errors, keep_bodies=keep_bodies)
         self.stats = stats or RunStats()
-        self.spend = (SpendCap(settings.max_cost, Prices.load(settings.prices_file, settings.price))
-                      if settings.max_cost else None)
+        self.spend = SpendCap.from_settings(settings)
         self._settled = asyncio.Condition()  # a spend reservation was settled
         self.cache = AnswerCache(settings.cache) if settings.cache else None
         self._cache_prices = self.spend.prices if self.spend else None
         self.stats.spend = self.spend  # the progress line shows it
+        if self.spend is None:  # no cap: the spend is still counted, and shown where prices are known
+            self.stats.meter = SpendCap.meter(Prices.load(settings.prices_file, settings.price))
         # A caller may hand in its own transport (tests) or limiter (a cluster-wide budget).
         lanes = build_lanes(settings, self.stats, client, limits)
         self.pool = Pool(lanes, PoolSettings(timeout_ceiling_s=settings.timeout_s, hedge_share=settings.hedge_share,

@@ -104,6 +104,9 @@ class MetricsLog:
             "in_flight": pool.in_flight(), "concurrency_limit": pool.concurrency_limit(),
             "errors": dict(stats.error_codes), "stages": {k: dict(v) for k, v in stats.stages.items()},
         }
+        spend = stats.spend_report()
+        if spend is not None:
+            line["spend"] = spend
         if self.extra is not None:
             line["funnel"] = self.extra()
         if final:

@@ -44,12 +44,24 @@ def render(stats: RunStats, label: str = "batch") -> str:
         flight = f" | in flight {in_flight:,}/{limit:,}"
     line = (f"[{label}] {head} ok {stats.succeeded:,} failed {stats.failed:,}{flight} | {rate:,.0f} req/s "
             f"{tps:,.0f} tok/s | retries {stats.retries:,} 429s {stats.rate_limited:,} | ETA {eta}")
-    if stats.spend is not None:
-        line += f" | ${stats.spend.spent:,.4f} of ${stats.spend.cap:,g}"
+    spend = stats.spend_report()
+    if spend is not None:
+        line += f" | {spend_text(spend)}"
     if stats.stages:
         stages = " ".join(f"{name}:{sum(c.values())}" for name, c in sorted(stats.stages.items()))
         line += f" | {stages}"
     return line
+
+
+def spend_text(spend: dict) -> str:
+    """A spend report (``SpendCap.report``) in words: ``$0.0123 spent, $0.0500 projected, cap $1``."""
+    projected = spend.get("projected_total_usd")
+    text = f"${spend['spent_usd']:,.4f} spent"
+    if projected is not None:
+        text += f", ${projected:,.4f} projected"
+    if spend.get("cap_usd") is not None:
+        text += f", cap ${spend['cap_usd']:,g}"
+    return text + (" (reached)" if spend.get("capped") else "")
 
 
 class ProgressLine:
@@ -120,6 +132,8 @@ def format_summary(summary: dict) -> str:
         for lane in summary.get("endpoints") or ():
             if lane.get("out_of_pool"):
                 lines.append(f"endpoint {lane['endpoint']} left the pool: {lane['out_of_pool']!r}")  # quoted: the endpoint wrote part of it
+    if summary.get("spend"):
+        lines.append(f"spend: {spend_text(summary['spend'])}")
     if summary.get("shutdown"):
         lines.append(interrupt_sentence(summary))
     return "\n".join(lines)

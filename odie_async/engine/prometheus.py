@@ -60,9 +60,10 @@ class EngineCollector:
         tokens.add_metric(["completion"], stats.completion_tokens)
         yield tokens
         yield _counter("odie_cache_hits", "records answered from the shared answer cache", stats.cache_hits)
-        if stats.spend is not None:
+        spend = stats.spend if stats.spend is not None else stats.meter
+        if spend is not None and stats.spend_report() is not None:
             yield GaugeMetricFamily("odie_spend_usd", "money spent so far (answered usage at the run's prices)",
-                                    value=stats.spend.spent)
+                                    value=spend.spent)
         yield from self._lanes()
 
     def _lanes(self):
@@ -91,11 +92,14 @@ def _labelled(name: str, documentation: str, label: str, counts) -> CounterMetri
 
 
 class MetricsServer:
-    """``/metrics`` in Prometheus text format on ``host:port`` while the run lasts (a context manager)."""
+    """``/metrics`` in Prometheus text format on ``host:port`` while the run lasts (a context manager).
 
-    def __init__(self, engine, port: int, host: str = "127.0.0.1") -> None:
+    ``source`` is an ``Engine`` (read by ``EngineCollector``) or any collector with ``collect()``
+    (``odie bench`` serves its load's figures through one)."""
+
+    def __init__(self, source, port: int, host: str = "127.0.0.1") -> None:
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(EngineCollector(engine))
+        self.registry.register(source if hasattr(source, "collect") else EngineCollector(source))
         self.port, self.host, self._server = port, host, None
 
     def __enter__(self) -> "MetricsServer":

@@ -8,7 +8,8 @@ A request whose worst case no longer fits is not sent: intake stops, what is in 
 worst case was reserved, so it fits), and the run ends with ``EXIT_SPEND_CAP``. A rerun with a higher
 cap resumes. A request that fits only once the requests in flight have settled waits for them, so a
 run stops within one request's worst case of the cap. A model with no known price refuses a cap:
-spend is never counted as zero.
+spend is never counted as zero. A run without a cap still counts its spend (``SpendCap.meter``),
+shown while every answer's model has a price.
 """
 
 from __future__ import annotations
@@ -81,6 +82,32 @@ class SpendCap:
         self.cap, self.prices = cap_usd, prices
         self.spent = self.reserved = 0.0
         self.capped = False
+        self.unpriced: set[str] = set()  # a meter's models without a price: its spend is unknown
+        self.counted = 0  # a meter's answers counted at a known price
+
+    @classmethod
+    def meter(cls, prices: Prices) -> "SpendCap":
+        """No cap, only the count: what a run without ``--max-cost`` spent, reported while every
+        answer's model has a price (``count``)."""
+        meter = cls(1.0, prices)
+        meter.cap = None
+        return meter
+
+    def count(self, model: str | None, usage) -> None:
+        """A meter's count of one answer of ``model``; a model without a price makes the spend unknown."""
+        rates = self.prices.rates(model)
+        if rates is None:
+            self.unpriced.add(str(model))
+        else:
+            self.bill(Charge(0.0, *rates), usage)
+            self.counted += 1
+
+    @classmethod
+    def from_settings(cls, settings, mode: str = "online") -> "SpendCap | None":
+        """The cap of ``settings`` (``max_cost``, ``prices_file``, ``price``) at ``mode`` prices; None without one."""
+        if not settings.max_cost:
+            return None
+        return cls(settings.max_cost, Prices.load(settings.prices_file, settings.price, mode))
 
     def require_prices(self, models) -> None:
         """Refuse the cap when a model the run will ask has no known price."""
@@ -104,16 +131,32 @@ class SpendCap:
         self.reserved += charge.worst
         return True
 
-    def settle(self, charge: Charge, usage) -> float:
-        """Release the reservation and count what the answer cost (0 for an answer without usage)."""
+    def hold(self, charge: Charge) -> None:
+        """Reserve ``charge`` whether or not it fits: what was sent before this run (a provider's batch
+        still running) will be billed anyway."""
+        self.reserved += charge.worst
+
+    def release(self, charge: Charge) -> None:
+        """Give back the reservation of ``charge`` (its answers are counted with ``bill``)."""
         self.reserved = max(0.0, self.reserved - charge.worst)
+
+    def bill(self, charge: Charge, usage) -> float:
+        """Count what one answer cost at ``charge``'s rates (0 for an answer without usage)."""
         prompt, completion = usage_tokens(usage)
         cost = (prompt * charge.rate_in + completion * charge.rate_out) / 1e6
         self.spent += cost
         return cost
 
-    def report(self, done: int, total: int | None) -> dict:
-        """Spend so far, the cap, and the total projected from the records done (None before any)."""
+    def settle(self, charge: Charge, usage) -> float:
+        """Release the reservation and count what the answer cost (0 for an answer without usage)."""
+        self.release(charge)
+        return self.bill(charge, usage)
+
+    def report(self, done: int, total: int | None) -> dict | None:
+        """Spend so far, the cap (None for a meter), and the total projected from the records done (None
+        before any); None for a meter that met a model without a price."""
+        if self.cap is None and (self.unpriced or not self.counted):
+            return None
         projected = self.spent * total / done if done and total else None
         return {"cap_usd": self.cap, "spent_usd": round(self.spent, 6), "capped": self.capped,
                 "projected_total_usd": None if projected is None else round(projected, 4),

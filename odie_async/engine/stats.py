@@ -183,6 +183,7 @@ class RunStats:
         # (requests in flight, current concurrency limit), set by the engine that runs
         self.gauges: Callable[[], tuple[int, int]] | None = None
         self.spend = None  # a SpendCap, when the run has one (the progress line shows its spend)
+        self.meter = None  # without a cap: a SpendCap.meter that counts what each answer cost
         self.cache_hits = self.cache_saved_unpriced = 0
         self.cache_saved_usd = 0.0
         self.stages: dict[str, Counter[str]] = defaultdict(Counter)
@@ -217,6 +218,14 @@ class RunStats:
         """Seconds since the run started."""
         return time.monotonic() - self.started
 
+    def spend_report(self) -> dict | None:
+        """The spending cap's (or meter's) report, its total projected from the records this run answered
+        over those it set out to answer (None without either, or when a model has no price)."""
+        spend = self.spend if self.spend is not None else self.meter
+        if spend is None:
+            return None
+        return spend.report(self.succeeded, max(0, (self.total or 0) - self.resumed - self.invalid))
+
     def record_success(self, custom_id: str, body: dict, timing: dict | None = None) -> None:
         """Count one record answered successfully (``timing``: a streamed request's, in ms); its
         latency was counted by its lane."""
@@ -229,6 +238,8 @@ class RunStats:
         prompt, completion = usage_tokens(body.get("usage"))
         self.prompt_tokens += prompt
         self.completion_tokens += completion
+        if self.meter is not None:
+            self.meter.count(body.get("model"), body.get("usage"))
         if ":" in custom_id:
             self.stages[stage_of(custom_id)]["succeeded"] += 1
 

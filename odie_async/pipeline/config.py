@@ -194,6 +194,14 @@ def load_config(path: str | Path | None = None, limit: int | None = None) -> Pip
     return config.with_records(limit) if limit is not None else config
 
 
+def override_engine(config, engine: dict | None) -> None:
+    """Set the ``engine`` section's keys given apart from the file (``--max-cost``, ``--price``,
+    ``--metrics-port``...), validated as the section is; a None value keeps the file's."""
+    overrides = {key: value for key, value in (engine or {}).items() if value is not None}
+    if overrides:
+        config.engine = type(config.engine).model_validate(config.engine.model_dump() | overrides)
+
+
 def override_endpoint(config, endpoint: dict | None) -> None:
     """Set the ``endpoint`` section's keys given apart from the file (``--base-url``, ``--api-key-env``,
     ``--model``); a None value keeps the file's."""

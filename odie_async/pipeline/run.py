@@ -23,6 +23,7 @@ from ..endpoints.resolve import MOCK, Endpoint, resolve_endpoint
 from ..engine.prometheus import MetricsServer
 from ..engine.core import Engine, EngineSettings
 from ..engine.lockfile import held
+from ..engine.progress import spend_text
 from ..engine.settings import build_settings
 from ..exceptions import OdieError
 from ..runtime import StopSignals
@@ -140,7 +141,7 @@ async def _generate(config: PipelineConfig, out: Path, show_progress: bool, hand
 def _summary(config, endpoint, ctx: Context, flow: Flow, engine: Engine, files, why, interrupted, error, wall) -> dict:
     stages = registry.active(flow.variants, judge=scorer_kind(config) == "llm")
     modes = {stage: ctx.mode(stage) for stage in stages}
-    return {
+    summary = {
         "config": config.source,
         "endpoint": endpoint.base_url,
         "model": endpoint.model,
@@ -159,6 +160,13 @@ def _summary(config, endpoint, ctx: Context, flow: Flow, engine: Engine, files, 
         "engine": engine.stats.as_dict() | {"shutdown": engine.shutdown_report if interrupted else None},
         "wall_time_s": round(wall, 2),
     }
+    spend = engine.spend if engine.spend is not None else engine.stats.meter
+    # projected over records (each with a fate in every variant), not requests: a record takes several
+    done = len(flow.outcomes) // max(1, len(flow.variants))
+    report = spend.report(done, flow.n_fixed + flow.n_open) if spend is not None else None
+    if report is not None:
+        summary["spend"] = report
+    return summary
 
 
 def ledger(flow: Flow, ctx: Context) -> dict:
@@ -194,6 +202,8 @@ def format_summary(summary: dict) -> str:
     lines += verify_words(summary)
     lines.append(f"files: {', '.join(summary['files'].values())}")
     lines += plain_words(summary)  # last: what to do when the gate kept little
+    if summary.get("spend"):
+        lines.append(f"spend: {spend_text(summary['spend'])}")
     if summary["interrupted"]:
         lines.append("interrupted: run the same command again to resume")
     return "\n".join(lines)

@@ -32,7 +32,7 @@ from ..runtime import offline_hf
 from ..quality import Gate, Verdict
 from ..quality.gate import Prepared
 from . import schemas
-from .config import PipelineConfig, load_config, override_endpoint
+from .config import PipelineConfig, load_config, override_endpoint, override_engine
 from .context import Context, Dropped, system, user
 from .parsers import ParseError, parse_scores
 from .prompts import FIXED, OPEN
@@ -247,16 +247,19 @@ async def _judge_one(judge: LLMJudge, ctx: Context, prepared: Prepared) -> dict 
 
 
 @contextlib.asynccontextmanager
-async def external_scope(kind: str, config_path: str | None, checkpoint: Path, endpoint: dict | None = None):
+async def external_scope(kind: str, config_path: str | None, checkpoint: Path, endpoint: dict | None = None,
+                         engine_keys: dict | None = None):
     """``odie filter``'s other scorers: yields ``score(prepared) -> scores per record`` for ``llm`` or ``unieval``.
 
     The LLM judge talks to the endpoint of the generate config (the embedded model
     without one) through the engine, whose checkpoint is ``checkpoint``: a rerun
     asks nothing twice. UniEval reads ``scorer.unieval_dir`` of that config. ``endpoint``
-    overrides the config's endpoint section (``override_endpoint``).
+    overrides the config's endpoint section (``override_endpoint``), ``engine_keys`` its engine section
+    (a spending cap among them: a judge's model without a price is refused before anything is sent).
     """
     config = load_config(config_path)
     override_endpoint(config, endpoint)
+    override_engine(config, engine_keys)
     config.scorer.kind = kind
     judge = make_judge(config)
     if isinstance(judge, UniEvalScorer):
@@ -277,10 +280,13 @@ async def external_scope(kind: str, config_path: str | None, checkpoint: Path, e
     async with endpoint_scope(config, prompts) as endpoint:
         errors = checkpoint.with_name(checkpoint.stem + ".errors.jsonl")
         async with Engine(engine_settings(config, endpoint), checkpoint, errors, keep_bodies=True) as engine:
+            if engine.spend is not None:
+                engine.spend.require_prices([endpoint.model])
             structured, _why = await resolve_structured(engine, config, endpoint.model)
             ctx = Context(config, prompts, [], engine, endpoint.model, structured)
 
             async def score_llm(prepared: list[Prepared]) -> list[dict | None]:
                 return list(await asyncio.gather(*(_judge_one(judge, ctx, p) for p in prepared)))
 
+            score_llm.spend = engine.spend or engine.stats.meter  # the filter's progress line shows what the judge spent
             yield score_llm

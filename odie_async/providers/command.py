@@ -17,7 +17,8 @@ from collections import Counter
 from pathlib import Path
 
 from ..engine.client import clean_api_key, redact
-from ..engine.progress import ProgressLine, format_eta, write_summary
+from ..engine.progress import ProgressLine, format_eta, spend_text, write_summary
+from ..engine.spend import Prices, SpendCap
 from ..engine.stats import RunStats
 from ..exceptions import ConfigError, EndpointStopped, EngineCrashed, OdieError, RequestError
 from ..runtime import StopSignals, run_async
@@ -80,6 +81,15 @@ def snapshot(run: ProviderBatchRun) -> dict:
             "elapsed": time.monotonic() - run.started}
 
 
+def spend_report(run: ProviderBatchRun) -> dict | None:
+    """The cap, the spend so far at batch prices and the total projected from the records answered
+    (None without a cap when a model has no price)."""
+    spend = run.spend.cap if run.spend is not None else run.meter
+    if spend is None:
+        return None
+    return spend.report(run.counts["batch_ok"] + run.counts["online_ok"], run.planned or None)
+
+
 def run_summary(run: ProviderBatchRun) -> dict:
     """Counts, tokens, and every batch with its id, state and outcome."""
     batches = [{"chunk": c.chunk.key, "batch_id": c.batch_id, "status": c.status, "records": c.chunk.count,
@@ -89,7 +99,8 @@ def run_summary(run: ProviderBatchRun) -> dict:
             "unfinished": len(run.wanted),
             "errors_file_lines": _line_count(run.store.errors),
             "wall_time_s": round(time.monotonic() - run.started, 2),
-            "output": str(run.store.output), "errors": str(run.store.errors)}
+            "output": str(run.store.output), "errors": str(run.store.errors),
+            **({"spend": spend_report(run)} if spend_report(run) is not None else {})}
 
 
 def _line_count(path: Path) -> int:
@@ -114,7 +125,9 @@ class BatchProgress(ProgressLine):
         share = f" ({100.0 * done / total:.1f}%)" if total else ""
         rate = done / elapsed if elapsed > 0 else 0
         eta = format_eta((total - done) / rate if rate > 0 else None)
-        return f"[{self.label}] batches: {phases or 'none'} | records {done:,}/{total:,}{share} | ETA {eta}"
+        line = f"[{self.label}] batches: {phases or 'none'} | records {done:,}/{total:,}{share} | ETA {eta}"
+        spend = spend_report(self.run)
+        return line + f" | {spend_text(spend)}" if spend else line
 
 
 def format_summary(summary: dict) -> str:
@@ -133,6 +146,8 @@ def format_summary(summary: dict) -> str:
         f"(batch tokens bill at half the online price)",
         f"errors file: {summary['errors_file_lines']:,} lines; wall time {summary['wall_time_s']} s",
     ]
+    if summary.get("spend"):
+        lines.append(f"spend: {spend_text(summary['spend'])}")
     return "\n".join(lines)
 
 
@@ -167,7 +182,9 @@ def run_provider_batch(args) -> int:
             from ..options import settings_from_args
 
             online = settings_from_args(args, args.online_base_url or provider.base_url, key)
-        run = ProviderBatchRun(options, provider, online)
+        prices = Prices.load(args.prices, args.price, "batch")
+        cap = SpendCap(args.max_cost, prices) if args.max_cost else SpendCap.meter(prices)
+        run = ProviderBatchRun(options, provider, online, cap)
         summary = run_async(_with_signals(_main(args, run, run_id)))
     except _Interrupted as exc:
         print("odie batch: interrupted; the provider keeps the batches: rerun the same command to collect "
@@ -176,6 +193,8 @@ def run_provider_batch(args) -> int:
     except Exception as exc:  # every way a run ends is an OdieError for cli.exit_code, the key never shown
         raise stopped(exc, key) from None
     print(format_summary(summary))
+    if run.cap_error() is not None:
+        raise stopped(run.cap_error(), key)
     return 1 if summary["errors_file_lines"] or summary["unfinished"] else 0
 
 

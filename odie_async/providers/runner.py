@@ -22,6 +22,7 @@ still wants, once, into one file, with its request digest.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import os
 import time
@@ -34,10 +35,12 @@ import structlog
 from ..engine.checkpoint import Result, ResultStore
 from ..engine.core import Engine, EngineSettings
 from ..engine.settings import DEFAULTS
-from ..exceptions import ConfigError, RequestError
+from ..engine.spend import SpendCap
+from ..exceptions import ConfigError, RequestError, SpendCapReached
 from .base import BatchProvider, BatchStatus
 from .chunks import line_digest, plan, resubmission, scan_input
 from .journal import ChunkState, Journal, crashpoint
+from .spend import ChunkSpend
 
 log = structlog.get_logger(__name__)
 
@@ -76,8 +79,13 @@ def journal_paths(output: str | Path) -> tuple[Path, Path]:
 class ProviderBatchRun:
     """Drives one run's chunks through a provider until every record is settled."""
 
-    def __init__(self, options: RunOptions, provider: BatchProvider, online: EngineSettings | None) -> None:
+    def __init__(self, options: RunOptions, provider: BatchProvider, online: EngineSettings | None,
+                 spend: SpendCap | None = None) -> None:
         self.opt = options
+        capping = spend is not None and spend.cap is not None
+        self.spend = ChunkSpend(spend) if capping else None  # at batch prices
+        self.meter = spend if not capping else None  # without a cap: SpendCap.meter, counting only
+        self.planned = 0  # records this run set out to answer (the projection's total)
         self.provider = provider
         self.online_settings = online
         self.store = ResultStore(options.output, options.errors)
@@ -122,6 +130,9 @@ class ProviderBatchRun:
         if todo and not self.opt.cancel:
             made = plan(self.opt.input, self.journal, limits, todo, self.opt.model, self.opt.skip_invalid)
             log.info("planned", records=len(todo), chunks=made)
+        self.planned = len(self.wanted)
+        if self.spend is not None:
+            self._hold_submitted()
         return self.journal.state.run_id
 
     def _check_changed(self, changed: list[str], first: str) -> None:
@@ -191,20 +202,25 @@ class ProviderBatchRun:
     def _live(self) -> list[ChunkState]:
         return [c for c in self.chunks if not c.settled and not c.dropped and c.cancel_reason != "replaced"]
 
+    def _waiting(self) -> list[ChunkState]:
+        """The live chunks the run waits on: once the spending cap is reached, not those never submitted."""
+        capped = self.spend is not None and self.spend.cap.capped
+        return [c for c in self._live() if not (capped and not c.submitted and c.cancel_reason is None)]
+
     async def execute(self) -> None:
         """Submit, poll and collect until every chunk is settled; then the online rest."""
         if self.opt.cancel:
             await self.stop_batches("user")
         interval = self.opt.poll_interval_s
         await self._submit_all()
-        while pending := self._live():
+        while pending := self._waiting():
             if self._deadline_near() and not self.switched:
                 await self.stop_batches("deadline")
             if await self._submit_all():
                 interval = self.opt.poll_interval_s
             for c in pending:
                 await self._advance(c)
-            if self._live():
+            if self._waiting():
                 await asyncio.sleep(min(interval, self._until_switch()))
                 interval = min(self.opt.poll_max_s, interval * 1.5)
         await self._retire()
@@ -214,7 +230,10 @@ class ProviderBatchRun:
 
     async def _submit_all(self) -> bool:
         """Submit every live chunk not submitted yet, then retire what no chunk wants; whether any was."""
+        if self.spend is not None:
+            self.spend.release_settled(self.chunks)
         fresh = [c for c in self._live() if not c.submitted and c.cancel_reason is None]
+        fresh = [c for c in fresh if self.spend is None or self.spend.admit(c, self._pending(c))]
         for c in fresh:
             await self.submit(c)
         await self._retire()
@@ -285,6 +304,19 @@ class ProviderBatchRun:
             return
         self._fail_records(c, leftover, {"code": "batch_unavailable", "message": why})
         self.journal.write("settled", key=c.chunk.key, outcome="errors")
+
+    # -- the spending cap ----------------------------------------------------------------------
+
+    def _hold_submitted(self) -> None:
+        """Refuse a cap on a model without a price; reserve the worst case of batches sent before this run."""
+        self.spend.cap.require_prices({c.chunk.model for c in self._live()})
+        for c in self._live():
+            if c.submitted:
+                self.spend.hold(c, self._pending(c))
+
+    def cap_error(self) -> SpendCapReached | None:
+        """Why records were left unsubmitted, when the spending cap stopped them."""
+        return self.spend.error(len(self.wanted)) if self.spend is not None else None
 
     # -- submitting exactly once ------------------------------------------------------------
 
@@ -375,9 +407,9 @@ class ProviderBatchRun:
             if self._accept(c, custom_id):
                 block.append(result)
             if len(block) >= WRITE_BLOCK:
-                self._write(block)
+                self._write(block, c)
                 block = []
-        self._write(block)
+        self._write(block, c)
         return True
 
     def _accept(self, c: ChunkState, custom_id: str) -> bool:
@@ -414,7 +446,7 @@ class ProviderBatchRun:
         self._fail_records(c, leftover, {"code": code, "message": message})
         return "errors"
 
-    def _write(self, block: list[Result]) -> None:
+    def _write(self, block: list[Result], c: ChunkState | None = None) -> None:
         if not block:
             return
         crashpoint("write")
@@ -426,6 +458,10 @@ class ProviderBatchRun:
             usage = usage if isinstance(usage, dict) else {}
             self.tokens["prompt"] += usage.get("prompt_tokens") if type(usage.get("prompt_tokens")) is int else 0
             self.tokens["completion"] += usage.get("completion_tokens") if type(usage.get("completion_tokens")) is int else 0
+            if c is not None and self.spend is not None:
+                self.spend.bill(c, usage)
+            elif c is not None and self.meter is not None:
+                self.meter.count(c.chunk.model, usage)
         self.counts["batch_ok"] += verdict.ok
         self.counts["batch_failed"] += verdict.failed
 
@@ -486,7 +522,11 @@ class ProviderBatchRun:
             return
         if self.online_settings is None:
             raise RuntimeError("a deadline run needs online settings")
-        engine = Engine(self.online_settings, self.store.output, self.store.errors, keep_bodies=False)
+        settings = self.online_settings
+        cap = self.spend.cap if self.spend is not None else None
+        if cap is not None:  # the online rest spends what the batches left of the cap, at online prices
+            settings = dataclasses.replace(settings, max_cost=max(cap.cap - cap.spent, 1e-9))
+        engine = Engine(settings, self.store.output, self.store.errors, keep_bodies=False)
         async with engine:
             for c in chunks:
                 for line in self._pending(c):
@@ -498,6 +538,9 @@ class ProviderBatchRun:
         self.counts["online_failed"] += engine.stats.failed
         self.tokens["prompt"] += engine.stats.prompt_tokens
         self.tokens["completion"] += engine.stats.completion_tokens
+        if cap is not None and engine.spend is not None:
+            cap.spent += engine.spend.spent
+            cap.capped = cap.capped or engine.spend.capped
 
     def close(self) -> None:
         """Close the files (idempotent)."""

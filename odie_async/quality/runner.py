@@ -30,7 +30,7 @@ import orjson
 from .. import __version__
 from ..engine.checkpoint import ResultStore, write_all
 from ..engine.lockfile import held
-from ..engine.progress import ProgressLine, format_eta
+from ..engine.progress import ProgressLine, format_eta, spend_text
 from ..pipeline.fingerprint import keep_one
 from ..runtime import StopSignals
 from .gate import Gate, Prepared, Verdict
@@ -55,11 +55,16 @@ class FilterStats:
     started: float = field(default_factory=time.monotonic)
     interrupted: str | None = None
     exit_code: int | None = None  # the shell's code for the signal that stopped the run (130, 143)
+    spend: object | None = None  # the judge's SpendCap (under --max-cost) or its meter
 
     @property
     def done(self) -> int:
         """Records judged in this run."""
         return self.kept + self.dropped
+
+    def spend_report(self) -> dict | None:
+        """The judge's spend, its total projected from the records judged over those to judge (None when unknown)."""
+        return self.spend.report(self.done, self.total - self.resumed) if self.spend is not None else None
 
 
 class FilterProgress(ProgressLine):
@@ -75,8 +80,10 @@ class FilterProgress(ProgressLine):
         left = max(0, s.total - s.resumed - s.done)
         finished = s.resumed + s.done
         share = 100.0 * finished / s.total if s.total else 100.0
-        return (f"[filter] {finished:,}/{s.total:,} ({share:.1f}%) kept {s.kept:,} dropped {s.dropped:,} "
+        line = (f"[filter] {finished:,}/{s.total:,} ({share:.1f}%) kept {s.kept:,} dropped {s.dropped:,} "
                 f"| {rate:,.1f} rec/s | ETA {format_eta(left / rate) if rate > 0 else format_eta(None)}")
+        spend = s.spend_report()
+        return line + f" | {spend_text(spend)}" if spend is not None else line
 
 
 def kept_line(record: dict, line_no: int, verdict: Verdict) -> dict:
@@ -173,7 +180,7 @@ async def filter_file(source: str | Path, kept: str | Path, dropped: str | Path,
     with claim(kept):
         keep_one(kept.with_name(kept.name + ".run.json"), filter_fingerprint(gate, judge),
                  "name new --kept and --dropped files for this gate")
-        stats = FilterStats(total=total)
+        stats = FilterStats(total=total, spend=getattr(external, "spend", None))
         return await _filter_locked(source, kept, dropped, gate, external, batch_size, progress, handle_signals,
                                     stats)
 

@@ -146,7 +146,15 @@ function liveStat(run) {
   box.append(h("b", { text: `${last.done}${total}` }), ` done · ${last.failed} failed · `,
     h("span", { class: "rate", text: `${Charts.fmt(shown)} req/s` }), finished ? " over the run" : ` over ${WINDOW_S} s`,
     h("div", { text: eta === null ? "" : `ETA ${Math.floor(eta / 60)}m${String(Math.round(eta % 60)).padStart(2, "0")}s` }));
+  if (last.spend) box.append(h("div", { class: "spend", text: spendText(last.spend) }));
   return box;
+}
+
+// Spend so far and the total projected from the records done, beside the cap (numbers only: set as text).
+function spendText(spend) {
+  const usd = (v) => `$${Number(v).toFixed(4)}`;
+  const projected = spend.projected_total_usd === null || spend.projected_total_usd === undefined ? "" : ` · ${usd(spend.projected_total_usd)} projected`;
+  return `${usd(spend.spent_usd)} spent${projected} · cap $${Number(spend.cap_usd)}${spend.capped ? " (reached)" : ""}`;
 }
 
 async function pollLive() {
