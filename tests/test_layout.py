@@ -100,8 +100,9 @@ def signal_handlers(root: Path) -> list[str]:
 
 
 def exits_and_argparse(root: Path) -> list[str]:
-    """``sys.exit(``, argparse or an option declared (``add_argument``) outside the command line."""
-    edge = ("cli/", "__main__.py")
+    """``sys.exit(``, argparse or an option declared (``add_argument``) outside the command line
+    (``cli/``, and ``options.py``: the option types and declarations every command shares)."""
+    edge = ("cli/", "__main__.py", "options.py")
     return (_calls(root, "sys.exit(", edge) + _calls(root, "import argparse", edge) + _calls(root, "argparse.", edge)
             + _calls(root, ".add_argument(", edge) + _calls(root, ".add_argument_group(", edge))
 
