@@ -44,9 +44,9 @@ class IdTable:
     def _allocate(self, expected: int) -> None:
         self._cap = int(max(expected, 8) / MAX_LOAD) | 1  # odd: the ids' low bits are all zero
         self._limit = max(expected, int(self._cap * MAX_LOAD))  # below the capacity: a probe always ends
-        self._slots = array("q", bytes(8 * self._cap))
+        self._slots = array("q", [0]) * self._cap
         if self._values is not None:
-            self._values = array("q", bytes(8 * self._cap))
+            self._values = array("q", [0]) * self._cap
 
     def __len__(self) -> int:
         return self._count
@@ -106,7 +106,7 @@ class IdTable:
         if self._values is None:
             if not value:
                 return
-            self._values = array("q", bytes(8 * self._cap))
+            self._values = array("q", [0]) * self._cap
         self._values[self._index(key)] = value
 
     def reserve(self, more: int) -> None:
