@@ -213,7 +213,9 @@ async def _prepare(input, engine: Engine, model, skip_invalid: bool, resend_chan
 
 async def _run(engine: Engine, input, model, skip_invalid, scan: InputScan, stop: _Stop, progress: bool,
                log_json: bool, select: Select | None = None) -> None:
-    reader = BatchReader(input, skip_invalid) if isinstance(input, (str, Path)) else RecordReader(input, skip_invalid)
+    ids = engine.store.share_ids(scan.lines)  # one table: the reader's duplicate check and the done ids
+    reader = BatchReader(input, skip_invalid, ids=ids) if isinstance(input, (str, Path)) \
+        else RecordReader(input, skip_invalid, ids=ids)
     resend = set(scan.changed)
     engine.store.resend(resend)
     engine.stats.restart_clock()  # rates count from the first request; the scan is timed apart

@@ -1,8 +1,9 @@
 """Reading OpenAI Batch API input files, one line at a time, with exact error locations.
 
 Each line is ``{"custom_id", "method", "url", "body"}``. The reader streams:
-it never holds the file, only a map from id hashes to line numbers, which is
-what finding a duplicate ``custom_id`` (and naming both lines) needs.
+it never holds the file, only the ids read so far in an ``IdTable`` (about 10
+bytes an id), which is what finding a duplicate ``custom_id`` needs; the first
+line of a duplicate is looked up in the file again when one is found.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Iterable, Iterator
 import orjson
 import structlog
 
+from .idtable import READ, IdTable, id_of
 from .routes import SUPPORTED_URLS
 from ..exceptions import DuplicateIdError, InputError
 
@@ -88,18 +90,25 @@ class BatchReader:
     """Iterates the valid lines of an input file, finding duplicates as it goes.
 
     With ``skip_invalid`` a bad line is logged and counted in ``invalid``
-    instead of raised; a duplicate id is always an error.
+    instead of raised; a duplicate id is always an error. ``ids`` is the table
+    the ids read are marked in (``ResultStore.share_ids``: one table for the
+    store and the reader); without it the reader keeps its own, sized from the
+    file's line count.
     """
 
-    def __init__(self, path: str | Path, skip_invalid: bool = False, stop: threading.Event | None = None) -> None:
+    def __init__(self, path: str | Path, skip_invalid: bool = False, stop: threading.Event | None = None,
+                 ids: IdTable | None = None) -> None:
         self.path = str(path)
         self.skip_invalid = skip_invalid
         self.invalid = 0
         self.stopped = False
         self._stop = stop
-        self._seen: set[int] = set()
+        self._own = ids is None
+        self._ids = IdTable() if ids is None else ids
 
     def __iter__(self) -> Iterator[BatchLine]:
+        if self._own and not len(self._ids):
+            self._ids.reserve(max(0, count_lines(self.path, self._stop)))  # one allocation, never doubled
         with open(self.path, "rb") as handle:
             for line_no, raw in enumerate(handle, 1):
                 if line_no == 1 and raw.startswith(codecs.BOM_UTF8):
@@ -126,9 +135,7 @@ class BatchReader:
             return None
 
     def _check_unique(self, line: BatchLine) -> None:
-        key = hash(line.custom_id)
-        if key not in self._seen:
-            self._seen.add(key)
+        if not self._ids.update(id_of(line.custom_id), READ) & READ:
             return
         first = self._first_line_of(line.custom_id, line.line_no)
         if first is not None:
@@ -151,8 +158,9 @@ class BatchReader:
 class RecordReader(BatchReader):
     """Iterates records given as Python dicts (a library caller's input), checked like file lines."""
 
-    def __init__(self, records: Iterable[dict], skip_invalid: bool = False, label: str = "<records>") -> None:
-        super().__init__(label, skip_invalid)
+    def __init__(self, records: Iterable[dict], skip_invalid: bool = False, label: str = "<records>",
+                 ids: IdTable | None = None) -> None:
+        super().__init__(label, skip_invalid, ids=ids)
         self._records = records
 
     def __iter__(self) -> Iterator[BatchLine]:
@@ -160,7 +168,6 @@ class RecordReader(BatchReader):
             line = self._valid(check_record, line_no, record)
             if line is None:
                 continue
-            if hash(line.custom_id) in self._seen:
+            if self._ids.update(id_of(line.custom_id), READ) & READ:
                 raise InputError(self.path, line_no, f"duplicate custom_id {line.custom_id!r}")
-            self._seen.add(hash(line.custom_id))
             yield line

@@ -27,6 +27,8 @@ import structlog
 from ..exceptions import ConfigError, InputError, OutputError
 from . import compaction
 from .compaction import iter_records, repair_tail  # noqa: F401  (re-exported: the result files' readers)
+from .batchfile import count_lines
+from .idtable import DONE, FAILED, IdTable, id_of
 from .lockfile import LockBusy, take_lock
 from .routes import answer_text
 
@@ -114,8 +116,9 @@ class ResultStore:
     """The output and errors files of one run, and the records already done.
 
     ``keep_bodies=True`` keeps every stored result in memory so callers can be
-    answered from the checkpoint (the pipeline); otherwise only hashes of the
-    done ids and of their request digests are kept.
+    answered from the checkpoint (the pipeline); otherwise only the done ids
+    are kept, in an ``IdTable`` (about 10 bytes an id), with the hash of the
+    request digest of each id done before this run.
 
     ``open`` takes an exclusive lock on the real file: ``REAL.lock`` beside the
     output with every symlink resolved (holding the PID), and a ``flock`` on the
@@ -141,8 +144,9 @@ class ResultStore:
         self.resumed_failed = 0
         self.undigested = 0
         self.write = write_all  # the one place bytes reach a file; tests inject faults here
-        self._done: dict[int, int] = {}
-        self._failed: set[int] = set()
+        self._table = IdTable()  # DONE / FAILED flags; the input reader's flag too once it is shared
+        self._done_count = 0
+        self._shared = False
         self._results: dict[str, Result] = {}
         self._fds: dict[str, int] = {}
         self._sizes: dict[str, int] = {}
@@ -237,8 +241,7 @@ class ResultStore:
         self.sync()
         self._close_fds()
         counts = compaction.fold_shards(self.real(self.output), self.real(self.errors), repair=repair_tail)
-        self._done.clear()
-        self._failed.clear()
+        self._table, self._done_count, self._shared = IdTable(), 0, False
         self.resumed_ok = self._scan(self.output, failed=False)
         self.resumed_failed = self._scan(self.errors, failed=True)
         return counts
@@ -272,35 +275,50 @@ class ResultStore:
     def _scan(self, path: Path, failed: bool) -> int:
         if not path.exists():
             return 0
-        count = 0
+        count, ids = 0, self._table
+        ids.reserve(max(0, count_lines(path, self._stop)))  # grown once, not doubled along the way
         for line_no, record in iter_records(path):
             if self._stop is not None and not line_no & 4095 and self._stop.is_set():
                 return count
-            key = hash(record["custom_id"])
+            key = id_of(record["custom_id"])
             digest = record.get("request_digest")
-            self._done[key] = hash(digest) if digest else 0
+            before = ids.update(key, DONE | FAILED, 0) if failed else ids.update(key, DONE, FAILED)
+            self._done_count += not before & DONE
+            ids.set_value(key, hash(digest) if digest else 0)
             self.undigested += not digest
-            if failed:
-                self._failed.add(key)
-            else:
-                self._failed.discard(key)
             if self.keep_bodies:
                 self._results[record["custom_id"]] = Result.from_record(record)
             count += 1
         return count
 
     def done(self, custom_id: str) -> bool:
-        """Whether ``custom_id`` has a line in the output or errors file (from before, or accepted since)."""
-        return hash(custom_id) in self._done
+        """Whether ``custom_id`` has a line in the output or errors file (from before, or accepted since).
+
+        Once ``share_ids`` was called, the ids accepted since are not added:
+        the reader sharing the table lets no id through twice.
+        """
+        return bool(self._done_count) and bool(self._table.flags(id_of(custom_id)) & DONE)
 
     def failed_before(self, custom_id: str) -> bool:
         """Whether ``custom_id``'s stored line is in the errors file."""
-        return hash(custom_id) in self._failed
+        return bool(self._table.flags(id_of(custom_id)) & FAILED)
 
     def changed(self, custom_id: str, digest: str) -> bool:
-        """Whether a done record was asked differently (False when its line has no digest)."""
-        stored = self._done.get(hash(custom_id))
+        """Whether a record done before this run was asked differently (False when its line has no digest)."""
+        stored = self._table.value(id_of(custom_id))
         return bool(stored) and stored != hash(digest)
+
+    def share_ids(self, more: int = 0) -> IdTable:
+        """The table of done ids, for the run's input reader to mark the ids it reads in (``BatchReader(ids=)``).
+
+        One table then serves both, with room made for ``more`` ids: the
+        reader refuses a second line of an id before it is sent, so the ids
+        accepted since need not be added (``accept`` still takes each asked id
+        once, and calls a result of an id read from the input ``repeated``).
+        """
+        self._shared = True
+        self._table.reserve(more)
+        return self._table
 
     def expect(self, custom_id: str, digest: str | None = None) -> None:
         """This run asks for ``custom_id`` (sent as ``digest``): ``accept`` takes its result once."""
@@ -319,7 +337,7 @@ class ResultStore:
         for result in results:
             key = hash(result.custom_id)
             if key not in self._asked:
-                seen = key in self._done or any(key == other for _r, other, _d in taken)
+                seen = self._table.flags(id_of(result.custom_id)) or any(key == other for _r, other, _d in taken)
                 (verdict.repeated if seen else verdict.unknown).append(result.custom_id)
                 continue
             digest = self._asked.pop(key)
@@ -332,8 +350,9 @@ class ResultStore:
             self._cut_back(sizes)  # the output's lines too, when the errors file failed after it
             self._asked.update((key, digest) for _result, key, digest in taken)
             raise
-        for result, key, digest in taken:
-            self._mark_done(result, key, digest)
+        if not self._shared:
+            for result, _key, _digest in taken:
+                self._mark_done(result, id_of(result.custom_id))
         verdict.ok, verdict.failed = len(ok_lines), len(error_lines)
         return verdict
 
@@ -344,12 +363,9 @@ class ResultStore:
                     os.ftruncate(self._fds[name], size)
                 self._sizes[name] = size
 
-    def _mark_done(self, result: Result, key: int, digest: str | None) -> None:
-        self._done[key] = hash(digest) if digest else 0
-        if result.ok:
-            self._failed.discard(key)
-        else:
-            self._failed.add(key)
+    def _mark_done(self, result: Result, key: int) -> None:
+        before = self._table.update(key, DONE, FAILED) if result.ok else self._table.update(key, DONE | FAILED)
+        self._done_count += not before & DONE
 
     def get(self, custom_id: str) -> Result | None:
         """The stored result of ``custom_id`` (only with ``keep_bodies``)."""
