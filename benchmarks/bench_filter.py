@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 from odie_async.quality import Gate, load_gate_config
-from odie_async.quality.report import write_report
-from odie_async.quality.runner import filter_file
+from odie_async.quality.drop_report import write_report
+from odie_async.quality.filtering import filter_file
 from odie_async.runtime import run_async
 
 HERE = Path(__file__).resolve().parent

@@ -29,7 +29,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from odie_async.bench import report  # noqa: E402
+from odie_async.bench import results as report  # noqa: E402
 from odie_async.endpoints.serve import embedded_endpoint  # noqa: E402
 
 KEY_ENV = "ODIE_BENCH_ENDPOINT_KEY"

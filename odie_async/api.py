@@ -187,7 +187,7 @@ async def arun_batch(requests: PathLike | Iterable[dict], output: PathLike | Non
     from .engine.batch import run_engine_batch
     from .engine.client import api_key_from_env
     from .engine.settings import PoolEndpoint, build_settings
-    from .settings import validate
+    from .config_models import validate
 
     if concurrency is not None:
         concurrency = _option("concurrency", count, concurrency)

@@ -18,7 +18,7 @@ from .engine.settings import (AUTO_START, AUTO_WORKERS, DEFAULTS, EndpointConfig
 from .exceptions import ConfigError
 from .option_types import number  # noqa: F401  (the option types live in option_types; commands import it from here)
 from .files import load_yaml
-from .settings import Section, validate
+from .config_models import Section, validate
 
 # engine-section keys and the option each one stands for
 ENGINE_KEYS = {"concurrency": "concurrency", "rpm": "rpm", "tpm": "tpm", "max_attempts": "max_attempts",

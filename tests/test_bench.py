@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from odie_async.bench.load import Load, drive
-from odie_async.bench.report import recommended_config
-from odie_async.bench.run import BenchSettings, run_bench
+from odie_async.bench.results import recommended_config
+from odie_async.bench.measure import BenchSettings, run_bench
 from odie_async.bench.sweep import parse_slo, recommend
 from odie_async.bench.workload import parse_synthetic, synthetic
 from odie_async.exceptions import ConfigError
@@ -132,7 +132,7 @@ def test_rates_constant_and_poisson(tmp_path):
 
 def test_client_starved_of_cpu_is_flagged(tmp_path, monkeypatch):
     """Threads spinning on the GIL while the load runs starve the client's event loop: the result must say so."""
-    import odie_async.bench.run as bench_run
+    import odie_async.bench.measure as bench_run
 
     mock = Mock("--latency-ms", "5")
     stop = threading.Event()
@@ -254,7 +254,7 @@ def test_recommended_file_drives_odie_batch(sweep, tmp_path):
 
 def test_results_are_written_after_every_load_level(tmp_path, monkeypatch):
     """A viewer (or a person) reading results.json mid-bench sees each level as it is measured."""
-    import odie_async.bench.report as bench_report
+    import odie_async.bench.results as bench_report
 
     seen: list[dict] = []
     write_results = bench_report.write_results
@@ -282,7 +282,7 @@ def test_results_are_written_after_every_load_level(tmp_path, monkeypatch):
 def test_a_pool_is_benched_endpoint_by_endpoint_into_one_config(tmp_path):
     """Two endpoints of different capacity: each gets its own knee, and odie batch --config runs both at theirs."""
     from odie_async.options import BatchConfig
-    from odie_async.settings import load
+    from odie_async.config_models import load
 
     small, large = Mock("--max-concurrency", "4", "--latency-ms", "100"), Mock("--max-concurrency", "16", "--latency-ms", "100")
     try:
@@ -312,7 +312,7 @@ def test_a_full_disk_stops_the_bench_naming_the_file_with_exit_4(tmp_path, monke
     """The second level's results.json cannot be written: exit 4 naming it, the first level's file kept whole."""
     import errno
 
-    import odie_async.bench.report as bench_report
+    import odie_async.bench.results as bench_report
     from odie_async.cli import main
     from odie_async.files import write_atomic
 

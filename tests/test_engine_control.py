@@ -9,7 +9,7 @@ import contextlib
 import orjson
 
 from odie_async.engine.core import Engine
-from odie_async.engine.flow import FlowControl
+from odie_async.engine.lane_control import FlowControl
 from odie_async.engine.lanes import Lane
 from odie_async.engine.metrics_log import MetricsLog
 from odie_async.engine.pool import Pool

@@ -11,7 +11,7 @@ import pytest
 
 from odie_async.cli import main as odie
 from odie_async.quality import Gate, load_gate_config
-from odie_async.quality.runner import filter_file
+from odie_async.quality.filtering import filter_file
 from odie_async.runtime import run_async
 
 TEXT = ("The city council reviewed three venues on Monday. The Harbor Hall opened in 1998 and seats 1,200 people. "
@@ -122,7 +122,7 @@ def test_a_refiltered_dropped_record_that_now_passes_carries_no_old_reasons(tmp_
     assert all("reasons" not in line for line in rejudged)
     assert "kept 3 of 3, dropped 0" in out and "instruction.refusal" not in out
 
-    from odie_async.viewer.records import status
+    from odie_async.viewer.record_view import status
     assert {status(line, "kept") for line in rejudged} == {"kept"}
 
 

@@ -1,7 +1,7 @@
 """Lanes of an endpoint pool: breaker transitions, latency model, routing by capacity, server load."""
 
 from odie_async.engine.lanes import CLOSED, HALF_OPEN, OPEN, Lane, LaneBreaker, LatencyModel, Router
-from odie_async.engine.flow import FlowControl
+from odie_async.engine.lane_control import FlowControl
 from odie_async.engine.server_load import ServerLoad, parse_metrics
 from odie_async.engine.settings import EngineSettings, PoolEndpoint
 from odie_async.engine.stats import RunStats

@@ -179,12 +179,12 @@ def test_each_concept_has_one_owner(concept, check):
 
 @pytest.mark.parametrize("check, module, source", [
     (signal_handlers, "engine/core.py", "import signal\nsignal.signal(2, print)\n"),
-    (signal_handlers, "quality/runner.py", "loop.add_signal_handler(2, print)\n"),
+    (signal_handlers, "quality/filtering.py", "loop.add_signal_handler(2, print)\n"),
     (exits_and_argparse, "engine/core.py", "import sys\nsys.exit(3)\n"),
     (exits_and_argparse, "pipeline/run.py", "import argparse\n"),
     (exits_and_argparse, "endpoints/mock_batches.py", "def add_arguments(parser):\n    parser.add_argument('--x')\n"),
     (renames, "viewer/index.py", "import os\nos.replace('a', 'b')\n"),
-    (yaml_reads, "quality/config.py", "import yaml\nyaml.safe_load('a: 1')\n"),
+    (yaml_reads, "quality/gate_config.py", "import yaml\nyaml.safe_load('a: 1')\n"),
     (private_imports, "cli/train.py", "from ..engine.core import _private\n"),
     (http_errors, "providers/base.py", "try:\n    pass\nexcept aiohttp.ClientError:\n    pass\n"),
     (http_errors, "engine/streaming.py", "try:\n    pass\nexcept orjson.JSONDecodeError:\n    pass\n"),
@@ -208,3 +208,14 @@ def test_the_option_and_settings_modules_import_no_pipeline():
     """The settings model lives in engine/: options and the API's settings need nothing of the pipeline."""
     for module in ("options.py", "option_types.py", "engine/settings.py"):
         assert not [m for m in imports_of(PACKAGE / module, PACKAGE) if m.startswith("odie_async.pipeline")], module
+
+
+def test_no_two_library_modules_share_a_file_name():
+    """A name says where a module is: only a command (``cli/batch.py``) shares the name of the library
+    module it is the shell of."""
+    names: dict[str, list[str]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        relative = path.relative_to(PACKAGE)
+        if path.name != "__init__.py" and relative.parts[0] != "cli":
+            names.setdefault(path.name, []).append(str(relative))
+    assert {name: paths for name, paths in names.items() if len(paths) > 1} == {}

@@ -5,7 +5,7 @@ import asyncio
 import pytest
 
 from odie_async.engine.core import Job
-from odie_async.engine.flow import FlowControl
+from odie_async.engine.lane_control import FlowControl
 from odie_async.engine.settings import EngineSettings, PoolEndpoint
 from odie_async.engine.stats import RunStats
 from odie_async.engine.lanes import OPEN, Lane

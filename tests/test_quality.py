@@ -17,8 +17,8 @@ from odie_async.quality import Gate, load_gate_config
 from odie_async.quality.calibration import CORRUPTIONS, build, choose, labelled_figures, shares, split_of
 from odie_async.quality.checks import (degenerate_reasons, few_shot_values, instruction_reasons, leakage_reasons, parse,
                                        structure_reasons, text_reasons, truncation_reasons)
-from odie_async.quality.config import from_section
-from odie_async.quality.runner import filter_file
+from odie_async.quality.gate_config import from_section
+from odie_async.quality.filtering import filter_file
 from odie_async.quality.semantic import lexical_support, worst_column
 from odie_async.quality.text import content_stems, flat, normalise, numbers
 from odie_async.runtime import run_async

@@ -10,7 +10,7 @@ from odie_async.endpoints.mock_server import MockServer, MockSettings
 from odie_async.engine.core import Engine, EngineSettings
 from odie_async.engine.metrics_log import MetricsLog, public_endpoint
 from odie_async.exceptions import ConfigError
-from odie_async.viewer import records
+from odie_async.viewer import record_view as records
 from odie_async.viewer.facets import FacetIndex
 from odie_async.viewer.index import LineIndex, index_path
 from odie_async.viewer.runs import load_runs

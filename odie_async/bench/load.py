@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 from ..engine.streaming import StreamingClient
 from ..exceptions import AuthenticationError, EndpointStopped, RequestError, RunAborted
-from .client import ClientMeter
-from .live import LiveLoad
+from .client_cost import ClientMeter
+from .live_load import LiveLoad
 from .workload import Workload
 
 KINDS = ("concurrency", "constant", "poisson")

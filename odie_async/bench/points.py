@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from ..engine.stats import Samples, summary
-from .client import bottleneck
+from .client_cost import bottleneck
 from .load import LoadRun
 
 

@@ -69,7 +69,7 @@ def _list_of(parse):
 
 def settings_from_args(args, base_url: str):
     """Everything ``run_bench`` needs, checked before anything is sent."""
-    from ..bench.run import BenchSettings
+    from ..bench.measure import BenchSettings
     from ..bench.sweep import plan
     from ..bench.workload import from_file, parse_synthetic, synthetic
     from ..engine.spend import Prices, SpendCap
@@ -95,7 +95,7 @@ def _say(text: str) -> None:
 
 
 async def _bench(benches: list, output: Path, stopped: list[StopSignals]) -> list[dict]:
-    from ..bench.run import run_bench, run_pool_bench
+    from ..bench.measure import run_bench, run_pool_bench
 
     task = asyncio.current_task()
     with StopSignals(lambda _sig: task.cancel(), lambda _sig: task.cancel()) as stop:
@@ -133,7 +133,7 @@ def _print_knee(results: dict) -> None:
 
 def pool_settings(args, urls: list[str]) -> list:
     """One ``BenchSettings`` per endpoint, each with its own workload (models may differ) and folder."""
-    from ..bench.run import endpoint_names
+    from ..bench.measure import endpoint_names
 
     names = endpoint_names(urls)
     benches = []

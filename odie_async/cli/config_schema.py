@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..files import write_atomic
 from ..option_types import output_file
-from ..settings import json_schema
+from ..config_models import json_schema
 
 KINDS = ("generate", "train")
 

@@ -31,7 +31,7 @@ from ..option_types import output_file, output_folder
 from ..options import add_spend_arguments, spend_overrides
 from ..quality import Gate, load_gate_config
 from ..quality.records import validate
-from ..quality.runner import check_outputs, filter_file, judge_identity, tally
+from ..quality.filtering import check_outputs, filter_file, judge_identity, tally
 from ..runtime import run_async
 
 SCORERS = ("offline", "llm", "unieval")
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     print(format_summary(counts, stats, gate))
     if args.report:
         from ..quality.calibration import format_figures
-        from ..quality.report import write_report
+        from ..quality.drop_report import write_report
 
         paths = write_report(Path(args.report), args.kept, args.dropped, gate.cfg, args.label_field)
         figures = json.loads(paths[1].read_bytes()).get("checks")

@@ -30,7 +30,7 @@ import structlog
 
 from ..exceptions import EndpointStopped, RequestError, TransportError
 from .client import ChatClient
-from .flow import FlowControl
+from .lane_control import FlowControl
 from .lanes import Lane, LaneBreaker, Router
 from .settings import DEFAULTS, PoolEndpoint
 from .stats import summary

@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, field_validator
 
 from ..paths import find_config
-from ..settings import Section, load
+from ..config_models import Section, load
 from . import chat_format
 
 DEFAULT_CONFIG = "train-cpu-small.yaml"

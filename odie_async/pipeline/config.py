@@ -19,8 +19,8 @@ from ..endpoints.resolve import api_key_from_env
 from ..engine.settings import EndpointConfig, EngineConfig, PoolEndpoint  # noqa: F401  (sections defined once, in engine/)
 from ..exceptions import ConfigError
 from ..paths import config_dir, find_config
-from ..quality.config import GateConfig, from_section, load_gate_config
-from ..settings import Section, load, validate
+from ..quality.gate_config import GateConfig, from_section, load_gate_config
+from ..config_models import Section, load, validate
 from . import registry
 
 DEFAULT_CONFIG = "generate-default.yaml"

@@ -8,7 +8,7 @@ tables, truncation, faithfulness, consistency, relevance) runs in
 from __future__ import annotations
 
 from ..quality.checks import text_reasons
-from ..quality.config import GateConfig
+from ..quality.gate_config import GateConfig
 
 
 def check_text(text: str, cfg: GateConfig) -> str | None:

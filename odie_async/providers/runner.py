@@ -40,7 +40,7 @@ from ..exceptions import ConfigError, RequestError, SpendCapReached
 from .base import BatchProvider, BatchStatus
 from .chunks import line_digest, plan, resubmission, scan_input
 from .journal import ChunkState, Journal, crashpoint
-from .spend import ChunkSpend
+from .batch_spend import ChunkSpend
 
 log = structlog.get_logger(__name__)
 

@@ -18,7 +18,7 @@ import orjson
 from ..evaluation.tables import Table, TableError, is_na, parse_table
 from ..exceptions import ConfigError
 from ..paths import config_dir
-from .config import DegenerateChecks, InstructionChecks, LeakageCheck, StructureChecks, TextChecks, TruncationChecks
+from .gate_config import DegenerateChecks, InstructionChecks, LeakageCheck, StructureChecks, TextChecks, TruncationChecks
 from .text import DANGLING, flat, ngrams, normalise, words
 
 

@@ -21,7 +21,7 @@ from ..evaluation.tables import Table
 from ..exceptions import ConfigError
 from .checks import (degenerate_reasons, instruction_reasons, leakage_reasons, parse, structure_reasons, text_reasons,
                      truncation_reasons)
-from .config import GateConfig
+from .gate_config import GateConfig
 from .semantic import Item, OfflineJudge, missing_encoder_modules
 
 FIXED_CATEGORIES = frozenset({"fixed header", "fixed headers", "fixed"})

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..evaluation.tables import Table, is_na
-from .config import GateConfig
+from .gate_config import GateConfig
 from .text import content_stems, flat, normalise, numbers, phrases, quantities, sentences, without_quantities
 
 if TYPE_CHECKING:  # numpy comes with the encoder's extra; the checks that need no encoder run without it

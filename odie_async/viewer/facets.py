@@ -19,7 +19,7 @@ import orjson
 from ..files import write_atomic
 from .access import FileChanged, cache_path
 from .index import LineIndex, block_crc
-from .records import FACETS, LIMIT, facets
+from .record_view import FACETS, LIMIT, facets
 
 FACETS_SUFFIX = ".odie-facets"
 PAGE = 20000

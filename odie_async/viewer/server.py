@@ -19,7 +19,7 @@ from importlib import resources
 
 from aiohttp import web
 
-from . import api
+from . import json_api as api
 from .runs import Run
 
 STATIC = {  # name -> content type; the only static files served

@@ -26,8 +26,8 @@ from ..engine.settings import DEFAULTS
 from ..engine.spend import SpendCap
 from ..engine.streaming import StreamingClient
 from ..exceptions import AuthenticationError, EndpointStopped, RequestError, SpendCapReached
-from . import report
-from .live import LiveLoad, LoadCollector
+from . import results as report
+from .live_load import LiveLoad, LoadCollector
 from .load import Load, Sample, drive
 from .points import render, summarise
 from .sweep import MAX_SWEEP_CONCURRENCY, knee_sweep, recommend

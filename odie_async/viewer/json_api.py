@@ -18,7 +18,7 @@ from collections import OrderedDict
 import orjson
 from aiohttp import web
 
-from . import records
+from . import record_view as records
 from .access import FileChanged, OutsideScope
 from .facets import FacetIndex
 from .index import CHUNK

@@ -14,7 +14,7 @@ from pathlib import Path
 import orjson
 
 from .calibration import labelled_figures
-from .config import GateConfig
+from .gate_config import GateConfig
 from .gate import is_fixed
 from .records import written_keys
 
