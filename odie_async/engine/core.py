@@ -99,6 +99,7 @@ class Engine:
         self.stats = stats or RunStats()
         self.spend = SpendCap.from_settings(settings)
         self._settled = asyncio.Condition()  # a spend reservation was settled
+        self._settlements = 0  # how many: a waiter that comes late to the lock sees it missed one
         self.cache = AnswerCache(settings.cache) if settings.cache else None
         self._cache_prices = self.spend.prices if self.spend else None
         self.stats.spend = self.spend  # the progress line shows it
@@ -361,6 +362,7 @@ class Engine:
                 queue.task_done()
             if job.charge is not None:
                 self.spend.settle(job.charge, result.body.get("usage") if result.ok and result.body else None)
+                self._settlements += 1
                 async with self._settled:
                     self._settled.notify_all()
             if self._abort is not None and not result.ok:
@@ -389,15 +391,18 @@ class Engine:
     async def _admit(self, charge: Charge) -> bool:
         """Reserve a request's worst case under the spending cap, once what is in flight leaves room
         for it; when nothing in flight is left to settle, the cap is reached: stop intake."""
-        while not self.spend.admit(charge):
+        while True:
+            seen = self._settlements
+            if self.spend.admit(charge):
+                return True
             if self._stopping:
                 return False
             if self.spend.reserved <= 0:
                 self._stop_at_cap()
                 return False
+            # Entering the lock can yield; a settlement made meanwhile would be a lost wake-up.
             async with self._settled:
-                await self._settled.wait()
-        return True
+                await self._settled.wait_for(lambda: self._settlements != seen or self._stopping)
 
     def cap_error(self) -> SpendCapReached | None:
         """Why intake stopped, when the spending cap stopped it."""
