@@ -25,6 +25,18 @@ def test_a_reservation_is_the_worst_case_and_settles_at_the_real_usage():
     assert cap.settle(cap.charge("m", 100), {"input_tokens": 10, "output_tokens": 10}) == pytest.approx(0.03)
 
 
+def test_with_every_reservation_settled_nothing_is_reserved_exactly():
+    # 0.1 + 0.2 - 0.1 - 0.2 leaves 2.8e-17 in a float sum: a worker waiting for "nothing in flight"
+    # would then wait for a settlement that never comes (a capped run hung so).
+    cap = SpendCap(1.0, Prices({}, fixed=(1000.0, 1000.0)))
+    small, large = cap.charge("m", 100), cap.charge("m", 200)  # 0.1 and 0.2
+    assert cap.admit(small) and cap.admit(large)
+    cap.settle(small, None)
+    assert cap.reserved == pytest.approx(0.2)
+    cap.settle(large, None)
+    assert cap.reserved == 0.0  # not 2.8e-17
+
+
 def test_nothing_is_admitted_past_the_cap():
     cap = SpendCap(0.5, Prices({}, fixed=(1000.0, 1000.0)))
     charges = [cap.charge("m", 100) for _ in range(6)]  # 0.1 each

@@ -81,6 +81,7 @@ class SpendCap:
             raise ConfigError(f"--max-cost must be a positive number of USD, not {cap_usd}")
         self.cap, self.prices = cap_usd, prices
         self.spent = self.reserved = 0.0
+        self.holding = 0  # reservations in flight: ``reserved`` is a float sum and may not return to 0 exactly
         self.capped = False
         self.unpriced: set[str] = set()  # a meter's models without a price: its spend is unknown
         self.counted = 0  # a meter's answers counted at a known price
@@ -128,17 +129,20 @@ class SpendCap:
         """Reserve ``charge`` if it fits under the cap beside what is spent and in flight."""
         if self.spent + self.reserved + charge.worst > self.cap:
             return False
-        self.reserved += charge.worst
+        self.hold(charge)
         return True
 
     def hold(self, charge: Charge) -> None:
         """Reserve ``charge`` whether or not it fits: what was sent before this run (a provider's batch
         still running) will be billed anyway."""
         self.reserved += charge.worst
+        self.holding += 1
 
     def release(self, charge: Charge) -> None:
         """Give back the reservation of ``charge`` (its answers are counted with ``bill``)."""
-        self.reserved = max(0.0, self.reserved - charge.worst)
+        self.holding = max(0, self.holding - 1)
+        # 0.1 + 0.2 - 0.1 - 0.2 is not 0: with nothing held, nothing is reserved, exactly.
+        self.reserved = max(0.0, self.reserved - charge.worst) if self.holding else 0.0
 
     def bill(self, charge: Charge, usage) -> float:
         """Count what one answer cost at ``charge``'s rates (0 for an answer without usage)."""
