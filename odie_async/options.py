@@ -66,7 +66,7 @@ def apply_config(args, defaults: dict, sections=()) -> None:
         args.base_url = pool[0].base_url
 
 
-def add_spend_arguments(parser, what: str = "records", default: float | None = 0.0,
+def add_spend_arguments(parser, what: str = "records", default: float | None = _D["max_cost"],
                         after: str = "a rerun with a higher cap resumes") -> None:
     """``--max-cost``, ``--prices`` and ``--price``: the spending cap and the prices it counts at, the same
     in every command that sends paid requests (``what`` names what the cap stops taking, ``after`` what
