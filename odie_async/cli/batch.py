@@ -1,12 +1,14 @@
 """``odie batch``: an OpenAI Batch API input file through any OpenAI-compatible endpoint.
 
-A thin shell over ``odie_async.engine.batch.run_engine_batch``: options in, exit code
-out (0 all succeeded, 1 some records failed, 2 usage or input error, 3 stopped
-by the endpoint, 4 a local error, 130/143 interrupted; see the README).
+A thin shell over ``odie_async.engine.batch.run_engine_batch`` (online), ``distributed.ray_batch``
+(``--ray``) and ``odie_async.providers`` (``--mode provider-batch``): options in, exit code out
+(0 all succeeded, 1 some records failed, 2 usage or input error, 3 stopped by the endpoint, 4 a
+local error, 5 the spending cap, 130/143 interrupted; see the README).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shlex
@@ -17,20 +19,24 @@ from pathlib import Path
 
 import structlog
 
-from ..engine.answer_cache import default_location
 from ..distributed import ray_batch
+from ..engine.answer_cache import default_location
 from ..engine.batch import BatchReport, run_engine_batch
+from ..engine.batchfile import BatchReader
+from ..engine.keys import clean_api_key
+from ..engine.estimate import Estimate, format_estimate
 from ..engine.progress import format_summary
+from ..engine.spend import Prices, SpendCap
 from ..exceptions import ConfigError
 from ..logs import configure_logging
-from ..engine.batchfile import BatchReader
-from ..engine.estimate import Estimate, format_estimate
 from ..option_types import input_file
 from ..options import (AUTO_START, AUTO_WORKERS, DEFAULTS, ENGINE_OPTIONS, add_spend_arguments, apply_config, number,
                        settings_from_args)
-from ..providers import run_provider_batch
-from ..providers.runner import RunOptions
-from ..runtime import run_async
+from ..providers import ProviderBatchRun, RunOptions, drive, make_provider
+from ..providers.factory import provider_class
+from ..providers.report import format_batch_summary, stopped
+from ..providers.runner import new_run_id
+from ..runtime import StopSignals, run_async
 
 log = structlog.get_logger(__name__)
 _D = DEFAULTS["batch"]  # the engine's one table of defaults
@@ -179,16 +185,16 @@ def _run(args) -> int:
     if args.mode == "provider-batch":
         if args.stream:
             raise ConfigError("--stream times requests sent online; a provider's Batch API answers without streaming")
-        return run_provider_batch(args)
+        return _provider_batch(args)
     if args.base_url:
         report = _batch(args, args.base_url, args.model)
     else:
-        from ..endpoints.serve import embedded_endpoint
+        from ..endpoints.resolve import resolve_endpoint
 
         print("odie batch: no --base-url: starting the embedded model (SmolLM2-135M-Instruct) on 127.0.0.1 for "
               "this run; point at your own server with --base-url URL (or a pool with --endpoint)",
               file=sys.stderr, flush=True)
-        with embedded_endpoint() as endpoint:
+        with resolve_endpoint() as endpoint:
             report = _batch(args, endpoint.base_url, args.model or endpoint.model, endpoint.api_key)
     _print(format_summary(report.summary))
     if report.error is not None:
@@ -253,3 +259,70 @@ def _complain(args, message: str) -> None:
         log.error("odie batch", message=message)
     else:
         print(f"odie batch: {message}", file=sys.stderr, flush=True)
+
+
+# -- --mode provider-batch: the run itself is odie_async.providers ------------------------------------------
+
+def _provider_options(args) -> RunOptions:
+    """Run options from the command line."""
+    if args.deadline is not None and args.deadline <= 0:
+        raise ConfigError("--deadline must be positive")
+    if args.retry_failed:
+        raise ConfigError("--retry-failed sends the errors file's records online: run it with --mode online")
+    return RunOptions(args.input, args.output, args.errors, args.model, args.skip_invalid,
+                      args.batch_max_requests, args.batch_max_bytes, args.poll_interval, args.poll_max,
+                      args.reconcile_grace, args.max_attempts, args.deadline, args.online_reserve, args.cancel,
+                      getattr(args, "resend_changed", False))
+
+
+def _provider_key(args, provider_name: str, default_url: bool) -> str | None:
+    name = args.api_key_env or provider_class(provider_name).key_env
+    key = clean_api_key(os.environ.get(name), name)
+    if key is None and (default_url or args.api_key_env):
+        raise ConfigError(f"environment variable {name} (the API key) is not set")
+    return key
+
+
+def _provider_batch(args) -> int:
+    """Run ``odie batch --mode provider-batch``; the exit code (0, 1, 2, 3, 4, 130, 143)."""
+    key = None
+    try:
+        options = _provider_options(args)
+        key = _provider_key(args, args.provider, not args.base_url)
+        run_id = new_run_id()
+        provider = make_provider(args.provider, args.base_url, key, run_id, max_attempts=args.max_attempts)
+        online = None
+        if options.deadline_s is not None:
+            online = settings_from_args(args, args.online_base_url or provider.base_url, key)
+        prices = Prices.load(args.prices, args.price, "batch")
+        cap = SpendCap(args.max_cost, prices) if args.max_cost else SpendCap.meter(prices)
+        run = ProviderBatchRun(options, provider, online, cap)
+        summary_path = Path(args.output).with_suffix(".summary.json")
+        summary = run_async(_with_signals(drive(run, run_id, summary_path, progress=not args.no_progress)))
+    except _Interrupted as exc:
+        print("odie batch: interrupted; the provider keeps the batches: rerun the same command to collect "
+              "them, or add --cancel", file=sys.stderr)
+        return exc.code
+    except Exception as exc:  # every way a run ends is an OdieError for cli.exit_code, the key never shown
+        raise stopped(exc, key) from None
+    _print(format_batch_summary(summary))
+    if run.cap_error() is not None:
+        raise stopped(run.cap_error(), key)
+    return 1 if summary["errors_file_lines"] or summary["unfinished"] else 0
+
+
+class _Interrupted(Exception):
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+async def _with_signals(coro):
+    task = asyncio.ensure_future(coro)
+    with StopSignals(lambda _sig: task.cancel()) as signals:
+        try:
+            return await task
+        except asyncio.CancelledError:
+            if signals.exit_code is not None:
+                raise _Interrupted(signals.exit_code) from None
+            raise

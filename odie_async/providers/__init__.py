@@ -1,11 +1,14 @@
 """Provider batch APIs (OpenAI Batch API, Anthropic Message Batches) behind one runner.
 
-One module per provider behind ``base.BatchProvider``; ``command.make_provider``
-picks one. ``journal.py`` is the write-ahead journal that keeps every batch
-created once, ``chunks.py`` splits the input within the provider's limits,
-``runner.py`` drives a run and ``command.py`` is ``odie batch --mode provider-batch``.
+One module per provider behind ``base.BatchProvider``; ``factory.make_provider`` picks one.
+``journal.py`` is the write-ahead journal that keeps every batch created once, ``chunks.py`` splits
+the input within the provider's limits, ``runner.py`` drives a run, ``batch_spend.py`` holds it to a
+spending cap and ``report.py`` shows its progress and summary. The command is
+``cli/provider_batch.py`` (``odie batch --mode provider-batch``).
 """
 
-from .command import make_provider, run_provider_batch
+from .factory import make_provider
+from .report import drive
+from .runner import ProviderBatchRun, RunOptions
 
-__all__ = ["make_provider", "run_provider_batch"]
+__all__ = ["ProviderBatchRun", "RunOptions", "drive", "make_provider"]

@@ -27,7 +27,8 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from ..engine.batchfile import BatchLine, BatchReader
 from ..engine.checkpoint import Result
-from ..engine.client import json_object, redact, status_error, transport_errors
+from ..engine.client import json_object, status_error, transport_errors
+from ..engine.keys import redact
 from ..exceptions import MalformedResponseError, RequestError
 
 log = structlog.get_logger(__name__)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import structlog
 
 from ..engine.core import EngineSettings, estimate_tokens
-from ..engine.spend import Charge, SpendCap
+from ..engine.spend import HELD, REACHED, Charge, SpendCap
 from ..exceptions import SpendCapReached
 from .chunks import encode_line
 from .journal import ChunkState
@@ -41,20 +41,20 @@ class ChunkSpend:
         self.cap.hold(self.charges[c.chunk.key])
 
     def admit(self, c: ChunkState, lines: list) -> bool:
-        """Whether the chunk's batch may be submitted now; marks the cap reached when it never will."""
+        """Whether the chunk's batch may be submitted now; the cap is marked reached when it never will.
+        False also while it may fit once the batches in flight are billed."""
         if c.chunk.key in self.charges:
             return True
         if self.cap.capped:
             return False
         charge = self.charge(c, lines)
-        if self.cap.admit(charge):
+        verdict = self.cap.reserve(charge)
+        if verdict == HELD:
             self.charges[c.chunk.key] = charge
-            return True
-        if self.cap.reserved <= 0:
-            self.cap.capped = True
+        elif verdict == REACHED:
             log.warning(f"spending cap reached: ${self.cap.spent:.4f} spent of ${self.cap.cap:g}; "
                         "no more batches are submitted")
-        return False  # it may fit once the batches in flight are billed
+        return verdict == HELD
 
     def bill(self, c: ChunkState, usage) -> None:
         """Count one written result of the chunk's batch at its real usage."""
@@ -69,7 +69,4 @@ class ChunkSpend:
 
     def error(self, unsubmitted: int) -> SpendCapReached | None:
         """Why records were left unsubmitted, when the cap stopped them."""
-        if not self.cap.capped:
-            return None
-        return SpendCapReached(f"the spending cap of ${self.cap.cap:g} stopped the run with ${self.cap.spent:.4f} "
-                               f"spent and {unsubmitted:,} record(s) not done; rerun with a higher cap to go on")
+        return self.cap.reached("run", f" and {unsubmitted:,} record(s) not done")

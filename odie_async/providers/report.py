@@ -1,65 +1,20 @@
-"""``odie batch --mode provider-batch``: its run options, live progress line, summary and exit code.
-
-Its options are declared with ``odie batch``'s (``cli/batch.py``) and range-checked there; the key
-is read through the engine's ``clean_api_key``. A run that stops raises an
-``OdieError`` for ``cli.exit_code``: an error of the provider as the endpoint
-stopping the run (3), a full disk or an internal crash as a local failure (4).
+"""A provider batch run's live progress line and summary, the run driven to its end, and the
+``OdieError`` it stops with: a provider's error as the endpoint stopping the run (3), a full disk or
+an internal crash as a local failure (4). The command is ``cli/provider_batch.py``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import os
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
-from ..engine.client import clean_api_key, redact
+from ..engine.keys import redact
 from ..engine.progress import ProgressLine, format_eta, spend_text, write_summary
-from ..engine.spend import Prices, SpendCap
 from ..engine.stats import RunStats
-from ..exceptions import ConfigError, EndpointStopped, EngineCrashed, OdieError, RequestError
-from ..runtime import StopSignals, run_async
-from .base import BatchProvider
-from .runner import ProviderBatchRun, RunOptions, new_run_id
-
-def provider_class(name: str) -> type[BatchProvider]:
-    """The backend class for ``name`` (``openai`` or ``anthropic``)."""
-    from .anthropic import AnthropicBatches
-    from .openai import OpenAIBatches
-
-    backends = {cls.name: cls for cls in (OpenAIBatches, AnthropicBatches)}
-    if name not in backends:
-        raise ConfigError(f"unknown provider {name!r}; choose from {', '.join(backends)}")
-    return backends[name]
-
-
-def make_provider(name: str, base_url: str | None, api_key: str | None, run_id: str, **kw) -> BatchProvider:
-    """The backend for ``name``, on ``base_url`` or the provider's own API."""
-    cls = provider_class(name)
-    return cls(base_url or cls.default_base_url, api_key, run_id, **kw)
-
-
-def options_from_args(args) -> RunOptions:
-    """Run options from the command line."""
-    if args.deadline is not None and args.deadline <= 0:
-        raise ConfigError("--deadline must be positive")
-    if args.retry_failed:
-        raise ConfigError("--retry-failed sends the errors file's records online: run it with --mode online")
-    return RunOptions(args.input, args.output, args.errors, args.model, args.skip_invalid,
-                      args.batch_max_requests, args.batch_max_bytes, args.poll_interval, args.poll_max,
-                      args.reconcile_grace, args.max_attempts, args.deadline, args.online_reserve, args.cancel,
-                      getattr(args, "resend_changed", False))
-
-
-def _api_key(args, provider_name: str, default_url: bool) -> str | None:
-    name = args.api_key_env or provider_class(provider_name).key_env
-    key = clean_api_key(os.environ.get(name), name)
-    if key is None and (default_url or args.api_key_env):
-        raise ConfigError(f"environment variable {name} (the API key) is not set")
-    return key
+from ..exceptions import EndpointStopped, EngineCrashed, OdieError, RequestError
+from .runner import ProviderBatchRun
 
 
 def snapshot(run: ProviderBatchRun) -> dict:
@@ -130,7 +85,7 @@ class BatchProgress(ProgressLine):
         return line + f" | {spend_text(spend)}" if spend else line
 
 
-def format_summary(summary: dict) -> str:
+def format_batch_summary(summary: dict) -> str:
     """The summary as readable lines: each batch, then where the records went, then tokens."""
     records, tokens = summary["records"], summary["tokens"]
     lines = [f"provider batches ({summary['provider']}, run {summary['run_id']}): {len(summary['batches'])}"]
@@ -156,46 +111,19 @@ def _shown(text: str | None) -> str:
     return "".join(ch for ch in text if ch.isprintable())[:80] if text else "-"
 
 
-async def _main(args, run: ProviderBatchRun, run_id: str) -> dict:
-    progress = BatchProgress(run, f"{run.provider.name} batches") if not args.no_progress else contextlib.nullcontext()
+async def drive(run: ProviderBatchRun, run_id: str, summary_path: Path, progress: bool = True) -> dict:
+    """Run ``run`` to its end (a progress line on stderr unless ``progress`` is false), then write its
+    summary to ``summary_path``, however it ended; the summary."""
+    shown = BatchProgress(run, f"{run.provider.name} batches") if progress else contextlib.nullcontext()
     try:
         run.prepare(run_id)
-        async with run.provider, progress:
+        async with run.provider, shown:
             await run.execute()
     finally:
         run.close()
         summary = run_summary(run)
-        write_summary(summary, Path(args.output).with_suffix(".summary.json"))
+        write_summary(summary, summary_path)
     return summary
-
-
-def run_provider_batch(args) -> int:
-    """Run ``odie batch --mode provider-batch``; the exit code (0, 1, 2, 3, 4, 130, 143)."""
-    key = None
-    try:
-        options = options_from_args(args)
-        key = _api_key(args, args.provider, not args.base_url)
-        run_id = new_run_id()
-        provider = make_provider(args.provider, args.base_url, key, run_id, max_attempts=args.max_attempts)
-        online = None
-        if options.deadline_s is not None:
-            from ..options import settings_from_args
-
-            online = settings_from_args(args, args.online_base_url or provider.base_url, key)
-        prices = Prices.load(args.prices, args.price, "batch")
-        cap = SpendCap(args.max_cost, prices) if args.max_cost else SpendCap.meter(prices)
-        run = ProviderBatchRun(options, provider, online, cap)
-        summary = run_async(_with_signals(_main(args, run, run_id)))
-    except _Interrupted as exc:
-        print("odie batch: interrupted; the provider keeps the batches: rerun the same command to collect "
-              "them, or add --cancel", file=sys.stderr)
-        return exc.code
-    except Exception as exc:  # every way a run ends is an OdieError for cli.exit_code, the key never shown
-        raise stopped(exc, key) from None
-    print(format_summary(summary))
-    if run.cap_error() is not None:
-        raise stopped(run.cap_error(), key)
-    return 1 if summary["errors_file_lines"] or summary["unfinished"] else 0
 
 
 def stopped(exc: Exception, key: str | None) -> OdieError:
@@ -212,20 +140,3 @@ def stopped(exc: Exception, key: str | None) -> OdieError:
     if message != str(error):
         error.args = (message,)
     return error
-
-
-class _Interrupted(Exception):
-    def __init__(self, code: int) -> None:
-        super().__init__(code)
-        self.code = code
-
-
-async def _with_signals(coro):
-    task = asyncio.ensure_future(coro)
-    with StopSignals(lambda _sig: task.cancel()) as signals:
-        try:
-            return await task
-        except asyncio.CancelledError:
-            if signals.exit_code is not None:
-                raise _Interrupted(signals.exit_code) from None
-            raise
