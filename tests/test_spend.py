@@ -6,7 +6,7 @@ import sys
 import orjson
 import pytest
 
-from odie_async.engine.spend import Prices, SpendCap, parse_price
+from odie_async.engine.spend import HELD, REACHED, WAIT, Prices, SpendCap, parse_price
 from odie_async.exceptions import EXIT_SPEND_CAP, ConfigError
 from tests.helpers import ids_in, write_requests
 from tests.test_batch_cli import mock_factory  # noqa: F401  (a fixture)
@@ -19,7 +19,7 @@ def test_a_reservation_is_the_worst_case_and_settles_at_the_real_usage():
     cap = SpendCap(1.0, Prices({}, fixed=(1000.0, 2000.0)))
     charge = cap.charge("any-model", 100)
     assert charge.worst == pytest.approx(0.2)  # 100 tokens at the dearer price
-    assert cap.admit(charge) and cap.reserved == pytest.approx(0.2)
+    assert cap.reserve(charge) == HELD and cap.reserved == pytest.approx(0.2)
     cost = cap.settle(charge, {"prompt_tokens": 30, "completion_tokens": 10})
     assert cost == pytest.approx(0.05) and cap.spent == pytest.approx(0.05) and cap.reserved == 0
     assert cap.settle(cap.charge("m", 100), {"input_tokens": 10, "output_tokens": 10}) == pytest.approx(0.03)
@@ -30,7 +30,7 @@ def test_with_every_reservation_settled_nothing_is_reserved_exactly():
     # would then wait for a settlement that never comes (a capped run hung so).
     cap = SpendCap(1.0, Prices({}, fixed=(1000.0, 1000.0)))
     small, large = cap.charge("m", 100), cap.charge("m", 200)  # 0.1 and 0.2
-    assert cap.admit(small) and cap.admit(large)
+    assert cap.reserve(small) == cap.reserve(large) == HELD
     cap.settle(small, None)
     assert cap.reserved == pytest.approx(0.2)
     cap.settle(large, None)
@@ -40,8 +40,21 @@ def test_with_every_reservation_settled_nothing_is_reserved_exactly():
 def test_nothing_is_admitted_past_the_cap():
     cap = SpendCap(0.5, Prices({}, fixed=(1000.0, 1000.0)))
     charges = [cap.charge("m", 100) for _ in range(6)]  # 0.1 each
-    admitted = [c for c in charges if cap.admit(c)]
-    assert len(admitted) == 5 and cap.spent + cap.reserved <= cap.cap
+    verdicts = [cap.reserve(c) for c in charges]
+    assert verdicts == [HELD] * 5 + [WAIT] and cap.spent + cap.reserved <= cap.cap
+    assert not cap.capped and cap.reached("run") is None  # what is in flight may still leave room
+
+
+def test_the_cap_is_reached_only_when_nothing_in_flight_can_make_room():
+    cap = SpendCap(0.25, Prices({}, fixed=(1000.0, 1000.0)))
+    first, second = cap.charge("m", 100), cap.charge("m", 200)  # 0.1 and 0.2
+    assert cap.reserve(first) == HELD and cap.reserve(second) == WAIT
+    cap.settle(first, {"prompt_tokens": 60, "completion_tokens": 0})  # 0.06 spent, nothing in flight
+    assert cap.reserve(second) == REACHED and cap.capped
+    assert cap.reserve(cap.charge("m", 1)) == REACHED  # reached for good, even for what would fit
+    error = cap.reached("bench", then="the levels measured so far are written")
+    assert str(error) == ("the spending cap of $0.25 stopped the bench with $0.0600 spent; "
+                          "the levels measured so far are written")
 
 
 def test_a_model_without_a_price_refuses_the_cap():

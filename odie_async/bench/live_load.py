@@ -17,7 +17,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from ..engine.core import EngineSettings, estimate_tokens
 from ..engine.prometheus import histogram_buckets
-from ..engine.spend import Charge, SpendCap
+from ..engine.spend import HELD, WAIT, Charge, SpendCap
 from ..engine.stats import LogHistogram
 from ..exceptions import SpendCapReached
 
@@ -45,12 +45,9 @@ class LiveLoad:
             return None
         charge = self.cap.charge(body.get("model"), estimate_tokens(body, len(orjson.dumps(body)),
                                                                     EngineSettings.default_max_tokens))
-        while self.cap.capped or not self.cap.admit(charge):
-            if self.cap.capped or self.cap.reserved <= 0:
-                self.cap.capped = True
-                return False
+        while (verdict := self.cap.reserve(charge)) == WAIT:
             await asyncio.sleep(WAIT_S)
-        return charge
+        return charge if verdict == HELD else False
 
     def sent(self) -> None:
         """A request left."""
@@ -73,10 +70,7 @@ class LiveLoad:
 
     def error(self) -> SpendCapReached | None:
         """Why the bench stopped early, when the spending cap stopped it."""
-        if not self.capped:
-            return None
-        return SpendCapReached(f"the spending cap of ${self.cap.cap:g} stopped the bench with ${self.cap.spent:.4f} "
-                               "spent; the levels measured so far are written")
+        return self.cap.reached("bench", then="the levels measured so far are written") if self.cap else None
 
 
 class LoadCollector:

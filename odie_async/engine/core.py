@@ -34,7 +34,7 @@ import structlog
 from structlog.contextvars import bound_contextvars
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
 
-from .breaker import FailureBreaker, RunPolicy  # noqa: F401  (FailureBreaker re-exported)
+from .breaker import RunPolicy
 from .checkpoint import Result, ResultStore, request_digest
 from .client import ChatClient, Reply
 from .pool import Pool, PoolSettings, build_lanes
@@ -42,7 +42,7 @@ from ..exceptions import EndpointStopped, EngineCrashed, OutputError, RequestErr
 from .limits import RateLimits
 from .routes import requested_output_tokens, usage_tokens
 from .answer_cache import AnswerCache
-from .spend import Charge, Prices, SpendCap
+from .spend import HELD, REACHED, Charge, Prices, SpendCap
 from .settings import EngineSettings
 from .stats import RunStats
 
@@ -390,36 +390,31 @@ class Engine:
 
     async def _admit(self, charge: Charge) -> bool:
         """Reserve a request's worst case under the spending cap, once what is in flight leaves room
-        for it; when nothing in flight is left to settle, the cap is reached: stop intake."""
-        while True:
+        for it; when nothing in flight is left to settle, the cap is reached: stop intake. A stop
+        (a signal) is judged first: a stopping run neither sends nor blames the cap."""
+        while not self._stopping:
             seen = self._settlements
-            if self.spend.admit(charge):
+            verdict = self.spend.reserve(charge)
+            if verdict == HELD:
                 return True
-            if self._stopping:
-                return False
-            if self.spend.reserved <= 0:
+            if verdict == REACHED:
                 self._stop_at_cap()
                 return False
             # Entering the lock can yield; a settlement made meanwhile would be a lost wake-up.
             async with self._settled:
                 await self._settled.wait_for(lambda: self._settlements != seen or self._stopping)
+        return False
 
     def cap_error(self) -> SpendCapReached | None:
         """Why intake stopped, when the spending cap stopped it."""
-        if self.spend is None or not self.spend.capped:
-            return None
-        return SpendCapReached(f"the spending cap of ${self.spend.cap:g} stopped the run with "
-                               f"${self.spend.spent:.4f} spent; rerun with a higher cap to go on")
+        return self.spend.reached("run") if self.spend is not None else None
 
     def _stop_at_cap(self) -> None:
-        self.spend.capped = True
-        if not self._stopping:
-            log.warning(f"spending cap reached: ${self.spend.spent:.4f} spent, ${self.spend.reserved:.4f} in flight "
-                        f"of ${self.spend.cap:g}; no new records, finishing the {self._busy} in flight")
-            self._stopping = True
-            self._stopped.set()
-            self._not_started += self._drop_queued()
-        return False
+        log.warning(f"spending cap reached: ${self.spend.spent:.4f} spent, ${self.spend.reserved:.4f} in flight "
+                    f"of ${self.spend.cap:g}; no new records, finishing the {self._busy} in flight")
+        self._stopping = True
+        self._stopped.set()
+        self._not_started += self._drop_queued()
 
     async def _process(self, job: Job) -> Result:
         try:

@@ -18,10 +18,13 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..exceptions import ConfigError
+from ..exceptions import ConfigError, SpendCapReached
 from ..files import load_yaml
 from .estimate import load_prices, price_for
 from .routes import usage_tokens
+
+
+HELD, WAIT, REACHED = "held", "wait", "reached"  # ``SpendCap.reserve``'s answers
 
 
 @dataclass(frozen=True)
@@ -125,12 +128,27 @@ class SpendCap:
         rate_in, rate_out = rates
         return Charge(tokens * max(rate_in, rate_out) / 1e6, rate_in, rate_out)
 
-    def admit(self, charge: Charge) -> bool:
-        """Reserve ``charge`` if it fits under the cap beside what is spent and in flight."""
-        if self.spent + self.reserved + charge.worst > self.cap:
-            return False
-        self.hold(charge)
-        return True
+    def reserve(self, charge: Charge) -> str:
+        """The one decision every capped sender makes before a request or batch leaves: ``HELD`` when
+        ``charge`` fits beside what is spent and in flight (and it is now reserved); ``WAIT`` when it may
+        fit once a reservation in flight settles; ``REACHED`` when nothing in flight is left to settle, so
+        it never will: the cap is then marked reached for good."""
+        if self.capped:
+            return REACHED
+        if self.spent + self.reserved + charge.worst <= self.cap:
+            self.hold(charge)
+            return HELD
+        if self.holding:
+            return WAIT
+        self.capped = True
+        return REACHED
+
+    def reached(self, what: str, left: str = "", then: str = "rerun with a higher cap to go on") -> SpendCapReached | None:
+        """Why ``what`` (the run, the bench) stopped early, when the cap stopped it; None otherwise."""
+        if not self.capped:
+            return None
+        return SpendCapReached(f"the spending cap of ${self.cap:g} stopped the {what} with ${self.spent:.4f} "
+                               f"spent{left}; {then}")
 
     def hold(self, charge: Charge) -> None:
         """Reserve ``charge`` whether or not it fits: what was sent before this run (a provider's batch
