@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from odie_async.bench import results as report  # noqa: E402
-from odie_async.endpoints.serve import embedded_endpoint  # noqa: E402
+from odie_async.endpoints.resolve import resolve_endpoint  # noqa: E402
 
 KEY_ENV = "ODIE_BENCH_ENDPOINT_KEY"
 ODIE = [sys.executable, "-m", "odie_async"]
@@ -93,7 +93,7 @@ def main() -> None:
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="odie-recommended-"))
-    with embedded_endpoint() as endpoint:
+    with resolve_endpoint() as endpoint:
         os.environ[KEY_ENV] = endpoint.api_key or "none"
         url, model = endpoint.base_url, endpoint.model
         found = sweep(url, model, work / "bench", args.duration)

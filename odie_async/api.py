@@ -185,7 +185,7 @@ async def arun_batch(requests: PathLike | Iterable[dict], output: PathLike | Non
     An option left at None takes ``odie batch``'s default (engine/settings.py ``DEFAULTS``).
     """
     from .engine.batch import run_engine_batch
-    from .engine.client import api_key_from_env
+    from .engine.keys import api_key_from_env
     from .engine.settings import PoolEndpoint, build_settings
     from .config_models import validate
 

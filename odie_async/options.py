@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pydantic import ConfigDict, Field
 
-from .engine.client import api_key_from_env
+from .engine.keys import api_key_from_env
 from .engine.settings import (AUTO_START, AUTO_WORKERS, DEFAULTS, EndpointConfig, EngineConfig, EngineSettings,  # noqa: F401
                               PoolEndpoint, build_settings)
 from .exceptions import ConfigError

@@ -4,7 +4,8 @@ import socket
 import pytest
 from structlog.testing import capture_logs
 
-from odie_async.engine.core import Engine, EngineSettings, FailureBreaker
+from odie_async.engine.breaker import FailureBreaker
+from odie_async.engine.core import Engine, EngineSettings
 from odie_async.exceptions import RunAborted
 from odie_async.endpoints.mock_server import MockServer, MockSettings
 from tests.helpers import ids_in, run

@@ -21,7 +21,7 @@ from structlog.testing import capture_logs
 from odie_async.cli import main
 from odie_async.endpoints.mock_server import MockServer, MockSettings
 from odie_async.engine.batch import run_engine_batch
-from odie_async.engine.client import api_key_from_env
+from odie_async.engine.keys import api_key_from_env
 from odie_async.engine.routes import check_shape as check_answer
 from odie_async.engine.core import Engine, EngineSettings
 from odie_async.exceptions import ConfigError, MalformedResponseError

@@ -9,7 +9,8 @@ import signal
 import pytest
 
 from odie_async.endpoints.mock_server import MockServer
-from odie_async.endpoints.resolve import MOCK, api_key_from_env, resolve_endpoint
+from odie_async.endpoints.resolve import MOCK, resolve_endpoint
+from odie_async.engine.keys import api_key_from_env
 from odie_async.exceptions import ConfigError
 from odie_async.runtime import StopSignals
 

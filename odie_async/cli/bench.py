@@ -15,7 +15,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from ..engine.batch import api_key_from_env
+from ..engine.keys import api_key_from_env
 from ..engine.settings import DEFAULTS
 from ..exceptions import exit_code
 from ..exceptions import SpendCapReached
@@ -155,9 +155,9 @@ def run(args) -> int:
     settings = settings_from_args(args, urls[0] if urls else "")
     if urls:
         return _run([settings], output)
-    from ..endpoints.serve import embedded_endpoint
+    from ..endpoints.resolve import resolve_endpoint
 
-    with embedded_endpoint() as endpoint:
+    with resolve_endpoint() as endpoint:
         settings.base_url, settings.api_key, settings.embedded = endpoint.base_url, endpoint.api_key, True
         settings.model = settings.model or endpoint.model
         if not settings.workload.models:

@@ -7,7 +7,7 @@ import orjson
 from ..endpoints.mock_batches import BATCH_FAULTS, BatchMockSettings
 from ..endpoints.mock_batches import install as install_batches
 from ..endpoints.mock_server import EXTRA_FAULTS, FAULTS, MockServer, MockSettings, serve_forever
-from ..engine.client import api_key_from_env
+from ..engine.keys import api_key_from_env
 from ..exceptions import ConfigError
 from ..option_types import number, output_file
 from ..runtime import run_async

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from ..endpoints.embedded import EMBEDDED, MODEL_HELP
-from ..endpoints.resolve import api_key_from_env
+from ..engine.keys import api_key_from_env
 from ..engine.settings import DEFAULTS
 from ..exceptions import ConfigError
 from ..logs import configure_logging

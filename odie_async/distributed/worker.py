@@ -30,7 +30,7 @@ from ..engine.batch import run_engine_batch
 from ..engine.checkpoint import ResultStore
 from ..engine.core import Engine, EngineSettings
 from ..engine.stats import LogHistogram
-from ..exceptions import OdieError, RunAborted
+from ..exceptions import RunAborted
 from ..logs import configure_logging
 from ..runtime import run_async
 from .budget import LeasedLimits

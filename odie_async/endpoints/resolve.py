@@ -16,7 +16,6 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from ..engine.client import api_key_from_env  # noqa: F401  (the one key reader, re-exported)
 from ..exceptions import ConfigError
 from .embedded import EMBEDDED
 

@@ -32,7 +32,6 @@ import structlog
 from .batchfile import BatchReader, RecordReader
 from .prometheus import MetricsServer
 from .checkpoint import ResultStore, request_digest
-from .client import api_key_from_env  # noqa: F401  (re-exported: callers import it from here)
 from .core import Engine, EngineSettings
 from .metrics_log import MetricsLog, metrics_path_for
 from ..exceptions import (EXIT_ENDPOINT, EXIT_FAILED_RECORDS, EXIT_LOCAL, ConfigError, InputError, RunAborted, exit_code,

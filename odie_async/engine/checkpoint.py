@@ -24,7 +24,7 @@ from typing import Iterable
 import orjson
 import structlog
 
-from ..exceptions import ConfigError, InputError, OutputError
+from ..exceptions import ConfigError, OutputError
 from . import compaction
 from .compaction import iter_records, repair_tail  # noqa: F401  (re-exported: the result files' readers)
 from .batchfile import count_lines

@@ -21,7 +21,7 @@ from pydantic import Field, PrivateAttr, WithJsonSchema, field_validator
 from ..exceptions import ConfigError
 from ..option_types import MAX_COUNT, MAX_DURATION_S, MAX_RATE, check_number
 from ..config_models import Section
-from .client import api_key_from_env
+from .keys import api_key_from_env
 
 __all__ = ["AUTO_START", "AUTO_WORKERS", "DEFAULTS", "EndpointConfig", "EngineConfig", "EngineSettings",
            "PoolEndpoint", "build_settings", "check_number"]

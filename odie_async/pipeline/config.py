@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, PrivateAttr, WithJsonSchema, create_model, field_validator, model_validator
 
-from ..endpoints.resolve import api_key_from_env
+from ..engine.keys import api_key_from_env
 from ..engine.settings import EndpointConfig, EngineConfig, PoolEndpoint  # noqa: F401  (sections defined once, in engine/)
 from ..exceptions import ConfigError
 from ..paths import config_dir, find_config

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import threading
 from array import array
-from pathlib import Path
 
 import orjson
 
