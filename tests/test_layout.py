@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -107,9 +108,17 @@ def exits_and_argparse(root: Path) -> list[str]:
             + _calls(root, ".add_argument(", edge) + _calls(root, ".add_argument_group(", edge))
 
 
+def printing(root: Path) -> list[str]:
+    """``print(`` outside the command line: the library returns what a command shows."""
+    return [hit for hit in _calls(root, "print(", ("cli/", "__main__.py"))
+            if re.search(r"(?<![\w.])print\(", _line(root, hit).split("#", 1)[0])]
+
+
 def renames(root: Path) -> list[str]:
-    """``os.replace(`` outside the one atomic write (``files.py``)."""
-    return _calls(root, "os.replace(", ("files.py",))
+    """``os.replace(`` outside the one atomic write (``files.py``), and whole files written another way
+    (``Path.write_bytes``/``write_text``: a reader could see half a file)."""
+    return (_calls(root, "os.replace(", ("files.py",)) + _calls(root, ".write_bytes(", ("files.py",))
+            + _calls(root, ".write_text(", ("files.py",)))
 
 
 def yaml_reads(root: Path) -> list[str]:
@@ -165,6 +174,7 @@ def _subpackage(module: str) -> str:
 OWNERS = {
     "signal handlers": signal_handlers,
     "sys.exit and argparse": exits_and_argparse,
+    "printing": printing,
     "os.replace": renames,
     "yaml reads": yaml_reads,
     "private imports": private_imports,
@@ -183,7 +193,9 @@ def test_each_concept_has_one_owner(concept, check):
     (exits_and_argparse, "engine/core.py", "import sys\nsys.exit(3)\n"),
     (exits_and_argparse, "pipeline/run.py", "import argparse\n"),
     (exits_and_argparse, "endpoints/mock_batches.py", "def add_arguments(parser):\n    parser.add_argument('--x')\n"),
+    (printing, "providers/report.py", "def fingerprint(x):\n    print(x)\n"),
     (renames, "viewer/index.py", "import os\nos.replace('a', 'b')\n"),
+    (renames, "quality/drop_report.py", "def save(path, data):\n    path.write_bytes(data)\n"),
     (yaml_reads, "quality/gate_config.py", "import yaml\nyaml.safe_load('a: 1')\n"),
     (private_imports, "cli/train.py", "from ..engine.core import _private\n"),
     (http_errors, "providers/base.py", "try:\n    pass\nexcept aiohttp.ClientError:\n    pass\n"),

@@ -207,7 +207,7 @@ started in) writes the same data as Parquet.
 {chr(10).join('- ' + line for line in verify_words(summary) + plain_words(summary))}
 {_inputs_and_history(summary)}"""
     path = out / CARD
-    path.write_text(text, encoding="utf-8")
+    write_atomic(path, text.encode("utf-8"))
     return path
 
 

@@ -16,14 +16,13 @@ import signal
 import time
 from pathlib import Path
 
-import orjson
 import structlog
 
 from ..endpoints.resolve import MOCK, Endpoint, resolve_endpoint
 from ..engine.prometheus import MetricsServer
 from ..engine.core import Engine, EngineSettings
 from ..engine.lockfile import held
-from ..engine.progress import spend_text
+from ..engine.progress import spend_text, write_summary
 from ..engine.settings import build_settings
 from ..exceptions import OdieError
 from ..runtime import StopSignals
@@ -131,7 +130,7 @@ async def _generate(config: PipelineConfig, out: Path, show_progress: bool, hand
     summary["signal"] = signal.Signals(signum).name if signum else None
     summary["inputs"] = {"prompts": str(prompts_dir), "seeds": str(seeds_path)}
     summary["history"] = fingerprint.history(out)
-    (out / SUMMARY).write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
+    write_summary(summary, out / SUMMARY)  # the viewer reads it live: written whole
     write_card(out, summary, config.filter)
     if error is not None:
         raise error

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from pathlib import Path
 
-import orjson
 
+from ..engine.progress import write_summary
 from .calibration import labelled_figures
 from .gate_config import GateConfig
 from .gate import is_fixed
@@ -100,6 +100,6 @@ def write_report(folder: Path, kept: str | Path, dropped: str | Path, cfg: GateC
     folder.mkdir(parents=True, exist_ok=True)
     lines = _lines(Path(kept), Path(dropped))
     summary = summarise(lines, cfg, label_field)
-    (folder / "summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2) + b"\n")
+    write_summary(summary, folder / "summary.json")
     plot(lines, summary, folder / "report.png")
     return [folder / "report.png", folder / "summary.json"]
