@@ -228,8 +228,8 @@ def test_server_dies_with_a_parent_killed_outright(model_dir, fake_vllm, tmp_pat
     log_file = tmp_path / "s.log"
     parent = textwrap.dedent(f"""
         import sys, time
-        sys.executable = {str(fake_vllm)!r}
         from odie_async.endpoints import serve
+        sys.executable = {str(fake_vllm)!r}  # runs the server; the guard runs on the real interpreter
         serve._on_cpu = lambda: True
         server = serve.VLLMServer(serve.ServeSettings(model={str(model_dir)!r}, log_path=serve.Path({str(log_file)!r})))
         server.start()

@@ -88,6 +88,9 @@ def test_the_cpu_command_carries_the_plan_and_the_setting_overrides_it(tmp_path,
     env = _cpu_server(tmp_path, monkeypatch).child_env()
     assert "VLLM_CPU_KVCACHE_SPACE" not in env
     assert env["VLLM_CACHE_ROOT"] == str(tmp_path / "cache" / "vllm")  # compiled graphs kept for the next start
+    assert env["VLLM_USE_AOT_COMPILE"] == "0"  # the cache that loads on a CPU (the AOT artefact does not)
+    monkeypatch.setenv("VLLM_USE_AOT_COMPILE", "1")
+    assert _cpu_server(tmp_path, monkeypatch).child_env()["VLLM_USE_AOT_COMPILE"] == "1"  # the user's choice wins
 
 
 def test_a_memory_error_becomes_one_clear_message(tmp_path, monkeypatch):

@@ -1,7 +1,8 @@
 """Serve a model (and LoRA adapters) with vLLM's OpenAI-compatible server.
 
 ``VLLMServer`` runs ``python -m vllm.entrypoints.openai.api_server`` as a managed
-child process in its own process group: it waits until ``/health`` answers, fails
+child process in its own process group, led by a guard (``guard.py``) that stops the
+group should this process die first: it waits until ``/health`` answers, fails
 with the tail of the server's log when vLLM exits early or never becomes ready,
 and stops the whole group (SIGTERM, then SIGKILL) at the end. ``odie serve`` wraps
 it as a command; ``resolve.resolve_endpoint()`` gives other commands an endpoint,
@@ -11,7 +12,6 @@ starting the embedded model only when none is configured.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import ipaddress
 import json
 import os
@@ -35,10 +35,9 @@ from ..exceptions import ConfigError, ServeError
 from ..paths import cache_dir
 from ..runtime import OFFLINE_HF, StopSignals
 from .embedded import EMBEDDED, EMBEDDED_NAME, resolve_model
+from .guard import guarded
 from .sizing import Sizing, available_memory, model_shape, plan
 from .startup import StartWatch, compiled_before, eager_is_sooner, remember_compiled
-# The older name of ``resolve.resolve_endpoint``; ``engine/batch.py`` still imports it from here.
-from .resolve import resolve_endpoint as embedded_endpoint  # noqa: F401
 
 log = structlog.get_logger(__name__)
 
@@ -50,8 +49,6 @@ _STOP_GRACE_S = 30.0
 _GROUP_GRACE_S = 5.0
 _LOG_TAIL_LINES = 25
 _EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt)\b.*:")
-_PR_SET_PDEATHSIG = 1
-_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
 
 
 @dataclass
@@ -128,15 +125,6 @@ def _check_port_free(host: str, port: int) -> None:
             sock.bind((host, port))
         except OSError as exc:
             raise ServeError(f"cannot serve on {host}:{port}: {exc.strerror}") from None
-
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec: the kernel SIGTERMs it if the thread that started it dies.
-
-    The server runs in its own session (so a terminal's Ctrl-C reaches only the parent,
-    which stops it in order); this covers a parent that is killed outright.
-    """
-    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> list[str]:
@@ -266,6 +254,10 @@ class VLLMServer:
                    DO_NOT_TRACK="1", PYTHONUNBUFFERED="1")
         # The compiled graphs are kept with the project's cache, so only a machine's first start compiles.
         env.setdefault("VLLM_CACHE_ROOT", str(cache_dir() / "vllm"))
+        # vLLM 0.32's ahead-of-time artefact (its default under torch >= 2.10) fails to load on a CPU
+        # ("'function' object has no attribute 'finalize_loading'"), so every start compiled again:
+        # 128-134 s. Its older compile cache loads: a second start measured 68 s.
+        env.setdefault("VLLM_USE_AOT_COMPILE", "0")
         env.pop("VLLM_API_KEY", None)
         if self._api_key:
             env["VLLM_API_KEY"] = self._api_key
@@ -291,10 +283,10 @@ class VLLMServer:
         log.info("starting vLLM", argv=argv[1:], log_file=str(self.log_path),
                  mode="eager" if "--enforce-eager" in argv else "compiled")
         with open(self.log_path, "ab") as log_file:
-            self._proc = subprocess.Popen(argv, env=self.child_env(), stdin=subprocess.DEVNULL,
-                                          stdout=log_file, stderr=subprocess.STDOUT,
-                                          start_new_session=True,
-                                          preexec_fn=_die_with_parent if _LIBC else None)
+            # The guard leads the server's group and stops it should this process die first.
+            self._proc = subprocess.Popen(guarded(os.getpid(), _GROUP_GRACE_S, argv), env=self.child_env(),
+                                          stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                                          start_new_session=True)
         try:
             self._wait_ready()
         except BaseException:
