@@ -1,6 +1,6 @@
 """A first run that starts fast: the embedded server's starts, and the README's main job.
 
-    python benchmarks/bench_start.py [--fresh-cache] [--skip-main-job] [--json OUT.json]
+    python benchmarks/bench_start.py [--fresh-cache] [--skip-main-job] [--keep-run DIR] [--json OUT.json]
 
 1. ``odie serve`` (no options) started and stopped twice: seconds until it prints its URL. With
    ``--fresh-cache`` the first start compiles from an empty cache folder (``ODIE_CACHE_DIR`` in a
@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -43,11 +44,18 @@ def serve_start(env: dict, *extra: str) -> float:
 
 
 def main_job(env: dict, out: Path) -> dict:
+    """The README's main job into ``out``: its time, exit code, and what the gate kept per round."""
     started = time.monotonic()
     proc = subprocess.run([PY, "-m", "odie_async", "generate", "--limit", "10", "--output", str(out)],
                           env=env, capture_output=True, text=True)
-    return {"exit_code": proc.returncode, "seconds": time.monotonic() - started,
-            "last_lines": proc.stdout.strip().splitlines()[-4:]}
+    report = {"exit_code": proc.returncode, "seconds": time.monotonic() - started,
+              "last_lines": proc.stdout.strip().splitlines()[-4:]}
+    summary = out / "summary.json"
+    if summary.exists():
+        data = json.loads(summary.read_text(encoding="utf-8"))
+        report["filter"] = data.get("filter")
+        report["verify"] = data.get("verify")
+    return report
 
 
 def fresh_cache(tmp: Path) -> dict:
@@ -65,6 +73,7 @@ def main() -> None:
     parser.add_argument("--fresh-cache", action="store_true")
     parser.add_argument("--skip-main-job", action="store_true")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--keep-run", type=Path, help="keep the main job's run folder here (default: deleted)")
     args = parser.parse_args()
     report: dict = {"load_average": os.getloadavg()}
     with tempfile.TemporaryDirectory(prefix="odie-bench-start-") as tmp:
@@ -74,7 +83,7 @@ def main() -> None:
         report["second_start_s"] = serve_start(env)
         report["eager_start_s"] = serve_start(env, "--enforce-eager")
         if not args.skip_main_job:
-            report["main_job"] = main_job(env, tmp / "demo")
+            report["main_job"] = main_job(env, args.keep_run or tmp / "demo")
     report["load_average_after"] = os.getloadavg()
     emit(report, args.json)
 
