@@ -376,13 +376,17 @@ def test_a_request_longer_than_the_default_context_is_refused_with_a_clear_error
 def test_sigterm_stops_odie_serve_and_its_engine_processes(served):
     proc, base_url = served
     port = int(base_url.rsplit(":", 1)[1].split("/")[0])
-    server_pids = [int(p.parent.name) for p in Path("/proc").glob("[0-9]*/cmdline")
-                   if _cmdline_has(p, "vllm.entrypoints.openai.api_server", str(port))]
-    assert len(server_pids) == 1
-    assert len(_group_members(server_pids[0])) >= 2  # the API server and its engine process
+    found = [p for p in Path("/proc").glob("[0-9]*/cmdline")
+             if _cmdline_has(p, "vllm.entrypoints.openai.api_server", str(port))]
+    guards = [int(p.parent.name) for p in found if _cmdline_has(p, "odie_async.endpoints.guard")]
+    servers = [int(p.parent.name) for p in found if int(p.parent.name) not in guards]
+    assert len(guards) == len(servers) == 1
+    group = os.getpgid(servers[0])
+    assert group == guards[0]  # the guard leads the server's group
+    assert len(_group_members(group)) >= 3  # the guard, the API server and its engine process
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 0
-    assert _group_members(server_pids[0]) == []
+    assert _group_members(group) == []
 
 
 def _cmdline_has(path: Path, *needles: str) -> bool:
