@@ -284,7 +284,7 @@ def _provider_key(args, provider_name: str, default_url: bool) -> str | None:
 
 
 def _provider_batch(args) -> int:
-    """Run ``odie batch --mode provider-batch``; the exit code (0, 1, 2, 3, 4, 130, 143)."""
+    """Run ``odie batch --mode provider-batch``; the exit code (0, 1, 2, 3, 4, 5, 130, 143)."""
     key = None
     try:
         options = _provider_options(args)

@@ -3,8 +3,8 @@
 One module per provider behind ``base.BatchProvider``; ``factory.make_provider`` picks one.
 ``journal.py`` is the write-ahead journal that keeps every batch created once, ``chunks.py`` splits
 the input within the provider's limits, ``runner.py`` drives a run, ``batch_spend.py`` holds it to a
-spending cap and ``report.py`` shows its progress and summary. The command is
-``cli/provider_batch.py`` (``odie batch --mode provider-batch``).
+spending cap and ``report.py`` shows its progress and summary. The command,
+``odie batch --mode provider-batch``, is in ``cli/batch.py``.
 """
 
 from .factory import make_provider

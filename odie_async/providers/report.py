@@ -1,6 +1,6 @@
 """A provider batch run's live progress line and summary, the run driven to its end, and the
 ``OdieError`` it stops with: a provider's error as the endpoint stopping the run (3), a full disk or
-an internal crash as a local failure (4). The command is ``cli/provider_batch.py``.
+an internal crash as a local failure (4). The command is ``odie batch --mode provider-batch`` (``cli/batch.py``).
 """
 
 from __future__ import annotations
